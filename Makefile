@@ -1,0 +1,26 @@
+# Two entry points; each creates .venv and installs the project when needed.
+#   make demo  - simulate an overfocused dataset, calibrate it, print the result, write a report PNG
+#   make test  - run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.stemcal-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/stemcal demo --out out
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -ra
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,203 @@
+"""A reduced in-memory copy of a dataset for fast loss evaluation.
+
+One pass over the raw data bins each frame ``bin x bin`` and keeps every
+``stride``-th scan position along each axis, bounded by a memory budget.
+The same pass records the full-resolution frame sum.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+from libertem.udf import UDF
+
+from ..processing.kernels import bin_frames
+
+log = logging.getLogger(__name__)
+
+#: Default memory budget of a cache, bytes.
+DEFAULT_BUDGET = 512 * 2**20
+
+
+class BinFramesUDF(UDF):
+    """Bin frames ``factor x factor`` (float32, nav buffer) and sum full frames.
+
+    Results: ``binned`` (nav, (sy // factor, sx // factor)) and ``frame_sum`` (sig, float64).
+    """
+
+    def __init__(self, factor: int = 1, **kwargs):
+        super().__init__(factor=factor, **kwargs)
+
+    def get_preferred_input_dtype(self):
+        return self.USE_NATIVE_DTYPE
+
+    def get_result_buffers(self):
+        f = int(self.params.factor)
+        sy, sx = self.meta.dataset_shape.sig
+        return {
+            "binned": self.buffer(kind="nav", extra_shape=(sy // f, sx // f), dtype="float32"),
+            "frame_sum": self.buffer(kind="sig", dtype="float64"),
+        }
+
+    def process_tile(self, tile):
+        sig = self.meta.sig_slice
+        data = np.asarray(tile).reshape((tile.shape[0],) + tuple(sig.shape))
+        f = int(self.params.factor)
+        if f == 1:
+            oy, ox = sig.origin
+            self.results.binned[:, oy:oy + data.shape[1], ox:ox + data.shape[2]] += data
+        else:
+            out = np.zeros(self.results.binned.shape, dtype=np.float32)
+            bin_frames(data, int(sig.origin[0]), int(sig.origin[1]), f, out)
+            self.results.binned[:] += out
+        self.results.frame_sum[:] += data.sum(axis=0)
+
+    def merge(self, dest, src):
+        dest.binned[:] += src.binned
+        dest.frame_sum[:] += src.frame_sum
+
+
+@dataclasses.dataclass
+class ReducedCache:
+    """Binned, sub-sampled frames held in memory.
+
+    Attributes
+    ----------
+    frames : (n, hb, wb) float32
+        Binned frames (sums of ``bin x bin`` detector pixels).
+    scan_yx : (n, 2) float64
+        Scan position of each cached frame, scan px.
+    bin : int
+        Detector binning; binned index ``j`` has detector coordinate ``j * bin + (bin - 1) / 2``.
+    stride : int
+        Scan sub-sampling step.
+    nav_shape, sig_shape : (int, int)
+        Shape of the full dataset.
+    frame_sum : (sy, sx) float64
+        Full-resolution sum of the cached (sub-sampled) frames.
+    """
+
+    frames: np.ndarray
+    scan_yx: np.ndarray
+    bin: int
+    stride: int
+    nav_shape: tuple[int, int]
+    sig_shape: tuple[int, int]
+    frame_sum: np.ndarray
+
+    @property
+    def pix_scale(self) -> float:
+        return float(self.bin)
+
+    @property
+    def pix_offset(self) -> float:
+        return (self.bin - 1) / 2.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes)
+
+    def subsample(self, k: int) -> "ReducedCache":
+        """A cache of every ``k``-th cached scan position along each axis (a copy)."""
+        if k <= 1:
+            return self
+        grid = np.rint(self.scan_yx / self.stride).astype(int)
+        keep = (grid[:, 0] % k == 0) & (grid[:, 1] % k == 0)
+        return dataclasses.replace(self, frames=np.ascontiguousarray(self.frames[keep]),
+                                   scan_yx=self.scan_yx[keep], stride=self.stride * k)
+
+    def work(self, disk_radius: float | None = None) -> float:
+        """Pixels touched by one evaluation: frames x binned pixels inside the disk."""
+        pix = self.frames.shape[1] * self.frames.shape[2]
+        if disk_radius:
+            pix = min(pix, math.pi * (disk_radius / self.bin) ** 2)
+        return len(self.frames) * pix
+
+
+#: Default bound on the work of one loss evaluation: cached frames x used binned pixels.
+DEFAULT_WORK = 40_000_000
+
+
+def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
+                     ratio: float | None = None, disk_radius: float | None = None,
+                     work: int = DEFAULT_WORK) -> tuple[int, int]:
+    """Choose (bin, stride) for a cache.
+
+    Binning keeps the projected pixel pitch ``|ratio| * bin`` (specimen px per
+    binned detector px) at or below 0.7, so that splatted frames leave no
+    holes in a target grid of one specimen pixel; the scan is then
+    sub-sampled until the cache fits ``budget`` bytes and one evaluation
+    touches at most ``work`` pixels (frames x binned pixels inside the disk).
+
+    Parameters
+    ----------
+    ratio : float, optional
+        Specimen px per detector px (:attr:`OverfocusParams.magnification_ratio`).
+        Unknown: binning only as far as the memory budget needs.
+    disk_radius : float, optional
+        Used disk radius, detector px. Unknown: the whole frame counts.
+    """
+    ny, nx = nav_shape
+    sy, sx = sig_shape
+    if ratio:
+        b = max(1, int(0.7 / abs(ratio)))
+        b = min(b, max(1, min(sy, sx) // 16))
+    else:
+        b = 1
+    while True:
+        for stride in range(1, max(ny, nx) + 1):
+            n = math.ceil(ny / stride) * math.ceil(nx / stride)
+            mem = n * (sy // b) * (sx // b) * 4
+            pix = (sy // b) * (sx // b)
+            if disk_radius:
+                pix = min(pix, math.pi * (disk_radius / b) ** 2)
+            if mem <= budget and n * pix <= work:
+                return b, stride
+            if n <= 256:
+                break
+        b += 1
+        if b > min(sy, sx) // 2:
+            raise ValueError(f"no reduction of {nav_shape} x {sig_shape} fits a {budget} byte budget")
+
+
+def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
+                work: int = DEFAULT_WORK, bin: int | None = None, stride: int | None = None,
+                progress: bool = False) -> ReducedCache:
+    """Read ``dataset`` once into a :class:`ReducedCache` (one pass over the raw data).
+
+    Parameters
+    ----------
+    ctx : libertem.api.Context
+        Context (and so executor) that runs the pass.
+    dataset : libertem DataSet
+        2D scan, 2D frames.
+    params : OverfocusParams, optional
+        Expected geometry; its magnification and disk radius guide the
+        reduction (:func:`choose_reduction`).
+    budget, work : int
+        Bounds on the cache's size (bytes) and on one loss evaluation's work,
+        used to choose ``bin``/``stride`` when they are not given.
+    """
+    nav_shape = tuple(int(v) for v in dataset.shape.nav)
+    sig_shape = tuple(int(v) for v in dataset.shape.sig)
+    if len(nav_shape) != 2 or len(sig_shape) != 2:
+        raise ValueError(f"need a 2D scan of 2D frames, got nav {nav_shape}, sig {sig_shape}")
+    if bin is None or stride is None:
+        ratio = params.magnification_ratio if params is not None else None
+        radius = params.disk_radius_px if params is not None else None
+        b, s = choose_reduction(nav_shape, sig_shape, budget=budget, ratio=ratio,
+                                disk_radius=radius, work=work)
+        bin = bin or b
+        stride = stride or s
+    roi = np.zeros(nav_shape, dtype=bool)
+    roi[::stride, ::stride] = True
+    log.info("building cache: bin %d, stride %d", bin, stride)
+    res = ctx.run_udf(dataset=dataset, udf=BinFramesUDF(factor=bin), roi=roi, progress=progress)
+    frames = np.asarray(res["binned"].raw_data, dtype=np.float32)
+    frame_sum = np.asarray(res["frame_sum"].data, dtype=np.float64)
+    iy, ix = np.nonzero(roi)
+    scan_yx = np.stack([iy, ix], axis=-1).astype(float)
+    return ReducedCache(frames=frames, scan_yx=scan_yx, bin=int(bin), stride=int(stride),
+                        nav_shape=nav_shape, sig_shape=sig_shape, frame_sum=frame_sum)

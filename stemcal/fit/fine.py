@@ -1,0 +1,220 @@
+"""Fine refinement of rotation and overfocus (optionally centre) by the blur loss."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+from scipy import optimize
+
+from ..twin.params import OverfocusParams
+from ._blur import contrast_loss, crete_blur
+from .cache import DEFAULT_BUDGET, DEFAULT_WORK, ReducedCache, build_cache
+from .loss import BlurLoss
+from .result import FitResult
+
+log = logging.getLogger(__name__)
+
+
+def as_dataset(ctx, dataset):
+    """A LiberTEM context and dataset for ``dataset`` (a DataSet or a 4D array)."""
+    if ctx is None:
+        from libertem.api import Context
+        ctx = Context.make_with("inline")
+    if isinstance(dataset, np.ndarray):
+        if dataset.ndim != 4:
+            raise ValueError(f"need a 4D array (ny, nx, sy, sx), got shape {dataset.shape}")
+        dataset = ctx.load("memory", data=dataset, num_partitions=max(1, min(8, dataset.shape[0])))
+    return ctx, dataset
+
+
+def full_pass(ctx, dataset, params: OverfocusParams, *, progress: bool = False) -> dict[str, np.ndarray]:
+    """One OverfocusUDF pass over the raw data; the images as NumPy arrays."""
+    from ..processing import OverfocusUDF
+    res = ctx.run_udf(dataset=dataset, udf=OverfocusUDF(params), progress=progress)
+    return {k: np.asarray(v.data) for k, v in res.items()}
+
+
+def image_quality(images: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(Crete blur, contrast) of a full pass's normalised shifted sum."""
+    from ._blur import filled_image
+    S, C = images["shifted_sum"], images["coverage"]
+    return crete_blur(filled_image(S, C)), -contrast_loss(S, C)
+
+
+def minimise(loss, bounds: Sequence[tuple[float, float]], *, method: str = "sobol-nm",
+             x0: np.ndarray | None = None, n_samples: int = 16, xatol: float = 3e-3,
+             seed: int = 0) -> optimize.OptimizeResult:
+    """Minimise ``loss`` within ``bounds`` (optimiser units, all of order 1).
+
+    ``'sobol-nm'`` (default): evaluate a scrambled Sobol sample of
+    ``n_samples`` points in the box plus ``x0``, then a bounded Nelder-Mead
+    from the best one with a simplex of 1/8 of the box. ``'shgo'``: SciPy's
+    shgo with Nelder-Mead as the local method (the published method's
+    choice; several times more evaluations). ``'nelder-mead'``: the local
+    stage alone from ``x0``.
+    """
+    lo = np.array([b[0] for b in bounds], dtype=float)
+    hi = np.array([b[1] for b in bounds], dtype=float)
+    if x0 is None:
+        x0 = (lo + hi) / 2
+    local_opts = {"xatol": xatol, "fatol": 1e-12, "maxfev": 300}
+    if method == "shgo":
+        return optimize.shgo(loss, list(zip(lo, hi)), n=n_samples, iters=1, sampling_method="sobol",
+                             minimizer_kwargs={"method": "Nelder-Mead", "options": local_opts},
+                             options={"local_iter": 1})
+    if method not in ("sobol-nm", "nelder-mead"):
+        raise ValueError(f"unknown method {method!r}; choose 'sobol-nm', 'shgo' or 'nelder-mead'")
+    best_x, best_f = np.asarray(x0, dtype=float), loss(x0)
+    if method == "sobol-nm":
+        from scipy.stats import qmc
+        pts = qmc.scale(qmc.Sobol(len(lo), scramble=True, seed=seed).random(n_samples), lo, hi)
+        for x in pts:
+            f = loss(x)
+            if f < best_f:
+                best_x, best_f = x, f
+    step = (hi - lo) / 8
+    simplex = np.vstack([best_x] + [best_x + step * e for e in np.eye(len(lo))])
+    simplex = np.clip(simplex, lo, hi)
+    return optimize.minimize(loss, best_x, method="Nelder-Mead", bounds=list(zip(lo, hi)),
+                             options={**local_opts, "initial_simplex": simplex})
+
+
+def quadratic_polish(loss, x: np.ndarray, steps: np.ndarray, bounds, *, rounds: int = 4) -> tuple[np.ndarray, float]:
+    """Fit a quadratic to the loss on a 3^n stencil around ``x`` and jump to its vertex.
+
+    The loss near the optimum is smooth but slightly rough at the scale of
+    noise; a least-squares quadratic over a stencil of half-width ``steps``
+    averages that roughness out. The vertex is accepted only where the model
+    is convex and the vertex lies within two steps (otherwise the best stencil
+    point is taken); repeated ``rounds`` times with the stencil re-centred.
+    Returns the point and its loss.
+    """
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    n = len(x)
+    offsets = np.array(np.meshgrid(*([[-1.0, 0.0, 1.0]] * n), indexing="ij")).reshape(n, -1).T
+    best_x = np.asarray(x, dtype=float)
+    best_f = float("inf")
+    for _ in range(rounds):
+        pts = np.clip(best_x + offsets * steps, lo, hi)
+        vals = np.array([loss(p) for p in pts])
+        u = (pts - best_x) / steps
+        cols = [np.ones(len(u))] + [u[:, i] for i in range(n)]
+        pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        cols += [u[:, i] * u[:, j] for i, j in pairs]
+        coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), vals, rcond=None)
+        g = coef[1:1 + n]
+        H = np.zeros((n, n))
+        for c, (i, j) in zip(coef[1 + n:], pairs):
+            H[i, j] += c if i != j else 2 * c
+            H[j, i] = H[i, j]
+        i_min = int(np.argmin(vals))
+        cand_x, cand_f = pts[i_min], float(vals[i_min])
+        if np.all(np.linalg.eigvalsh(H) > 0):
+            du = -np.linalg.solve(H, g)
+            if np.all(np.abs(du) <= 2.0):
+                vx = np.clip(best_x + du * steps, lo, hi)
+                vf = loss(vx)
+                if vf <= cand_f + 0.05 * (vals.max() - vals.min()):
+                    cand_x, cand_f = vx, vf
+        moved = np.abs(cand_x - best_x) / steps
+        best_x, best_f = cand_x, cand_f
+        if np.all(moved < 0.34):
+            break
+    return best_x, best_f
+
+
+def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = ("scan_rotation", "overfocus"),
+           rotation_bound: float = 6.0, overfocus_bound: float = 0.12, centre_bound: float = 3.0,
+           metric: str = "contrast", method: str = "sobol-nm", cache: ReducedCache | None = None,
+           budget: int = DEFAULT_BUDGET, work: int = DEFAULT_WORK, coarse_work: int = 3_000_000,
+           confirm: bool = True,
+           progress: bool = False) -> FitResult:
+    """Refine scan rotation and overfocus (and optionally cy, cx) by the blur loss.
+
+    The dataset is read once into a :class:`~stemcal.fit.cache.ReducedCache`
+    and the loss evaluated there; a last full-resolution OverfocusUDF pass at
+    the optimum gives the images and the reported blur (``confirm``).
+
+    Parameters
+    ----------
+    dataset : libertem DataSet or (ny, nx, sy, sx) array
+    start : OverfocusParams
+        Starting geometry (flip, sign of overfocus and centre must be right
+        unless ``cy``/``cx`` are free).
+    ctx : libertem.api.Context, optional
+        Runs the passes; default an inline context.
+    free : sequence of str
+        Parameters to fit, from ``scan_rotation``, ``overfocus``, ``cy``, ``cx``.
+    rotation_bound : float
+        Search ``start.scan_rotation +- rotation_bound``, degrees.
+    overfocus_bound : float
+        Search ``start.overfocus * (1 +- overfocus_bound)`` (relative).
+    centre_bound : float
+        Search ``cy, cx +- centre_bound`` detector px.
+    metric : {'contrast', 'crete'}
+        Loss metric (:data:`stemcal.fit.METRICS`).
+    method : {'sobol-nm', 'shgo', 'nelder-mead'}
+        Optimiser (:func:`minimise`).
+    cache : ReducedCache, optional
+        Reuse a cache (no raw pass is then made for it).
+    budget, work : int
+        Cache size (bytes) and per-evaluation work bounds (:func:`build_cache`).
+    coarse_work : int
+        Per-evaluation work of the coarse search, which runs on every k-th
+        cached scan position; the final polish (:func:`quadratic_polish`) uses the whole cache.
+
+    Returns
+    -------
+    FitResult
+    """
+    t0 = time.perf_counter()
+    if not 0 < overfocus_bound < 1:
+        raise ValueError(f"overfocus_bound must be in (0, 1), got {overfocus_bound}")
+    if rotation_bound <= 0 or centre_bound <= 0:
+        raise ValueError("rotation_bound and centre_bound must be > 0")
+    ctx, dataset = as_dataset(ctx, dataset)
+    passes = 0
+    if cache is None:
+        cache = build_cache(ctx, dataset, params=start, budget=budget, work=work, progress=progress)
+        passes += 1
+    # Coarse search on a scan-sub-sampled view of the cache, polish on all of it.
+    k = 1
+    while k < 8 and cache.subsample(k).work(start.disk_radius_px) > coarse_work:
+        k += 1
+    coarse = BlurLoss(cache.subsample(k), start, free=tuple(free), metric=metric)
+    loss = BlurLoss(cache, start, free=tuple(free), metric=metric)
+    x0 = loss.x0()
+    half = {"scan_rotation": rotation_bound, "overfocus": 100 * overfocus_bound,
+            "cy": centre_bound, "cx": centre_bound}
+    bounds = [(x - half[f], x + half[f]) for f, x in zip(loss.free, x0)]
+    start_loss = loss(x0)
+    res = minimise(coarse, bounds, method=method, x0=x0)
+    fine_steps = {"scan_rotation": 0.3, "overfocus": 0.5, "cy": 0.5, "cx": 0.5}
+    steps = np.array([fine_steps[f] for f in loss.free])
+    best_x, best_loss = quadratic_polish(loss, res.x, steps, bounds)
+    best = loss.params_at(best_x)
+    at_edge = [f for f, x, (lo, hi) in zip(loss.free, best_x, bounds)
+               if min(x - lo, hi - x) < 1e-3 * (hi - lo)]
+    message = str(getattr(res, "message", ""))
+    if at_edge:
+        message = f"optimum at the search bound for {at_edge}; widen the bounds or improve the start"
+    success = bool(res.success) and not at_edge and math.isfinite(best_loss)
+    images: dict[str, np.ndarray] = {}
+    blur = contrast = float("nan")
+    if confirm:
+        images = full_pass(ctx, dataset, best, progress=progress)
+        passes += 1
+        blur, contrast = image_quality(images)
+    seconds = time.perf_counter() - t0
+    log.info("refine: %s -> rot %.4f deg, overfocus %.6g m in %d evaluations, %.2f s",
+             start.scan_rotation, best.scan_rotation, best.overfocus, loss.nfev, seconds)
+    return FitResult(params=best, start=start, loss=best_loss, blur=blur, contrast=contrast,
+                     nfev=loss.nfev + coarse.nfev, passes=passes, seconds=seconds, success=success,
+                     message=message, metric=metric, images=images,
+                     extra={"start_loss": start_loss, "bin": cache.bin, "stride": cache.stride,
+                            "coarse_stride": cache.stride * k, "coarse_nfev": coarse.nfev,
+                            "bounds": [list(b) for b in bounds], "free": list(loss.free)})

@@ -1,0 +1,117 @@
+"""The blur loss: project cached frames with trial parameters, measure blur."""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+
+from ..processing.geometry import ProjectionGeometry
+from ..processing.kernels import splat_frames
+from ..twin.params import OverfocusParams
+from ._blur import METRICS
+from .cache import ReducedCache
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stemcal-loss")
+    return _POOL
+
+
+#: Parameters the loss can vary, with the unit of one optimiser step.
+FREE_PARAMETERS = ("scan_rotation", "overfocus", "cy", "cx")
+
+
+@dataclasses.dataclass
+class BlurLoss:
+    """Loss ``x -> blur`` over a :class:`ReducedCache`.
+
+    ``x`` holds the free parameters in optimiser units, all of order 1 for a
+    typical search: ``scan_rotation`` in degrees, ``overfocus`` as percent
+    change from the start (``100 (d / d0 - 1)``), ``cy``/``cx`` in detector
+    pixels relative to the start.
+
+    The target grid and disk radii are fixed from ``start`` so that the loss
+    does not jump when the grid would grow by a pixel.
+    """
+
+    cache: ReducedCache
+    start: OverfocusParams
+    free: Sequence[str] = ("scan_rotation", "overfocus")
+    upsample: float = 1.0
+    metric: str = "contrast"
+    margin_factor: float = 1.6
+    nfev: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.free if f not in FREE_PARAMETERS]
+        if bad:
+            raise ValueError(f"cannot fit {bad}; choose from {FREE_PARAMETERS}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {sorted(METRICS)}")
+        self.geometry = ProjectionGeometry(self.start, self.cache.nav_shape, self.cache.sig_shape,
+                                           upsample=self.upsample)
+        # Room for trial magnifications up to margin_factor x the start's.
+        self.geometry = dataclasses.replace(
+            self.geometry, fixed_margin=self.geometry.margin * self.margin_factor + 1,
+            fixed_r_out=self.geometry.r_out)
+        # Two interleaved halves of the scan (checkerboard of cached positions),
+        # projected separately so that metrics can separate signal from noise.
+        c = self.cache
+        parity = ((c.scan_yx[:, 0] + c.scan_yx[:, 1]) // c.stride).astype(int) % 2
+        self._halves = [(np.ascontiguousarray(c.frames[parity == k]), c.scan_yx[parity == k])
+                        for k in (0, 1)]
+
+    def x0(self) -> np.ndarray:
+        """Optimiser coordinates of the start parameters."""
+        return self.to_x(self.start)
+
+    def to_x(self, p: OverfocusParams) -> np.ndarray:
+        conv = {"scan_rotation": p.scan_rotation, "overfocus": 100 * (p.overfocus / self.start.overfocus - 1),
+                "cy": p.cy - self.start.cy, "cx": p.cx - self.start.cx}
+        return np.array([conv[f] for f in self.free], dtype=float)
+
+    def params_at(self, x: Sequence[float]) -> OverfocusParams:
+        """The parameters at optimiser coordinates ``x``."""
+        changes = {}
+        for name, v in zip(self.free, x):
+            v = float(v)
+            if name == "scan_rotation":
+                changes[name] = v
+            elif name == "overfocus":
+                changes[name] = self.start.overfocus * (1 + v / 100)
+            else:
+                changes[name] = getattr(self.start, name) + v
+        return self.start.replace(**changes)
+
+    def project(self, params: OverfocusParams) -> tuple[np.ndarray, np.ndarray]:
+        """Shifted sums and coverages of the two halves of the cached frames, (2, H, W) each."""
+        geo = self.geometry.with_params(params)
+        c = self.cache
+        out = np.zeros((2,) + geo.shape)
+        cov = np.zeros((2,) + geo.shape)
+        A = np.ascontiguousarray(geo.A)
+
+        def half(k: int) -> None:
+            frames, scan_yx = self._halves[k]
+            centres = geo.centres(scan_yx)
+            offsets = geo.offsets(scan_yx, centres)
+            splat_frames(frames, 0, 0, c.pix_scale, c.pix_offset, centres, offsets,
+                         A, geo.r_in, geo.r_out, out[k], cov[k])
+
+        # The kernel releases the GIL: the two halves run on two threads.
+        list(_pool().map(half, (0, 1)))
+        return out, cov
+
+    def value(self, params: OverfocusParams) -> float:
+        """The metric of the cached frames projected with ``params``."""
+        return METRICS[self.metric](*self.project(params))
+
+    def __call__(self, x: Sequence[float]) -> float:
+        self.nfev += 1
+        return self.value(self.params_at(x))
