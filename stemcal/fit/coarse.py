@@ -1,0 +1,145 @@
+"""Cold-start calibration: rotation, handedness, scale, centre and descan from the data.
+
+Steps (each a pure function of the cached frames):
+
+1. the frame sum locates the bright-field disk (centre, radius; semiconv if unknown);
+2. every frame's disk centre, regressed on scan position, gives the beam
+   centre at the scan middle and the descan matrix ``D``;
+3. phase correlation of frame pairs measures the shadow-image motion
+   ``M = D - A^-1``, so ``A = (D - M)^-1``: its determinant's sign is the
+   handedness, its angle the rotation, its scale the overfocus (the sign of
+   the overfocus guess resolves the 180 degree ambiguity of underfocus);
+4. the blur loss refines rotation and overfocus (:func:`stemcal.fit.refine`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import numpy as np
+
+from ..twin.model import decompose_matrix, scan_middle
+from ..twin.params import OverfocusParams, overfocus_from_ratio
+from .cache import DEFAULT_BUDGET, ReducedCache, build_cache
+from .disk import DescanFit, NoFeaturesError, disk_centres, find_disk, fit_descan
+from .fine import as_dataset, refine
+from .result import FitResult
+from .shift import MotionFit, measure_motion
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CoarseEstimate:
+    """What the cold start measured before refinement."""
+
+    params: OverfocusParams
+    descan: DescanFit
+    motion: MotionFit
+    disk_radius: float
+
+
+def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: float,
+             detector_pixel_size: float, overfocus: float, semiconv: float | None = None) -> CoarseEstimate:
+    """Coarse geometry from a cache; ``overfocus`` only gives the sign (and a semiconv).
+
+    Raises
+    ------
+    NoFeaturesError
+        No beam on the detector, or no specimen features to track.
+    """
+    if not math.isfinite(overfocus) or overfocus == 0:
+        raise ValueError(f"overfocus guess must be finite and non-zero, got {overfocus}")
+    b = cache.bin
+    n = len(cache.frames)
+    mean_binned = cache.frames.mean(axis=0)
+    disk_b = find_disk(mean_binned)
+    radius = disk_b.radius * b
+    # Threshold halfway between background and disk level: holes from dark
+    # specimen features stay small after the light smoothing.
+    thr = disk_b.background + 0.5 * (disk_b.level - disk_b.background)
+    centres = disk_centres(cache.frames, thr, pix_scale=cache.pix_scale, pix_offset=cache.pix_offset,
+                           smooth=max(1.0, 2.0 / b))
+    s_mid = scan_middle(cache.nav_shape)
+    descan = fit_descan(centres, cache.scan_yx, s_mid)
+    # Window: well inside the disk, on the mean centre (binned px).
+    spread = float(np.abs(descan.matrix).sum(axis=1).max()) * max(cache.nav_shape) / 2
+    win_r = (0.85 * radius - spread) / b
+    if win_r < 4:
+        raise NoFeaturesError("the bright-field disk is too small (or moves too much) to track "
+                              "the shadow image")
+    c_mean = (np.nanmean(centres, axis=0) - cache.pix_offset) / cache.pix_scale
+    motion = measure_motion(cache.frames, cache.scan_yx, cache.stride, tuple(c_mean), win_r,
+                            pix_scale=cache.pix_scale)
+    A = np.linalg.inv(descan.matrix - motion.motion)
+    theta, flip, k = decompose_matrix(A)
+    d_over_l = overfocus / camera_length
+    k_sign = 1.0 if (d_over_l > 0 or d_over_l < -1) else -1.0
+    if k_sign < 0:
+        theta = (theta + 360.0) % 360.0 - 180.0
+    d = overfocus_from_ratio(k_sign * k, scan_pixel_size=scan_pixel_size,
+                             camera_length=camera_length, detector_pixel_size=detector_pixel_size)
+    if semiconv is None:
+        semiconv = radius * detector_pixel_size / abs(d + camera_length)
+    params = OverfocusParams(
+        overfocus=d, scan_pixel_size=scan_pixel_size, camera_length=camera_length,
+        detector_pixel_size=detector_pixel_size, semiconv=semiconv,
+        cy=float(descan.offset[0]), cx=float(descan.offset[1]), scan_rotation=theta, flip_y=flip,
+        descan=descan.matrix)
+    log.info("coarse: rot %.2f deg, flip %s, overfocus %.4g m, centre (%.2f, %.2f), %d frames",
+             theta, flip, d, descan.offset[0], descan.offset[1], n)
+    return CoarseEstimate(params=params, descan=descan, motion=motion, disk_radius=radius)
+
+
+def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detector_pixel_size: float,
+               overfocus: float, semiconv: float | None = None, ctx=None,
+               budget: int = DEFAULT_BUDGET, rotation_bound: float = 12.0,
+               overfocus_bound: float = 0.3, confirm: bool = True, progress: bool = False,
+               **refine_kwargs) -> FitResult:
+    """Calibrate from a cold start: only sizes and a signed overfocus guess needed.
+
+    Parameters
+    ----------
+    dataset : libertem DataSet or 4D array
+    scan_pixel_size, camera_length, detector_pixel_size : float
+        Metres.
+    overfocus : float
+        Guess, metres; its sign must be right (underfocus negative), its
+        magnitude is not used beyond choosing the semiconv when that is unknown.
+    semiconv : float, optional
+        Radians; measured from the disk radius when not given.
+    rotation_bound, overfocus_bound : float
+        Refinement box around the coarse estimate (degrees, relative).
+
+    Returns
+    -------
+    FitResult
+        ``extra`` holds ``descan`` (matrix, offset), ``uncertainty`` and
+        ``quality`` (``"ok"`` or a reason).
+
+    Raises
+    ------
+    NoFeaturesError
+        Nothing to calibrate on: no beam, blank or uniform specimen.
+    """
+    t0 = time.perf_counter()
+    ctx, dataset = as_dataset(ctx, dataset)
+    cache = build_cache(ctx, dataset, budget=budget, progress=progress)
+    coarse = estimate(cache, scan_pixel_size=scan_pixel_size, camera_length=camera_length,
+                      detector_pixel_size=detector_pixel_size, overfocus=overfocus,
+                      semiconv=semiconv)
+    fit = refine(dataset, coarse.params, ctx=ctx, cache=cache, rotation_bound=rotation_bound,
+                 overfocus_bound=overfocus_bound, confirm=confirm, progress=progress,
+                 **refine_kwargs)
+    fit.passes += 1
+    fit.seconds = time.perf_counter() - t0
+    fit.extra["coarse"] = {"scan_rotation": coarse.params.scan_rotation,
+                           "flip_y": coarse.params.flip_y, "overfocus": coarse.params.overfocus,
+                           "motion_step": coarse.motion.step,
+                           "motion_strength": coarse.motion.strength}
+    fit.extra["descan"] = {"matrix": coarse.descan.matrix.tolist(),
+                           "offset": coarse.descan.offset.tolist(),
+                           "residual_px": coarse.descan.residual}
+    return fit

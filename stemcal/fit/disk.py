@@ -1,0 +1,140 @@
+"""The bright-field disk: where the beam is on the detector, and how it moves.
+
+The sum of all frames images the beam-forming aperture; each frame's disk
+position, regressed on scan position, gives the descan error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+
+class NoFeaturesError(ValueError):
+    """The data hold nothing to calibrate on (no beam, blank specimen...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:
+    """Bright-field disk found in an image.
+
+    Attributes
+    ----------
+    cy, cx : float
+        Centre, detector px.
+    radius : float
+        Radius of a disk of the same area, detector px.
+    level, background : float
+        Mean intensity inside the disk and outside it.
+    """
+
+    cy: float
+    cx: float
+    radius: float
+    level: float
+    background: float
+
+    @property
+    def threshold(self) -> float:
+        """Midway between background and disk level."""
+        return 0.5 * (self.level + self.background)
+
+
+def find_disk(image: np.ndarray, *, min_radius: float = 2.0) -> Disk:
+    """Find the bright-field disk in a (summed) detector image.
+
+    Otsu threshold, largest connected component, centroid of the binary disk
+    and the radius of the disk of equal area.
+
+    Raises
+    ------
+    NoFeaturesError
+        If the image is uniform, the bright region is tiny, or it touches
+        most of the detector border (beam off the detector or overfilling it).
+    """
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2:
+        raise ValueError(f"need a 2D image, got shape {img.shape}")
+    if not np.all(np.isfinite(img)):
+        raise NoFeaturesError("the frame sum holds NaN or infinite values")
+    lo, hi = np.percentile(img, [1, 99.5])
+    if hi - lo <= 1e-9 * max(abs(hi), 1.0):
+        raise NoFeaturesError("the frames are uniform: no bright-field disk on the detector")
+    thr = threshold_otsu(img)
+    mask = img > thr
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        raise NoFeaturesError("no bright-field disk found on the detector")
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    disk = labels == (1 + int(np.argmax(sizes)))
+    disk = ndimage.binary_fill_holes(disk)
+    area = float(disk.sum())
+    radius = math.sqrt(area / math.pi)
+    if radius < min_radius:
+        raise NoFeaturesError(f"the bright-field disk is too small ({radius:.1f} px radius)")
+    edge = np.concatenate([disk[0], disk[-1], disk[:, 0], disk[:, -1]])
+    if edge.mean() > 0.5:
+        raise NoFeaturesError("the bright region covers most of the detector edge: beam not "
+                              "contained on the detector")
+    cy, cx = ndimage.center_of_mass(disk)
+    inner = ndimage.binary_erosion(disk, iterations=2)
+    outer = ~ndimage.binary_dilation(disk, iterations=3)
+    level = float(img[inner].mean()) if inner.any() else float(img[disk].mean())
+    background = float(img[outer].mean()) if outer.any() else 0.0
+    return Disk(float(cy), float(cx), radius, level, background)
+
+
+def disk_centres(frames: np.ndarray, threshold: float, *, pix_scale: float = 1.0,
+                 pix_offset: float = 0.0, smooth: float = 1.0) -> np.ndarray:
+    """Centre of the bright-field disk in every frame, detector px (n, 2).
+
+    Each frame is lightly smoothed (Gaussian ``smooth`` px), thresholded at
+    ``threshold`` (per-pixel counts of the given frames) and the centroid of
+    the binary mask taken; binarising keeps the specimen's contrast inside
+    the disk from pulling the centre as much as it pulls the centre of mass.
+    Frames without any pixel above threshold give NaN.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    n, h, w = frames.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.full((n, 2), np.nan)
+    for i in range(n):
+        f = ndimage.gaussian_filter(frames[i], smooth) if smooth else frames[i]
+        m = f > threshold
+        cnt = m.sum()
+        if cnt:
+            out[i] = (yy[m].mean(), xx[m].mean())
+    return out * pix_scale + pix_offset
+
+
+@dataclasses.dataclass(frozen=True)
+class DescanFit:
+    """Linear fit of the beam centre on scan position.
+
+    ``centre(s) = offset + matrix @ (s - s_mid)``; matrix rows are detector
+    axes (y, x), columns scan axes (y, x), detector px per scan px; ``offset``
+    is the beam centre at the scan middle. ``residual`` is the RMS misfit, px.
+    """
+
+    matrix: np.ndarray
+    offset: np.ndarray
+    residual: float
+    n: int
+
+
+def fit_descan(centres: np.ndarray, scan_yx: np.ndarray, s_mid: np.ndarray) -> DescanFit:
+    """Least-squares descan fit, robust to outliers (two passes, 3-sigma clip)."""
+    ok = np.all(np.isfinite(centres), axis=1)
+    if ok.sum() < 6:
+        raise NoFeaturesError("the beam was found in too few frames to fit its motion")
+    X = np.hstack([scan_yx - s_mid, np.ones((len(scan_yx), 1))])
+    keep = ok.copy()
+    for _ in range(2):
+        coef, *_ = np.linalg.lstsq(X[keep], centres[keep], rcond=None)
+        res = np.linalg.norm(centres - X @ coef, axis=1)
+        sigma = float(np.sqrt(np.mean(res[keep] ** 2)))
+        keep = ok & (res <= 3 * sigma + 1e-9)
+    return DescanFit(matrix=coef[:2].T.copy(), offset=coef[2].copy(), residual=sigma, n=int(keep.sum()))

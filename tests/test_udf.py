@@ -1,0 +1,292 @@
+"""OverfocusUDF: buffers, equality with a direct kernel call under any tiling/executor,
+and reproduction of the specimen from a simulated noise-free dataset."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from libertem.api import Context
+from scipy import ndimage
+
+from stemcal.fit import contrast_loss, crete_blur
+from stemcal.processing import OverfocusUDF, ProjectionGeometry
+from stemcal.processing.geometry import nav_coordinates
+from stemcal.processing.kernels import splat_frames, splat_frames_numpy
+from stemcal.twin import OverfocusParams, default_specimen, scan_middle, simulate
+
+NAV = (16, 16)
+SIG = (48, 48)
+RESULT_NAMES = ("point", "selected", "shifted_sum", "sum", "coverage", "shifted_sum_normalised")
+
+PARAMS = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
+                         detector_pixel_size=55e-6, semiconv=6e-3, cy=23.0, cx=25.0,
+                         scan_rotation=25.0, flip_y=True)
+# Integer descan: beam centres move, but stay on whole detector pixels.
+DESCAN = PARAMS.replace(descan=((0.0, 1.0), (-1.0, 0.0)))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    c = Context.make_with("inline")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return simulate(PARAMS, NAV, SIG, dose=50, seed=1)  # uint16 with Poisson noise
+
+
+@pytest.fixture(scope="module")
+def data_descan() -> np.ndarray:
+    return simulate(DESCAN, NAV, SIG, dose=50, seed=2).astype(np.float64)
+
+
+def direct(data: np.ndarray, params: OverfocusParams, upsample: float = 1.0) -> dict[str, np.ndarray]:
+    """Reference: splat all frames in one kernel call, geometry from ProjectionGeometry."""
+    nav, sig = data.shape[:2], data.shape[2:]
+    geo = ProjectionGeometry(params, nav, sig, upsample=upsample)
+    frames = data.reshape((-1,) + sig)
+    scan_yx = nav_coordinates(np.arange(len(frames)), nav)
+    centres = geo.centres(scan_yx)
+    offsets = geo.offsets(scan_yx, centres)
+    out, cov = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames(frames, 0, 0, 1.0, 0.0, centres, offsets, np.ascontiguousarray(geo.A),
+                 geo.r_in, geo.r_out, out, cov)
+    mid = scan_middle(nav)
+    i = int(np.ravel_multi_index(mid.astype(int), nav))
+    sel, scratch = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames(frames[i:i + 1], 0, 0, 1.0, 0.0, centres[i:i + 1], offsets[i:i + 1],
+                 np.ascontiguousarray(geo.A), geo.r_in, geo.r_out, sel, scratch)
+    return {"shifted_sum": out, "coverage": cov, "selected": sel, "geometry": geo,
+            "centres": centres, "offsets": offsets}
+
+
+def run(ctx, data, params, udf_cls=OverfocusUDF, **load_kw) -> dict[str, np.ndarray]:
+    ds = ctx.load("memory", data=data, **load_kw)
+    res = ctx.run_udf(dataset=ds, udf=udf_cls(params))
+    return {k: np.asarray(v.data) for k, v in res.items()}
+
+
+# -- (a) buffers -----------------------------------------------------------------------------
+
+def test_result_buffers_and_shapes(ctx, data):
+    res = run(ctx, data, PARAMS, num_partitions=4)
+    geo = ProjectionGeometry(PARAMS, NAV, SIG)
+    assert set(RESULT_NAMES) <= set(res)
+    assert "frame_sum" not in res  # private buffer
+    assert res["point"].shape == NAV
+    for name in RESULT_NAMES[1:]:
+        assert res[name].shape == geo.shape, name
+        assert res[name].dtype == np.float64
+    assert np.isfinite(res["shifted_sum"]).all() and res["coverage"].min() >= 0
+    norm = res["shifted_sum_normalised"]
+    ok = res["coverage"] >= 0.05 * res["coverage"].max()
+    assert np.isnan(norm[~ok]).all() and np.isfinite(norm[ok]).all()
+    np.testing.assert_allclose(norm[ok], res["shifted_sum"][ok] / res["coverage"][ok])
+
+
+def test_sum_is_frame_sum_projected_at_scan_middle(ctx, data):
+    res = run(ctx, data, PARAMS, num_partitions=3)
+    geo = ProjectionGeometry(PARAMS, NAV, SIG)
+    frame_sum = data.reshape((-1,) + SIG).sum(axis=0, dtype=np.float64)[None]
+    mid = scan_middle(NAV)[None]
+    c0 = np.array([[PARAMS.cy, PARAMS.cx]])
+    ref, cov = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames_numpy(frame_sum, 0, 0, 1.0, 0.0, c0, geo.offsets(mid, c0), geo.A,
+                       geo.r_in, geo.r_out, ref, cov)
+    np.testing.assert_allclose(res["sum"], ref, rtol=1e-10)
+
+
+# -- (b) equality with a direct kernel call, independent of tiling -----------------------------
+
+_SPLITS: list[tuple[tuple[int, int], tuple[int, int]]] = []
+
+
+class SmallTilesUDF(OverfocusUDF):
+    """Asks for tiny tiles (forces sig-split tiles) and records the tile slices it sees."""
+
+    def get_tiling_preferences(self):
+        return {"depth": 1, "total_size": 1024}
+
+    def process_tile(self, tile):
+        sig = self.meta.sig_slice
+        _SPLITS.append((tuple(int(v) for v in sig.origin), tuple(int(v) for v in sig.shape)))
+        super().process_tile(tile)
+
+
+def _check_equal(res, ref, rtol=1e-10):
+    for name in ("shifted_sum", "coverage", "selected"):
+        np.testing.assert_allclose(res[name], ref[name], rtol=rtol, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("num_partitions", [1, 4, 16, 256])
+def test_shifted_sum_equals_direct_kernel(ctx, data, num_partitions):
+    res = run(ctx, data, PARAMS, num_partitions=num_partitions)
+    _check_equal(res, direct(data, PARAMS))
+
+
+def test_direct_reference_matches_numpy_twin(data):
+    """The reference itself against the NumPy oracle (a few frames)."""
+    ref = direct(data[:2], PARAMS)
+    geo = ref["geometry"]
+    frames = data[:2].reshape((-1,) + SIG)
+    out, cov = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames_numpy(frames, 0, 0, 1.0, 0.0, ref["centres"], ref["offsets"], geo.A,
+                       geo.r_in, geo.r_out, out, cov)
+    np.testing.assert_allclose(ref["shifted_sum"], out, rtol=1e-10)
+    np.testing.assert_allclose(ref["coverage"], cov, rtol=1e-10)
+
+
+def test_sig_split_tiles_by_tiling_preferences(ctx, data_descan):
+    """A UDF asking for small tiles gets sig-split tiles (float64 data: LiberTEM's minimum
+    sig size is 16 KiB) and still gives the direct result."""
+    _SPLITS.clear()
+    res = run(ctx, data_descan, DESCAN, udf_cls=SmallTilesUDF, num_partitions=4,
+              base_shape=(1, 8, 8))
+    shapes = {s for _, s in _SPLITS}
+    assert shapes and all(s != SIG for s in shapes), f"tiles were not sig-split: {shapes}"
+    _check_equal(res, direct(data_descan, DESCAN))
+    np.testing.assert_allclose(res["point"], run(ctx, data_descan, DESCAN, num_partitions=1)["point"],
+                               rtol=1e-12)
+
+
+def test_sig_split_tiles_at_odd_origins(ctx, data_descan):
+    """Tile shape forced by the dataset: 13 x 7 tiles start at odd detector rows/columns."""
+    _SPLITS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # LiberTEM warns about the forced tileshape
+        res = run(ctx, data_descan, DESCAN, udf_cls=SmallTilesUDF, num_partitions=3,
+                  tileshape=(5, 13, 7))
+    origins = {o for o, _ in _SPLITS}
+    assert any(o[0] % 2 and o[1] % 2 for o in origins), origins
+    ref = direct(data_descan, DESCAN)
+    _check_equal(res, ref)
+    whole = run(ctx, data_descan, DESCAN, num_partitions=1)
+    np.testing.assert_allclose(res["point"], whole["point"], rtol=1e-12)
+    np.testing.assert_allclose(res["sum"], whole["sum"], rtol=1e-10)
+
+
+# -- (c) point -------------------------------------------------------------------------------
+
+def test_point_is_frame_value_at_integer_beam_centre(ctx, data_descan):
+    res = run(ctx, data_descan, DESCAN, num_partitions=4)
+    geo = ProjectionGeometry(DESCAN, NAV, SIG)
+    scan_yx = nav_coordinates(np.arange(np.prod(NAV)), NAV)
+    centres = geo.centres(scan_yx)
+    assert np.array_equal(centres, np.rint(centres))
+    assert len(np.unique(centres, axis=0)) > 100  # the descan really moves the beam
+    frames = data_descan.reshape((-1,) + SIG)
+    iy, ix = centres.astype(int).T
+    expected = frames[np.arange(len(frames)), iy, ix].reshape(NAV)
+    np.testing.assert_array_equal(res["point"], expected)
+
+
+def test_point_is_bilinear_at_fractional_centre(ctx, data):
+    params = PARAMS.replace(cy=23.3, cx=24.6)
+    res = run(ctx, data, params, num_partitions=2)
+    frames = data.reshape((-1,) + SIG).astype(float)
+    expected = np.array([ndimage.map_coordinates(f, [[23.3], [24.6]], order=1)[0] for f in frames])
+    np.testing.assert_allclose(res["point"].ravel(), expected, rtol=1e-12)
+
+
+# -- (d) reproduction of the specimen --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def noise_free():
+    nav, sig = (24, 24), (64, 64)
+    params = PARAMS.replace(semiconv=10e-3, cy=30.0, cx=33.0)
+    spec = default_specimen(params, nav, sig, seed=3)
+    return params, spec, simulate(params, nav, sig, specimen=spec, dtype="float64")
+
+
+def specimen_on_target(spec, geo: ProjectionGeometry) -> np.ndarray:
+    """The specimen image resampled onto the target grid of ``geo``."""
+    H, W = geo.shape
+    jj, ii = np.mgrid[0:H, 0:W].astype(float)
+    pos = geo.origin[:, None, None] + np.stack([jj, ii]) / geo.upsample  # scan px
+    idx = (pos - np.asarray(spec.origin)[:, None, None]) * spec.pixels_per_scan_px
+    return ndimage.map_coordinates(spec.image, idx, order=1, mode="nearest")
+
+
+def scanned_crop(img: np.ndarray, geo: ProjectionGeometry) -> np.ndarray:
+    """The part of the target image inside the scanned area (always fully covered)."""
+    ny, nx = geo.nav_shape
+    a = np.ceil(geo.specimen_to_target([0, 0])).astype(int)
+    b = np.floor(geo.specimen_to_target([ny - 1, nx - 1])).astype(int)
+    return img[a[0]:b[0] + 1, a[1]:b[1] + 1]
+
+
+@pytest.mark.parametrize("upsample", [1.0, 2.0])
+def test_reproduces_specimen_and_is_sharpest_at_truth(ctx, noise_free, upsample):
+    params, spec, data = noise_free
+    nav, sig = data.shape[:2], data.shape[2:]
+    ds = ctx.load("memory", data=data, num_partitions=4)
+    out = {}
+    for drot in (0.0, 5.0):
+        p = params.replace(scan_rotation=params.scan_rotation + drot)
+        res = ctx.run_udf(dataset=ds, udf=OverfocusUDF(p, upsample=upsample))
+        geo = ProjectionGeometry(p, nav, sig, upsample=upsample)
+        img = np.asarray(res["shifted_sum_normalised"].data)
+        ok = np.isfinite(img)
+        corr = np.corrcoef(img[ok], specimen_on_target(spec, geo)[ok])[0, 1]
+        crop = scanned_crop(img, geo)
+        assert np.isfinite(crop).all() and min(crop.shape) >= 20
+        out[drot] = dict(corr=corr, blur=crete_blur(crop),
+                         contrast=contrast_loss(np.asarray(res["shifted_sum"].data),
+                                                np.asarray(res["coverage"].data)))
+    assert out[0.0]["corr"] > 0.95, out
+    assert out[0.0]["corr"] > out[5.0]["corr"] + 0.03, out
+    assert out[0.0]["blur"] < out[5.0]["blur"], out
+    assert out[0.0]["contrast"] < out[5.0]["contrast"], out
+
+
+# -- (e) executors ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inline_reference(ctx, data_descan):
+    return run(ctx, data_descan, DESCAN, num_partitions=4)
+
+
+def _assert_identical(res, ref):
+    for name in RESULT_NAMES:
+        np.testing.assert_allclose(res[name], ref[name], rtol=1e-10, atol=0, equal_nan=True,
+                                   err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def dask_ctx():
+    """``Context.make_with('dask', cpus=2)``: the default local dask executor, limited to 2 CPUs."""
+    c = Context.make_with("dask", cpus=2)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_ctx():
+    """An executor connected to a running ``dask.distributed.LocalCluster`` (worker processes)."""
+    from dask.distributed import LocalCluster
+    from libertem.executor.dask import DaskJobExecutor
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0")
+    try:
+        c = Context(executor=DaskJobExecutor.connect(cluster.scheduler_address))
+        yield c
+        c.close()
+    finally:
+        cluster.close()
+
+
+def test_local_dask_executor(dask_ctx, data_descan, inline_reference):
+    from libertem.executor.dask import DaskJobExecutor
+    assert isinstance(dask_ctx.executor, DaskJobExecutor)
+    _assert_identical(run(dask_ctx, data_descan, DESCAN, num_partitions=4), inline_reference)
+
+
+def test_connected_local_cluster(cluster_ctx, data_descan, inline_reference):
+    from libertem.executor.dask import DaskJobExecutor
+    assert isinstance(cluster_ctx.executor, DaskJobExecutor)
+    _assert_identical(run(cluster_ctx, data_descan, DESCAN, num_partitions=4), inline_reference)
+    # a second job on the same cluster (workers now warm) gives the same again
+    _assert_identical(run(cluster_ctx, data_descan, DESCAN, num_partitions=7), inline_reference)
