@@ -87,15 +87,16 @@ def find_disk(image: np.ndarray, *, min_radius: float = 2.0) -> Disk:
     return Disk(float(cy), float(cx), radius, level, background)
 
 
-def disk_centres(frames: np.ndarray, threshold: float, *, pix_scale: float = 1.0,
-                 pix_offset: float = 0.0, smooth: float = 1.0) -> np.ndarray:
+def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = None,
+                 pix_scale: float = 1.0, pix_offset: float = 0.0, smooth: float = 1.0) -> np.ndarray:
     """Centre of the bright-field disk in every frame, detector px (n, 2).
 
-    Each frame is lightly smoothed (Gaussian ``smooth`` px), thresholded at
-    ``threshold`` (per-pixel counts of the given frames) and the centroid of
-    the binary mask taken; binarising keeps the specimen's contrast inside
-    the disk from pulling the centre as much as it pulls the centre of mass.
-    Frames without any pixel above threshold give NaN.
+    Each frame is lightly smoothed (Gaussian ``smooth`` px) and turned into a
+    mask: binary above ``threshold``, or, with ``upper``, rising linearly from
+    0 at ``threshold`` to 1 at ``upper``; the mask's centroid is the centre.
+    A mask keeps the specimen's contrast inside the disk from pulling the
+    centre as much as it pulls the centre of mass. Frames with an empty mask
+    give NaN.
     """
     frames = np.asarray(frames, dtype=np.float32)
     n, h, w = frames.shape
@@ -103,10 +104,13 @@ def disk_centres(frames: np.ndarray, threshold: float, *, pix_scale: float = 1.0
     out = np.full((n, 2), np.nan)
     for i in range(n):
         f = ndimage.gaussian_filter(frames[i], smooth) if smooth else frames[i]
-        m = f > threshold
-        cnt = m.sum()
-        if cnt:
-            out[i] = (yy[m].mean(), xx[m].mean())
+        if upper is not None and upper > threshold:
+            m = np.clip((f - threshold) / (upper - threshold), 0.0, 1.0)
+        else:
+            m = (f > threshold).astype(np.float32)
+        total = m.sum()
+        if total > 0:
+            out[i] = ((yy * m).sum() / total, (xx * m).sum() / total)
     return out * pix_scale + pix_offset
 
 

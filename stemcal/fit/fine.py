@@ -90,7 +90,8 @@ def quadratic_polish(loss, x: np.ndarray, steps: np.ndarray, bounds, *, rounds: 
     averages that roughness out. The vertex is accepted only where the model
     is convex and the vertex lies within two steps (otherwise the best stencil
     point is taken); repeated ``rounds`` times with the stencil re-centred.
-    Returns the point and its loss.
+    Returns the point, its loss and a dict with the last stencil's Hessian
+    ``H`` (in stencil units) and ``roughness`` (RMS misfit of the quadratic).
     """
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
@@ -98,6 +99,7 @@ def quadratic_polish(loss, x: np.ndarray, steps: np.ndarray, bounds, *, rounds: 
     offsets = np.array(np.meshgrid(*([[-1.0, 0.0, 1.0]] * n), indexing="ij")).reshape(n, -1).T
     best_x = np.asarray(x, dtype=float)
     best_f = float("inf")
+    info: dict = {}
     for _ in range(rounds):
         pts = np.clip(best_x + offsets * steps, lo, hi)
         vals = np.array([loss(p) for p in pts])
@@ -120,11 +122,48 @@ def quadratic_polish(loss, x: np.ndarray, steps: np.ndarray, bounds, *, rounds: 
                 vf = loss(vx)
                 if vf <= cand_f + 0.05 * (vals.max() - vals.min()):
                     cand_x, cand_f = vx, vf
+        resid = vals - np.stack(cols, axis=1) @ coef
+        info = {"H": H, "roughness": float(np.sqrt(np.mean(resid ** 2))), "steps": steps}
         moved = np.abs(cand_x - best_x) / steps
         best_x, best_f = cand_x, cand_f
         if np.all(moved < 0.34):
             break
-    return best_x, best_f
+    return best_x, best_f, info
+
+
+def uncertainty_from(info: dict) -> np.ndarray:
+    """Half-width, per parameter, over which the loss rises by its roughness.
+
+    ``step * sqrt(2 roughness / H_ii)`` from :func:`quadratic_polish`'s last
+    stencil: within it the loss cannot tell points apart. A deliberately
+    simple estimate (no correlations); NaN where the model is not convex.
+    """
+    H = info.get("H")
+    if H is None:
+        return np.full(0, np.nan)
+    d = np.diag(H)
+    rough = max(info["roughness"], 1e-12 * float(np.abs(d).max() or 1.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d > 0, info["steps"] * np.sqrt(2 * rough / d), np.nan)
+
+
+#: Uncertainties above which a fit is flagged (degrees, relative overfocus).
+MAX_ROTATION_UNCERTAINTY = 0.5
+MAX_OVERFOCUS_UNCERTAINTY = 0.02
+
+
+def assess(success: bool, message: str, params: OverfocusParams, unc: dict) -> str:
+    """``"ok"`` or the reason a fit should not be trusted."""
+    if not success:
+        return f"fit did not converge: {message}"
+    rot = unc.get("scan_rotation")
+    if rot is not None and not (rot <= MAX_ROTATION_UNCERTAINTY):
+        return f"rotation uncertain ({rot:.2f} deg): too little specimen detail or too much blur"
+    of = unc.get("overfocus")
+    if of is not None and not (of <= MAX_OVERFOCUS_UNCERTAINTY * abs(params.overfocus)):
+        return (f"overfocus uncertain ({100 * of / abs(params.overfocus):.1f} %): too little "
+                "specimen detail or too much blur")
+    return "ok"
 
 
 def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = ("scan_rotation", "overfocus"),
@@ -195,8 +234,11 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     res = minimise(coarse, bounds, method=method, x0=x0)
     fine_steps = {"scan_rotation": 0.3, "overfocus": 0.5, "cy": 0.5, "cx": 0.5}
     steps = np.array([fine_steps[f] for f in loss.free])
-    best_x, best_loss = quadratic_polish(loss, res.x, steps, bounds)
+    best_x, best_loss, info = quadratic_polish(loss, res.x, steps, bounds)
     best = loss.params_at(best_x)
+    unc = dict(zip(loss.free, uncertainty_from(info).tolist()))
+    if "overfocus" in unc:
+        unc["overfocus"] = abs(best.overfocus) * unc["overfocus"] / 100  # percent -> metres
     at_edge = [f for f, x, (lo, hi) in zip(loss.free, best_x, bounds)
                if min(x - lo, hi - x) < 1e-3 * (hi - lo)]
     message = str(getattr(res, "message", ""))
@@ -212,9 +254,11 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     seconds = time.perf_counter() - t0
     log.info("refine: %s -> rot %.4f deg, overfocus %.6g m in %d evaluations, %.2f s",
              start.scan_rotation, best.scan_rotation, best.overfocus, loss.nfev, seconds)
-    return FitResult(params=best, start=start, loss=best_loss, blur=blur, contrast=contrast,
+    quality = assess(success, message, best, unc)
+    return FitResult(params=best, start=start, loss=best_loss, quality=quality, blur=blur, contrast=contrast,
                      nfev=loss.nfev + coarse.nfev, passes=passes, seconds=seconds, success=success,
                      message=message, metric=metric, images=images,
                      extra={"start_loss": start_loss, "bin": cache.bin, "stride": cache.stride,
                             "coarse_stride": cache.stride * k, "coarse_nfev": coarse.nfev,
+                            "uncertainty": unc,
                             "bounds": [list(b) for b in bounds], "free": list(loss.free)})

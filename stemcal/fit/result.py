@@ -39,7 +39,10 @@ class FitResult:
     images : dict
         Full-resolution OverfocusUDF images at ``params`` (empty without the confirming pass).
     extra : dict
-        Further diagnostics (cache reduction, bounds, start metric...).
+        Further diagnostics (cache reduction, bounds, start metric,
+        ``uncertainty`` per fitted parameter, ``descan`` from the cold start...).
+    quality : str
+        ``"ok"``, or why the result should not be trusted.
     """
 
     params: OverfocusParams
@@ -55,6 +58,7 @@ class FitResult:
     metric: str
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    quality: str = "ok"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (parameters, metrics, counts; no images)."""
@@ -64,6 +68,7 @@ class FitResult:
             "cy": p.cy, "cx": p.cx, "blur": self.blur, "contrast": self.contrast,
             "loss": self.loss, "metric": self.metric, "nfev": self.nfev, "passes": self.passes,
             "seconds": self.seconds, "success": self.success, "message": self.message,
+            "quality": self.quality,
             "params": p.to_dict(), **{k: v for k, v in self.extra.items() if _jsonable(v)},
         }
 
