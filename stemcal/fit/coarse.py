@@ -179,8 +179,8 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
                       semiconv=semiconv)
     log.info("coarse estimate after %.2f s", time.perf_counter() - t0)
     first = refine(dataset, coarse.params, ctx=ctx, cache=cache, rotation_bound=rotation_bound,
-                   overfocus_bound=overfocus_bound, confirm=False, progress=progress,
-                   **refine_kwargs)
+                   overfocus_bound=overfocus_bound, confirm=False, polish=False,
+                   progress=progress, **refine_kwargs)
     # Second round: descan from frames with the specimen's contrast divided out
     # (the blur loss fixes only D - A^-1, so D's error goes into the rotation).
     loss = BlurLoss(cache, first.params)
@@ -193,7 +193,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
                                         cx=float(descan.offset[1]))
     log.info("descan re-estimated after %.2f s", time.perf_counter() - t0)
     fit = refine(dataset, second_start, ctx=ctx, cache=cache, rotation_bound=1.0,
-                 overfocus_bound=0.03, method="nelder-mead", confirm=confirm, progress=progress,
+                 overfocus_bound=0.03, method="none", confirm=confirm, progress=progress,
                  **refine_kwargs)
     fit.nfev += first.nfev
     fit.passes += 1

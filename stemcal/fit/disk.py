@@ -100,17 +100,22 @@ def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = 
     """
     frames = np.asarray(frames, dtype=np.float32)
     n, h, w = frames.shape
-    yy, xx = np.mgrid[0:h, 0:w]
     out = np.full((n, 2), np.nan)
-    for i in range(n):
-        f = ndimage.gaussian_filter(frames[i], smooth) if smooth else frames[i]
+    ys = np.arange(h, dtype=np.float64)
+    xs = np.arange(w, dtype=np.float64)
+    for start in range(0, n, 256):
+        f = frames[start:start + 256]
+        if smooth:
+            f = ndimage.gaussian_filter(f, (0, smooth, smooth))
         if upper is not None and upper > threshold:
             m = np.clip((f - threshold) / (upper - threshold), 0.0, 1.0)
         else:
             m = (f > threshold).astype(np.float32)
-        total = m.sum()
-        if total > 0:
-            out[i] = ((yy * m).sum() / total, (xx * m).sum() / total)
+        total = m.sum(axis=(1, 2), dtype=np.float64)
+        my = m.sum(axis=2, dtype=np.float64) @ ys
+        mx = m.sum(axis=1, dtype=np.float64) @ xs
+        ok = total > 0
+        out[start:start + 256][ok] = np.stack([my[ok] / total[ok], mx[ok] / total[ok]], axis=1)
     return out * pix_scale + pix_offset
 
 

@@ -170,7 +170,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
            rotation_bound: float = 6.0, overfocus_bound: float = 0.12, centre_bound: float = 3.0,
            metric: str = "contrast", method: str = "sobol-nm", cache: ReducedCache | None = None,
            budget: int = DEFAULT_BUDGET, work: int = DEFAULT_WORK, coarse_work: int = 3_000_000,
-           confirm: bool = True,
+           confirm: bool = True, polish: bool = True,
            progress: bool = False) -> FitResult:
     """Refine scan rotation and overfocus (and optionally cy, cx) by the blur loss.
 
@@ -196,8 +196,12 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         Search ``cy, cx +- centre_bound`` detector px.
     metric : {'contrast', 'crete'}
         Loss metric (:data:`stemcal.fit.METRICS`).
-    method : {'sobol-nm', 'shgo', 'nelder-mead'}
-        Optimiser (:func:`minimise`).
+    method : {'sobol-nm', 'shgo', 'nelder-mead', 'none'}
+        Optimiser of the coarse search (:func:`minimise`); ``'none'`` goes
+        straight to the polish from ``start``.
+    polish : bool
+        Finish with :func:`quadratic_polish` on the whole cache (gives the
+        uncertainty); without it the coarse search's optimum is returned.
     cache : ReducedCache, optional
         Reuse a cache (no raw pass is then made for it).
     budget, work : int
@@ -230,11 +234,17 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     half = {"scan_rotation": rotation_bound, "overfocus": 100 * overfocus_bound,
             "cy": centre_bound, "cx": centre_bound}
     bounds = [(x - half[f], x + half[f]) for f, x in zip(loss.free, x0)]
-    start_loss = loss(x0)
-    res = minimise(coarse, bounds, method=method, x0=x0)
+    start_loss = loss(x0) if (polish or method == "none") else coarse(x0)
+    if method == "none":
+        res = optimize.OptimizeResult(x=x0, fun=start_loss, success=True, message="polish only")
+    else:
+        res = minimise(coarse, bounds, method=method, x0=x0)
     fine_steps = {"scan_rotation": 0.3, "overfocus": 0.5, "cy": 0.5, "cx": 0.5}
     steps = np.array([fine_steps[f] for f in loss.free])
-    best_x, best_loss, info = quadratic_polish(loss, res.x, steps, bounds)
+    if polish:
+        best_x, best_loss, info = quadratic_polish(loss, res.x, steps, bounds)
+    else:
+        best_x, best_loss, info = np.asarray(res.x), float(res.fun), {}
     best = loss.params_at(best_x)
     unc = dict(zip(loss.free, uncertainty_from(info).tolist()))
     if "overfocus" in unc:

@@ -84,6 +84,7 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
     ``semiconv``, centre ``c + descan @ (s - s_mid)``) filled with the
     specimen's transmission sampled bilinearly at ``A (p - c(s)) + s``
     (the linear model, :mod:`stemcal.twin.model`), on top of ``background``.
+    Rays that land outside the specimen image see a transmission of 1.
 
     Parameters
     ----------
@@ -112,9 +113,10 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
     sig_shape = (int(sig_shape[0]), int(sig_shape[1]))
     if min(nav_shape) < 1 or min(sig_shape) < 2:
         raise ValueError(f"bad shapes: nav {nav_shape}, sig {sig_shape}")
-    n_bytes = np.prod(nav_shape) * np.prod(sig_shape) * np.dtype(dtype).itemsize
-    if n_bytes > 16 * 2**30:
-        raise ValueError(f"simulated dataset would be {n_bytes / 2**30:.1f} GiB (limit 16 GiB)")
+    # The frames are computed in float64 before conversion to ``dtype``.
+    n_bytes = int(np.prod(nav_shape)) * int(np.prod(sig_shape)) * 8
+    if n_bytes > 8 * 2**30:
+        raise ValueError(f"simulation would need {n_bytes / 2**30:.1f} GiB of float64 (limit 8 GiB)")
     if specimen is None:
         specimen = default_specimen(params, nav_shape, sig_shape, seed=seed)
     iy, ix = np.mgrid[0:nav_shape[0], 0:nav_shape[1]]
