@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/run.py            # default sizes, about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py            # default sizes, about 2 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --quick    # small sizes, well under a minute
     .venv/bin/python benchmarks/run.py --cases npy:64x64:256x256 mib:32x32:128x128
 

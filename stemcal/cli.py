@@ -54,6 +54,17 @@ def _finite(name: str):
     return conv
 
 
+def _nonzero(name: str):
+    finite = _finite(name)
+
+    def conv(text: str) -> float:
+        v = finite(text)
+        if v == 0:
+            raise argparse.ArgumentTypeError(f"{name} must not be 0 (negative means underfocus)")
+        return v
+    return conv
+
+
 def _shape(text: str) -> int:
     try:
         v = int(text)
@@ -73,7 +84,7 @@ def _add_geometry(p: argparse.ArgumentParser, *, defaults: bool) -> None:
                    default=d(0.2), metavar="M", help="specimen to detector distance, metres")
     p.add_argument("--detector-pixel-size", type=_positive("--detector-pixel-size"), required=req,
                    default=d(55e-6), metavar="M", help="detector pixel pitch, metres")
-    p.add_argument("--overfocus", type=_finite("--overfocus"), required=req, default=d(1e-6),
+    p.add_argument("--overfocus", type=_nonzero("--overfocus"), required=req, default=d(1e-6),
                    metavar="M", help="overfocus, metres (negative: underfocus)")
     p.add_argument("--semiconv", type=_positive("--semiconv"), default=d(10e-3) if defaults else None,
                    metavar="RAD", help="convergence semi-angle, radians")
@@ -153,10 +164,19 @@ def _summary(fit, ds_info: dict[str, Any], dataset: str) -> dict[str, Any]:
     return out
 
 
+def _missing_guesses(args: argparse.Namespace) -> list[str]:
+    return [opt for opt, v in (("--scan-rotation", args.scan_rotation),
+                               ("--flip-y/--no-flip-y", args.flip_y),
+                               ("--cy", args.cy), ("--cx", args.cx)) if v is None]
+
+
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     from .executors import make_context
     from .io import describe, open_dataset
 
+    if args.refine_only and _missing_guesses(args):
+        raise CLIError("--refine-only needs a starting guess: give "
+                       + ", ".join(_missing_guesses(args)))
     ctx = make_context(args.executor, args.cluster)
     try:
         ds = open_dataset(ctx, args.dataset, nav_shape=tuple(args.nav_shape) if args.nav_shape else None)
@@ -196,11 +216,6 @@ def _refine_only(ctx, ds, args, progress):
     from .fit import build_cache, refine
     from .fit.disk import find_disk
     from .twin import OverfocusParams
-    missing = [opt for opt, v in (("--scan-rotation", args.scan_rotation),
-                                  ("--flip-y/--no-flip-y", args.flip_y),
-                                  ("--cy", args.cy), ("--cx", args.cx)) if v is None]
-    if missing:
-        raise CLIError(f"--refine-only needs a starting guess: give {', '.join(missing)}")
     cache = build_cache(ctx, ds, budget=512 * 2**20, work=2**62, progress=progress)
     semiconv = args.semiconv
     if semiconv is None:
@@ -214,6 +229,21 @@ def _refine_only(ctx, ds, args, progress):
     fit = refine(ds, start, ctx=ctx, cache=cache, progress=progress)
     fit.passes += 1
     return fit
+
+
+def _json(obj: Any) -> str:
+    """Strict JSON: non-finite floats become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+            return clean(v.item())
+        return v
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def _print_fit(summary: dict[str, Any]) -> None:
@@ -318,14 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "fit":
             res = run_fit(args)
-            print(json.dumps(res)) if args.json else _print_fit(res)
+            print(_json(res)) if args.json else _print_fit(res)
         elif args.command == "simulate":
             res = run_simulate(args)
-            print(json.dumps(res)) if args.json else print(
+            print(_json(res)) if args.json else print(
                 f"wrote {res['dataset']} and {res['truth']}")
         elif args.command == "demo":
             res = run_demo(args)
-            print(json.dumps(res)) if args.json else _print_demo(res)
+            print(_json(res)) if args.json else _print_demo(res)
     except CLIError as exc:
         print(f"stemcal: error: {exc}", file=sys.stderr)
         return exc.status

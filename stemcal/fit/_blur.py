@@ -29,20 +29,22 @@ def crete_blur(image: np.ndarray, *, h_size: int = 11) -> float:
 
 
 def contrast_loss(shifted_sum: np.ndarray, coverage: np.ndarray) -> float:
-    """Negative squared contrast shared by two independent half-sums (lower is sharper).
+    """Negative squared contrast shared between independent groups of frames (lower is sharper).
 
-    ``shifted_sum`` and ``coverage`` hold two halves of the frames, shape
-    (2, H, W) (interleaved scan positions). With ``F_k = S_k / C_k``, weights
-    ``w = C_1 C_2 / (C_1 + C_2)`` and weighted means ``m_k``, returns
-    ``-sum(w (F_1 - m_1)(F_2 - m_2)) / (sum(w) m_1 m_2)``.
+    ``shifted_sum`` and ``coverage`` hold K >= 2 groups of frames (interleaved
+    scan positions), shape (K, H, W). For each pair of groups j < k, with
+    ``F = S / C``, weights ``w = C_j C_k / (C_j + C_k)`` and weighted means
+    ``m``, the cross-contrast ``sum(w (F_j - m_j)(F_k - m_k)) / (sum(w) m_j m_k)``;
+    the result is minus the mean over pairs.
 
     Frames projected consistently add up coherently, so the normalised sums
     have the most contrast at the true geometry and misalignment averages
     features away: up to constants this is the least-squares misfit of all
-    frames to one common specimen image, smooth in the geometry. Taking the
-    covariance *between* halves removes the noise variance, which would
-    otherwise favour geometries that spread frames over more target pixels
-    (a bias towards larger magnification).
+    frames to one common specimen image, smooth in the geometry. Products
+    *between* groups carry no noise variance, which would otherwise favour
+    geometries that spread frames over more target pixels (a bias towards
+    larger magnification, measured +0.4 % at 3 counts/px). More groups use
+    more of the frame pairs (1 - 1/K of them).
 
     A single image pair of shape (H, W) is accepted too (then the plain,
     noise-biased weighted variance).
@@ -51,17 +53,26 @@ def contrast_loss(shifted_sum: np.ndarray, coverage: np.ndarray) -> float:
     C = np.asarray(coverage, dtype=float)
     if S.ndim == 2:
         S, C = np.stack([S, S]), np.stack([C, C])
-    ok = (C[0] > 0) & (C[1] > 0)
-    if not ok.any():
+    K = S.shape[0]
+    if not (C.sum(axis=0) > 0).any():
         raise ValueError("nothing was projected into the image (coverage is zero)")
-    c1, c2 = C[0][ok], C[1][ok]
-    f1, f2 = S[0][ok] / c1, S[1][ok] / c2
-    w = c1 * c2 / (c1 + c2)
-    m1 = float((f1 * w).sum() / w.sum())
-    m2 = float((f2 * w).sum() / w.sum())
-    if m1 * m2 == 0:
-        return 0.0
-    return float(-((f1 - m1) * (f2 - m2) * w).sum() / w.sum() / (m1 * m2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        F = np.where(C > 0, S / np.where(C > 0, C, 1.0), 0.0)
+    total, pairs = 0.0, 0
+    for j in range(K):
+        for k in range(j + 1, K):
+            den = C[j] + C[k]
+            w = np.where(den > 0, C[j] * C[k] / np.where(den > 0, den, 1.0), 0.0)
+            ws = float(w.sum())
+            if ws <= 0:
+                continue
+            mj = float((F[j] * w).sum() / ws)
+            mk = float((F[k] * w).sum() / ws)
+            if mj * mk == 0:
+                continue
+            total += float(((F[j] - mj) * (F[k] - mk) * w).sum() / ws / (mj * mk))
+            pairs += 1
+    return -total / pairs if pairs else 0.0
 
 
 def filled_image(shifted_sum: np.ndarray, coverage: np.ndarray, *, rel_weight: float = 0.2) -> np.ndarray:

@@ -46,6 +46,7 @@ class BlurLoss:
     upsample: float = 1.0
     metric: str = "contrast"
     margin_factor: float = 1.6
+    groups: int = 4
     nfev: int = 0
 
     def __post_init__(self) -> None:
@@ -60,12 +61,19 @@ class BlurLoss:
         self.geometry = dataclasses.replace(
             self.geometry, fixed_margin=self.geometry.margin * self.margin_factor + 1,
             fixed_r_out=self.geometry.r_out)
-        # Two interleaved halves of the scan (checkerboard of cached positions),
-        # projected separately so that metrics can separate signal from noise.
+        # Interleaved groups of the scan (a 2x2 sub-lattice of cached positions,
+        # or a checkerboard for two), projected separately so that metrics can
+        # separate signal from noise.
         c = self.cache
-        parity = ((c.scan_yx[:, 0] + c.scan_yx[:, 1]) // c.stride).astype(int) % 2
-        self._halves = [(np.ascontiguousarray(c.frames[parity == k]), c.scan_yx[parity == k])
-                        for k in (0, 1)]
+        grid = np.rint(c.scan_yx / c.stride).astype(int)
+        if self.groups == 4:
+            label = (grid[:, 0] % 2) * 2 + grid[:, 1] % 2
+        elif self.groups == 2:
+            label = (grid[:, 0] + grid[:, 1]) % 2
+        else:
+            raise ValueError(f"groups must be 2 or 4, got {self.groups}")
+        self._halves = [(np.ascontiguousarray(c.frames[label == k]), c.scan_yx[label == k])
+                        for k in range(self.groups)]
 
     def x0(self) -> np.ndarray:
         """Optimiser coordinates of the start parameters."""
@@ -90,11 +98,11 @@ class BlurLoss:
         return self.start.replace(**changes)
 
     def project(self, params: OverfocusParams) -> tuple[np.ndarray, np.ndarray]:
-        """Shifted sums and coverages of the two halves of the cached frames, (2, H, W) each."""
+        """Shifted sums and coverages of the groups of cached frames, (K, H, W) each."""
         geo = self.geometry.with_params(params)
         c = self.cache
-        out = np.zeros((2,) + geo.shape)
-        cov = np.zeros((2,) + geo.shape)
+        out = np.zeros((self.groups,) + geo.shape)
+        cov = np.zeros((self.groups,) + geo.shape)
         A = np.ascontiguousarray(geo.A)
 
         def half(k: int) -> None:
@@ -104,8 +112,8 @@ class BlurLoss:
             splat_frames(frames, 0, 0, c.pix_scale, c.pix_offset, centres, offsets,
                          A, geo.r_in, geo.r_out, out[k], cov[k])
 
-        # The kernel releases the GIL: the two halves run on two threads.
-        list(_pool().map(half, (0, 1)))
+        # The kernel releases the GIL: the groups run on two threads.
+        list(_pool().map(half, range(self.groups)))
         return out, cov
 
     def value(self, params: OverfocusParams) -> float:

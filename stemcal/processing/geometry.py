@@ -43,7 +43,7 @@ class ProjectionGeometry:
     nav_shape: tuple[int, int]
     sig_shape: tuple[int, int]
     upsample: float = 1.0
-    disk_fraction: float = 0.9
+    disk_fraction: float = 0.95
     taper: float = 2.0
     fixed_margin: float | None = None
     fixed_r_out: float | None = None

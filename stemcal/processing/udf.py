@@ -30,7 +30,7 @@ class OverfocusUDF(UDF):
     upsample : float
         Target pixels per scan pixel (default 1).
     disk_fraction : float
-        Fraction of the bright-field disk radius used (default 0.9).
+        Fraction of the bright-field disk radius used (default 0.95).
 
     Results (all float64; target images have the shape of
     :class:`~stemcal.processing.geometry.ProjectionGeometry`)
@@ -55,7 +55,7 @@ class OverfocusUDF(UDF):
     """
 
     def __init__(self, params: OverfocusParams, upsample: float = 1.0,
-                 disk_fraction: float = 0.9, **kwargs):
+                 disk_fraction: float = 0.95, **kwargs):
         super().__init__(params=params, upsample=upsample, disk_fraction=disk_fraction, **kwargs)
 
     # -- set-up -------------------------------------------------------------
