@@ -228,6 +228,7 @@ def _refine_only(ctx, ds, args, progress):
                             flip_y=args.flip_y)
     fit = refine(ds, start, ctx=ctx, cache=cache, progress=progress)
     fit.passes += 1
+    fit.extra["frame_sum"] = cache.frame_sum
     return fit
 
 

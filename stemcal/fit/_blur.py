@@ -124,6 +124,36 @@ def gradient_loss(shifted_sum: np.ndarray, coverage: np.ndarray) -> float:
     return float(-((g1[0] * g2[0] + g1[1] * g2[1]) * w).sum() / w.sum() / (m1 * m2))
 
 
+def unbiased_contrast_loss(shifted_sum: np.ndarray, coverage: np.ndarray,
+                           squares: np.ndarray | None = None) -> float:
+    """Negative squared contrast of the normalised shifted sum, noise bias removed.
+
+    ``squares`` (same shape as ``shifted_sum``) holds every splatted
+    contribution squared (:func:`~stemcal.processing.kernels.splat_frames_moments`):
+    ``S^2 - squares`` keeps only products of *different* detector pixels, whose
+    noise is independent, so ``sum((S^2 - squares) / C) - sum(S)^2 / sum(C)``,
+    divided by ``sum(C) m^2``, estimates the signal contrast with all pairs of
+    frames (the grouped :func:`contrast_loss` uses 1 - 1/K of them). Lower is sharper.
+    """
+    S = np.asarray(shifted_sum, dtype=float)
+    C = np.asarray(coverage, dtype=float)
+    if S.ndim == 3:
+        S, C = S.sum(axis=0), C.sum(axis=0)
+        squares = None if squares is None else np.asarray(squares).sum(axis=0)
+    if squares is None:
+        raise ValueError("unbiased contrast needs the squared contributions")
+    ok = C > 0
+    if not ok.any():
+        raise ValueError("nothing was projected into the image (coverage is zero)")
+    s, c, q = S[ok], C[ok], np.asarray(squares, dtype=float)[ok]
+    total_c = float(c.sum())
+    m = float(s.sum()) / total_c
+    if m == 0:
+        return 0.0
+    signal = float(((s * s - q) / c).sum()) - float(s.sum()) ** 2 / total_c
+    return -signal / (total_c * m * m)
+
+
 #: Metrics by name, all with the :data:`BlurMetric` interface.
 METRICS: dict[str, BlurMetric] = {"crete": crete_loss, "contrast": contrast_loss,
-                                   "gradient": gradient_loss}
+                                   "gradient": gradient_loss, "unbiased": unbiased_contrast_loss}

@@ -203,6 +203,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
                            "flip_y": coarse.params.flip_y, "overfocus": coarse.params.overfocus,
                            "motion_step": coarse.motion.step,
                            "motion_strength": coarse.motion.strength}
+    fit.extra["frame_sum"] = cache.frame_sum
     fit.extra["descan"] = {"matrix": coarse.descan.matrix.tolist(),
                            "offset": coarse.descan.offset.tolist(),
                            "residual_px": coarse.descan.residual}

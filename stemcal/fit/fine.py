@@ -170,7 +170,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
            rotation_bound: float = 6.0, overfocus_bound: float = 0.12, centre_bound: float = 3.0,
            metric: str = "contrast", method: str = "sobol-nm", cache: ReducedCache | None = None,
            budget: int = DEFAULT_BUDGET, work: int = DEFAULT_WORK, coarse_work: int = 3_000_000,
-           confirm: bool = True, polish: bool = True,
+           confirm: bool = True, polish: bool = True, upsample: float = 1.0,
            progress: bool = False) -> FitResult:
     """Refine scan rotation and overfocus (and optionally cy, cx) by the blur loss.
 
@@ -228,8 +228,8 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     k = 1
     while k < 8 and cache.subsample(k).work(start.disk_radius_px) > coarse_work:
         k += 1
-    coarse = BlurLoss(cache.subsample(k), start, free=tuple(free), metric=metric)
-    loss = BlurLoss(cache, start, free=tuple(free), metric=metric)
+    coarse = BlurLoss(cache.subsample(k), start, free=tuple(free), metric=metric, upsample=upsample)
+    loss = BlurLoss(cache, start, free=tuple(free), metric=metric, upsample=upsample)
     x0 = loss.x0()
     half = {"scan_rotation": rotation_bound, "overfocus": 100 * overfocus_bound,
             "cy": centre_bound, "cx": centre_bound}

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..processing.geometry import ProjectionGeometry
-from ..processing.kernels import splat_frames
+from ..processing.kernels import splat_frames, splat_frames_moments
 from ..twin.params import OverfocusParams
 from ._blur import METRICS
 from .cache import ReducedCache
@@ -66,7 +66,11 @@ class BlurLoss:
         # separate signal from noise.
         c = self.cache
         grid = np.rint(c.scan_yx / c.stride).astype(int)
-        if self.groups == 4:
+        if self.metric == "unbiased":
+            self.groups = 1
+        if self.groups == 1:
+            label = np.zeros(len(grid), dtype=int)
+        elif self.groups == 4:
             label = (grid[:, 0] % 2) * 2 + grid[:, 1] % 2
         elif self.groups == 2:
             label = (grid[:, 0] + grid[:, 1]) % 2
@@ -101,9 +105,11 @@ class BlurLoss:
         """Shifted sums and coverages of the groups of cached frames, (K, H, W) each."""
         geo = self.geometry.with_params(params)
         c = self.cache
+        A = np.ascontiguousarray(geo.A)
+        if self.metric == "unbiased":
+            return self._project_moments(geo, A)
         out = np.zeros((self.groups,) + geo.shape)
         cov = np.zeros((self.groups,) + geo.shape)
-        A = np.ascontiguousarray(geo.A)
 
         def half(k: int) -> None:
             frames, scan_yx = self._halves[k]
@@ -116,9 +122,35 @@ class BlurLoss:
         list(_pool().map(half, range(self.groups)))
         return out, cov
 
+    def _project_moments(self, geo: ProjectionGeometry, A: np.ndarray):
+        """Shifted sum, coverage and squared contributions, each (1, H, W).
+
+        The frames are split in two halves that run on two threads into
+        separate accumulators, then added.
+        """
+        c = self.cache
+        frames, scan_yx = self._halves[0]
+        acc = np.zeros((2, 3) + geo.shape)
+        bounds = [0, len(frames) // 2, len(frames)]
+
+        def part(k: int) -> None:
+            sl = slice(bounds[k], bounds[k + 1])
+            centres = geo.centres(scan_yx[sl])
+            offsets = geo.offsets(scan_yx[sl], centres)
+            splat_frames_moments(frames[sl], 0, 0, c.pix_scale, c.pix_offset, centres, offsets,
+                                 A, geo.r_in, geo.r_out, acc[k, 0], acc[k, 1], acc[k, 2])
+
+        list(_pool().map(part, (0, 1)))
+        total = acc.sum(axis=0)
+        self._squares = total[2][None]
+        return total[0][None], total[1][None]
+
     def value(self, params: OverfocusParams) -> float:
         """The metric of the cached frames projected with ``params``."""
-        return METRICS[self.metric](*self.project(params))
+        S, C = self.project(params)
+        if self.metric == "unbiased":
+            return METRICS[self.metric](S, C, self._squares)
+        return METRICS[self.metric](S, C)
 
     def __call__(self, x: Sequence[float]) -> float:
         self.nfev += 1

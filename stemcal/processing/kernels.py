@@ -31,7 +31,7 @@ def _disk_weight(r2: float, r_in: float, r_out: float) -> float:
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _splat(out, cov, uy, ux, value, weight):
+def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
     H, W = out.shape
     fy = np.floor(uy)
     fx = np.floor(ux)
@@ -43,44 +43,31 @@ def _splat(out, cov, uy, ux, value, weight):
         w = (1.0 - wy) * weight
         if ix >= 0 and ix < W:
             out[iy, ix] += w * (1.0 - wx) * value
+            if want_sq:
+                sq[iy, ix] += (w * (1.0 - wx) * value) ** 2
             cov[iy, ix] += w * (1.0 - wx)
         if ix + 1 >= 0 and ix + 1 < W:
             out[iy, ix + 1] += w * wx * value
+            if want_sq:
+                sq[iy, ix + 1] += (w * wx * value) ** 2
             cov[iy, ix + 1] += w * wx
     if iy + 1 >= 0 and iy + 1 < H:
         w = wy * weight
         if ix >= 0 and ix < W:
             out[iy + 1, ix] += w * (1.0 - wx) * value
+            if want_sq:
+                sq[iy + 1, ix] += (w * (1.0 - wx) * value) ** 2
             cov[iy + 1, ix] += w * (1.0 - wx)
         if ix + 1 >= 0 and ix + 1 < W:
             out[iy + 1, ix + 1] += w * wx * value
+            if want_sq:
+                sq[iy + 1, ix + 1] += (w * wx * value) ** 2
             cov[iy + 1, ix + 1] += w * wx
 
 
 @numba.njit(nogil=True, cache=True)
-def splat_frames(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
-                 centres, offsets, A, r_in, r_out, out, cov):
-    """Project frames into a target image by bilinear splatting.
-
-    Parameters
-    ----------
-    frames : (n, h, w) array
-        Frames, or a tile of them whose top-left detector index is
-        ``(sig_origin_y, sig_origin_x)``.
-    pix_scale, pix_offset : float
-        Detector pixel coordinate of index ``i`` is ``i * pix_scale + pix_offset``.
-    centres : (n, 2) float64
-        Beam centre of each frame on the detector, detector px.
-    offsets : (n, 2) float64
-        Target-pixel position of the beam centre of each frame minus ``A @ centre``:
-        a detector pixel ``p`` lands at target pixel ``A @ p + offsets[i]``.
-    A : (2, 2) float64
-        Target pixels per detector pixel.
-    r_in, r_out : float
-        Disk weight radii, detector px.
-    out, cov : (H, W) float64
-        Accumulators for weighted intensity and weight (coverage), added to.
-    """
+def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
+                centres, offsets, A, r_in, r_out, out, cov, sq, want_sq):
     n, h, w = frames.shape
     a00 = A[0, 0]
     a01 = A[0, 1]
@@ -103,13 +90,55 @@ def splat_frames(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
                 wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
                 if wgt <= 0.0:
                     continue
-                _splat(out, cov, base_y + a01 * px, base_x + a11 * px,
-                       float(frames[i, y, x]), wgt)
+                _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,
+                          float(frames[i, y, x]), wgt, want_sq)
+
+
+@numba.njit(nogil=True, cache=True)
+def splat_frames(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
+                 centres, offsets, A, r_in, r_out, out, cov):
+    """Project frames into a target image by bilinear splatting.
+
+    Parameters
+    ----------
+    frames : (n, h, w) array
+        Frames, or a tile of them whose top-left detector index is
+        ``(sig_origin_y, sig_origin_x)``.
+    pix_scale, pix_offset : float
+        Detector pixel coordinate of index ``i`` is ``i * pix_scale + pix_offset``.
+    centres : (n, 2) float64
+        Beam centre of each frame on the detector, detector px.
+    offsets : (n, 2) float64
+        A detector pixel ``p`` of frame ``i`` lands at target pixel ``A @ p + offsets[i]``.
+    A : (2, 2) float64
+        Target pixels per detector pixel.
+    r_in, r_out : float
+        Disk weight radii, detector px.
+    out, cov : (H, W) float64
+        Accumulators for weighted intensity and weight (coverage), added to.
+    """
+    _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
+                centres, offsets, A, r_in, r_out, out, cov, out, False)
+
+
+@numba.njit(nogil=True, cache=True)
+def splat_frames_moments(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
+                         centres, offsets, A, r_in, r_out, out, cov, sq):
+    """:func:`splat_frames` that also adds each splatted contribution squared into ``sq``.
+
+    ``sq`` is the part of ``out**2`` that comes from every contribution with
+    itself; ``out**2 - sq`` holds only products of different detector pixels,
+    whose noise is independent, so it estimates the squared signal without
+    noise bias.
+    """
+    _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
+                centres, offsets, A, r_in, r_out, out, cov, sq, True)
 
 
 def splat_frames_numpy(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
-                       centres, offsets, A, r_in, r_out, out, cov):
-    """NumPy twin of :func:`splat_frames` (the test oracle; slow)."""
+                       centres, offsets, A, r_in, r_out, out, cov, sq=None):
+    """NumPy twin of :func:`splat_frames` and, with ``sq``, of
+    :func:`splat_frames_moments` (the test oracle; slow)."""
     n, h, w = frames.shape
     H, W = out.shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -129,6 +158,8 @@ def splat_frames_numpy(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset
             ok = (ty >= 0) & (ty < H) & (tx >= 0) & (tx < W) & (wgt > 0)
             np.add.at(out, (ty[ok], tx[ok]), (bw * frames[i])[ok])
             np.add.at(cov, (ty[ok], tx[ok]), bw[ok])
+            if sq is not None:
+                np.add.at(sq, (ty[ok], tx[ok]), ((bw * frames[i])[ok]) ** 2)
 
 
 @numba.njit(nogil=True, cache=True)

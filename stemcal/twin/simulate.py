@@ -63,14 +63,15 @@ class SimulatedSpecimen:
 
 
 def default_specimen(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tuple[int, int],
-                     *, seed: int = 0, pixels_per_scan_px: float = 2.0) -> SimulatedSpecimen:
+                     *, seed: int = 0, pixels_per_scan_px: float = 2.0,
+                     feature_size: float = 0.8) -> SimulatedSpecimen:
     """The built-in test specimen, large enough for every ray of the scan."""
     radius_det = min(params.disk_radius_px, math.hypot(*sig_shape))
     descan = np.abs(params.descan_matrix).sum() * max(nav_shape)
     m = abs(params.magnification_ratio) * (radius_det + descan) + 4
     shape = (int((nav_shape[0] + 2 * m) * pixels_per_scan_px),
              int((nav_shape[1] + 2 * m) * pixels_per_scan_px))
-    img = test_specimen(shape, seed=seed, feature_size=1.5 * pixels_per_scan_px)
+    img = test_specimen(shape, seed=seed, feature_size=feature_size * pixels_per_scan_px)
     return SimulatedSpecimen(img, (-m, -m), pixels_per_scan_px)
 
 
