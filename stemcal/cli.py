@@ -30,6 +30,13 @@ class CLIError(Exception):
         self.status = status
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``stemcal: error: ...``), status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_BAD_INPUT, f"stemcal: error: {' '.join(message.split())}\n")
+
+
 def _positive(name: str):
     def conv(text: str) -> float:
         try:
@@ -92,7 +99,7 @@ def _add_geometry(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(prog="stemcal", description=(
+    parser = _Parser(prog="stemcal", description=(
         "Calibrate scan rotation, flip, overfocus, beam centre and descan of overfocused "
         "4D-STEM data."))
     parser.add_argument("--version", action="version", version=f"stemcal {__version__}")

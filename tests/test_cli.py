@@ -92,8 +92,9 @@ def assert_argparse_error(proc: subprocess.CompletedProcess, option: str) -> Non
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == ""
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("stemcal fit: error:") and option in last, last
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"want one stderr line, got {proc.stderr!r}"
+    assert lines[0].startswith("stemcal: error:") and option in lines[0], lines[0]
 
 
 def rot_err(a: float, b: float) -> float:

@@ -68,7 +68,7 @@ def continuity_case():
     truth = OverfocusParams(overfocus=1e-6, semiconv=3e-3, cy=31.0, cx=33.0, scan_rotation=20.0,
                             flip_y=True, **BASE)
     data = simulate(truth, (24, 24), (64, 64))
-    loss = BlurLoss(cache_of(data), truth)
+    loss = BlurLoss(cache_of(data), truth, metric="contrast", groups=2)
     rotations = truth.scan_rotation + np.arange(-30, 31) * 0.01  # +-0.3 deg, 0.01 deg steps
     return truth, loss, rotations
 

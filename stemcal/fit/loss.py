@@ -44,7 +44,7 @@ class BlurLoss:
     start: OverfocusParams
     free: Sequence[str] = ("scan_rotation", "overfocus")
     upsample: float = 1.0
-    metric: str = "unbiased"
+    metric: str = "contrast"
     margin_factor: float = 1.6
     groups: int = 4
     nfev: int = 0

@@ -1,0 +1,23 @@
+"""Ophyd devices of an overfocused 4D-STEM instrument and their simulated backends.
+
+* :class:`ScanGenerator` -- scan shape, step, dwell time, scan rotation.
+* :class:`MicroscopeOptics` -- overfocus, camera length, high tension, magnification.
+* :class:`MerlinDetector` -- controller + :class:`HDF5StreamWriter`; one whole scan
+  per trigger, emitted as StreamResource/StreamDatum documents.
+* :class:`SimulatedMicroscope` -- the digital twin shared by the simulated
+  devices; :class:`SimBackend` is its detector controller.
+* :func:`make_sim_instrument` -- all of the above wired together.
+"""
+from .instrument import SimInstrument, make_sim_instrument
+from .merlin import IMAGE_DIMS, DetectorController, DetectorWriter, HDF5StreamWriter, MerlinDetector
+from .optics import MicroscopeOptics
+from .scan import ScanGenerator
+from .signals import ReadbackSignal, SettingSignal
+from .sim import ManualClock, MicroscopeTruth, PhysicalSpecimen, SimBackend, SimulatedMicroscope
+
+__all__ = [
+    "ScanGenerator", "MicroscopeOptics", "MerlinDetector", "HDF5StreamWriter",
+    "DetectorController", "DetectorWriter", "IMAGE_DIMS", "SimulatedMicroscope", "SimBackend",
+    "MicroscopeTruth", "PhysicalSpecimen", "ManualClock", "SimInstrument", "make_sim_instrument",
+    "SettingSignal", "ReadbackSignal",
+]

@@ -1,0 +1,54 @@
+"""The scan generator: scan shape, step, dwell time and scan rotation."""
+from __future__ import annotations
+
+from typing import Any
+
+from ophyd import Component as Cpt
+from ophyd import Device
+
+from .signals import SettingSignal, finite, finite_positive, positive_int
+
+__all__ = ["ScanGenerator"]
+
+
+class ScanGenerator(Device):
+    """Settings of the STEM scan generator (soft signals, validated on ``set``/``put``).
+
+    Components
+    ----------
+    shape_y, shape_x : int
+        Scan shape, scan pixels (>= 1); frames are acquired row by row, ``(y, x)``.
+    pixel_size : float
+        Scan step, metres per scan pixel (> 0).
+    dwell_time : float
+        Time per scan position, seconds (> 0).
+    rotation : float
+        Scan rotation set on the scan generator, degrees. It adds to the
+        instrument's (unknown) detector-to-scan rotation.
+
+    Examples
+    --------
+    >>> scan = ScanGenerator(name="scan")
+    >>> scan.shape_y.set(24).wait(); scan.rotation.set(10.0).wait()
+    """
+
+    shape_y = Cpt(SettingSignal, value=32, validator=positive_int, kind="normal")
+    shape_x = Cpt(SettingSignal, value=32, validator=positive_int, kind="normal")
+    pixel_size = Cpt(SettingSignal, value=0.5e-9, validator=finite_positive, units="m",
+                     kind="normal")
+    dwell_time = Cpt(SettingSignal, value=1e-3, validator=finite_positive, units="s",
+                     kind="normal")
+    rotation = Cpt(SettingSignal, value=0.0, validator=finite, units="deg", kind="normal")
+
+    @property
+    def nav_shape(self) -> tuple[int, int]:
+        """The scan shape ``(shape_y, shape_x)``, scan pixels."""
+        return int(self.shape_y.get()), int(self.shape_x.get())
+
+    def state(self) -> dict[str, Any]:
+        """Plain dict of the settings: ``shape_y``, ``shape_x`` (int), ``pixel_size`` (m),
+        ``dwell_time`` (s), ``rotation`` (deg)."""
+        return {"shape_y": int(self.shape_y.get()), "shape_x": int(self.shape_x.get()),
+                "pixel_size": float(self.pixel_size.get()),
+                "dwell_time": float(self.dwell_time.get()),
+                "rotation": float(self.rotation.get())}

@@ -1,0 +1,218 @@
+"""Calibration records and the tiled catalog (real tiled, served in-process, tmp directories)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stemcal import catalog as cat
+from stemcal.catalog import (calibration_history, default_catalog_dir, get_record,
+                             latest_calibration, open_catalog, record_images, staleness,
+                             write_record)
+from stemcal.fit.result import FitResult
+from stemcal.record import CalibrationRecord, software_versions
+from stemcal.twin import OverfocusParams
+
+PARAMS = OverfocusParams(overfocus=1.2e-3, scan_pixel_size=2e-9, camera_length=0.1,
+                         detector_pixel_size=55e-6, semiconv=0.012, cy=31.5, cx=30.25,
+                         scan_rotation=-87.5, flip_y=True, descan=((0.01, -0.02), (0.03, 0.0)))
+OPTICS = {"overfocus_setting": 1.2e-3, "camera_length": 0.1, "high_tension": 300e3,
+          "magnification": 1e6}
+
+
+def make_record(time: float, quality: str = "ok", **optics: float) -> CalibrationRecord:
+    fit = FitResult(params=PARAMS, start=PARAMS, loss=-1.0, blur=0.31, contrast=1.0, nfev=10,
+                    passes=2, seconds=1.0, success=True, message="", metric="contrast",
+                    extra={"uncertainty": {"scan_rotation": np.float64(0.05), "overfocus": 2e-6}},
+                    quality=quality)
+    rec = CalibrationRecord.from_fit(fit, acquisition_uid="acq-" + str(time),
+                                     optics_state={**OPTICS, **optics},
+                                     fit_settings={"metric": "contrast", "bounds": (1.0, 2.0)})
+    return rec.correct(time=time, supersedes=None)
+
+
+# -- the record ---------------------------------------------------------------
+
+def test_record_round_trip_and_fields():
+    rec = make_record(1000.0)
+    d = rec.to_dict()
+    json.dumps(d, allow_nan=False)  # plain JSON, no NaN
+    assert CalibrationRecord.from_dict(d) == rec
+    assert rec.params() == PARAMS and rec.valid
+    assert rec.descan == [[0.01, -0.02], [0.03, 0.0]]
+    assert rec.uncertainty == {"scan_rotation": 0.05, "overfocus": 2e-6}
+    assert rec.fit_settings["bounds"] == [1.0, 2.0]
+    assert set(rec.versions) == {"stemcal", "libertem", "numba", "bluesky", "numpy"}
+    assert rec.versions == software_versions() and rec.versions["numpy"] == np.__version__
+    nan_blur = CalibrationRecord.from_dict({**d, "blur": math.nan})
+    assert nan_blur.to_dict()["blur"] is None
+    assert math.isnan(CalibrationRecord.from_dict(nan_blur.to_dict()).blur)
+    assert not rec.correct(quality="wrong dataset").valid
+
+
+def test_record_rejects_bad_dicts():
+    d = make_record(1000.0).to_dict()
+    with pytest.raises(ValueError, match="unknown.*colour"):
+        CalibrationRecord.from_dict({**d, "colour": "red"})
+    with pytest.raises(ValueError, match="lacks.*overfocus"):
+        CalibrationRecord.from_dict({k: v for k, v in d.items() if k != "overfocus"})
+    with pytest.raises(ValueError, match="camera_length"):
+        CalibrationRecord.from_dict({**d, "camera_length": -1.0})
+
+
+def test_correction_supersedes():
+    rec = make_record(1000.0)
+    fix = rec.correct(cy=32.0)
+    assert fix.supersedes == rec.uid and fix.uid != rec.uid and fix.cy == 32.0
+    assert fix.time > rec.time
+
+
+# -- the catalog --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A catalog with five records; yields (directory, client, records by name)."""
+    directory = tmp_path_factory.mktemp("catalog")
+    client = open_catalog(directory)
+    recs = {"old": make_record(1000.0),
+            "mid": make_record(2000.0, camera_length=0.2),
+            "new": make_record(3000.0, quality="optimum at the search bound", camera_length=0.1005),
+            "a": make_record(100.0, camera_length=0.5)}
+    recs["a_fix"] = recs["a"].correct(time=200.0, quality="retracted: wrong dataset")
+    image = np.arange(48, dtype=np.float32).reshape(6, 8)
+    image[2, 3] = np.nan
+    images = {"point": image * 0 + 1, "selected": image * 0, "shifted_sum_normalised": image,
+              "sum": image * 2}
+    for name, rec in recs.items():
+        assert write_record(client, rec, images if name == "old" else None) == rec.uid
+    yield directory, client, recs
+    client.context.close()
+
+
+def test_history_newest_first(store):
+    _, client, recs = store
+    order = [recs[k].uid for k in ("new", "mid", "old", "a_fix", "a")]
+    assert [r.uid for r in calibration_history(client)] == order
+    assert calibration_history(client)[2] == recs["old"]
+    assert [r.uid for r in calibration_history(client, limit=2)] == order[:2]
+    assert [r.uid for r in calibration_history(client, valid_only=True)] == [
+        recs[k].uid for k in ("mid", "old", "a")]
+    with pytest.raises(ValueError, match="limit"):
+        calibration_history(client, limit=-1)
+
+
+def test_get_record(store):
+    _, client, recs = store
+    uid = recs["mid"].uid
+    assert get_record(client, uid) == recs["mid"]
+    assert get_record(client, uid[:8]) == recs["mid"]
+    assert get_record(client, uid[:8].upper()) == recs["mid"]
+    with pytest.raises(KeyError, match="no calibration record"):
+        get_record(client, "00000000-0000-4000-8000-000000000000")
+    with pytest.raises(ValueError, match=">= 8"):
+        get_record(client, uid[:7])
+    with pytest.raises(ValueError, match=">= 8"):
+        get_record(client, "abcdefg%")
+
+
+def test_images_come_back(store):
+    _, client, recs = store
+    uid = recs["old"].uid
+    raw = client[uid]["primary"]["shifted_sum_normalised"].read()
+    assert raw.shape == (1, 6, 8) and raw.dtype == np.float32
+    expected = np.arange(48, dtype=np.float32).reshape(6, 8)
+    expected[2, 3] = 0  # NaN stored as 0
+    np.testing.assert_array_equal(raw[0], expected)
+    images = record_images(client, uid)
+    assert set(images) == {"point", "selected", "shifted_sum_normalised", "sum"}
+    np.testing.assert_array_equal(images["sum"], 2 * expected)
+    assert client[uid]["primary"]["overfocus"].read()[0] == pytest.approx(PARAMS.overfocus)
+    assert record_images(client, recs["mid"].uid) == {}
+    with pytest.raises(ValueError, match="2D"):
+        write_record(client, make_record(5.0), {"sum": np.zeros((2, 3, 4))})
+
+
+def test_latest_calibration_tolerance_validity_supersession(store):
+    _, client, recs = store
+    now = {**OPTICS, "camera_length": 0.1003}
+    # "new" (0.1005) is closer in time but invalid; "old" (0.1) is within 1 mm.
+    assert latest_calibration(client, now, {"camera_length": 1e-3}) == recs["old"]
+    assert latest_calibration(client, now, {"camera_length": 1e-4}) is None
+    at_mid = {**OPTICS, "camera_length": 0.2}
+    assert latest_calibration(client, at_mid, {"camera_length": 1e-3}) == recs["mid"]
+    tols = {"camera_length": 1e-3, "high_tension": 10.0}
+    assert latest_calibration(client, now, tols) == recs["old"]
+    now_np = {k: np.float64(v) for k, v in now.items()}
+    assert latest_calibration(client, now_np, tols) == recs["old"]
+    assert latest_calibration(client, {**now, "high_tension": 200e3}, tols) is None
+    assert latest_calibration(client, {"camera_length": 0.1}, tols) is None  # high_tension unknown
+    # "a" is valid but retracted by the (invalid) correction "a_fix".
+    assert latest_calibration(client, {"camera_length": 0.5}, {"camera_length": 1e-3}) is None
+    with pytest.raises(ValueError, match="tolerances"):
+        latest_calibration(client, now, {"camera_length": -1.0})
+
+
+def test_staleness_names_changed_keys():
+    rec = make_record(1000.0)
+    tols = {"camera_length": 1e-3, "high_tension": 10.0, "magnification": 0.0}
+    assert staleness(rec, OPTICS, tols) == []
+    assert staleness(rec, {**OPTICS, "high_tension": 200e3, "overfocus_setting": 5.0}, tols) == [
+        "high_tension"]  # overfocus_setting is not compared
+    assert staleness(rec, {"camera_length": 0.1, "high_tension": 300e3}, tols) == ["magnification"]
+    assert staleness(rec, OPTICS, {"spot_size": 0.0}) == ["spot_size"]  # missing in the record
+
+
+def test_reopen_sees_records_via_env(store, tmp_path, monkeypatch):
+    directory, _, recs = store
+    monkeypatch.setenv("STEMCAL_CATALOG", str(directory))
+    assert default_catalog_dir() == directory
+    again = open_catalog(None)
+    assert [r.uid for r in calibration_history(again)][:1] == [recs["new"].uid]
+    again.context.close()
+    monkeypatch.delenv("STEMCAL_CATALOG")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_catalog_dir() == tmp_path / "xdg" / "stemcal" / "catalog"
+    default_catalog_dir().parent.mkdir(parents=True)
+    default_catalog_dir().symlink_to(directory)
+    again = open_catalog(None)
+    assert len(calibration_history(again)) == len(recs)
+    again.context.close()
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_catalog_dir() == tmp_path / "home" / ".local" / "share" / "stemcal" / "catalog"
+
+
+def test_new_catalog_is_quiet(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("STEMCAL_CATALOG", str(tmp_path / "fresh"))
+    client = open_catalog()
+    out, err = capfd.readouterr()
+    assert out == "" and "Tiled version" not in err and "httpx" not in err
+    assert (tmp_path / "fresh" / "catalog.db").exists()
+    assert calibration_history(client) == []
+    assert latest_calibration(client, OPTICS, {"camera_length": 1.0}) is None
+    client.context.close()
+
+
+def test_server_uri_uses_env_api_key(monkeypatch):
+    seen = {}
+
+    class FakeClient:
+        specs = [type("Spec", (), {"name": "CatalogOfBlueskyRuns"})()]
+
+    def fake_from_uri(uri, api_key=None):
+        seen.update(uri=uri, api_key=api_key)
+        return FakeClient()
+
+    import tiled.client
+    monkeypatch.setattr(tiled.client, "from_uri", fake_from_uri)
+    monkeypatch.setenv("TILED_API_KEY", "secret")
+    assert isinstance(open_catalog("http://tiled.example:8000/api"), FakeClient)
+    assert seen == {"uri": "http://tiled.example:8000/api", "api_key": "secret"}
+    FakeClient.specs = []
+    with pytest.raises(ValueError, match="CatalogOfBlueskyRuns"):
+        open_catalog("https://tiled.example")
+    assert cat.PURPOSE == "calibration"
+    assert isinstance(default_catalog_dir(), Path)
