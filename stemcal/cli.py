@@ -1,8 +1,9 @@
-"""Command line: ``stemcal fit``, ``stemcal simulate``, ``stemcal demo``.
+"""Command line: ``stemcal fit``, ``simulate``, ``demo``, ``calibrate``, ``history``, ``show``.
 
 The CLI only parses, wires objects and prints; the work is in the package.
 Bad input ends with one line ``stemcal: error: ...`` on stderr and exit
-status 2 (3 when the data hold nothing to calibrate on), never a traceback.
+status 2 (3 when the data hold nothing to calibrate on, or ``calibrate``
+ends without a trusted record), never a traceback.
 """
 from __future__ import annotations
 
@@ -82,6 +83,18 @@ def _shape(text: str) -> int:
     return v
 
 
+def _count(name: str):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return conv
+
+
 def _add_geometry(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
     req = not defaults
@@ -149,7 +162,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulate, calibrate from a cold start, report")
     demo.add_argument("--out", default="out", help="output directory (default ./out)")
     demo.add_argument("--json", action="store_true")
+
+    cal = sub.add_parser("calibrate", help="run the calibrate plan on the simulated microscope "
+                                           "and store the record in a catalog")
+    _add_catalog(cal)
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
+    cal.add_argument("--true-scan-rotation", type=_finite("--true-scan-rotation"), default=23.5,
+                     metavar="DEG", help="the simulator's true scan rotation (default 23.5)")
+    tflip = cal.add_mutually_exclusive_group()
+    tflip.add_argument("--true-flip-y", dest="true_flip_y", action="store_true", default=True,
+                       help="the simulated detector is flipped (default)")
+    tflip.add_argument("--no-true-flip-y", dest="true_flip_y", action="store_false")
+    cal.add_argument("--true-overfocus", type=_nonzero("--true-overfocus"), default=1.05e-6,
+                     metavar="M", help="the simulator's true overfocus at the optics setting "
+                                       "--overfocus (default 1.05e-6)")
+    cal.add_argument("--overfocus", type=_nonzero("--overfocus"), default=1e-6, metavar="M",
+                     help="optics overfocus setting (default 1e-6)")
+    cal.add_argument("--nav-shape", type=_shape, nargs=2, default=(40, 40), metavar=("NY", "NX"))
+    cal.add_argument("--sig-shape", type=_shape, nargs=2, default=(96, 96), metavar=("SY", "SX"))
+    cal.add_argument("--dose", type=_positive("--dose"), default=5.0,
+                     help="mean counts per pixel in the disk (default 5)")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--max-attempts", type=_count("--max-attempts"), default=3, metavar="N",
+                     help="most acquisitions, each at another focus (default 3)")
+    cal.add_argument("--data-dir", metavar="DIR",
+                     help="where the detector writes (default CATALOG/raw; a temporary "
+                          "directory for a tiled server)")
+    cal.add_argument("--figures", metavar="DIR", help="write a PNG of the images per run")
+
+    hist = sub.add_parser("history", help="list calibration records, newest first")
+    _add_catalog(hist)
+    hist.add_argument("--limit", type=_count("--limit"), metavar="N", help="at most N records")
+    hist.add_argument("--valid-only", action="store_true", help="only records with quality ok")
+    hist.add_argument("--json", action="store_true", help="print one JSON list")
+
+    show = sub.add_parser("show", help="print one calibration record with its provenance")
+    show.add_argument("uid", help="record uid (or a unique prefix of >= 8 characters)")
+    _add_catalog(show)
+    show.add_argument("--json", action="store_true", help="print the whole record as JSON")
     return parser
+
+
+def _add_catalog(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", metavar="DIR_OR_URI",
+                   help="catalog directory or tiled http(s):// URI (default $STEMCAL_CATALOG, "
+                        "else ~/.local/share/stemcal/catalog)")
 
 
 # -- fit ----------------------------------------------------------------------
@@ -343,6 +400,163 @@ def _print_demo(res: dict[str, Any]) -> None:
     print(f"\ntotal {res['seconds_total']:.1f} s (simulation included)")
 
 
+# -- calibrate / history / show ---------------------------------------------------
+
+#: Keys of the short record summary (``calibrate --json``, ``history --json``).
+RECORD_SUMMARY = ("uid", "acquisition_uid", "time", "scan_rotation", "flip_y", "overfocus",
+                  "cy", "cx", "quality", "valid")
+
+
+def _catalog_location(args: argparse.Namespace) -> tuple[Any, bool]:
+    """(location, is a tiled server URI) of ``--catalog`` or the default."""
+    import os
+    import re
+
+    from .catalog import default_catalog_dir
+    loc = args.catalog or os.environ.get("STEMCAL_CATALOG") or str(default_catalog_dir())
+    if re.match(r"https?://", loc):
+        return loc, True
+    return Path(loc).expanduser(), False
+
+
+def _open(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
+    from .catalog import open_catalog
+    loc, remote = _catalog_location(args)
+    if not remote and args.command != "calibrate" and not (Path(loc) / "catalog.db").is_file():
+        raise CLIError(f"no catalog at {loc}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return open_catalog(loc, readable_storage=readable)
+
+
+def record_summary(record) -> dict[str, Any]:
+    """The short JSON summary of a calibration record (:data:`RECORD_SUMMARY`)."""
+    d = record.to_dict()
+    d["valid"] = record.valid
+    return {k: d[k] for k in RECORD_SUMMARY}
+
+
+def _sim_instrument(args: argparse.Namespace, data_dir: Path):
+    """The simulated microscope of ``stemcal calibrate`` (sizes as the test simulations)."""
+    from .devices import MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
+    sy, sx = args.sig_shape
+    det_pixel, camera_length = 55e-6, 0.2
+    scan_pixel = 0.5e-9 * sy / 128
+    semiconv = 0.3 * sy * det_pixel / camera_length  # disk radius 0.3 of the detector
+    truth = MicroscopeTruth(scan_rotation=args.true_scan_rotation, flip_y=args.true_flip_y,
+                            overfocus_offset=args.true_overfocus - args.overfocus,
+                            detector_pixel_size=det_pixel, semiconv=semiconv,
+                            cy=sy / 2 + 3.3, cx=sx / 2 - 2.7)
+    # Specimen: 0.5 scan px pixels, 0.8 scan px features, covering the scan plus the
+    # disk's shadow at twice the overfocus (vacuum beyond).
+    radius = semiconv * 2 * abs(args.true_overfocus) / scan_pixel
+    half = max(args.nav_shape) / 2 + radius + 8
+    n = int(min(4096, 2 * math.ceil(half / 0.5)))
+    specimen = PhysicalSpecimen.generate((n, n), pixel_size=0.5 * scan_pixel,
+                                         feature_size=0.8 * scan_pixel, seed=args.seed)
+    inst = make_sim_instrument(data_dir, truth=truth, sig_shape=(sy, sx), specimen=specimen,
+                               dose=args.dose, seed=args.seed, sleep=lambda s: None)
+    for sig, value in ((inst.scan.shape_y, args.nav_shape[0]), (inst.scan.shape_x, args.nav_shape[1]),
+                       (inst.scan.pixel_size, scan_pixel), (inst.optics.overfocus, args.overfocus),
+                       (inst.optics.camera_length, camera_length)):
+        sig.set(value).wait(timeout=10)
+    return inst
+
+
+def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Run the calibrate plan on the simulated microscope; (record, true geometry)."""
+    import tempfile
+
+    from bluesky import RunEngine
+    from .callbacks import CalibrationRecorder
+    from .plans import calibrate
+
+    loc, remote = _catalog_location(args)
+    if args.data_dir:
+        data_dir = Path(args.data_dir).expanduser().resolve()
+    elif remote:
+        data_dir = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))
+    else:
+        data_dir = (Path(loc) / "raw").resolve()
+    client = _open(args, readable=() if remote else (data_dir,))
+    inst = _sim_instrument(args, data_dir)
+    RE = RunEngine({}, call_returns_result=True)
+    if not remote:  # the acquisitions join the catalog (a server could not read local files)
+        from bluesky_tiled_plugins import TiledWriter
+        RE.subscribe(TiledWriter(client))
+    with CalibrationRecorder(client, figure_dir=args.figures) as recorder:
+        RE.subscribe(recorder)
+        result = RE(calibrate(inst.detector, inst.scan, inst.optics, catalog_client=client,
+                              callback=recorder, max_attempts=args.max_attempts))
+    truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
+    return result.plan_result, truth
+
+
+def _print_record(record, *, truth=None, provenance: bool = False) -> None:
+    import datetime
+    unc = record.uncertainty or {}
+
+    def pm(key):
+        v = unc.get(key)
+        return f" +- {v:.2g}" if v is not None else ""
+
+    when = datetime.datetime.fromtimestamp(record.time).isoformat(timespec="seconds")
+    print(f"uid            {record.uid}")
+    print(f"acquisition    {record.acquisition_uid}")
+    print(f"time           {when}")
+    print(f"scan_rotation  {record.scan_rotation:.3f} deg{pm('scan_rotation')}")
+    print(f"flip_y         {record.flip_y}")
+    print(f"overfocus      {record.overfocus:.6g} m{pm('overfocus')}")
+    print(f"centre (y, x)  {record.cy:.2f}, {record.cx:.2f} px")
+    m = record.descan
+    print(f"descan         [[{m[0][0]:+.4f}, {m[0][1]:+.4f}], [{m[1][0]:+.4f}, {m[1][1]:+.4f}]] px/scan px")
+    if math.isfinite(record.blur):
+        print(f"blur           {record.blur:.4f} (Crete; 0 sharp, 1 blurred)")
+    print(f"quality        {record.quality}")
+    if record.supersedes:
+        print(f"supersedes     {record.supersedes}")
+    if truth is not None:
+        drot = (record.scan_rotation - truth.scan_rotation + 180) % 360 - 180
+        print(f"truth          rotation {truth.scan_rotation:.3f} deg ({drot:+.3f}), flip_y "
+              f"{truth.flip_y}, overfocus {truth.overfocus:.6g} m "
+              f"({100 * (record.overfocus / truth.overfocus - 1):+.3f} %)")
+    if provenance:
+        print("optics state   " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in record.optics_state.items()))
+        print(f"sizes          scan pixel {record.scan_pixel_size:.6g} m, camera length "
+              f"{record.camera_length:.6g} m, detector pixel {record.detector_pixel_size:.6g} m, "
+              f"semiconv {record.semiconv:.6g} rad")
+        print("versions       " + ", ".join(f"{k} {v}" for k, v in record.versions.items()))
+        print("fit settings   " + _json(record.fit_settings))
+
+
+def run_history(args: argparse.Namespace) -> list:
+    from .catalog import calibration_history
+    return calibration_history(_open(args), limit=args.limit, valid_only=args.valid_only)
+
+
+def _print_history(records) -> None:
+    import datetime
+    if not records:
+        print("no calibration records")
+        return
+    print(f"{'uid':10}{'time':21}{'rotation':>10}{'flip':>6}{'overfocus':>13}{'cy':>8}{'cx':>8}"
+          f"  quality")
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.time).isoformat(timespec="seconds")
+        print(f"{r.uid[:8]:10}{when:21}{r.scan_rotation:>10.3f}{str(r.flip_y):>6}"
+              f"{r.overfocus:>13.5g}{r.cy:>8.2f}{r.cx:>8.2f}  {r.quality}")
+
+
+def run_show(args: argparse.Namespace):
+    from .catalog import get_record
+    client = _open(args)
+    try:
+        return get_record(client, args.uid)
+    except KeyError as exc:
+        raise CLIError(str(exc.args[0]) if exc.args else f"no calibration record {args.uid!r}") from None
+
+
 # -- entry point ----------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,6 +578,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             res = run_demo(args)
             print(_json(res)) if args.json else _print_demo(res)
+        elif args.command == "calibrate":
+            record, truth = run_calibrate(args)
+            print(_json(record_summary(record))) if args.json else _print_record(record, truth=truth)
+            if not record.valid:
+                print(f"stemcal: error: calibration not trusted: {record.quality}", file=sys.stderr)
+                return EXIT_NO_FEATURES
+        elif args.command == "history":
+            records = run_history(args)
+            print(_json([record_summary(r) for r in records])) if args.json else _print_history(records)
+        elif args.command == "show":
+            record = run_show(args)
+            print(_json(record.to_dict())) if args.json else _print_record(record, provenance=True)
     except CLIError as exc:
         print(f"stemcal: error: {exc}", file=sys.stderr)
         return exc.status

@@ -1,0 +1,533 @@
+"""The calibration recorder: documents of acquisition runs in, calibration records out.
+
+:class:`CalibrationRecorder` is subscribed to a RunEngine (``RE.subscribe(recorder)``).
+Like ``bluesky_tiled_plugins.TiledWriter`` it routes documents through an
+:class:`event_model.RunRouter` whose factory (:meth:`CalibrationRecorder.factory`)
+gives each run of interest a fresh per-run callback (:class:`CalibrationRun`):
+
+* ``purpose='calibration_data'`` (:func:`stemcal.plans.overfocus_scan`): at a
+  successful ``stop`` the run's HDF5 file is opened with LiberTEM, calibrated
+  by :func:`stemcal.fit.coarse.cold_start` and a
+  :class:`~stemcal.record.CalibrationRecord` (with its images) written to the
+  catalog by :func:`stemcal.catalog.write_record`;
+* ``purpose='calibration_check'`` (:func:`stemcal.plans.verify_calibration`):
+  the frames are projected with a stored geometry and its neighbours and the
+  sharpness of each shifted sum measured.
+
+The work runs in one worker thread (runs are processed in order), never on
+the RunEngine thread. Each handled run has a :class:`ResultStatus`
+(:meth:`CalibrationRecorder.result_status`) that finishes with the record
+(or the check's measurements) as its ``result``; a plan waits on it.
+
+Choices
+-------
+* Runs that end with ``exit_status`` other than ``'success'`` are not
+  calibrated: no record is written and their status fails with
+  :class:`RunNotCalibrated`.
+* Data without anything to calibrate on (:class:`~stemcal.fit.disk.NoFeaturesError`)
+  *do* give a record, with ``quality`` ``"no features: ..."`` (``valid`` False),
+  so that the attempt and its reason are in the calibration history. Its
+  geometry fields are the acquisition's starting point, not measurements:
+  the overfocus guess (or setting), rotation 0, no flip, the detector middle
+  and a disk of a quarter of the detector.
+* Any other error of the fit fails the run's status (and is logged); no record.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from bluesky.callbacks.core import CallbackBase
+from event_model import RunRouter
+from ophyd.status import Status
+
+from ..plans.calibrate import CALIBRATION_PURPOSE, CHECK_PURPOSE, optics_state
+from ..record import CalibrationRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CalibrationRecorder", "CalibrationRun", "ResultStatus", "AcquiredData",
+           "DocumentOrderError", "RunNotCalibrated", "IMAGE_NAMES"]
+
+#: OverfocusUDF images stored with a record (and shown in the figure).
+IMAGE_NAMES = ("point", "selected", "shifted_sum_normalised", "sum")
+
+
+class DocumentOrderError(RuntimeError):
+    """A document arrived out of order (before its run's start, after its stop, ...)."""
+
+
+class RunNotCalibrated(RuntimeError):
+    """The run was not calibrated (it did not end successfully, or held no 4D data)."""
+
+
+class ResultStatus(Status):
+    """An ophyd :class:`~ophyd.status.Status` that carries a result.
+
+    :meth:`set_result` stores the value and finishes the status; :attr:`result`
+    returns it, or raises the exception the status failed with.
+    """
+
+    _unset = object()
+
+    def __init__(self, obj: Any = None, **kwargs: Any) -> None:
+        self._result: Any = self._unset
+        super().__init__(obj=obj, **kwargs)
+
+    def set_result(self, value: Any) -> None:
+        """Store ``value`` and mark the status finished (successfully)."""
+        self._result = value
+        self.set_finished()
+
+    @property
+    def result(self) -> Any:
+        """The value given to :meth:`set_result`.
+
+        Raises
+        ------
+        RuntimeError
+            The status is not done yet.
+        Exception
+            The exception the status failed with.
+        """
+        if not self.done:
+            raise RuntimeError("the result is not ready (status not done)")
+        exc = self.exception()
+        if exc is not None:
+            raise exc
+        return self._result
+
+
+@dataclasses.dataclass(frozen=True)
+class AcquiredData:
+    """Where a run's 4D frames are: one HDF5 file, dataset ``(1, ny, nx, sy, sx)``.
+
+    ``path`` is a local path, ``dataset`` the HDF5 dataset path, ``data_key``
+    the descriptor's data key, ``nav_shape`` (ny, nx) and ``sig_shape`` (sy, sx)
+    in pixels.
+    """
+
+    path: Path
+    dataset: str
+    data_key: str
+    nav_shape: tuple[int, int]
+    sig_shape: tuple[int, int]
+
+    def load(self, ctx: Any) -> Any:
+        """The frames as a LiberTEM data set with 2D navigation and 2D signal.
+
+        The leading length-1 event axis of the file is folded into the
+        navigation by LiberTEM's HDF5 reader (``nav_shape=(ny, nx)``).
+        """
+        return ctx.load("hdf5", path=str(self.path), ds_path=self.dataset,
+                        nav_shape=self.nav_shape, sig_shape=self.sig_shape)
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise RunNotCalibrated(f"cannot read {uri!r}: only file://localhost/... URIs are supported")
+    return Path(unquote(parsed.path))
+
+
+class CalibrationRun(CallbackBase):
+    """Per-run callback: collects one run's documents, hands the run over at ``stop``.
+
+    Documents must come in order: ``start`` first and once; descriptors,
+    events, stream resources and datums between ``start`` and ``stop``; an
+    event or datum only after what it refers to; nothing after ``stop``.
+    Anything else raises :class:`DocumentOrderError`.
+
+    Parameters
+    ----------
+    on_stop : callable
+        ``on_stop(start, stop, data)`` with ``data`` the run's
+        :class:`AcquiredData`, or ``None`` where the run holds no usable 4D data
+        (then ``reason`` says why: ``on_stop(start, stop, None, reason)``).
+        Called once, for every ``stop``, on the thread that delivered it.
+    """
+
+    def __init__(self, on_stop: Callable[..., None]) -> None:
+        super().__init__()
+        self._on_stop = on_stop
+        self._start: dict | None = None
+        self._stopped = False
+        self._descriptors: dict[str, dict] = {}
+        self._resources: dict[str, dict] = {}
+        self._datums: list[dict] = []
+        self._events = 0
+
+    def _check(self, name: str) -> None:
+        if self._start is None:
+            raise DocumentOrderError(f"'{name}' document before the run's 'start'")
+        if self._stopped:
+            raise DocumentOrderError(f"'{name}' document after the run's 'stop' "
+                                     f"(run {self._start['uid']})")
+
+    def start(self, doc: dict) -> dict:
+        if self._start is not None:
+            raise DocumentOrderError(f"a second 'start' document ({doc.get('uid')}) for run "
+                                     f"{self._start['uid']}")
+        self._start = doc
+        return doc
+
+    def descriptor(self, doc: dict) -> dict:
+        self._check("descriptor")
+        if doc.get("run_start") != self._start["uid"]:
+            raise DocumentOrderError(f"descriptor {doc.get('uid')} belongs to run "
+                                     f"{doc.get('run_start')}, not {self._start['uid']}")
+        self._descriptors[doc["uid"]] = doc
+        return doc
+
+    def event(self, doc: dict) -> dict:
+        self._check("event")
+        if doc.get("descriptor") not in self._descriptors:
+            raise DocumentOrderError(f"event {doc.get('uid')} before its descriptor "
+                                     f"{doc.get('descriptor')}")
+        self._events += 1
+        return doc
+
+    def event_page(self, doc: dict) -> dict:
+        self._check("event_page")
+        if doc.get("descriptor") not in self._descriptors:
+            raise DocumentOrderError(f"event page before its descriptor {doc.get('descriptor')}")
+        self._events += len(doc.get("seq_num", ()))
+        return doc
+
+    def stream_resource(self, doc: dict) -> dict:
+        self._check("stream_resource")
+        if doc.get("run_start") not in (None, self._start["uid"]):
+            raise DocumentOrderError(f"stream resource {doc.get('uid')} belongs to run "
+                                     f"{doc.get('run_start')}, not {self._start['uid']}")
+        self._resources[doc["uid"]] = doc
+        return doc
+
+    def stream_datum(self, doc: dict) -> dict:
+        self._check("stream_datum")
+        if doc.get("stream_resource") not in self._resources:
+            raise DocumentOrderError(f"stream datum {doc.get('uid')} before its stream resource "
+                                     f"{doc.get('stream_resource')}")
+        if doc.get("descriptor") not in self._descriptors:
+            raise DocumentOrderError(f"stream datum {doc.get('uid')} before its descriptor "
+                                     f"{doc.get('descriptor')}")
+        self._datums.append(doc)
+        return doc
+
+    def stop(self, doc: dict) -> dict:
+        self._check("stop")
+        if doc.get("run_start") != self._start["uid"]:
+            raise DocumentOrderError(f"stop document of run {doc.get('run_start')} sent to run "
+                                     f"{self._start['uid']}")
+        self._stopped = True
+        try:
+            data, reason = self._data(), None
+        except RunNotCalibrated as exc:
+            data, reason = None, str(exc)
+        if data is None:
+            self._on_stop(self._start, doc, None, reason)
+        else:
+            self._on_stop(self._start, doc, data)
+        return doc
+
+    def _data(self) -> AcquiredData | None:
+        """The one 4D external acquisition of the run."""
+        found = []
+        for datum in self._datums:
+            res = self._resources[datum["stream_resource"]]
+            key = self._descriptors[datum["descriptor"]]["data_keys"].get(res["data_key"], {})
+            shape = [int(n) for n in key.get("shape") or ()]
+            if len(shape) == 4:
+                found.append((res, datum, shape))
+        if len(found) != 1:
+            raise RunNotCalibrated(f"run {self._start['uid']} holds {len(found)} 4D acquisitions; "
+                                   "calibration needs exactly one")
+        res, datum, shape = found[0]
+        if datum["indices"]["stop"] - datum["indices"]["start"] != 1:
+            raise RunNotCalibrated(f"run {self._start['uid']}: the stream datum covers "
+                                   f"{datum['indices']}; expected one acquisition")
+        dataset = (res.get("parameters") or {}).get("dataset")
+        if not dataset:
+            raise RunNotCalibrated(f"run {self._start['uid']}: stream resource names no HDF5 dataset")
+        return AcquiredData(path=_local_path(res["uri"]), dataset=dataset, data_key=res["data_key"],
+                            nav_shape=(shape[0], shape[1]), sig_shape=(shape[2], shape[3]))
+
+
+def _fit_inputs(start: Mapping[str, Any]) -> dict[str, Any]:
+    """cold_start's size arguments from an overfocus_scan start document."""
+    try:
+        optics, scan, det = start["optics"], start["scan"], start["detector"]
+        guess = dict(start.get("guess") or {})
+        out = {"scan_pixel_size": float(scan["pixel_size"]),
+               "camera_length": float(optics["camera_length"]),
+               "detector_pixel_size": float(det["pixel_size"]),
+               "overfocus": float(guess.get("overfocus", optics["overfocus"]))}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"start document {start.get('uid')} lacks the optics/scan/detector "
+                         f"settings calibration needs ({exc!r})") from exc
+    if guess.get("semiconv") is not None:
+        out["semiconv"] = float(guess["semiconv"])
+    return out
+
+
+class CalibrationRecorder:
+    """Calibrate acquisition runs from their documents and store the records in a catalog.
+
+    Parameters
+    ----------
+    client : CatalogOfBlueskyRuns or None
+        Where :func:`stemcal.catalog.write_record` puts the records
+        (:func:`stemcal.catalog.open_catalog`). ``None``: only check runs
+        (``purpose='calibration_check'``) can be handled.
+    ctx : libertem.api.Context, optional
+        Runs the passes over the data; default an inline context made on first
+        use (and closed by :meth:`close`).
+    figure_dir : path, optional
+        Write a PNG of the projected images per handled run there
+        (``calibration_<uid8>.png`` / ``check_<uid8>.png``; matplotlib, no display needed).
+    fit_kwargs : dict, optional
+        Further keyword arguments of :func:`stemcal.fit.coarse.cold_start`
+        (``budget``, ``rotation_bound``, ...); recorded in ``fit_settings``.
+
+    Notes
+    -----
+    Subscribe the recorder itself (``RE.subscribe(recorder)``), or put
+    :meth:`factory` into a RunRouter of your own. Documents are handled on the
+    calling (RunEngine) thread; fits run one at a time in a worker thread.
+    Use as a context manager, or call :meth:`close`, to stop the worker.
+    """
+
+    def __init__(self, client: Any, *, ctx: Any = None, figure_dir: str | Path | None = None,
+                 fit_kwargs: Mapping[str, Any] | None = None) -> None:
+        self.client = client
+        self.figure_dir = Path(figure_dir) if figure_dir is not None else None
+        self.fit_kwargs = dict(fit_kwargs or {})
+        for bad in {"ctx", "scan_pixel_size", "camera_length", "detector_pixel_size",
+                    "overfocus"} & set(self.fit_kwargs):
+            raise ValueError(f"fit_kwargs must not set {bad!r}: it comes from the run")
+        self._ctx = ctx
+        self._own_ctx = ctx is None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._statuses: dict[str, ResultStatus] = {}
+        self._router = RunRouter([self.factory])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.client!r})"
+
+    # -- documents ------------------------------------------------------------------------
+    def __call__(self, name: str, doc: dict) -> None:
+        """Route one document (the RunEngine subscription signature)."""
+        try:
+            self._router(name, doc)
+        except KeyError as exc:  # the RunRouter's lookups of runs/descriptors/resources
+            raise DocumentOrderError(
+                f"'{name}' document refers to {exc} that this recorder has not seen "
+                "(out-of-order documents, or a run whose 'start' it missed)") from exc
+
+    def factory(self, name: str, start: dict) -> tuple[list[CalibrationRun], list]:
+        """RunRouter factory: a :class:`CalibrationRun` for runs this recorder handles."""
+        purpose = start.get("purpose")
+        if purpose == CALIBRATION_PURPOSE:
+            work = self._calibrate
+        elif purpose == CHECK_PURPOSE:
+            work = self._check
+        else:
+            return [], []
+        with self._lock:
+            if start["uid"] in self._statuses:
+                raise DocumentOrderError(f"run {start['uid']} started twice")
+            self._statuses[start["uid"]] = status = ResultStatus(obj=start["uid"])
+
+        def on_stop(start: dict, stop: dict, data: AcquiredData | None,
+                    reason: str | None = None) -> None:
+            if stop.get("exit_status") != "success":
+                status.set_exception(RunNotCalibrated(
+                    f"run {start['uid']} ended with exit_status {stop.get('exit_status')!r}: "
+                    "not calibrated"))
+            elif data is None:
+                status.set_exception(RunNotCalibrated(reason or "no data"))
+            else:
+                self._submit(status, work, start, data)
+
+        return [CalibrationRun(on_stop)], []
+
+    def handles(self, run_uid: str) -> bool:
+        """Whether this recorder received the start of run ``run_uid`` and handles it."""
+        with self._lock:
+            return run_uid in self._statuses
+
+    def result_status(self, run_uid: str) -> ResultStatus:
+        """The status of run ``run_uid``; its ``result`` is the record (or check measurements).
+
+        Raises
+        ------
+        KeyError
+            This recorder did not receive that run's start, or does not handle it.
+        """
+        with self._lock:
+            try:
+                return self._statuses[run_uid]
+            except KeyError:
+                raise KeyError(f"run {run_uid} is not handled by this recorder") from None
+
+    # -- work -----------------------------------------------------------------------------
+    def _submit(self, status: ResultStatus, work: Callable[[dict, AcquiredData], Any],
+                start: dict, data: AcquiredData) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
+            pool = self._pool
+
+        def job() -> None:
+            try:
+                result = work(start, data)
+            except BaseException as exc:  # reported through the status
+                log.exception("handling run %s failed", start["uid"])
+                status.set_exception(exc)
+            else:
+                status.set_result(result)
+
+        pool.submit(job)
+
+    def _context(self) -> Any:
+        if self._ctx is None:
+            from libertem.api import Context
+
+            self._ctx = Context.make_with("inline")
+        return self._ctx
+
+    def _calibrate(self, start: dict, data: AcquiredData) -> CalibrationRecord:
+        from ..catalog import write_record
+        from ..fit.coarse import cold_start
+        from ..fit.disk import NoFeaturesError
+
+        if self.client is None:
+            raise RuntimeError("this recorder has no catalog client: it cannot store calibrations")
+        inputs = _fit_inputs(start)
+        state = optics_state(start["optics"], start["scan"])
+        settings: dict[str, Any] = {
+            "method": "cold_start", **{f"{k}_input": v for k, v in inputs.items()},
+            "cold_start_kwargs": dict(self.fit_kwargs),
+            "data": {"uri": data.path.as_uri(), "dataset": data.dataset, "data_key": data.data_key,
+                     "nav_shape": list(data.nav_shape), "sig_shape": list(data.sig_shape)},
+            "acquisition_plan": start.get("plan_name"),
+        }
+        ctx = self._context()
+        dataset = data.load(ctx)
+        try:
+            fit = cold_start(dataset, ctx=ctx, **inputs, **self.fit_kwargs)
+        except NoFeaturesError as exc:
+            record = self._no_features_record(start, data, inputs, state, settings, exc)
+            write_record(self.client, record)
+            return record
+        settings.update({"metric": fit.metric, "loss": fit.loss, "contrast": fit.contrast,
+                         "nfev": fit.nfev, "passes": fit.passes, "seconds": fit.seconds,
+                         "success": fit.success, "message": fit.message,
+                         "coarse": fit.extra.get("coarse"), "descan_fit": fit.extra.get("descan")})
+        record = CalibrationRecord.from_fit(fit, acquisition_uid=start["uid"], optics_state=state,
+                                            fit_settings=settings)
+        images = {k: fit.images[k] for k in IMAGE_NAMES if k in fit.images}
+        write_record(self.client, record, images)
+        if self.figure_dir is not None:
+            self._figure(f"calibration_{start['uid'][:8]}.png", images,
+                         {**record.to_dict(), "passes": fit.passes, "seconds": fit.seconds},
+                         fit.extra.get("frame_sum"), f"calibration of run {start['uid'][:8]}")
+        return record
+
+    @staticmethod
+    def _no_features_record(start: dict, data: AcquiredData, inputs: dict, state: dict,
+                            settings: dict, exc: Exception) -> CalibrationRecord:
+        sy, sx = data.sig_shape
+        d, L = inputs["overfocus"], inputs["camera_length"]
+        semiconv = inputs.get("semiconv") or min(sy, sx) / 4 * inputs["detector_pixel_size"] / abs(d + L)
+        msg = " ".join(str(exc).split())
+        return CalibrationRecord(
+            acquisition_uid=start["uid"], scan_rotation=0.0, flip_y=False, overfocus=d,
+            cy=sy / 2, cx=sx / 2, quality=f"no features: {msg}", optics_state=state,
+            scan_pixel_size=inputs["scan_pixel_size"], camera_length=L,
+            detector_pixel_size=inputs["detector_pixel_size"], semiconv=semiconv,
+            uncertainty={"scan_rotation": None, "overfocus": None},
+            fit_settings={**settings, "error": type(exc).__name__, "geometry": "not measured"})
+
+    def _check(self, start: dict, data: AcquiredData) -> dict[str, Any]:
+        from ..fit.fine import full_pass, image_quality
+        from ..twin.params import OverfocusParams
+
+        try:
+            spec = start["calibration_check"]
+            params = OverfocusParams.from_dict(dict(spec["params"]))
+            rot_step, of_step = float(spec["rotation_step"]), float(spec["overfocus_step"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"start document {start['uid']} lacks a valid 'calibration_check' "
+                             f"({exc!r})") from exc
+        ctx = self._context()
+        dataset = data.load(ctx)
+
+        def measure(p: OverfocusParams) -> tuple[float, float, dict[str, np.ndarray]]:
+            images = full_pass(ctx, dataset, p)
+            blur, contrast = image_quality(images)
+            return blur, contrast, images
+
+        blur, contrast, images = measure(params)
+        rot = [measure(params.replace(scan_rotation=params.scan_rotation + s * rot_step))[1]
+               for s in (-1, 1)]
+        of = [measure(params.replace(overfocus=params.overfocus * (1 + s * of_step)))[1]
+              for s in (-1, 1)]
+        result = {"record_uid": spec.get("record_uid"), "acquisition_uid": start["uid"],
+                  "blur": blur, "contrast": contrast,
+                  "stencil": {"scan_rotation": [rot[0], contrast, rot[1]],
+                              "overfocus": [of[0], contrast, of[1]]}}
+        if self.figure_dir is not None:
+            self._figure(f"check_{start['uid'][:8]}.png", images,
+                         {**params.to_dict(), "blur": blur}, None,
+                         f"check of record {str(spec.get('record_uid'))[:8]}")
+        return result
+
+    def _figure(self, filename: str, images: Mapping[str, np.ndarray], summary: dict,
+                frame_sum: np.ndarray | None, title: str) -> None:
+        from ..report import write_report
+
+        assert self.figure_dir is not None
+        if isinstance(summary.get("descan"), list):  # write_report wants {"matrix": ...}
+            summary = {**summary, "descan": {"matrix": summary["descan"]}}
+        try:
+            self.figure_dir.mkdir(parents=True, exist_ok=True)
+            write_report(self.figure_dir / filename, dict(images), summary, frame_sum=frame_sum,
+                         title=title)
+        except Exception:  # a figure is never worth losing a calibration
+            log.exception("could not write figure %s", filename)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every handled run's status is done (for scripts and tests)."""
+        with self._lock:
+            statuses = list(self._statuses.values())
+        for st in statuses:
+            st.exception(timeout)  # waits; a failed run is not an error here
+
+    def close(self) -> None:
+        """Stop the worker and close a context made here; idempotent.
+
+        Blocks until work already handed to the worker has finished.
+        """
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+
+    def __enter__(self) -> "CalibrationRecorder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+

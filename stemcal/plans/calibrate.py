@@ -1,0 +1,441 @@
+"""Calibration plans: calibrate, verify a stored calibration, recalibrate when stale.
+
+Data flow (one way): the plan acquires with :func:`~stemcal.plans.overfocus_scan`;
+the RunEngine emits the run's documents; a calibration callback
+(:class:`stemcal.callbacks.CalibrationRecorder`) collects them, fits in a
+worker thread and writes a :class:`~stemcal.record.CalibrationRecord` to the
+catalog. The callback completes an ophyd ``Status`` per run; the plan only
+*waits* on that status (``Msg('wait_for', ...)``) and reads its result. The
+plan never hands data to the callback, and the callback never moves a device.
+
+The plans depend on the callback only by duck typing
+(``result_status(run_uid)``, see :class:`stemcal.callbacks.CalibrationRecorder`);
+when none is given, :func:`calibrate` and :func:`verify_calibration` build one
+and subscribe it to the RunEngine for their duration.
+
+Arguments are checked when a plan is made (``ValueError``); device settings
+are read when the RunEngine runs it.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from ..record import CalibrationRecord
+from .scan import _plain, overfocus_scan
+
+__all__ = ["calibrate", "verify_calibration", "recalibrate_if_stale", "optics_state",
+           "focus_schedule", "sharpness_offset", "CALIBRATION_PURPOSE", "CHECK_PURPOSE",
+           "DEFAULT_TOLERANCES"]
+
+#: ``purpose`` of an acquisition run to calibrate (set by :func:`overfocus_scan`).
+CALIBRATION_PURPOSE = "calibration_data"
+#: ``purpose`` of an acquisition run that checks a stored calibration.
+CHECK_PURPOSE = "calibration_check"
+
+#: Example tolerances for :func:`recalibrate_if_stale` (absolute, in each key's unit).
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "overfocus_setting": 20e-9,     # m
+    "camera_length": 1e-3,          # m
+    "high_tension": 100.0,          # V
+    "scan_rotation_setting": 0.01,  # deg
+    "scan_pixel_size": 1e-13,       # m
+}
+
+
+def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str, Any]:
+    """The microscope state a calibration holds for, from device settings.
+
+    Parameters
+    ----------
+    optics : mapping
+        :meth:`stemcal.devices.MicroscopeOptics.state` (or a start document's
+        ``optics``): ``overfocus`` (m), ``camera_length`` (m), ``high_tension`` (V),
+        ``magnification``.
+    scan : mapping
+        :meth:`stemcal.devices.ScanGenerator.state` (or a start document's ``scan``):
+        ``rotation`` (deg), ``pixel_size`` (m).
+
+    Returns
+    -------
+    dict
+        ``overfocus_setting`` (m; the optics *setting*, not the fitted overfocus),
+        ``camera_length`` (m), ``high_tension`` (V), ``magnification``,
+        ``scan_rotation_setting`` (deg), ``scan_pixel_size`` (m); keys missing
+        from the inputs are left out. These are the keys
+        :func:`stemcal.catalog.staleness` tolerances refer to.
+    """
+    out: dict[str, Any] = {}
+    for key, src, name in (("overfocus_setting", optics, "overfocus"),
+                           ("camera_length", optics, "camera_length"),
+                           ("high_tension", optics, "high_tension"),
+                           ("magnification", optics, "magnification"),
+                           ("scan_rotation_setting", scan, "rotation"),
+                           ("scan_pixel_size", scan, "pixel_size")):
+        if src.get(name) is not None:
+            out[key] = _plain(src[name])
+    return out
+
+
+def focus_schedule(start: float, step: float, limits: tuple[float, float],
+                   max_attempts: int) -> list[float]:
+    """Overfocus settings to try: ``start``, ``start + step``, ``start - step``, ``start + 2 step``...
+
+    Settings outside ``limits`` (inclusive) are skipped; at most ``max_attempts``
+    are returned. All values are metres.
+
+    Raises
+    ------
+    ValueError
+        ``limits`` not finite, not increasing, or spanning 0 (overfocus 0 is
+        impossible and a sign change inverts the shadow image); ``start`` outside
+        ``limits``; ``step`` not finite and > 0; ``max_attempts`` < 1.
+    """
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    try:
+        lo, hi = (float(v) for v in limits)
+    except (TypeError, ValueError):
+        raise ValueError(f"focus_limits must be (min, max) in metres, got {limits!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) or lo <= 0 <= hi:
+        raise ValueError(f"focus_limits must be finite, min < max, both of one sign "
+                         f"(not spanning 0), got {limits!r}")
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"focus_step must be finite and > 0, got {step!r}")
+    if not lo <= start <= hi:
+        raise ValueError(f"the optics overfocus {start!r} m is outside focus_limits {limits!r}")
+    out = [float(start)]
+    k = 1
+    while len(out) < max_attempts and k * step <= hi - lo:
+        for f in (start + k * step, start - k * step):
+            if lo <= f <= hi and len(out) < max_attempts:
+                out.append(float(f))
+        k += 1
+    return out
+
+
+def _wait_status(status: Any, timeout: float | None, what: str) -> MsgGenerator[None]:
+    """Wait (through the RunEngine, not blocking its loop) for an ophyd status to finish."""
+
+    def future() -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def finish() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        status.add_callback(lambda _st: loop.call_soon_threadsafe(finish))
+        return fut
+
+    try:
+        yield from bps.wait_for([future], timeout=timeout)
+    except TimeoutError:  # the RunEngine's WaitForTimeoutError
+        raise TimeoutError(f"{what} did not finish within {timeout} s") from None
+
+
+def _recorder(callback: Any, catalog_client: Any) -> tuple[Any, bool]:
+    """(callback to use, whether this plan made it and must subscribe/close it)."""
+    if callback is not None:
+        if not callable(getattr(callback, "result_status", None)):
+            raise ValueError(f"callback must have result_status(run_uid) (a "
+                             f"stemcal.callbacks.CalibrationRecorder), got {callback!r}")
+        return callback, False
+    from ..callbacks import CalibrationRecorder  # the one upward import; only as a default
+
+    return CalibrationRecorder(catalog_client), True
+
+
+def _status_of(recorder: Any, uid: str) -> Any:
+    try:
+        return recorder.result_status(uid)
+    except KeyError:
+        raise RuntimeError(
+            f"the calibration callback did not receive run {uid}: subscribe it to the "
+            f"RunEngine (RE.subscribe(recorder)) or pass callback=None") from None
+
+
+def _subscribed(plan: MsgGenerator[Any], recorder: Any, own: bool) -> MsgGenerator[Any]:
+    """Run ``plan`` with ``recorder`` subscribed (and closed afterwards) if the plan owns it."""
+    if not own:
+        return (yield from plan)
+    token = yield from bps.subscribe("all", recorder)
+
+    def cleanup() -> MsgGenerator[None]:
+        yield from bps.unsubscribe(token)
+        recorder.close()
+
+    return (yield from bpp.finalize_wrapper(plan, cleanup))
+
+
+def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = None,
+              callback: Any = None, max_attempts: int = 3,
+              focus_limits: tuple[float, float] | None = None, focus_step: float | None = None,
+              timeout: float | None = 600.0,
+              md: Mapping[str, Any] | None = None) -> MsgGenerator[CalibrationRecord]:
+    """Acquire and calibrate; on an untrusted result change the focus and try again.
+
+    Each attempt is one :func:`~stemcal.plans.overfocus_scan` run, calibrated
+    by the callback (cold start, see :class:`stemcal.callbacks.CalibrationRecorder`),
+    which writes a :class:`~stemcal.record.CalibrationRecord` to the catalog
+    -- also for untrusted results (``quality`` says why). The plan waits for
+    that record; if it is not valid (no specimen features, uncertain fit), the
+    optics overfocus is moved to the next setting of :func:`focus_schedule`
+    and the scan repeated, up to ``max_attempts`` runs.
+
+    Parameters
+    ----------
+    detector, scan, optics : devices
+        As :func:`~stemcal.plans.overfocus_scan`.
+    catalog_client : CatalogOfBlueskyRuns, optional
+        Where records go; needed when ``callback`` is None (if both are given,
+        it must be the callback's ``client``).
+    callback : CalibrationRecorder, optional
+        A recorder the caller has subscribed to the RunEngine. None: the plan
+        builds one on ``catalog_client`` and subscribes it for its duration.
+    max_attempts : int
+        Most acquisitions to make (>= 1).
+    focus_limits : (float, float), optional
+        Overfocus settings allowed, metres, one sign; default ``(f0 / 2, 2 f0)``
+        around the current setting ``f0`` (sorted).
+    focus_step : float, optional
+        Overfocus change between attempts, metres; default ``0.2 |f0|``.
+    timeout : float or None
+        Seconds to wait for each fit.
+    md : dict, optional
+        Start-document metadata of every acquisition; it wins over the plan's keys.
+
+    Returns
+    -------
+    CalibrationRecord
+        The first valid record, else the last attempt's (``valid`` False).
+
+    Notes
+    -----
+    Focus: after a valid record the optics stay at the setting the record
+    holds for (its ``optics_state``). Otherwise -- no valid record, or the plan
+    fails or is aborted midway -- :func:`bluesky.preprocessors.finalize_wrapper`
+    moves the overfocus back to ``f0``. Acquisition runs get ``plan_name='calibrate'``,
+    ``plan_args`` of this plan, ``calibration_attempt`` (1-based) and
+    ``max_attempts`` in their start documents. Errors of the fit itself (not
+    "no features") fail the plan. With ``callback=None`` no other recorder
+    should be subscribed to the RunEngine, or each run is calibrated twice.
+    """
+    if callback is None and catalog_client is None:
+        raise ValueError("give catalog_client (or a subscribed callback)")
+    if callback is not None and catalog_client is not None \
+            and getattr(callback, "client", None) is not catalog_client:
+        raise ValueError("catalog_client is not the callback's client; give one or the other")
+    recorder, own = _recorder(callback, catalog_client)
+
+    def attempts() -> MsgGenerator[CalibrationRecord]:
+        f0 = float(optics.overfocus.get())
+        lim = focus_limits if focus_limits is not None else tuple(sorted((f0 / 2, 2 * f0)))
+        step = float(focus_step) if focus_step is not None else 0.2 * abs(f0)
+        schedule = focus_schedule(f0, step, lim, max_attempts)
+        _md: dict[str, Any] = {
+            "plan_name": "calibrate",
+            "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
+                          "max_attempts": max_attempts, "focus_limits": list(lim),
+                          "focus_step": step, "callback": repr(callback)},
+            "max_attempts": len(schedule),
+        }
+        keep = {"focus": False}
+
+        def restore() -> MsgGenerator[None]:
+            if not keep["focus"] and float(optics.overfocus.get()) != f0:
+                yield from bps.mv(optics.overfocus, f0)
+
+        def inner() -> MsgGenerator[CalibrationRecord]:
+            record = None
+            for k, focus in enumerate(schedule, 1):
+                if float(optics.overfocus.get()) != focus:
+                    yield from bps.mv(optics.overfocus, focus)
+                uid = yield from overfocus_scan(detector, scan, optics, guess={"overfocus": focus},
+                                                md={**_md, "calibration_attempt": k, **(md or {})})
+                status = _status_of(recorder, uid)
+                yield from _wait_status(status, timeout, f"the calibration of run {uid}")
+                record = status.result
+                if record.valid:
+                    keep["focus"] = True
+                    break
+            return record
+
+        return (yield from bpp.finalize_wrapper(inner(), restore))
+
+    return _subscribed(attempts(), recorder, own)
+
+
+def sharpness_offset(minus: float, centre: float, plus: float, step: float) -> float:
+    """Where a parabola through three sharpness values peaks, relative to the centre.
+
+    Parameters
+    ----------
+    minus, centre, plus : float
+        Sharpness (higher is sharper) at ``-step``, 0 and ``+step``.
+    step : float
+        Stencil half-width, in the unit of the result.
+
+    Returns
+    -------
+    float
+        Offset of the maximum from the centre; NaN where the three values are not
+        concave (no maximum near the centre).
+    """
+    curv = plus + minus - 2 * centre
+    if not (curv < 0):
+        return math.nan
+    return step * (minus - plus) / (2 * curv)
+
+
+def verify_calibration(detector: Any, scan: Any, optics: Any, record: CalibrationRecord, *,
+                       callback: Any = None, rotation_step: float = 1.0,
+                       overfocus_step: float = 0.03, rotation_tolerance: float = 0.5,
+                       overfocus_tolerance: float = 0.02, timeout: float | None = 600.0,
+                       md: Mapping[str, Any] | None = None) -> MsgGenerator[dict[str, Any]]:
+    """Acquire and check that ``record`` still gives the sharpest shifted sum.
+
+    One :func:`~stemcal.plans.overfocus_scan` run with ``purpose='calibration_check'``;
+    the callback projects it (:class:`stemcal.processing.OverfocusUDF`) with
+    the record's geometry and with the rotation changed by ``+-rotation_step``
+    and the overfocus by ``+-overfocus_step`` (relative), and measures the
+    contrast and Crete blur of each shifted sum. A parabola through each
+    triple locates the sharpest setting; the record passes when that lies
+    within the tolerances of the record's values.
+
+    Parameters
+    ----------
+    detector, scan, optics : devices
+    record : CalibrationRecord
+        The calibration to check (its ``params()`` are used as they are).
+    callback : CalibrationRecorder, optional
+        Subscribed by the caller; None: one is built and subscribed for the plan.
+    rotation_step, overfocus_step : float
+        Stencil half-widths, degrees and relative.
+    rotation_tolerance, overfocus_tolerance : float
+        Largest accepted offset of the sharpest setting, degrees and relative.
+    timeout : float or None
+        Seconds to wait for the check.
+    md : dict, optional
+        Start-document metadata; it wins over the plan's keys.
+
+    Returns
+    -------
+    dict
+        ``passed`` (bool), ``reason`` (str), ``record_uid``, ``acquisition_uid``,
+        ``scan_rotation_offset`` (deg) and ``overfocus_offset`` (relative) of the
+        sharpest setting (NaN: no maximum near the record), ``contrast`` and
+        ``blur`` at the record's geometry, ``record_blur`` and ``blur_change``
+        (now minus recorded; informative only, it depends on the specimen area
+        and dose), and the ``stencil`` of contrast values.
+    """
+    for name, v in (("rotation_step", rotation_step), ("overfocus_step", overfocus_step),
+                    ("rotation_tolerance", rotation_tolerance),
+                    ("overfocus_tolerance", overfocus_tolerance)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    if not isinstance(record, CalibrationRecord):
+        raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
+    recorder, own = _recorder(callback, None)
+    check = {"record_uid": record.uid, "params": record.params().to_dict(),
+             "rotation_step": float(rotation_step), "overfocus_step": float(overfocus_step)}
+    _md: dict[str, Any] = {
+        "purpose": CHECK_PURPOSE,
+        "plan_name": "verify_calibration",
+        "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
+                      "record": record.uid, "rotation_step": rotation_step,
+                      "overfocus_step": overfocus_step, "rotation_tolerance": rotation_tolerance,
+                      "overfocus_tolerance": overfocus_tolerance},
+        "calibration_check": check,
+    }
+    _md.update(md or {})
+
+    def inner() -> MsgGenerator[dict[str, Any]]:
+        uid = yield from overfocus_scan(detector, scan, optics, guess=record.params(), md=_md)
+        status = _status_of(recorder, uid)
+        yield from _wait_status(status, timeout, f"the check of run {uid}")
+        m = status.result
+        st = m["stencil"]
+        rot = sharpness_offset(*st["scan_rotation"], rotation_step)
+        of = sharpness_offset(*st["overfocus"], overfocus_step)
+        if math.isnan(rot) or math.isnan(of):
+            passed, reason = False, "the record's geometry is not at a sharpness maximum"
+        elif abs(rot) > rotation_tolerance:
+            passed, reason = False, f"sharpest {rot:+.2f} deg from the recorded rotation"
+        elif abs(of) > overfocus_tolerance:
+            passed, reason = False, f"sharpest {100 * of:+.1f} % from the recorded overfocus"
+        else:
+            passed, reason = True, "ok"
+        return {"passed": passed, "reason": reason, "record_uid": record.uid,
+                "acquisition_uid": uid, "scan_rotation_offset": rot, "overfocus_offset": of,
+                "contrast": m["contrast"], "blur": m["blur"], "record_blur": record.blur,
+                "blur_change": m["blur"] - record.blur, "stencil": st}
+
+    return _subscribed(inner(), recorder, own)
+
+
+def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_client: Any,
+                         tolerances: Mapping[str, float], callback: Any = None,
+                         md: Mapping[str, Any] | None = None,
+                         **calibrate_kwargs: Any) -> MsgGenerator[CalibrationRecord]:
+    """Return the calibration in force; calibrate first if none holds for the current state.
+
+    The current state is :func:`optics_state` of ``optics.state()`` and
+    ``scan.state()`` when the plan runs; the record in force is
+    :func:`stemcal.catalog.latest_calibration` for it. Only without one does the
+    plan run :func:`calibrate`.
+
+    Parameters
+    ----------
+    detector, scan, optics : devices
+    catalog_client : CatalogOfBlueskyRuns
+        Where records are looked up (and written).
+    tolerances : dict of str to float
+        Absolute tolerance per :func:`optics_state` key, e.g. :data:`DEFAULT_TOLERANCES`.
+    callback : CalibrationRecorder, optional
+        As :func:`calibrate`.
+    md : dict, optional
+        Start-document metadata of the acquisitions, if any.
+    **calibrate_kwargs
+        ``max_attempts``, ``focus_limits``, ``focus_step``, ``timeout`` of :func:`calibrate`.
+
+    Returns
+    -------
+    CalibrationRecord
+        The stored record in force, or the new one (which may be invalid:
+        check ``valid``).
+    """
+    from ..catalog import calibration_history, latest_calibration, staleness
+
+    if not isinstance(tolerances, Mapping) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+            for v in tolerances.values()):
+        raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
+    unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout"}
+    if unknown:
+        raise ValueError(f"unknown calibrate argument(s): {sorted(unknown)}")
+
+    def inner() -> MsgGenerator[CalibrationRecord]:
+        state = optics_state(optics.state(), scan.state())
+        record = latest_calibration(catalog_client, state, tolerances)
+        if record is not None:
+            return record
+        newest = calibration_history(catalog_client, limit=1, valid_only=True)
+        reason = ({"changed": staleness(newest[0], state, tolerances), "record": newest[0].uid}
+                  if newest else {"changed": [], "record": None})
+        _md = {"plan_name": "recalibrate_if_stale",
+               "plan_args": {"detector": repr(detector), "scan": repr(scan),
+                             "optics": repr(optics), "tolerances": dict(tolerances),
+                             **{k: _plain(v) for k, v in calibrate_kwargs.items()}},
+               "recalibration_reason": reason}
+        _md.update(md or {})
+        return (yield from calibrate(detector, scan, optics, catalog_client=catalog_client,
+                                     callback=callback, md=_md, **calibrate_kwargs))
+
+    return inner()

@@ -1,0 +1,107 @@
+"""``stemcal calibrate``, ``history`` and ``show`` as real subprocesses.
+
+``calibrate`` runs the calibrate plan on the simulated microscope (40x40 scan,
+96x96 detector, 5 counts/px) into an embedded catalog; the other commands
+read it back. Independent commands run two at a time (2 cores).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+SUMMARY = {"uid", "acquisition_uid", "time", "scan_rotation", "flip_y", "overfocus", "cy", "cx",
+           "quality", "valid"}
+
+
+def stemcal(*args, env_extra=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    env.pop("STEMCAL_CATALOG", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "stemcal.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO, env=env)
+
+
+def many(jobs: dict[str, tuple]) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(stemcal, *args[0], env_extra=args[1]) for k, args in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def one_json(proc: subprocess.CompletedProcess):
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # exactly one JSON value, nothing else on stdout
+    return json.loads(lines[0])
+
+
+def near(rec: dict, rotation: float, flip_y: bool, overfocus: float) -> None:
+    drot = (rec["scan_rotation"] - rotation + 180) % 360 - 180
+    assert abs(drot) <= 0.1, f"rotation off by {drot:.3f} deg"
+    assert rec["flip_y"] is flip_y
+    assert abs(rec["overfocus"] / overfocus - 1) <= 0.005
+    assert rec["quality"] == "ok" and rec["valid"] is True
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    cats = {"default": d / "default", "other": d / "other"}
+    res = many({
+        "default": (["calibrate", "--catalog", cats["default"], "--json"], None),
+        "other": (["calibrate", "--json", "--true-scan-rotation", "-61", "--no-true-flip-y",
+                   "--true-overfocus", "0.95e-6", "--figures", d / "figures"],
+                  {"STEMCAL_CATALOG": str(cats["other"])}),
+    })
+    return cats, {k: one_json(p) for k, p in res.items()}, d
+
+
+def test_calibrate_prints_one_record_near_truth(calibrated):
+    cats, recs, d = calibrated
+    assert set(recs["default"]) == SUMMARY
+    near(recs["default"], 23.5, True, 1.05e-6)  # the simulator's defaults
+    near(recs["other"], -61.0, False, 0.95e-6)
+    assert (cats["other"] / "catalog.db").is_file()  # $STEMCAL_CATALOG was used
+    assert list((d / "figures").glob("calibration_*.png"))
+
+
+def test_history_and_show_read_the_records_back(calibrated):
+    cats, recs, _ = calibrated
+    rec = recs["default"]
+    res = many({
+        "history": (["history", "--catalog", cats["default"], "--json"], None),
+        "show": (["show", rec["uid"], "--catalog", cats["default"]], None),
+        "show_json": (["show", rec["uid"][:8], "--json"], {"STEMCAL_CATALOG": str(cats["default"])}),
+        "history_text": (["history"], {"STEMCAL_CATALOG": str(cats["other"])}),
+        "unknown": (["show", "0123abcd", "--catalog", cats["default"]], None),
+        "missing": (["history", "--catalog", cats["default"] / "nope"], None),
+    })
+    assert one_json(res["history"]) == [rec]
+    text = res["show"]
+    assert text.returncode == 0, text.stderr
+    for needle in (rec["uid"], rec["acquisition_uid"], "versions", "stemcal", "libertem",
+                   "fit settings", "cold_start", "optics state", "overfocus_setting=1e-06",
+                   "quality        ok"):
+        assert needle in text.stdout, needle
+    full = one_json(res["show_json"])
+    assert full["uid"] == rec["uid"] and full["scan_rotation"] == rec["scan_rotation"]
+    assert full["optics_state"]["camera_length"] == 0.2
+    assert full["fit_settings"]["data"]["nav_shape"] == [40, 40]
+    hist = res["history_text"]
+    assert hist.returncode == 0 and recs["other"]["uid"][:8] in hist.stdout
+    for key in ("unknown", "missing"):
+        p = res[key]
+        assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert res["unknown"].stderr.startswith("stemcal: error: no calibration record")
+    assert res["missing"].stderr.startswith("stemcal: error: no catalog at")
+
