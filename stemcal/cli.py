@@ -409,14 +409,8 @@ RECORD_SUMMARY = ("uid", "acquisition_uid", "time", "scan_rotation", "flip_y", "
 
 def _catalog_location(args: argparse.Namespace) -> tuple[Any, bool]:
     """(location, is a tiled server URI) of ``--catalog`` or the default."""
-    import os
-    import re
-
-    from .catalog import default_catalog_dir
-    loc = args.catalog or os.environ.get("STEMCAL_CATALOG") or str(default_catalog_dir())
-    if re.match(r"https?://", loc):
-        return loc, True
-    return Path(loc).expanduser(), False
+    from .session import catalog_location
+    return catalog_location(args.catalog)
 
 
 def _open(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
@@ -436,58 +430,24 @@ def record_summary(record) -> dict[str, Any]:
     return {k: d[k] for k in RECORD_SUMMARY}
 
 
-def _sim_instrument(args: argparse.Namespace, data_dir: Path):
-    """The simulated microscope of ``stemcal calibrate`` (sizes as the test simulations)."""
-    from .devices import MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
-    sy, sx = args.sig_shape
-    det_pixel, camera_length = 55e-6, 0.2
-    scan_pixel = 0.5e-9 * sy / 128
-    semiconv = 0.3 * sy * det_pixel / camera_length  # disk radius 0.3 of the detector
-    truth = MicroscopeTruth(scan_rotation=args.true_scan_rotation, flip_y=args.true_flip_y,
-                            overfocus_offset=args.true_overfocus - args.overfocus,
-                            detector_pixel_size=det_pixel, semiconv=semiconv,
-                            cy=sy / 2 + 3.3, cx=sx / 2 - 2.7)
-    # Specimen: 0.5 scan px pixels, 0.8 scan px features, covering the scan plus the
-    # disk's shadow at twice the overfocus (vacuum beyond).
-    radius = semiconv * 2 * abs(args.true_overfocus) / scan_pixel
-    half = max(args.nav_shape) / 2 + radius + 8
-    n = int(min(4096, 2 * math.ceil(half / 0.5)))
-    specimen = PhysicalSpecimen.generate((n, n), pixel_size=0.5 * scan_pixel,
-                                         feature_size=0.8 * scan_pixel, seed=args.seed)
-    inst = make_sim_instrument(data_dir, truth=truth, sig_shape=(sy, sx), specimen=specimen,
-                               dose=args.dose, seed=args.seed, sleep=lambda s: None)
-    for sig, value in ((inst.scan.shape_y, args.nav_shape[0]), (inst.scan.shape_x, args.nav_shape[1]),
-                       (inst.scan.pixel_size, scan_pixel), (inst.optics.overfocus, args.overfocus),
-                       (inst.optics.camera_length, camera_length)):
-        sig.set(value).wait(timeout=10)
-    return inst
-
-
 def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
     """Run the calibrate plan on the simulated microscope; (record, true geometry)."""
-    import tempfile
-
-    from bluesky import RunEngine
-    from .callbacks import CalibrationRecorder
     from .plans import calibrate
+    from .session import SimSettings, make_session
 
-    loc, remote = _catalog_location(args)
-    if args.data_dir:
-        data_dir = Path(args.data_dir).expanduser().resolve()
-    elif remote:
-        data_dir = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))
-    else:
-        data_dir = (Path(loc) / "raw").resolve()
-    client = _open(args, readable=() if remote else (data_dir,))
-    inst = _sim_instrument(args, data_dir)
-    RE = RunEngine({}, call_returns_result=True)
-    if not remote:  # the acquisitions join the catalog (a server could not read local files)
-        from bluesky_tiled_plugins import TiledWriter
-        RE.subscribe(TiledWriter(client))
-    with CalibrationRecorder(client, figure_dir=args.figures) as recorder:
-        RE.subscribe(recorder)
-        result = RE(calibrate(inst.detector, inst.scan, inst.optics, catalog_client=client,
-                              callback=recorder, max_attempts=args.max_attempts))
+    loc, _ = _catalog_location(args)
+    sim = SimSettings(true_scan_rotation=args.true_scan_rotation, true_flip_y=args.true_flip_y,
+                      true_overfocus=args.true_overfocus, overfocus=args.overfocus,
+                      nav_shape=tuple(args.nav_shape), sig_shape=tuple(args.sig_shape),
+                      dose=args.dose, seed=args.seed)
+    session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures)
+    inst = session.instrument
+    try:
+        result = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
+                                      catalog_client=session.client, callback=session.recorder,
+                                      max_attempts=args.max_attempts))
+    finally:
+        session.close()
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
     return result.plan_result, truth
 

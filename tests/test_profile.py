@@ -1,0 +1,56 @@
+"""The IPython profile starts, wires the session and calibrates the simulated microscope."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_stemcal"
+
+SCRIPT = r"""
+import json
+rec = RE(calibrate_here()).plan_result
+truth = microscope.geometry(scan.state(), optics.state())
+hist = calibration_history(catalog)
+print("RESULT " + json.dumps({
+    "rotation_error": (rec.scan_rotation - truth.scan_rotation + 180) % 360 - 180,
+    "overfocus_error": rec.overfocus / truth.overfocus - 1,
+    "flip_right": rec.flip_y == truth.flip_y, "valid": rec.valid,
+    "in_catalog": [r.uid for r in hist] == [rec.uid],
+    "names": sorted(n for n in ("RE", "catalog", "scan", "optics", "merlin", "bp", "bps",
+                                "calibrate", "verify_calibration", "recalibrate_if_stale",
+                                "overfocus_scan") if n in globals())}))
+"""
+
+
+def test_profile_starts_and_calibrates(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[catalog]\nlocation = "{tmp_path / "catalog"}"\n'
+        '[simulation]\ntrue_scan_rotation = -41.0\ntrue_flip_y = false\n')
+    env = dict(os.environ, STEMCAL_CONFIG=str(config), MPLBACKEND="Agg",
+               IPYTHONDIR=str(tmp_path / "ipython"))
+    proc = subprocess.run([sys.executable, "-m", "IPython", "--profile-dir", str(PROFILE),
+                           "--no-banner", "--HistoryManager.enabled=False", "-c", SCRIPT],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(line[0][len("RESULT "):])
+    assert res["flip_right"] and res["valid"] and res["in_catalog"]
+    assert abs(res["rotation_error"]) <= 0.1
+    assert abs(res["overfocus_error"]) <= 0.005
+    assert len(res["names"]) == 11
+
+
+def test_bad_config_is_refused(tmp_path):
+    from stemcal.session import load_config
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[detector]\nbackend = 'nonsense'\n")
+    import pytest
+    with pytest.raises(ValueError, match="unknown section"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="no configuration file"):
+        load_config(tmp_path / "missing.toml")
