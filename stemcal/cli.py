@@ -38,18 +38,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"stemcal: error: {' '.join(message.split())}\n")
 
 
-def _positive(name: str):
-    def conv(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(v) or v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}")
-        return v
-    return conv
-
-
 def _finite(name: str):
     def conv(text: str) -> float:
         try:
@@ -58,6 +46,17 @@ def _finite(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+        return v
+    return conv
+
+
+def _positive(name: str):
+    finite = _finite(name)
+
+    def conv(text: str) -> float:
+        v = finite(text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}")
         return v
     return conv
 
