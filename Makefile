@@ -1,5 +1,7 @@
 # Two entry points; each creates .venv and installs the project when needed.
-#   make demo  - simulate an overfocused dataset, calibrate it, print the result, write a report PNG
+#   make demo  - the main job: the calibrate plan on the simulated microscope into the embedded
+#                local catalog (stemcal calibrate), then an offline cold-start fit of a simulated
+#                dataset file with a report PNG (stemcal demo --out out)
 #   make test  - run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV := .venv
@@ -14,6 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/stemcal calibrate
 	$(VENV)/bin/stemcal demo --out out
 
 test: $(STAMP)
