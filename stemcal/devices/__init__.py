@@ -7,8 +7,11 @@
 * :class:`SimulatedMicroscope` -- the digital twin shared by the simulated
   devices; :class:`SimBackend` is its detector controller.
 * :func:`make_sim_instrument` -- all of the above wired together.
+* :class:`MerlinLiveBackend` -- the real Merlin protocol (TCP control + data) through
+  LiberTEM-live; tested against LiberTEM-live's Merlin simulator on 127.0.0.1.
 """
 from .instrument import SimInstrument, make_sim_instrument
+from .live import MerlinLiveBackend
 from .merlin import IMAGE_DIMS, DetectorController, DetectorWriter, HDF5StreamWriter, MerlinDetector
 from .optics import MicroscopeOptics
 from .scan import ScanGenerator
@@ -19,5 +22,5 @@ __all__ = [
     "ScanGenerator", "MicroscopeOptics", "MerlinDetector", "HDF5StreamWriter",
     "DetectorController", "DetectorWriter", "IMAGE_DIMS", "SimulatedMicroscope", "SimBackend",
     "MicroscopeTruth", "PhysicalSpecimen", "ManualClock", "SimInstrument", "make_sim_instrument",
-    "SettingSignal", "ReadbackSignal",
+    "SettingSignal", "ReadbackSignal", "MerlinLiveBackend",
 ]

@@ -1,0 +1,575 @@
+"""Real-protocol detector controllers built on LiberTEM-live.
+
+:class:`MerlinLiveBackend` is the controller half of
+:class:`stemcal.devices.MerlinDetector` for a Quantum Detectors Merlin (or
+``libertem-live-mib-sim``): the same interface as
+:class:`stemcal.devices.SimBackend`, but the frames come over the Merlin TCP
+protocol -- commands on the control port (default 6341), the acquisition
+header and frames on the data port (default 6342).
+
+One acquisition, one whole scan of the scan generator's ``nav_shape``:
+
+1. ``SET NUMFRAMESTOACQUIRE ny*nx``, ``CMD STARTACQUISITION`` and
+   ``CMD SOFTTRIGGER`` on the control port (through LiberTEM-live's
+   :class:`~libertem_live.detectors.merlin.control.MerlinControl`);
+2. wait (at most ``timeout``) for the acquisition header on the data
+   connection and check that it announces ``ny*nx`` frames;
+3. run a frame-collecting UDF over a LiberTEM-live acquisition made from that
+   pending acquisition, with a watchdog that fails the acquisition when no
+   block of frames arrives for ``timeout`` seconds.
+
+The data connection stays open from :meth:`MerlinLiveBackend.prepare` to
+:meth:`MerlinLiveBackend.close` (or to the next failure), and acquisitions
+reuse it (LiberTEM-live's *passive* mode). Notes of the class explain why:
+LiberTEM-live's active mode closes and reopens the data connection around
+every acquisition, which makes a single-client server such as the simulator
+lose a trigger and hang.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from libertem.udf.base import UDF
+
+__all__ = ["MerlinLiveBackend"]
+
+logger = logging.getLogger(__name__)
+
+#: Merlin ``COUNTERDEPTH`` -> frame dtype, as LiberTEM-live decodes it.
+_DEPTH_DTYPES = {1: np.dtype("u1"), 6: np.dtype("u1"), 12: np.dtype("<u2"), 24: np.dtype("<u4")}
+
+
+class FrameCollectorUDF(UDF):
+    """Keep every frame, in its native dtype, in a navigation buffer.
+
+    Result ``frames``: ``(*nav_shape, sy, sx)`` of the dataset's dtype. Meant
+    for scans that fit in memory (the caller checks the size).
+    """
+
+    def get_result_buffers(self) -> dict[str, Any]:
+        """One ``nav`` buffer with the signal shape as extra shape."""
+        return {"frames": self.buffer(kind="nav", extra_shape=tuple(self.meta.dataset_shape.sig),
+                                      dtype=self.meta.input_dtype)}
+
+    def get_preferred_input_dtype(self) -> Any:
+        """Frames as the detector sends them (no float conversion)."""
+        return self.USE_NATIVE_DTYPE
+
+    def process_partition(self, partition: np.ndarray) -> None:
+        """Copy the partition's frames into the result."""
+        self.results.frames[:] = partition
+
+
+def _port(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 0 < int(value) < 65536:
+        raise ValueError(f"{what} must be an integer port in 1..65535, got {value!r}")
+    return int(value)
+
+
+def _positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+@functools.cache
+def _control_class() -> type:
+    """:class:`MerlinControl` with bounded connect and reply times (imported lazily)."""
+    from libertem_live.detectors.merlin.control import MerlinControl
+
+    class _BoundedMerlinControl(MerlinControl):
+        # MerlinControl connects without a timeout and retries a silent reply forever;
+        # here both are bounded by ``timeout`` and a closed socket is an error.
+        def connect(self) -> None:
+            self._socket = socket.create_connection((self._host, self._port),
+                                                    timeout=self._timeout)
+
+        def _send(self, message: str) -> bytes:
+            assert self._socket is not None, "must be connected to send"
+            self._socket.sendall(message.encode("ascii"))
+            try:
+                resp = self._socket.recv(self._buffer_size)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"Merlin control {self._host}:{self._port}: no reply to {message!r} "
+                    f"within {self._timeout:g} s") from None
+            if not resp:
+                raise ConnectionError(
+                    f"Merlin control {self._host}:{self._port} closed the connection "
+                    f"after {message!r}")
+            return resp
+
+    return _BoundedMerlinControl
+
+
+class MerlinLiveBackend:
+    """Detector controller that acquires from a Merlin over its TCP protocol (LiberTEM-live).
+
+    Implements the controller half of :class:`stemcal.devices.MerlinDetector`
+    like :class:`stemcal.devices.SimBackend`: ``prepare()`` (at stage: checks
+    the detector over the control port and opens the data connection),
+    ``acquire()`` (one whole scan of ``scan.nav_shape``, soft-triggered,
+    ``(ny, nx, sy, sx)`` array of :attr:`dtype`), ``disarm()``,
+    ``frame_shape()`` and the fixed properties ``sig_shape``, ``pixel_size``
+    (m), ``bit_depth`` and ``dtype``.
+
+    Parameters
+    ----------
+    scan : ScanGenerator
+        Anything with a ``nav_shape`` ``(ny, nx)`` property; read at every
+        acquisition.
+    api_host, api_port : str, int
+        Merlin control server (``libertem-live-mib-sim --control-port``).
+    data_host, data_port : str, int
+        Merlin data server (``--data-port``).
+    sig_shape : (int, int)
+        Detector shape ``(sy, sx)``, pixels; :meth:`prepare` checks it against
+        the detector's ``IMAGEY``/``IMAGEX``.
+    counter_depth : {1, 6, 12, 24}
+        Merlin ``COUNTERDEPTH``, checked at :meth:`prepare`; 1 and 6 give
+        ``uint8`` frames, 12 ``uint16``, 24 ``uint32``. It is the ``bit_depth``.
+    pixel_size : float
+        Detector pixel pitch, metres.
+    settings : mapping, optional
+        Merlin parameters to ``SET`` once at :meth:`prepare`, e.g.
+        ``{"TRIGGERSTART": 5, "CONTINUOUSRW": 1}`` (see the MerlinEM manual);
+        by default the detector settings are left as they are.
+    timeout : float
+        Seconds: the longest wait for the acquisition header after the
+        trigger, and then for each partition of frames. LiberTEM-live hands
+        frames over in stacks of about 2 MiB (16 frames of 256x256 at 16 bit,
+        a few hundred small frames), so ``timeout`` must exceed the time the
+        detector takes for a partition and for a stack. Past it,
+        :meth:`acquire` raises ``TimeoutError``.
+    control_timeout : float
+        Seconds to connect to the control port and for each reply.
+    settle_time : float
+        Seconds to wait after opening the data connection before the first
+        trigger; see Notes.
+    frames_per_partition : int, optional
+        Frames per LiberTEM partition (watchdog granularity); default one scan
+        row ``nx``.
+    max_bytes : int
+        Largest scan, in bytes of frames, that :meth:`acquire` accepts (the
+        frames are held in memory).
+    ctx : libertem_live.api.LiveContext, optional
+        The context to run on; default a ``LiveContext`` with an inline
+        executor, made at the first :meth:`prepare` and closed by
+        :meth:`close`.
+
+    Raises
+    ------
+    ValueError
+        For an invalid parameter (checked at construction).
+
+    Notes
+    -----
+    *Errors.* No server on the control or data port: :meth:`prepare` raises
+    ``ConnectionError`` (within ``control_timeout``). The server closing the
+    data connection mid-scan: ``ConnectionError`` at once. No acquisition
+    header or no frames for ``timeout`` seconds: ``TimeoutError``; the
+    watchdog shuts the data socket down (LiberTEM-live's receive call cannot
+    be interrupted from another thread otherwise). After any failure the data
+    connection is dropped and the next acquisition reconnects.
+
+    *Why one persistent data connection.* LiberTEM-live 0.3's active mode
+    (``make_acquisition`` with a ``Hooks.on_ready_for_data`` soft-trigger
+    hook) closes the data connection at the end of every acquisition and
+    opens a new one at the start of the next, then calls the hook at once.
+    ``libertem-live-mib-sim`` serves one data client at a time, keeps its
+    STARTACQUISITION/SOFTTRIGGER flags in process-wide events, and notices a
+    closed client only at its next poll (every ~0.1-0.2 s). So the next
+    STARTACQUISITION is often consumed by the handler of the *old*, closed
+    connection (the header goes into a dead socket: ``BrokenPipeError``), and
+    the new connection waits for a STARTACQUISITION that already came: the
+    acquisition hangs, since the active mode also waits for the header
+    without a timeout. Which acquisition hangs (second, third...) depends on
+    timing. Here the connection stays open between acquisitions, the header
+    wait is bounded, and after (re)connecting the backend waits
+    ``settle_time`` so that a server still busy with an earlier, closed
+    client has noticed it before the trigger comes.
+
+    The frame count is set with ``SET NUMFRAMESTOACQUIRE``; trigger and
+    counter settings come from ``settings``. Checked against
+    ``libertem-live-mib-sim`` (which stores but ignores settings), not
+    against a Merlin.
+    """
+
+    def __init__(self, scan: Any, *, api_host: str = "127.0.0.1", api_port: int = 6341,
+                 data_host: str = "127.0.0.1", data_port: int = 6342,
+                 sig_shape: tuple[int, int] = (256, 256), counter_depth: int = 12,
+                 pixel_size: float = 55e-6, settings: Mapping[str, Any] | None = None,
+                 timeout: float = 10.0, control_timeout: float = 2.0, settle_time: float = 0.5,
+                 frames_per_partition: int | None = None, max_bytes: int = 8 * 2**30,
+                 ctx: Any = None) -> None:
+        try:
+            nav = scan.nav_shape
+        except AttributeError:
+            raise ValueError(f"scan must have a nav_shape (ny, nx), got {scan!r}") from None
+        if len(tuple(nav)) != 2:
+            raise ValueError(f"scan.nav_shape must be (ny, nx), got {nav!r}")
+        self.scan = scan
+        for name, host in (("api_host", api_host), ("data_host", data_host)):
+            if not isinstance(host, str) or not host:
+                raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
+        self.api_host, self.data_host = api_host, data_host
+        self.api_port = _port(api_port, "api_port")
+        self.data_port = _port(data_port, "data_port")
+        sig = tuple(sig_shape)
+        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                    and n >= 1 for n in sig):
+            raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
+        self._sig_shape = (int(sig[0]), int(sig[1]))
+        if counter_depth not in _DEPTH_DTYPES or isinstance(counter_depth, bool):
+            raise ValueError(f"counter_depth must be one of {sorted(_DEPTH_DTYPES)}, "
+                             f"got {counter_depth!r}")
+        self.bit_depth = int(counter_depth)
+        self.dtype = _DEPTH_DTYPES[self.bit_depth]
+        self._pixel_size = _positive(pixel_size, "pixel_size")
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValueError(f"settings must be a mapping of Merlin parameters, got {settings!r}")
+        self.settings = {str(k).upper(): v for k, v in (settings or {}).items()}
+        self.timeout = _positive(timeout, "timeout")
+        self.control_timeout = _positive(control_timeout, "control_timeout")
+        self.settle_time = _positive(settle_time, "settle_time", allow_zero=True)
+        if frames_per_partition is not None and (
+                isinstance(frames_per_partition, bool)
+                or not isinstance(frames_per_partition, (int, np.integer))
+                or frames_per_partition < 1):
+            raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
+                             f"got {frames_per_partition!r}")
+        self.frames_per_partition = frames_per_partition
+        self.max_bytes = int(_positive(max_bytes, "max_bytes"))
+        self._ctx = ctx
+        self._own_ctx = ctx is None
+        self._conn: Any = None
+        self._prepared = False
+        self._lock = threading.Lock()        # one acquisition at a time
+        self._abort = threading.Event()      # set by disarm() during an acquisition
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(api={self.api_host}:{self.api_port}, "
+                f"data={self.data_host}:{self.data_port}, sig_shape={self._sig_shape}, "
+                f"counter_depth={self.bit_depth})")
+
+    # -- fixed properties -----------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """Data-key source string."""
+        return f"merlin://{self.api_host}:{self.api_port}"
+
+    @property
+    def sig_shape(self) -> tuple[int, int]:
+        """Detector shape (sy, sx), pixels."""
+        return self._sig_shape
+
+    @property
+    def pixel_size(self) -> float:
+        """Detector pixel pitch, metres."""
+        return self._pixel_size
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the data connection is open."""
+        return self._conn is not None
+
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(ny, nx, sy, sx)`` the next acquisition will have."""
+        ny, nx = (int(n) for n in self.scan.nav_shape)
+        return (ny, nx) + self._sig_shape
+
+    # -- controller interface -------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the detector over the control port, apply ``settings``, open the data connection.
+
+        Raises
+        ------
+        ConnectionError
+            No Merlin control or data server at the configured address.
+        TimeoutError
+            The control server does not reply within ``control_timeout``.
+        RuntimeError
+            The detector's shape or counter depth differs from the configured one.
+        """
+        with self._control() as c:
+            shape = (int(c.get("IMAGEY")), int(c.get("IMAGEX")))
+            depth = int(c.get("COUNTERDEPTH"))
+            if shape != self._sig_shape or depth != self.bit_depth:
+                raise RuntimeError(
+                    f"Merlin at {self.api_host}:{self.api_port} has frames {shape} at counter "
+                    f"depth {depth}; this backend is configured for {self._sig_shape} at "
+                    f"{self.bit_depth}")
+            for key, value in self.settings.items():
+                c.set(key, value)
+        self._ensure_connection()
+        self._abort.clear()
+        self._prepared = True
+
+    def acquire(self) -> np.ndarray:
+        """Acquire one whole scan of ``scan.nav_shape`` (blocking).
+
+        Returns
+        -------
+        (ny, nx, sy, sx) array of :attr:`dtype`
+            The frames in scan order, as the detector sent them.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`prepare`, during another acquisition, when disarmed
+            meanwhile, or when the detector announces another frame count.
+        ValueError
+            The scan would exceed ``max_bytes``.
+        ConnectionError
+            The control or data connection failed or closed.
+        TimeoutError
+            No acquisition header, or no frames, for ``timeout`` seconds.
+        """
+        if not self._prepared:
+            raise RuntimeError("acquire() before prepare(): stage the detector first")
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("acquire() while another acquisition is running")
+        try:
+            self._running = True
+            if self._abort.is_set():
+                raise RuntimeError("acquisition aborted: the detector was disarmed")
+            ny, nx, sy, sx = self.frame_shape()
+            n = ny * nx
+            size = n * sy * sx * self.dtype.itemsize
+            if size > self.max_bytes:
+                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
+                                 f"more than max_bytes={self.max_bytes}")
+            try:
+                return self._acquire(ny, nx)
+            except BaseException:
+                self._drop_connection()
+                raise
+        finally:
+            self._running = False
+            self._lock.release()
+
+    def disarm(self) -> None:
+        """Return to idle (idempotent); a running acquisition is aborted with ``RuntimeError``."""
+        self._prepared = False
+        if self._running:
+            self._abort.set()
+
+    def close(self) -> None:
+        """Close the data connection and, if this backend made it, the context (idempotent)."""
+        self.disarm()
+        with self._lock:
+            self._drop_connection()
+            if self._own_ctx and self._ctx is not None:
+                self._ctx.close()
+                self._ctx = None
+
+    # -- internals ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _control(self) -> Iterator[Any]:
+        """A connected control client; ``ConnectionError`` if the server is unreachable."""
+        client = _control_class()(host=self.api_host, port=self.api_port,
+                                  timeout=self.control_timeout)
+        try:
+            client.connect()
+        except TimeoutError:
+            raise TimeoutError(f"Merlin control server {self.api_host}:{self.api_port}: no "
+                               f"connection within {self.control_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the Merlin control server at "
+                                  f"{self.api_host}:{self.api_port}: {exc}") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def _context(self) -> Any:
+        if self._ctx is None:
+            from libertem.executor.inline import InlineJobExecutor
+            from libertem_live.api import LiveContext
+
+            self._ctx = LiveContext(executor=InlineJobExecutor())
+        return self._ctx
+
+    def _ensure_connection(self) -> Any:
+        """The open data connection, (re)connecting (and settling) if needed."""
+        if self._conn is not None:
+            if not self._conn.get_data_socket().is_running():
+                return self._conn
+            self._drop_connection()  # mid-acquisition state: start afresh
+        # Probe first: LiberTEM-live's connect waits forever (and cannot be closed)
+        # when nothing listens on the data port.
+        try:
+            socket.create_connection((self.data_host, self.data_port),
+                                     timeout=self.control_timeout).close()
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the Merlin data server at "
+                                  f"{self.data_host}:{self.data_port}: {exc}") from exc
+        self._conn = self._context().make_connection("merlin").open(
+            api_host=self.api_host, api_port=self.api_port,
+            data_host=self.data_host, data_port=self.data_port)
+        if self.settle_time:
+            time.sleep(self.settle_time)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        """Close the data connection, giving up on it after a bounded wait."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        closer = threading.Thread(target=_close_quietly, args=(conn,), daemon=True,
+                                  name="merlin-live-close")
+        closer.start()
+        closer.join(max(2.0, self.control_timeout))
+        if closer.is_alive():  # pragma: no cover - depends on LiberTEM-live internals
+            logger.warning("data connection to %s:%s did not close; abandoned",
+                           self.data_host, self.data_port)
+
+    def _acquire(self, ny: int, nx: int) -> np.ndarray:
+        from libertem_live.detectors.merlin.connection import MerlinPendingAcquisition
+
+        n = ny * nx
+        conn = self._ensure_connection()
+        with self._control() as c:
+            c.set("NUMFRAMESTOACQUIRE", n)
+            c.cmd("STARTACQUISITION")
+            c.cmd("SOFTTRIGGER")
+        try:
+            header = conn.get_data_socket().wait_for_arm(timeout=self.timeout)
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                raise
+            raise ConnectionError(f"Merlin data connection {self.data_host}:{self.data_port} "
+                                  f"failed while waiting for the acquisition: {exc}") from exc
+        if header is None:
+            raise TimeoutError(f"Merlin at {self.data_host}:{self.data_port}: no acquisition "
+                               f"header within {self.timeout:g} s of the soft trigger")
+        pending = MerlinPendingAcquisition(header)
+        if pending.nimages != n:
+            raise RuntimeError(f"the detector announced {pending.nimages} frames; the scan "
+                               f"{ny}x{nx} needs {n}")
+        fpp = self.frames_per_partition or nx
+        aq = self._context().make_acquisition(conn=conn, nav_shape=(ny, nx), pending_aq=pending,
+                                              frames_per_partition=min(int(fpp), n))
+        frames = self._run_watched(aq, n)
+        return np.asarray(frames).astype(self.dtype, copy=False)
+
+    def _run_watched(self, aq: Any, n: int) -> np.ndarray:
+        """Run :class:`FrameCollectorUDF` on ``aq`` in a worker thread, under the watchdog."""
+        ctx = self._context()
+        state: dict[str, Any] = {"last": time.monotonic(), "done": 0}
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                for part in ctx.run_udf_iter(dataset=aq, udf=FrameCollectorUDF()):
+                    state["done"] = int(np.count_nonzero(part.damage.data))
+                    state["last"] = time.monotonic()
+                    state["result"] = part.buffers[0]["frames"]
+            except BaseException as exc:  # handed to the caller below
+                state["error"] = exc
+            finally:
+                finished.set()
+
+        worker = threading.Thread(target=work, daemon=True, name="merlin-live-acquire")
+        worker.start()
+        reason = None
+        while not finished.wait(0.05):
+            if self._abort.is_set():
+                reason = "aborted"
+            elif time.monotonic() - state["last"] > self.timeout:
+                reason = "timeout"
+            else:
+                continue
+            self._interrupt_data_socket()
+            threading.Thread(target=self._stop_detector, daemon=True,
+                             name="merlin-live-stop").start()
+            finished.wait(max(2.0, self.control_timeout))
+            break
+        where = f"Merlin data {self.data_host}:{self.data_port}"
+        progress = f"{state['done']}/{n} frames received"
+        if not finished.is_set():  # pragma: no cover - socket shutdown did not unblock it
+            self._conn = None  # still borrowed by the stuck worker: abandon it
+        if reason == "timeout":
+            raise TimeoutError(f"{where}: no frames for {self.timeout:g} s ({progress})") \
+                from state.get("error")
+        if reason == "aborted":
+            raise RuntimeError(f"{where}: acquisition aborted by disarm() ({progress})") \
+                from state.get("error")
+        error = state.get("error")
+        if error is not None and _is_connection_error(error):
+            raise ConnectionError(f"{where}: connection lost ({progress}): {error}") from error
+        if error is not None:
+            raise error
+        if state["done"] != n or "result" not in state:
+            raise ConnectionError(f"{where}: acquisition ended early ({progress})")
+        return state["result"].data
+
+    def _stop_detector(self) -> None:
+        """Best effort ``CMD STOPACQUISITION`` (errors are logged, not raised)."""
+        try:
+            with self._control() as c:
+                c.cmd("STOPACQUISITION")
+        except Exception as exc:  # the detector may be gone; the data socket is already shut
+            logger.info("STOPACQUISITION failed: %s", exc)
+
+    def _interrupt_data_socket(self) -> int:
+        """Shut down this process's TCP sockets to the data server; return how many.
+
+        LiberTEM-live blocks in a receive call that holds the connection object,
+        so ``close()`` from another thread fails; a socket shutdown makes that
+        receive fail at once.
+        """
+        import psutil
+
+        try:
+            ips = {ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(
+                self.data_host, self.data_port, proto=socket.IPPROTO_TCP)}
+        except OSError:
+            return 0
+        count = 0
+        for c in psutil.Process().net_connections(kind="tcp"):
+            if not c.raddr or c.fd < 0 or c.raddr.port != self.data_port:
+                continue
+            if ipaddress.ip_address(c.raddr.ip) not in ips:
+                continue
+            try:
+                with socket.socket(fileno=os.dup(c.fd)) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+                count += 1
+            except OSError:
+                pass
+        return count
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the data stream broke (LiberTEM-live raises several kinds)."""
+    from libertem.common.executor import JobCancelledError
+
+    # libertem_qd_mpx's PyConnectionError is not importable by name from the package.
+    return (isinstance(exc, (ConnectionError, JobCancelledError))
+            or type(exc).__name__ == "PyConnectionError")
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception as exc:  # noqa: BLE001 - closing is best effort
+        logger.info("closing the data connection failed: %s", exc)
