@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
@@ -146,18 +145,6 @@ def make_detector(scan, tmp_path):
     yield make
     for backend in made:
         backend.close()
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-@pytest.fixture
-def docs(RE):
-    collected: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: collected.append((name, doc)))
-    return collected
 
 
 def of(docs, name):

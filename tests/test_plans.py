@@ -8,7 +8,6 @@ import bluesky.plan_stubs as bps
 import h5py
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
@@ -32,18 +31,6 @@ def inst(tmp_path):
     inst.scan.shape_y.set(NAV[0]).wait(timeout=5)
     inst.scan.shape_x.set(NAV[1]).wait(timeout=5)
     return inst
-
-
-@pytest.fixture
-def RE():
-    return RunEngine({}, call_returns_result=True)
-
-
-@pytest.fixture
-def docs(RE):
-    collected: list[tuple[str, dict]] = []
-    RE.subscribe(lambda name, doc: collected.append((name, doc)))
-    return collected
 
 
 def only(docs, name):
