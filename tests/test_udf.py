@@ -290,3 +290,71 @@ def test_connected_local_cluster(cluster_ctx, data_descan, inline_reference):
     _assert_identical(run(cluster_ctx, data_descan, DESCAN, num_partitions=4), inline_reference)
     # a second job on the same cluster (workers now warm) gives the same again
     _assert_identical(run(cluster_ctx, data_descan, DESCAN, num_partitions=7), inline_reference)
+
+
+# -- (f) binning on the fly and threads ----------------------------------------------------
+
+def test_choose_bin_from_projected_pitch():
+    from stemcal.processing.fused import choose_bin
+    rot = np.array([[np.cos(0.4), np.sin(0.4)], [-np.sin(0.4), np.cos(0.4)]])
+    assert choose_bin(0.55 * rot, (128, 128), 0.6) == 1
+    assert choose_bin(0.275 * rot, (256, 256), 0.6) == 2
+    assert choose_bin(0.1375 * rot, (512, 512), 0.6) == 4
+    assert choose_bin(0.1375 * rot, (512, 512), 0.0) == 1  # disabled
+    assert choose_bin(0.09 * rot, (96, 96), 0.6) == 6      # divides 96
+    assert choose_bin(0.09 * rot, (97, 97), 0.6) == 6      # no divisor close: the bound
+    assert choose_bin(0.1 * rot, (96, 96), 0.6) == 4       # bound 5 does not divide 96
+
+
+# Detector finer than the shadow image: a detector pixel is 0.1375 scan px, so bins of 4.
+FINE = OverfocusParams(overfocus=1e-6, scan_pixel_size=2e-9, camera_length=0.2,
+                       detector_pixel_size=55e-6, semiconv=8e-3, cy=33.4, cx=30.2,
+                       scan_rotation=-40.0, flip_y=False, descan=((0.3, 0.1), (-0.2, 0.25)))
+
+
+def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx):
+    nav, sig = (9, 11), (64, 64)
+    data = simulate(FINE, nav, sig, dose=40, seed=5)
+    geo = ProjectionGeometry(FINE, nav, sig)
+    from stemcal.processing.fused import choose_bin
+    b = choose_bin(geo.A, sig, 0.6)
+    assert b == 4
+    frames = data.reshape((-1,) + sig).astype(float)
+    binned = frames.reshape(len(frames), sig[0] // b, b, sig[1] // b, b).sum(axis=(2, 4))
+    scan_yx = nav_coordinates(np.arange(len(frames)), nav)
+    centres = geo.centres(scan_yx)
+    offsets = geo.offsets(scan_yx, centres)
+    out, cov = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames_numpy(binned, 0, 0, b, (b - 1) / 2, centres, offsets, geo.A, geo.r_in,
+                       geo.r_out, out, cov)
+    mid = scan_middle(nav)[None]
+    c0 = np.array([[FINE.cy, FINE.cx]])
+    total, tcov = np.zeros(geo.shape), np.zeros(geo.shape)
+    splat_frames_numpy(binned.sum(axis=0)[None], 0, 0, b, (b - 1) / 2, c0, geo.offsets(mid, c0),
+                       geo.A, geo.r_in, geo.r_out, total, tcov)
+    for kw in ({"num_partitions": 3}, {"num_partitions": 2, "tileshape": (3, 13, 7)}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            res = run(ctx, data, FINE, **kw)
+        np.testing.assert_allclose(res["shifted_sum"], out, rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(res["coverage"], cov, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(res["sum"], total, rtol=1e-10, atol=1e-9)
+    # bin_pitch=0: every detector pixel on its own, as the direct kernel
+    ds = ctx.load("memory", data=data, num_partitions=3)
+    raw = ctx.run_udf(dataset=ds, udf=OverfocusUDF(FINE, bin_pitch=0))
+    np.testing.assert_allclose(raw["shifted_sum"].data, direct(data, FINE)["shifted_sum"],
+                               rtol=1e-10, atol=1e-9)
+
+
+def test_one_or_two_threads_give_the_same_images(data_descan, inline_reference):
+    one = Context.make_with("inline", cpus=1)
+    try:
+        res = run(one, data_descan, DESCAN, num_partitions=4)
+    finally:
+        one.close()
+    _assert_identical(res, inline_reference)
+
+
+def test_bad_bin_pitch_is_refused():
+    with pytest.raises(ValueError, match="bin_pitch"):
+        OverfocusUDF(PARAMS, bin_pitch=float("nan"))

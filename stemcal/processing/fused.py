@@ -1,0 +1,256 @@
+"""The one-pass kernel of :class:`~stemcal.processing.OverfocusUDF`.
+
+:func:`project_tile` reads each frame of a tile once and, in the same loop,
+
+* sums ``b x b`` detector blocks ("bins") on the fly,
+* adds the binned values to a binned frame sum (for the ``sum`` image), and
+* splats each binned value bilinearly into the specimen-plane accumulators
+  with the disk weight of its bin centre (as :func:`~stemcal.processing.kernels.splat_frames`
+  with ``pix_scale=b``, ``pix_offset=(b - 1) / 2``).
+
+Only bins whose centre lies within ``r_out`` of the frame's own beam centre
+(for the shifted sum) or of the reference centre (for the frame sum) are
+read; everything else contributes nothing to the images, so it is not
+touched at all.
+
+Tiles may hold any part of a frame: a bin cut by a tile border is summed in
+parts, and each part is splatted at the bin's position with its share of the
+bin's pixels as coverage weight; splatting is linear, so the result is the same
+as for whole bins. (A bin cut by the detector edge keeps its smaller share.)
+
+Frames are shared out to ``T`` threads in contiguous chunks; thread ``t`` adds
+into ``acc[t]`` only, so no two threads write the same memory and the result
+does not depend on scheduling. Numba's thread count is set by LiberTEM for
+each task (one per core inline, one per dask worker), so the kernel uses both
+cores inline without oversubscribing a dask cluster.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _bin_range(pyb, cy, cx, r_out, b, nbx):
+    """Bin columns ``[lo, hi]`` whose centres (y ``pyb``) lie within ``r_out`` of (cy, cx);
+    ``lo > hi`` when none."""
+    dy = pyb - cy
+    q = r_out * r_out - dy * dy
+    if q <= 0.0:
+        return 1, 0
+    half = math.sqrt(q)
+    off = (b - 1) / 2.0
+    lo = int(math.ceil((cx - half - off) / b))
+    hi = int(math.floor((cx + half - off) / b))
+    return max(lo, 0), min(hi, nbx - 1)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _splat_checked(acc, uy, ux, value, weight, share):
+    H = acc.shape[0]
+    W = acc.shape[1]
+    fy = math.floor(uy)
+    fx = math.floor(ux)
+    iy = int(fy)
+    ix = int(fx)
+    wy = uy - fy
+    wx = ux - fx
+    for dy in range(2):
+        yy = iy + dy
+        if yy < 0 or yy >= H:
+            continue
+        wgy = (wy if dy else 1.0 - wy) * weight
+        for dx in range(2):
+            xx = ix + dx
+            if xx < 0 or xx >= W:
+                continue
+            wgt = wgy * (wx if dx else 1.0 - wx)
+            acc[yy, xx, 0] += wgt * value
+            acc[yy, xx, 1] += wgt * share
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _splat_unchecked(acc, uy, ux, value, weight, share):
+    fy = math.floor(uy)
+    fx = math.floor(ux)
+    iy = int(fy)
+    ix = int(fx)
+    wy = uy - fy
+    wx = ux - fx
+    w0 = (1.0 - wy) * weight
+    w1 = wy * weight
+    w00 = w0 * (1.0 - wx)
+    w01 = w0 * wx
+    w10 = w1 * (1.0 - wx)
+    w11 = w1 * wx
+    acc[iy, ix, 0] += w00 * value
+    acc[iy, ix, 1] += w00 * share
+    acc[iy, ix + 1, 0] += w01 * value
+    acc[iy, ix + 1, 1] += w01 * share
+    acc[iy + 1, ix, 0] += w10 * value
+    acc[iy + 1, ix, 1] += w10 * share
+    acc[iy + 1, ix + 1, 0] += w11 * value
+    acc[iy + 1, ix + 1, 1] += w11 * share
+
+
+@numba.njit(nogil=True, cache=True)
+def _inside(acc, cy, cx, r_out, a00, a01, a10, a11, oy, ox):
+    """Whether every point within ``r_out`` of (cy, cx) lands where a bilinear
+    splat stays inside ``acc`` (corners of the disk's bounding box)."""
+    H = acc.shape[0]
+    W = acc.shape[1]
+    for sy in (-1.0, 1.0):
+        for sx in (-1.0, 1.0):
+            py = cy + sy * (r_out + 1.0)
+            px = cx + sx * (r_out + 1.0)
+            uy = a00 * py + a01 * px + oy
+            ux = a10 * py + a11 * px + ox
+            if not (uy >= 0.0 and uy < H - 1 and ux >= 0.0 and ux < W - 1):
+                return False
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_out,
+                   acc, fsum, rowbuf):
+    h, w = frame.shape
+    nby, nbx = fsum.shape
+    a00 = A[0, 0]
+    a01 = A[0, 1]
+    a10 = A[1, 0]
+    a11 = A[1, 1]
+    off = (b - 1) / 2.0
+    ro2 = r_out * r_out
+    ri2 = r_in * r_in
+    taper = r_out - r_in
+    fast = _inside(acc, cy, cx, r_out, a00, a01, a10, a11, oy, ox)
+    by0 = org_y // b
+    by1 = min((org_y + h - 1) // b, nby - 1)
+    for by in range(by0, by1 + 1):
+        pyb = by * b + off
+        lo_f, hi_f = _bin_range(pyb, cy, cx, r_out, b, nbx)
+        lo_0, hi_0 = _bin_range(pyb, c0y, c0x, r_out, b, nbx)
+        if lo_f > hi_f:
+            lo, hi = lo_0, hi_0
+        elif lo_0 > hi_0:
+            lo, hi = lo_f, hi_f
+        else:
+            lo, hi = min(lo_f, lo_0), max(hi_f, hi_0)
+        # bins whose columns meet this tile
+        lo = max(lo, org_x // b)
+        hi = min(hi, (org_x + w - 1) // b)
+        if lo > hi:
+            continue
+        y_a = max(by * b, org_y) - org_y
+        y_b = min(by * b + b, org_y + h) - org_y
+        x_a = max(lo * b, org_x) - org_x
+        x_b = min(hi * b + b, org_x + w) - org_x
+        # sum the raw rows of this bin row into rowbuf[lo .. hi]
+        for bx in range(lo, hi + 1):
+            rowbuf[bx] = 0.0
+        if b == 1:
+            for y in range(y_a, y_b):
+                for x in range(x_a, x_b):
+                    rowbuf[org_x + x] += frame[y, x]
+        else:
+            for y in range(y_a, y_b):
+                for x in range(x_a, x_b):
+                    rowbuf[(org_x + x) // b] += frame[y, x]
+        rows = (y_b - y_a) / (b * b)  # share of a bin's pixels per column in this tile
+        dy = pyb - cy
+        dy2 = dy * dy
+        base_y = a00 * pyb + oy
+        base_x = a10 * pyb + ox
+        for bx in range(lo, hi + 1):
+            v = rowbuf[bx]
+            fsum[by, bx] += v
+            if bx < lo_f or bx > hi_f:
+                continue
+            pxb = bx * b + off
+            dx = pxb - cx
+            r2 = dy2 + dx * dx
+            if r2 >= ro2:
+                continue
+            wgt = 1.0
+            if r2 > ri2:
+                wgt = (r_out - math.sqrt(r2)) / taper
+            uy = base_y + a01 * pxb
+            ux = base_x + a11 * pxb
+            share = 1.0
+            if b > 1:
+                share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
+            if fast:
+                _splat_unchecked(acc, uy, ux, v, wgt, share)
+            else:
+                _splat_checked(acc, uy, ux, v, wgt, share)
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
+    """Bin, sum and splat a tile of frames in one read (see the module docstring).
+
+    Parameters
+    ----------
+    frames : (n, h, w) array, any numeric dtype
+        The tile; its top-left detector pixel is ``(org_y, org_x)``.
+    org_y, org_x : int
+        Detector index of the tile's first row and column.
+    b : int
+        Bin side, detector px (1: no binning).
+    centres : (n, 2) float64
+        Beam centre of each frame, detector px.
+    c0 : (2,) float64
+        Reference beam centre of the ``sum`` image, detector px.
+    offsets : (n, 2) float64
+        A detector point ``p`` (px) of frame ``i`` lands at target px ``A @ p + offsets[i]``.
+    A : (2, 2) float64
+        Target px per detector px.
+    r_in, r_out : float
+        Disk weight radii, detector px; a bin is weighted at its centre.
+    acc : (T, H, W, 2) float64
+        Per-thread accumulators; ``[..., 0]`` weighted intensity, ``[..., 1]`` weight
+        (coverage). Added to.
+    fsum : (T, nby, nbx) float64
+        Per-thread binned frame sums (bins within ``r_out`` of ``c0`` are complete,
+        others partial). Added to.
+    """
+    n = frames.shape[0]
+    T = acc.shape[0]
+    chunk = (n + T - 1) // T
+    for t in numba.prange(T):
+        rowbuf = np.zeros(fsum.shape[2])
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            _project_frame(frames[i], org_y, org_x, b, centres[i, 0], centres[i, 1],
+                           c0[0], c0[1], offsets[i, 0], offsets[i, 1], A, r_in, r_out,
+                           acc[t], fsum[t], rowbuf)
+
+
+def choose_bin(A: np.ndarray, sig_shape: tuple[int, int], max_pitch: float) -> int:
+    """Largest bin side ``b`` whose binned pixel projects to at most ``max_pitch`` target px.
+
+    The pitch is the longer of the projected detector-pixel steps along y and x
+    (the columns of ``A``). Among sides up to that bound, one dividing both
+    detector dimensions is preferred (no partial bins at the detector edge).
+    ``max_pitch <= 0`` disables binning (returns 1).
+
+    Parameters
+    ----------
+    A : (2, 2) array
+        Target px per detector px.
+    sig_shape : (int, int)
+        Detector shape.
+    max_pitch : float
+        Largest accepted projected pitch of a bin, target px.
+    """
+    if not max_pitch > 0:
+        return 1
+    step = float(max(np.hypot(*np.asarray(A)[:, 0]), np.hypot(*np.asarray(A)[:, 1])))
+    if step <= 0 or not math.isfinite(step):
+        return 1
+    bmax = max(1, min(int(max_pitch / step), min(sig_shape) // 4 or 1))
+    for b in range(bmax, 0, -1):
+        if sig_shape[0] % b == 0 and sig_shape[1] % b == 0:
+            return b if b * 2 > bmax else bmax  # a divisor close to the bound, else the bound
+    return bmax
