@@ -60,7 +60,8 @@ def open_catalog(location: str | Path | None = None, *,
         A directory: the embedded catalog there (``catalog.db`` SQLite, ``data/``
         for arrays, ``tables.duckdb`` for tables), served in-process. An
         ``http(s)://`` URI: a tiled server, authenticated with ``$TILED_API_KEY``
-        if set. ``None``: ``$STEMCAL_CATALOG`` if set, else :func:`default_catalog_dir`.
+        if set, else the ``api_key`` of the private keys file
+        (:func:`stemcal.server.client_api_key`). ``None``: ``$STEMCAL_CATALOG`` if set, else :func:`default_catalog_dir`.
     readable_storage : iterable of str or Path
         Embedded catalog only: further directories whose external files
         (e.g. acquisition HDF5) the catalog may serve.
@@ -80,11 +81,29 @@ def open_catalog(location: str | Path | None = None, *,
     if isinstance(location, str) and re.match(r"https?://", location):
         from tiled.client import from_uri
 
-        client = from_uri(location, api_key=os.environ.get("TILED_API_KEY"))
+        from .server import client_api_key
+
+        client = from_uri(location, api_key=client_api_key())
         if _RUNS_SPEC["name"] not in {spec.name for spec in client.specs}:
             raise ValueError(f"{location} is not a CatalogOfBlueskyRuns (specs {client.specs})")
+        _remember_location(client, location)
         return client
-    return _open_embedded(Path(location).expanduser(), [Path(p) for p in readable_storage])
+    directory = Path(location).expanduser().resolve()
+    client = _open_embedded(directory, [Path(p) for p in readable_storage])
+    _remember_location(client, str(directory))
+    return client
+
+
+def _remember_location(client: Any, location: str) -> None:
+    try:
+        client._stemcal_location = location  # where a spooled record must go later
+    except AttributeError:  # a stand-in client that takes no attributes
+        pass
+
+
+def catalog_location_of(client: Any) -> str | None:
+    """The location :func:`open_catalog` opened ``client`` from (a directory or URI), or None."""
+    return getattr(client, "_stemcal_location", None)
 
 
 def _open_embedded(directory: Path, readable: list[Path]) -> Any:
@@ -121,6 +140,31 @@ def _image(name: str, image: Any) -> np.ndarray:
     return arr
 
 
+class RecordExistsError(ValueError):
+    """A record (run) with this uid is already in the catalog; records are never overwritten."""
+
+
+def _check_images(images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    arrays = {name: _image(name, img) for name, img in (images or {}).items()}
+    if clash := set(arrays) & set(SCALARS):
+        raise ValueError(f"image names {sorted(clash)} clash with the scalar keys {list(SCALARS)}")
+    return arrays
+
+
+def run_state(client: Any, uid: str) -> str | None:
+    """Whether the catalog holds run ``uid`` (exact uid): None, ``"complete"`` or ``"incomplete"``.
+
+    ``"incomplete"``: the run has no stop document (its write was cut off).
+    """
+    from tiled.client.container import Container
+
+    try:  # the plain container lookup: no partial-uid or scan_id matching
+        run = Container.__getitem__(client, uid)
+    except KeyError:
+        return None
+    return "complete" if run.metadata.get("stop") else "incomplete"
+
+
 def write_record(client: Any, record: CalibrationRecord,
                  images: Mapping[str, np.ndarray] | None = None) -> str:
     """Write ``record`` as a Bluesky run of its own.
@@ -146,13 +190,17 @@ def write_record(client: Any, record: CalibrationRecord,
     ------
     ValueError
         An image is not 2D numeric or its name is one of :data:`SCALARS`.
+    RecordExistsError
+        The catalog already has a run with ``record.uid``: nothing is overwritten.
     """
     import event_model
     from bluesky_tiled_plugins import TiledWriter
 
-    arrays = {name: _image(name, img) for name, img in (images or {}).items()}
-    if clash := set(arrays) & set(SCALARS):
-        raise ValueError(f"image names {sorted(clash)} clash with the scalar keys {list(SCALARS)}")
+    arrays = _check_images(images)
+    if run_state(client, record.uid) is not None:
+        raise RecordExistsError(
+            f"the catalog already holds a run with uid {record.uid}; records are append-only "
+            "(correct one with record.correct(...), which makes a new record)")
     data: dict[str, Any] = {name: float(getattr(record, name)) for name in SCALARS}
     data_keys: dict[str, Any] = {name: {"source": "stemcal", "dtype": "number", "shape": [],
                                         "units": unit} for name, unit in SCALARS.items()}
@@ -171,6 +219,104 @@ def write_record(client: Any, record: CalibrationRecord,
         writer(name, doc)
     log.info("wrote calibration record %s (quality %s)", record.uid, record.quality)
     return record.uid
+
+
+class UnavailableCatalog:
+    """Stands in for a catalog that could not be opened; records for it are spooled.
+
+    Made by :func:`open_catalog_or_unavailable`; :func:`write_record_or_spool`
+    spools every record given with it. It supports nothing else.
+    """
+
+    specs: tuple = ()
+
+    def __init__(self, location: str | Path | None, reason: str) -> None:
+        self._stemcal_location = None if location is None else str(location)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"UnavailableCatalog({self._stemcal_location!r}, {self.reason!r})"
+
+
+def _failure(exc: BaseException) -> str:
+    from .spool import redact
+
+    return redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500]
+
+
+def open_catalog_or_unavailable(location: str | Path | None = None, *,
+                                readable_storage: Iterable[str | Path] = ()) -> Any:
+    """:func:`open_catalog`, or an :class:`UnavailableCatalog` where it cannot be opened.
+
+    A server that is down or refuses the key, or a directory that cannot be
+    created or written, gives the stand-in (with a warning) so that a
+    calibration can still run and spool its record. A server that answers but
+    is not a catalog of Bluesky runs is still a ``ValueError``.
+    """
+    if location is None:
+        location = os.environ.get("STEMCAL_CATALOG") or default_catalog_dir()
+    try:
+        return open_catalog(location, readable_storage=readable_storage)
+    except ValueError as exc:
+        if "CatalogOfBlueskyRuns" in str(exc):
+            raise
+        reason = _failure(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, records must not be lost
+        reason = _failure(exc)
+    if not (isinstance(location, str) and re.match(r"https?://", location)):
+        location = Path(location).expanduser().resolve()
+    log.warning("catalog %s cannot be opened (%s); records will be spooled", location, reason)
+    return UnavailableCatalog(location, reason)
+
+
+def write_record_or_spool(client: Any, record: CalibrationRecord,
+                          images: Mapping[str, np.ndarray] | None = None, *,
+                          location: str | Path | None = None) -> tuple[str, bool, str | None]:
+    """Write ``record`` (:func:`write_record`), or spool it if the catalog fails.
+
+    Any failure of the catalog write (server down, permission denied, disk full,
+    path not creatable; httpx, tiled, OSError, SQLite errors...) puts the record,
+    its images and the catalog location into the durable spool
+    (:func:`stemcal.spool.spool_record`) for ``stemcal sync``.
+
+    Parameters
+    ----------
+    client : CatalogOfBlueskyRuns or UnavailableCatalog
+        From :func:`open_catalog` / :func:`open_catalog_or_unavailable`.
+    record, images
+        As :func:`write_record` (images are checked first: bad ones raise, unspooled).
+    location : str or path, optional
+        The catalog's location if ``client`` was not opened by :func:`open_catalog`.
+
+    Returns
+    -------
+    (uid, spooled, reason)
+        ``spooled`` False and ``reason`` None when the catalog has it.
+
+    Raises
+    ------
+    RecordExistsError
+        The catalog already has that uid (nothing written or spooled).
+    OSError
+        The catalog failed and the spool could not be written either.
+    """
+    from .spool import spool_record
+
+    _check_images(images)
+    loc = location if location is not None else catalog_location_of(client)
+    if isinstance(client, UnavailableCatalog):
+        reason = client.reason
+    else:
+        try:
+            write_record(client, record, images)
+            return record.uid, False, None
+        except RecordExistsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure must keep the record
+            reason = _failure(exc)
+            log.warning("could not write calibration record %s to %s: %s", record.uid, loc, reason)
+    spool_record(record, images, loc, reason)
+    return record.uid, True, reason
 
 
 def _calibrations(client: Any) -> Any:

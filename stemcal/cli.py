@@ -196,9 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--json", action="store_true", help="print one JSON list")
 
     show = sub.add_parser("show", help="print one calibration record with its provenance")
-    show.add_argument("uid", help="record uid (or a unique prefix of >= 8 characters)")
+    show.add_argument("uid", nargs="?", help="record uid (or a unique prefix of >= 8 characters)")
+    show.add_argument("--run", metavar="RUN_UID",
+                      help="instead: the calibration an experiment run carried (and its status)")
     _add_catalog(show)
     show.add_argument("--json", action="store_true", help="print the whole record as JSON")
+
+    exp = sub.add_parser("export", help="export a calibration record as JSON or into an HDF5 file")
+    exp.add_argument("uid", help="record uid (or a unique prefix of >= 8 characters)")
+    _add_catalog(exp)
+    exp.add_argument("--format", choices=("json", "hdf5"), default="json",
+                     help="json (stdout, or a new file with --into) or hdf5 (a group of "
+                          "attributes in the existing file --into)")
+    exp.add_argument("--into", metavar="FILE", help="json: a new file; hdf5: an existing HDF5 "
+                                                   "file (e.g. the experiment's data file)")
+    exp.add_argument("--group", default=None, metavar="PATH",
+                     help="hdf5: group to create (default stemcal_calibration)")
+
+    syn = sub.add_parser("sync", help="deliver spooled calibration records to their catalogs")
+    syn.add_argument("--json", action="store_true", help="print one JSON object")
+
+    srv = sub.add_parser("serve", help="serve a catalog directory with tiled (API keys from "
+                                       "$STEMCAL_WRITER_KEY/$STEMCAL_READER_KEY or the keys file)")
+    srv.add_argument("catalog", nargs="?", metavar="DIR",
+                     help="catalog directory (default $STEMCAL_CATALOG, else the default one)")
+    srv.add_argument("--host", help="interface to bind (default [server] host of the "
+                                    "configuration, else 127.0.0.1)")
+    srv.add_argument("--port", type=_count("--port"), help="port (default [server] port, else 8000)")
     return parser
 
 
@@ -507,13 +531,107 @@ def _print_history(records) -> None:
               f"{r.overfocus:>13.5g}{r.cy:>8.2f}{r.cx:>8.2f}  {r.quality}")
 
 
+def run_show_run(args: argparse.Namespace) -> dict[str, Any]:
+    """``show --run``: what an experiment run carried (:func:`stemcal.attach.carried_calibration`)."""
+    from .attach import carried_calibration
+    if args.uid:
+        raise CLIError("give a record uid or --run RUN_UID, not both")
+    try:
+        return carried_calibration(_open(args), args.run)
+    except KeyError as exc:
+        raise CLIError(str(exc.args[0]) if exc.args else f"no run {args.run!r}") from None
+
+
+def _print_run_calibration(res: dict[str, Any]) -> None:
+    print(f"run            {res['run']} ({res['plan_name']})")
+    if not res["attached"]:
+        print("calibration    none attached (the run was taken without attach_calibration)")
+        return
+    st = res["calibration_status"] or {}
+    print(f"status         {st.get('status')}: {st.get('reason')}")
+    cal = res["calibration"]
+    if cal is None:
+        print("calibration    none")
+        return
+    import datetime
+    when = datetime.datetime.fromtimestamp(cal["time"]).isoformat(timespec="seconds")
+    m = cal["descan"]
+    print(f"calibration    {cal['uid']} (recorded {when})")
+    print(f"scan_rotation  {cal['scan_rotation']:.3f} deg")
+    print(f"flip_y         {cal['flip_y']}")
+    print(f"overfocus      {cal['overfocus']:.6g} m")
+    print(f"centre (y, x)  {cal['cy']:.2f}, {cal['cx']:.2f} px")
+    print(f"descan         [[{m[0][0]:+.4f}, {m[0][1]:+.4f}], [{m[1][0]:+.4f}, {m[1][1]:+.4f}]] px/scan px")
+    print("optics state   " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in (cal.get("optics_state") or {}).items()))
+
+
+def run_export(args: argparse.Namespace) -> str | None:
+    """``export``: the JSON text to print, or None when written to a file (path on stderr)."""
+    from .catalog import get_record
+    from .export import DEFAULT_GROUP, record_to_json, write_hdf5, write_json
+    if args.format == "hdf5" and not args.into:
+        raise CLIError("--format hdf5 needs --into FILE (an existing HDF5 file)")
+    if args.group is not None and args.format != "hdf5":
+        raise CLIError("--group applies to --format hdf5 only")
+    try:
+        record = get_record(_open(args), args.uid)
+    except KeyError as exc:
+        raise CLIError(str(exc.args[0]) if exc.args else f"no calibration record {args.uid!r}") from None
+    if args.format == "json":
+        if not args.into:
+            return record_to_json(record)
+        try:
+            path = write_json(record, args.into)
+        except FileExistsError:
+            raise CLIError(f"{args.into} exists; export does not overwrite files") from None
+        print(f"wrote calibration {record.uid} to {path}", file=sys.stderr)
+        return None
+    try:
+        group = write_hdf5(record, args.into, args.group or DEFAULT_GROUP)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"wrote calibration {record.uid} to {args.into}:{group}", file=sys.stderr)
+    return None
+
+
 def run_show(args: argparse.Namespace):
     from .catalog import get_record
+    if not args.uid:
+        raise CLIError("give a record uid, or --run RUN_UID for an experiment run")
     client = _open(args)
     try:
         return get_record(client, args.uid)
     except KeyError as exc:
         raise CLIError(str(exc.args[0]) if exc.args else f"no calibration record {args.uid!r}") from None
+
+
+def run_sync(args: argparse.Namespace):
+    from .spool import sync
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sync()
+
+
+def _print_sync(report) -> None:
+    for uid, loc in report.delivered:
+        print(f"delivered      {uid} -> {loc}")
+    for uid, loc in report.already_there:
+        print(f"already there  {uid} ({loc}); spool entry removed")
+    for uid, loc, reason in report.pending:
+        print(f"still spooled  {uid} -> {loc}: {reason}")
+    if not (report.delivered or report.already_there or report.pending):
+        print("nothing spooled")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .server import serve, server_settings
+    from .session import catalog_location, load_config
+    host, port = server_settings(load_config())
+    loc, remote = catalog_location(args.catalog)
+    if remote:
+        raise CLIError(f"serve needs a catalog directory, not a URI ({loc})")
+    return serve(loc, host=args.host or host, port=args.port or port)
 
 
 # -- entry point ----------------------------------------------------------------
@@ -539,16 +657,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_json(res)) if args.json else _print_demo(res)
         elif args.command == "calibrate":
             record, truth = run_calibrate(args)
-            print(_json(record_summary(record))) if args.json else _print_record(record, truth=truth)
+            from .spool import find as find_spooled
+            spooled = find_spooled(record.uid)
+            if args.json:
+                print(_json({**record_summary(record), "spooled": spooled is not None}))
+            else:
+                _print_record(record, truth=truth)
+                if spooled is not None:
+                    print(f"spooled        not in the catalog ({spooled.reason}); kept in "
+                          f"{spooled.path}; `stemcal sync` delivers it")
             if not record.valid:
                 print(f"stemcal: error: calibration not trusted: {record.quality}", file=sys.stderr)
                 return EXIT_NO_FEATURES
+        elif args.command == "sync":
+            report = run_sync(args)
+            print(_json(report.to_dict())) if args.json else _print_sync(report)
+            return 1 if report.pending else 0
+        elif args.command == "serve":
+            return run_serve(args)
         elif args.command == "history":
             records = run_history(args)
             print(_json([record_summary(r) for r in records])) if args.json else _print_history(records)
+        elif args.command == "show" and args.run:
+            res = run_show_run(args)
+            print(_json(res)) if args.json else _print_run_calibration(res)
         elif args.command == "show":
             record = run_show(args)
             print(_json(record.to_dict())) if args.json else _print_record(record, provenance=True)
+        elif args.command == "export":
+            text = run_export(args)
+            if text is not None:
+                print(text)
     except CLIError as exc:
         print(f"stemcal: error: {exc}", file=sys.stderr)
         return exc.status

@@ -28,6 +28,26 @@ logger = logging.getLogger(__name__)
 #: Where DECTRIS (and :func:`stemcal.twin.writers.write_hdf5`) keep the frames.
 DEFAULT_HDF5_DATASET = "entry/data/data"
 _DECTRIS_SPECIFIC = "entry/instrument/detector/detectorSpecific"
+#: Largest scan or detector side accepted, pixels (as the CLI's shape options). A
+#: file or ``nav_shape`` beyond it is refused before anything is allocated.
+MAX_SIDE = 65536
+#: Pixel dtypes the passes handle: integers of any width, float32 and float64.
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_dtype(path: Path, dtype: np.dtype) -> None:
+    """Refuse pixel types the passes cannot handle (bool, float16, complex, strings...)."""
+    native = dtype.newbyteorder("=") if dtype.byteorder not in ("=", "|") else dtype
+    if dtype.fields is not None or not (native.kind in "ui" or native in _FLOAT_DTYPES):
+        raise DatasetError(f"{path}: pixel dtype {dtype.str!r} ({dtype}) is not supported "
+                           f"(expected integers, float32 or float64)")
+
+
+def _check_sides(path: Path, what: str, shape: tuple[int, ...]) -> None:
+    """Refuse a scan or frame side above :data:`MAX_SIDE` (absurd or corrupt metadata)."""
+    if any(n > MAX_SIDE for n in shape):
+        raise DatasetError(f"{path}: {what} {tuple(shape)} exceeds the limit of {MAX_SIDE} "
+                           f"pixels per side (corrupt metadata?)")
 
 
 class DatasetError(ValueError):
@@ -76,6 +96,10 @@ def _probe_npy(path: Path) -> _Probe:
     if dtype.hasobject or fortran:
         what = "object dtype" if dtype.hasobject else "Fortran order"
         raise DatasetError(f"{path}: .npy with {what} is not supported")
+    _check_dtype(path, dtype)
+    if min(shape) < 0:
+        raise DatasetError(f"{path}: negative size in the .npy header shape {tuple(shape)}")
+    _check_sides(path, "shape", tuple(shape))
     expected = offset + math.prod(shape) * dtype.itemsize
     size = path.stat().st_size
     if size != expected:
@@ -109,11 +133,16 @@ def _mib_frame_layout(path: Path) -> tuple[int, tuple[int, int], np.dtype]:
             if head[0] != "MQ1":
                 raise ValueError("does not start with 'MQ1'")
             header_size = int(head[2])
+            if not 64 <= header_size <= 2**20:
+                raise ValueError(f"header size {header_size} outside 64..{2**20} bytes")
             fh.seek(0)
             fields = fh.read(header_size).decode("ascii").split(",")
             width, height, pixel = int(fields[4]), int(fields[5]), fields[6].upper()
     except (OSError, ValueError, IndexError) as exc:
         raise DatasetError(f"{path}: not a readable Merlin .mib frame header ({exc})") from exc
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise DatasetError(f"{path}: MIB frame header gives a {height} x {width} frame "
+                           f"(each side must be 1..{MAX_SIDE}; corrupt header?)")
     if pixel not in ("U08", "U16", "U32"):
         raise DatasetError(f"{path}: MIB pixel type {pixel!r} is not supported (U08/U16/U32)")
     dtype = np.dtype(f">u{int(pixel[1:]) // 8}")
@@ -157,23 +186,37 @@ def _probe_mib(path: Path) -> _Probe:
             raise DatasetError(f"{path}: .hdr declares {declared} frames but the .mib data holds "
                                f"{n_frames} (truncated or mismatched)")
         if "ScanX" in hdr and "ScanY" in hdr:
-            nav = _nav_from_counts(n_frames, int(hdr["ScanX"]), int(hdr["ScanY"]))
+            try:
+                scan_x, scan_y = int(hdr["ScanX"]), int(hdr["ScanY"])
+            except ValueError as exc:
+                raise DatasetError(f"{path}: .hdr has an invalid ScanX/ScanY ({exc})") from exc
+            nav = _nav_from_counts(n_frames, scan_x, scan_y)
         else:
             nav = _nav_from_counts(n_frames, per_trigger)
     return _Probe("mib", n_frames, layout[1], nav, kwargs)
 
 
-def _find_hdf5_dataset(f: Any, path: Path) -> str:
-    """Name of ``entry/data/data`` or else of the first 3D/4D dataset in ``f``."""
+def _frames_like(obj: Any) -> bool:
+    """A 3D or 4D dataset, or 5D with a leading length-1 (event) axis."""
     import h5py
 
+    return isinstance(obj, h5py.Dataset) and (
+        obj.ndim in (3, 4) or (obj.ndim == 5 and obj.shape[0] == 1))
+
+
+def _find_hdf5_dataset(f: Any, path: Path) -> str:
+    """Name of ``entry/data/data`` or else of the first 3D/4D dataset in ``f``.
+
+    A 5D dataset ``(1, ny, nx, sy, sx)`` (one event of
+    :class:`stemcal.devices.HDF5StreamWriter`) counts as 4D.
+    """
     if f.get(DEFAULT_HDF5_DATASET, getlink=True) is not None:
         try:
             obj = f[DEFAULT_HDF5_DATASET]
         except (KeyError, OSError) as exc:
             raise DatasetError(f"{path}: cannot open {DEFAULT_HDF5_DATASET} (broken external "
                                f"link or unreadable target): {exc}") from exc
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4):
+        if _frames_like(obj):
             return DEFAULT_HDF5_DATASET
     found: list[str] = []
 
@@ -182,7 +225,7 @@ def _find_hdf5_dataset(f: Any, path: Path) -> str:
             obj = f.get(name)
         except (KeyError, OSError):
             return None
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (3, 4):
+        if _frames_like(obj):
             found.append(name)
             return True
         return None
@@ -201,11 +244,15 @@ def _probe_hdf5(path: Path) -> _Probe:
         with h5py.File(path, "r") as f:
             name = _find_hdf5_dataset(f, path)
             dset = f[name]
-            shape = tuple(dset.shape)
-            nav_dims = dset.ndim - 2
+            _check_dtype(path, dset.dtype)
+            lead = 1 if dset.ndim == 5 else 0  # (1, ny, nx, sy, sx): one event of a run
+            shape = tuple(dset.shape)[lead:]
+            _check_sides(path, f"dataset {name} shape", shape)
+            nav_dims = len(shape) - 2
             if math.prod(shape[:nav_dims]) and math.prod(shape[nav_dims:]):
-                dset[(0,) * nav_dims]  # reading both ends catches missing chunks and filters
-                dset[(-1,) * nav_dims]
+                # reading both ends catches missing chunks and filters
+                dset[(0,) * (lead + nav_dims)]
+                dset[(0,) * lead + (-1,) * nav_dims]
             nav = shape[:2] if nav_dims == 2 else None
             spec = f.get(_DECTRIS_SPECIFIC)
             counted = isinstance(spec, h5py.Group) and {"ntrigger", "nimages"} <= set(spec)
@@ -225,6 +272,15 @@ _PROBES = {".npy": _probe_npy, ".hdr": _probe_mib, ".mib": _probe_mib,
            ".h5": _probe_hdf5, ".hdf5": _probe_hdf5}
 
 
+def _whole(n: Any) -> int:
+    """``n`` as an int if it is an integer (or an integral float); else ``ValueError``."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, float, np.integer, np.floating)):
+        raise TypeError(f"not a number: {n!r}")
+    if not float(n).is_integer():
+        raise ValueError(f"not an integer: {n!r}")
+    return int(n)
+
+
 def _resolve_nav(path: Path, probe: _Probe, nav_shape: Any) -> tuple[int, int]:
     if probe.n_frames == 0:
         raise DatasetError(f"{path}: data set has zero frames")
@@ -236,11 +292,13 @@ def _resolve_nav(path: Path, probe: _Probe, nav_shape: Any) -> tuple[int, int]:
                                f"{probe.n_frames} frames; pass nav_shape=(ny, nx)")
         return probe.nav_shape  # type: ignore[return-value]
     try:
-        nav = tuple(int(n) for n in nav_shape)
-    except (TypeError, ValueError):
+        nav = tuple(_whole(n) for n in nav_shape)
+    except (TypeError, ValueError, OverflowError):
         raise DatasetError(f"nav_shape must be two positive integers, got {nav_shape!r}") from None
     if len(nav) != 2 or min(nav) <= 0:
         raise DatasetError(f"nav_shape must be two positive integers (ny, nx), got {nav_shape!r}")
+    if max(nav) > MAX_SIDE:
+        raise DatasetError(f"nav_shape {nav} exceeds the limit of {MAX_SIDE} scan pixels per side")
     if math.prod(nav) != probe.n_frames:
         raise DatasetError(f"{path}: nav_shape {nav} has {math.prod(nav)} positions but the file "
                            f"holds {probe.n_frames} frames")

@@ -227,3 +227,16 @@ class CalibrationRecord:
         """A new record (new uid, time now) with ``changes`` that supersedes this one."""
         kw: dict[str, Any] = {"uid": str(uuid.uuid4()), "time": time.time(), "supersedes": self.uid}
         return dataclasses.replace(self, **{**kw, **changes})
+
+    def to_libertem_com(self, nav_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Keyword arguments of LiberTEM's ``CoMUDF.with_params`` (see
+        :func:`stemcal.apply.libertem_com_params`); with ``nav_shape`` the descan
+        as ``regression``."""
+        from .apply import libertem_com_params
+        return libertem_com_params(self, nav_shape)
+
+    def to_py4dstem(self) -> dict[str, Any]:
+        """py4DSTEM-style rotation (radians) and transpose flag (see
+        :func:`stemcal.apply.py4dstem_params`)."""
+        from .apply import py4dstem_params
+        return py4dstem_params(self)

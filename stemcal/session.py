@@ -116,7 +116,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     from bluesky import RunEngine
 
     from .callbacks import CalibrationRecorder
-    from .catalog import open_catalog
+    from .catalog import UnavailableCatalog, open_catalog_or_unavailable
 
     loc, remote = catalog_location(catalog)
     if data_dir:
@@ -125,13 +125,19 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
         data = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))
     else:
         data = (Path(loc) / "raw").resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if data_dir:
+            raise
+        data = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))  # catalog dir unusable: spool later
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        client = open_catalog(loc, readable_storage=() if remote else (data,))
+        # A catalog that cannot be opened gives a stand-in: records are spooled (stemcal sync).
+        client = open_catalog_or_unavailable(loc, readable_storage=() if remote else (data,))
     inst = build_sim_instrument(sim, data)
     RE = RunEngine({}, call_returns_result=True)
-    if not remote:
+    if not remote and not isinstance(client, UnavailableCatalog):
         from bluesky_tiled_plugins import TiledWriter
         RE.subscribe(TiledWriter(client))
     recorder = CalibrationRecorder(client, figure_dir=figure_dir)
@@ -152,7 +158,8 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read the session configuration (TOML); a missing default file gives ``{}``.
 
     Sections: ``[catalog] location = "DIR or http(s)://..."``, ``[simulation]``
-    (fields of :class:`SimSettings`), ``[paths] data_dir``, ``figure_dir``.
+    (fields of :class:`SimSettings`), ``[paths] data_dir``, ``figure_dir``,
+    ``[server] host``, ``port`` (``stemcal serve``; keys never go here).
     Unknown sections raise ``ValueError``.
     """
     p = Path(path) if path else config_path()
@@ -165,7 +172,7 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
             cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: {exc}") from None
-    unknown = set(cfg) - {"catalog", "simulation", "paths"}
+    unknown = set(cfg) - {"catalog", "simulation", "paths", "server"}
     if unknown:
         raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}")
     return cfg

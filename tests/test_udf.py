@@ -347,7 +347,8 @@ def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx):
 
 
 def test_one_or_two_threads_give_the_same_images(data_descan, inline_reference):
-    one = Context.make_with("inline", cpus=1)
+    from libertem.executor.inline import InlineJobExecutor
+    one = Context(executor=InlineJobExecutor(inline_threads=1))
     try:
         res = run(one, data_descan, DESCAN, num_partitions=4)
     finally:

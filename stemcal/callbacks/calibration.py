@@ -404,7 +404,7 @@ class CalibrationRecorder:
         return self._ctx
 
     def _calibrate(self, start: dict, data: AcquiredData) -> CalibrationRecord:
-        from ..catalog import write_record
+        from ..catalog import write_record_or_spool  # spools if the catalog fails
         from ..fit.coarse import cold_start
         from ..fit.disk import NoFeaturesError
 
@@ -425,7 +425,7 @@ class CalibrationRecorder:
             fit = cold_start(dataset, ctx=ctx, **inputs, **self.fit_kwargs)
         except NoFeaturesError as exc:
             record = self._no_features_record(start, data, inputs, state, settings, exc)
-            write_record(self.client, record)
+            write_record_or_spool(self.client, record)
             return record
         settings.update({"metric": fit.metric, "loss": fit.loss, "contrast": fit.contrast,
                          "nfev": fit.nfev, "passes": fit.passes, "seconds": fit.seconds,
@@ -434,7 +434,7 @@ class CalibrationRecorder:
         record = CalibrationRecord.from_fit(fit, acquisition_uid=start["uid"], optics_state=state,
                                             fit_settings=settings)
         images = {k: fit.images[k] for k in IMAGE_NAMES if k in fit.images}
-        write_record(self.client, record, images)
+        write_record_or_spool(self.client, record, images)
         if self.figure_dir is not None:
             self._figure(f"calibration_{start['uid'][:8]}.png", images,
                          {**record.to_dict(), "passes": fit.passes, "seconds": fit.seconds},

@@ -9,10 +9,17 @@
 * :func:`make_sim_instrument` -- all of the above wired together.
 * :class:`MerlinLiveBackend` -- the real Merlin protocol (TCP control + data) through
   LiberTEM-live; tested against LiberTEM-live's Merlin simulator on 127.0.0.1.
+* :class:`ArinaDetector` -- a DECTRIS ARINA (MerlinDetector's machinery, ARINA's
+  defaults); :class:`DectrisLiveBackend` is its real controller (SIMPLON REST + zmq
+  through LiberTEM-live), tested against ``libertem-live-dectris-sim``.
+* :class:`MIBKeepingWriter` -- HDF5 for the catalog plus a MIB copy of each scan.
 """
-from .instrument import SimInstrument, make_sim_instrument
+from .arina import ARINA_BIT_DEPTH, ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector
+from .dectris_live import DectrisLiveBackend
+from .instrument import DETECTOR_KINDS, SimInstrument, make_sim_instrument
 from .live import MerlinLiveBackend
 from .merlin import IMAGE_DIMS, DetectorController, DetectorWriter, HDF5StreamWriter, MerlinDetector
+from .mib_writer import MIBKeepingWriter
 from .optics import MicroscopeOptics
 from .scan import ScanGenerator
 from .signals import ReadbackSignal, SettingSignal
@@ -22,5 +29,6 @@ __all__ = [
     "ScanGenerator", "MicroscopeOptics", "MerlinDetector", "HDF5StreamWriter",
     "DetectorController", "DetectorWriter", "IMAGE_DIMS", "SimulatedMicroscope", "SimBackend",
     "MicroscopeTruth", "PhysicalSpecimen", "ManualClock", "SimInstrument", "make_sim_instrument",
-    "SettingSignal", "ReadbackSignal", "MerlinLiveBackend",
+    "SettingSignal", "ReadbackSignal", "MerlinLiveBackend", "ArinaDetector", "DectrisLiveBackend",
+    "ARINA_SIG_SHAPE", "ARINA_PIXEL_SIZE", "ARINA_BIT_DEPTH", "DETECTOR_KINDS", "MIBKeepingWriter",
 ]

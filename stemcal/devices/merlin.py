@@ -2,19 +2,32 @@
 
 :class:`MerlinDetector` is a classic ophyd :class:`~ophyd.Device`. Each
 ``trigger()`` acquires one whole scan through its *controller* (for example
-:class:`stemcal.devices.SimBackend`), hands the ``(ny, nx, sy, sx)`` frames to
-its *writer* (:class:`HDF5StreamWriter`) and returns a status that finishes
-when the file is on disk. The frames reach Bluesky as external data: the
+:class:`stemcal.devices.SimBackend`), which hands the frames over in scan
+order as they arrive; the *writer* (:class:`HDF5StreamWriter`) puts them into
+one HDF5 file per acquisition as they come, and the status finishes when the
+file is complete and closed. The frames reach Bluesky as external data: the
 data key ``<name>_image`` has ``external: 'STREAM:'`` and the writer emits one
 ``StreamResource`` (one HDF5 file) and one ``StreamDatum`` (its single row) per
-trigger through :meth:`MerlinDetector.collect_asset_docs`.
+acquisition through :meth:`MerlinDetector.collect_asset_docs`.
+
+Interruptions. An acquisition that fails midway (connection lost, timeout,
+refused command) fails the trigger status; one interrupted by
+:meth:`MerlinDetector.stop`, :meth:`~MerlinDetector.pause` or
+:meth:`~MerlinDetector.unstage` finishes it without error (like ophyd's area
+detectors, so that an interrupted plan's cleanup is not interrupted in turn).
+Either way the frames received so far stay in a closed, readable file marked
+incomplete (dataset attributes ``complete=False`` and ``frames_written``,
+the first ``frames_written`` frames in scan order; the rest are 0), whose
+stream documents wait to be collected; without any frame no file and no
+documents remain.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +40,12 @@ from ophyd.device import Staged
 from .signals import ReadbackSignal
 
 __all__ = ["MerlinDetector", "HDF5StreamWriter", "DetectorController", "DetectorWriter",
-           "IMAGE_DIMS"]
+           "IMAGE_DIMS", "FrameSink"]
+
+logger = logging.getLogger(__name__)
+
+#: ``sink(start, frames)``: frames ``(k, sy, sx)`` at flat scan positions ``start .. start+k-1``.
+FrameSink = Callable[[int, np.ndarray], None]
 
 #: Names of the image axes, in order (the event axis ``time`` is added by consumers).
 IMAGE_DIMS = ("scan_y", "scan_x", "detector_y", "detector_x")
@@ -48,11 +66,15 @@ class DetectorController(Protocol):
     def frame_shape(self) -> tuple[int, int, int, int]:
         """``(ny, nx, sy, sx)`` of the next acquisition."""
 
-    def acquire(self) -> np.ndarray:
-        """Acquire a whole scan (blocking); raise if not prepared."""
+    def acquire(self, on_frames: FrameSink | None = None) -> np.ndarray:
+        """Acquire a whole scan (blocking); raise if not prepared or interrupted.
+
+        ``on_frames(start, frames)`` is called with consecutive blocks of
+        frames in scan order as they arrive (before the call returns).
+        """
 
     def disarm(self) -> None:
-        """Return to idle; idempotent."""
+        """Return to idle; idempotent. A running :meth:`acquire` stops and raises."""
 
 
 class DetectorWriter(Protocol):
@@ -63,6 +85,22 @@ class DetectorWriter(Protocol):
 
     def write(self, frames: np.ndarray) -> Path:
         """Write one acquisition, queue its stream documents, return the file."""
+
+    def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
+        """Start the file of one acquisition of ``shape`` (ny, nx, sy, sx)."""
+
+    def write_frames(self, start: int, frames: np.ndarray) -> None:
+        """Write frames ``(k, sy, sx)`` at flat scan positions ``start ..``."""
+
+    def end(self, complete: bool) -> Path | None:
+        """Close the acquisition's file, queue its documents; None if no frame came."""
+
+    def discard(self) -> list[Path]:
+        """Delete the files of queued, uncollected documents and drop the documents."""
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether documents wait to be collected."""
 
     def collect_stream_docs(self) -> Iterator[tuple[str, dict]]:
         """Yield and forget the queued ``(name, doc)`` stream documents."""
@@ -76,7 +114,12 @@ class HDF5StreamWriter:
 
     Each file holds one dataset of shape ``(1, ny, nx, sy, sx)``, one frame per
     chunk; the leading length-1 axis is the event axis, along which a
-    consumer (tiled's HDF5 consolidator) joins the files of a run.
+    consumer (tiled's HDF5 consolidator) joins the files of a run. Frames are
+    written as they arrive (:meth:`begin`, :meth:`write_frames`, :meth:`end`)
+    into a hidden temporary file, renamed to its final name when it is closed.
+    The dataset's attributes say how much it holds: ``frames_expected``
+    (``ny * nx``), ``frames_written`` (the first that many frames in scan
+    order; unwritten frames read as 0) and ``complete``.
 
     Parameters
     ----------
@@ -101,7 +144,11 @@ class HDF5StreamWriter:
         self._data_key: str | None = None
         self._pending: list[tuple[str, dict]] = []
         self._count = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._file: Any = None          # the open h5py.File of the current acquisition
+        self._path: Path | None = None  # its final name
+        self._shape: tuple[int, int, int, int] | None = None
+        self._written = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.write_dir)!r}, dataset={self.dataset!r})"
@@ -111,6 +158,17 @@ class HDF5StreamWriter:
         """Whether :meth:`open` was called since the last :meth:`close`."""
         return self._data_key is not None
 
+    @property
+    def frames_written(self) -> int:
+        """Frames written to the current (or last) acquisition's file."""
+        return self._written
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether stream documents wait to be collected."""
+        with self._lock:
+            return bool(self._pending)
+
     def open(self, name: str, data_key: str) -> None:
         """Start writing files named after ``name`` for the data key ``data_key``."""
         self.write_dir.mkdir(parents=True, exist_ok=True)
@@ -118,47 +176,132 @@ class HDF5StreamWriter:
             self._name, self._data_key = name, data_key
             self._pending = []
 
-    def write(self, frames: np.ndarray) -> Path:
-        """Write ``frames`` (ny, nx, sy, sx) to a new file; queue StreamResource + StreamDatum.
+    def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
+        """Create the (temporary) file of one acquisition of ``shape`` ``(ny, nx, sy, sx)``.
 
-        Returns
-        -------
-        Path
-            The absolute path of the new file.
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`open`, or while another acquisition's file is open.
+        ValueError
+            ``shape`` is not four positive integers.
         """
         import h5py
 
-        if not self.is_open:
-            raise RuntimeError("write() before open()")
-        frames = np.asarray(frames)
-        if frames.ndim != 4:
-            raise ValueError(f"frames must be 4D (ny, nx, sy, sx), got shape {frames.shape}")
+        shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
+        if len(shape) != 4 or min(shape) < 1:
+            raise ValueError(f"shape must be (ny, nx, sy, sx) > 0, got {shape}")
         filters: dict[str, Any] = {}
         if self.compression == "bslz4":
             import hdf5plugin
 
             filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
         with self._lock:
+            if not self.is_open:
+                raise RuntimeError("begin() before open()")
+            if self._file is not None:
+                raise RuntimeError("begin() while another acquisition's file is open")
             self._count += 1
-            count = self._count
-        path = (self.write_dir / f"{self._name}_{count:05d}_{secrets.token_hex(4)}.h5").resolve()
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset(self.dataset, data=frames[np.newaxis],
-                                 chunks=(1, 1, 1) + frames.shape[2:], **filters)
-                f[self.dataset].attrs["dims"] = ["time", *IMAGE_DIMS]
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        bundle = compose_stream_resource(
-            mimetype=self.mimetype, uri="file://localhost" + path.as_posix(),
-            data_key=self._data_key, parameters={"dataset": self.dataset, "chunk_shape": (1,)})
-        datum = bundle.compose_stream_datum(indices=StreamRange(start=0, stop=1))
+            path = (self.write_dir
+                    / f"{self._name}_{self._count:05d}_{secrets.token_hex(4)}.h5").resolve()
+            f = h5py.File(self._tmp(path), "w")
+            try:
+                ds = f.create_dataset(self.dataset, shape=(1, *shape), dtype=np.dtype(dtype),
+                                      chunks=(1, 1, 1) + shape[2:], fillvalue=0, **filters)
+                ds.attrs["dims"] = ["time", *IMAGE_DIMS]
+                ds.attrs["frames_expected"] = shape[0] * shape[1]
+                ds.attrs["frames_written"] = 0
+                ds.attrs["complete"] = False
+            except BaseException:
+                f.close()
+                self._tmp(path).unlink(missing_ok=True)
+                raise
+            self._file, self._path, self._shape, self._written = f, path, shape, 0
+
+    def write_frames(self, start: int, frames: np.ndarray) -> None:
+        """Write ``frames`` ``(k, sy, sx)`` at flat scan positions ``start .. start + k - 1``."""
+        frames = np.asarray(frames)
         with self._lock:
+            if self._file is None or self._shape is None:
+                raise RuntimeError("write_frames() outside begin()/end()")
+            ny, nx, sy, sx = self._shape
+            k = frames.shape[0] if frames.ndim == 3 else -1
+            if frames.shape[1:] != (sy, sx) or not 0 <= start <= ny * nx - k:
+                raise ValueError(f"frames {frames.shape} at {start} do not fit a scan "
+                                 f"{ny}x{nx} of {sy}x{sx} frames")
+            ds = self._file[self.dataset]
+            i = 0
+            while i < k:  # one contiguous piece of a scan row at a time
+                y, x = divmod(start + i, nx)
+                m = min(nx - x, k - i)
+                ds[0, y, x:x + m] = frames[i:i + m]
+                i += m
+            self._written += k
+
+    def end(self, complete: bool = True) -> Path | None:
+        """Close the acquisition's file and queue its StreamResource + StreamDatum.
+
+        Parameters
+        ----------
+        complete : bool
+            Whether the acquisition ended normally; the file is marked
+            complete only if also every frame was written.
+
+        Returns
+        -------
+        Path or None
+            The file (absolute path); None, and no file, if no frame was
+            written (or no acquisition was begun).
+        """
+        with self._lock:
+            f, path, self._file = self._file, self._path, None
+            if f is None or path is None:
+                return None
+            tmp = self._tmp(path)
+            try:
+                ds = f[self.dataset]
+                ds.attrs["frames_written"] = self._written
+                ds.attrs["complete"] = bool(complete
+                                            and self._written == int(ds.attrs["frames_expected"]))
+            finally:
+                f.close()
+            if self._written == 0:
+                tmp.unlink(missing_ok=True)
+                return None
+            os.replace(tmp, path)
+            if not self.is_open:  # closed meanwhile: keep the file, nobody collects documents
+                logger.warning("acquisition file %s written after the writer was closed", path)
+                return path
+            bundle = compose_stream_resource(
+                mimetype=self.mimetype, uri="file://localhost" + path.as_posix(),
+                data_key=self._data_key, parameters={"dataset": self.dataset,
+                                                     "chunk_shape": (1,)})
+            datum = bundle.compose_stream_datum(indices=StreamRange(start=0, stop=1))
             self._pending += [("stream_resource", bundle.stream_resource_doc),
                               ("stream_datum", datum)]
+            return path
+
+    def write(self, frames: np.ndarray) -> Path:
+        """Write a whole acquisition ``frames`` (ny, nx, sy, sx) to a new file at once.
+
+        Returns
+        -------
+        Path
+            The absolute path of the new file (its documents are queued).
+        """
+        if not self.is_open:
+            raise RuntimeError("write() before open()")
+        frames = np.asarray(frames)
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be 4D (ny, nx, sy, sx), got shape {frames.shape}")
+        self.begin(frames.shape, frames.dtype)
+        try:
+            self.write_frames(0, frames.reshape((-1,) + frames.shape[2:]))
+        except BaseException:
+            self._abandon()
+            raise
+        path = self.end(complete=True)
+        assert path is not None
         return path
 
     def collect_stream_docs(self) -> Iterator[tuple[str, dict]]:
@@ -167,11 +310,51 @@ class HDF5StreamWriter:
             pending, self._pending = self._pending, []
         yield from pending
 
-    def close(self) -> None:
-        """Stop writing; queued, uncollected documents are dropped."""
+    def discard(self) -> list[Path]:
+        """Delete the files of queued (uncollected) documents, drop the documents.
+
+        For an acquisition that is repeated (a paused scan taken again on
+        resume): its partial file would otherwise be left unreferenced.
+
+        Returns
+        -------
+        list of Path
+            The files deleted.
+        """
         with self._lock:
+            pending, self._pending = self._pending, []
+        gone = []
+        for name, doc in pending:
+            if name == "stream_resource":
+                path = Path(doc["uri"].removeprefix("file://localhost"))
+                path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
+
+    def close(self) -> None:
+        """Stop writing: end an open file (incomplete) and drop queued documents.
+
+        Files stay on disk; a file whose documents were dropped is logged.
+        """
+        with self._lock:
+            self.end(complete=False)
+            for name, doc in self._pending:
+                if name == "stream_resource":
+                    logger.info("stream documents of %s dropped uncollected", doc["uri"])
             self._name = self._data_key = None
             self._pending = []
+
+    def _abandon(self) -> None:
+        """Close and delete the current file without documents."""
+        with self._lock:
+            f, path, self._file = self._file, self._path, None
+            if f is not None and path is not None:
+                f.close()
+                self._tmp(path).unlink(missing_ok=True)
+
+    @staticmethod
+    def _tmp(path: Path) -> Path:
+        return path.with_name(f".{path.name}.tmp")
 
 
 class MerlinDetector(Device):
@@ -188,6 +371,9 @@ class MerlinDetector(Device):
         Where the HDF5 files go (used by the default writer).
     writer : DetectorWriter, optional
         Default :class:`HDF5StreamWriter` ``(write_dir)``.
+    interrupt_timeout : float
+        Seconds :meth:`stop`/:meth:`pause`/:meth:`unstage` wait for an
+        interrupted acquisition to end.
 
     Components
     ----------
@@ -203,7 +389,15 @@ class MerlinDetector(Device):
     Notes
     -----
     ``stage()`` and ``unstage()`` are idempotent; ``trigger()`` before
-    ``stage()`` raises ``RuntimeError``.
+    ``stage()`` raises ``RuntimeError``. :meth:`stop`, :meth:`pause` (called by
+    the RunEngine when it pauses) and :meth:`unstage` interrupt a running
+    acquisition: they disarm the controller and wait (at most
+    ``interrupt_timeout`` seconds) for the frames received so far to be
+    written to an incomplete file, whose documents wait to be collected (a
+    plan reads them into a stream of its own, see
+    :func:`stemcal.plans.overfocus_scan`). :meth:`resume` deletes such a
+    partial file if it was not collected, since the RunEngine repeats the
+    trigger after a pause; the next trigger re-arms the controller.
     """
 
     data_file = Cpt(ReadbackSignal, value="", kind="normal")
@@ -213,7 +407,8 @@ class MerlinDetector(Device):
 
     def __init__(self, name: str, *, backend: DetectorController,
                  write_dir: str | os.PathLike | None = None,
-                 writer: DetectorWriter | None = None, **kwargs: Any) -> None:
+                 writer: DetectorWriter | None = None, interrupt_timeout: float = 30.0,
+                 **kwargs: Any) -> None:
         if writer is None:
             if write_dir is None:
                 raise ValueError("give write_dir (or a writer)")
@@ -221,8 +416,12 @@ class MerlinDetector(Device):
         super().__init__(prefix="", name=name, **kwargs)
         self.backend = backend
         self.writer = writer
+        self.interrupt_timeout = float(interrupt_timeout)
         self._busy = threading.Lock()
         self._last_shape: tuple[int, int, int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._interrupted = threading.Event()  # set by stop/pause/unstage during an acquisition
+        self._rearm = False                    # the controller was disarmed while staged
         self.pixel_size.put(float(backend.pixel_size), internal=True)
         self.sig_shape.put([int(n) for n in backend.sig_shape], internal=True)
         self.bit_depth.put(int(backend.bit_depth), internal=True)
@@ -231,6 +430,16 @@ class MerlinDetector(Device):
     def image_key(self) -> str:
         """Data key of the external 4D image."""
         return f"{self.name}_image"
+
+    @property
+    def acquiring(self) -> bool:
+        """Whether an acquisition (a trigger) is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def has_uncollected_data(self) -> bool:
+        """Whether stream documents (e.g. of an interrupted acquisition) wait to be collected."""
+        return bool(getattr(self.writer, "has_pending", False))
 
     def state(self) -> dict[str, Any]:
         """Plain dict of the detector settings: ``pixel_size`` (m), ``sig_shape``, ``bit_depth``."""
@@ -243,18 +452,35 @@ class MerlinDetector(Device):
         """Disarm, reset the writer, prepare the controller and open the writer (idempotent)."""
         if self._staged == Staged.yes:
             return [self]
+        self._interrupt("stage")
         self.backend.disarm()
         self.writer.close()
         self.backend.prepare()
         self.writer.open(self.name, self.image_key)
         self._last_shape = None
+        self._rearm = False
         return super().stage()
 
     def unstage(self) -> list[object]:
-        """Disarm the controller and close the writer (idempotent)."""
+        """Interrupt a running acquisition, disarm the controller, close the writer (idempotent)."""
+        self._interrupt("unstage")
         self.backend.disarm()
         self.writer.close()
         return super().unstage()
+
+    def stop(self, *, success: bool = False) -> None:
+        """Interrupt a running acquisition (its frames so far stay in an incomplete file)."""
+        self._interrupt("stop")
+        super().stop(success=success)
+
+    def pause(self) -> None:
+        """RunEngine pause: interrupt a running acquisition, as :meth:`stop`."""
+        self._interrupt("pause")
+
+    def resume(self) -> None:
+        """RunEngine resume: delete an uncollected partial file (the trigger is repeated)."""
+        for path in self.writer.discard():
+            logger.info("%s: partial acquisition %s discarded on resume", self.name, path)
 
     def trigger(self) -> DeviceStatus:
         """Acquire a whole scan and write it; the status finishes when the file is written.
@@ -268,23 +494,54 @@ class MerlinDetector(Device):
             raise RuntimeError(f"{self.name}: trigger() before stage()")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(f"{self.name}: trigger() while an acquisition is running")
+        self._interrupted.clear()
         status = DeviceStatus(self)
 
         def acquire() -> None:
             try:
-                frames = self.backend.acquire()
-                path = self.writer.write(frames)
-                self._last_shape = tuple(int(n) for n in frames.shape)  # type: ignore[assignment]
+                if self._rearm:
+                    self.backend.prepare()
+                    self._rearm = False
+                shape = tuple(int(n) for n in self.backend.frame_shape())
+                self.writer.begin(shape, self.backend.dtype)  # type: ignore[arg-type]
+                self._last_shape = shape  # type: ignore[assignment]
+                try:
+                    self.backend.acquire(on_frames=self.writer.write_frames)
+                except BaseException:
+                    path = self.writer.end(complete=False)
+                    if path is not None:
+                        self.data_file.put(str(path), internal=True)
+                    raise
+                path = self.writer.end(complete=True)
                 self.data_file.put(str(path), internal=True)
             except Exception as exc:  # reported through the status
                 self._busy.release()
-                status.set_exception(exc)
+                if self._interrupted.is_set():
+                    logger.info("%s: acquisition interrupted: %s", self.name, exc)
+                    status.set_finished()
+                else:
+                    status.set_exception(exc)
             else:
                 self._busy.release()
                 status.set_finished()
 
-        threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
+        self._thread = threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True)
+        self._thread.start()
         return status
+
+    def _interrupt(self, why: str) -> None:
+        """Stop a running acquisition and wait (bounded) until its file is closed."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        logger.info("%s: interrupting the acquisition (%s)", self.name, why)
+        self._interrupted.set()
+        self._rearm = True
+        self.backend.disarm()
+        thread.join(self.interrupt_timeout)
+        if thread.is_alive():
+            logger.warning("%s: the acquisition did not stop within %g s", self.name,
+                           self.interrupt_timeout)
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Data keys: ``data_file`` plus the external image ``(ny, nx, sy, sx)``."""

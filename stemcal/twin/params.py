@@ -94,6 +94,16 @@ class OverfocusParams:
             raise ValueError(f"flip_y must be a bool, got {self.flip_y!r}")
         object.__setattr__(self, "flip_y", bool(self.flip_y))
         object.__setattr__(self, "descan", _as_matrix2(self.descan, "descan"))
+        # Extreme but finite inputs can still overflow or underflow the derived scales.
+        denom = (self.overfocus + self.camera_length) * self.scan_pixel_size
+        ratio = self.overfocus * self.detector_pixel_size / denom if denom else math.inf
+        if not (math.isfinite(ratio) and ratio != 0):
+            raise ValueError("overfocus, camera_length, detector_pixel_size and scan_pixel_size "
+                             f"give a magnification ratio of {ratio!r}; it must be finite and "
+                             "non-zero (check their units: metres)")
+        if not math.isfinite(self.disk_radius_px):
+            raise ValueError("semiconv * (overfocus + camera_length) / detector_pixel_size "
+                             "overflows: check semiconv (radians) and the lengths (metres)")
 
     # -- derived quantities -------------------------------------------------
     @property
@@ -117,7 +127,10 @@ class OverfocusParams:
         return np.array(self.descan, dtype=float)
 
     def replace(self, **changes: Any) -> "OverfocusParams":
-        """Return a validated copy with ``changes`` applied."""
+        """Return a validated copy with ``changes`` applied; unknown names raise ``ValueError``."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown parameter(s): {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,11 +141,16 @@ class OverfocusParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OverfocusParams":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise ``ValueError``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"parameters must be a dict, got {type(d).__name__}")
+        fields = dataclasses.fields(cls)
+        unknown = set(d) - {f.name for f in fields}
         if unknown:
-            raise ValueError(f"unknown parameter(s): {sorted(unknown)}")
+            raise ValueError(f"unknown parameter(s): {sorted(map(str, unknown))}")
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"missing parameter(s): {missing}")
         return cls(**d)
 
 
@@ -142,6 +160,12 @@ def overfocus_from_ratio(ratio: float, *, scan_pixel_size: float, camera_length:
 
     ``ratio = d * p_det / ((d + L) * p_scan)`` gives ``d = ratio * L / (p_det / p_scan - ratio)``.
     """
+    for name, v in (("ratio", ratio), ("scan_pixel_size", scan_pixel_size),
+                    ("camera_length", camera_length), ("detector_pixel_size", detector_pixel_size)):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v!r}")
+    if not scan_pixel_size > 0:
+        raise ValueError(f"scan_pixel_size must be > 0, got {scan_pixel_size!r}")
     r = detector_pixel_size / scan_pixel_size
     if ratio == r:
         raise ValueError("magnification ratio equals detector/scan pixel ratio: overfocus infinite")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -49,6 +50,61 @@ def _simulate_kernel(specimen, spec_origin_y, spec_origin_x, spec_per_scan, A,
                 out[i, y, x] = background + dose * edge * t
 
 
+#: Largest simulation accepted: bytes of its float64 frames (the peak use is about
+#: this plus the output array; see :func:`simulate`).
+MAX_SIMULATION_BYTES = 8 * 2**30
+#: Largest default specimen image, pixels (float64; its generation needs a few copies).
+MAX_SPECIMEN_PIXELS = 2**26
+#: Largest scan or detector side, pixels.
+MAX_SIDE = 65536
+
+
+def check_shapes(nav_shape: Any, sig_shape: Any, *, itemsize: int = 8,
+                 limit: int = MAX_SIMULATION_BYTES) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validate a scan and detector shape before anything is allocated.
+
+    Parameters
+    ----------
+    nav_shape, sig_shape : (int, int)
+        Scan shape (each side 1..:data:`MAX_SIDE`) and detector shape (2..:data:`MAX_SIDE`).
+    itemsize : int
+        Bytes per pixel of the array the caller will allocate.
+    limit : int
+        Largest ``ny * nx * sy * sx * itemsize`` accepted, bytes.
+
+    Returns
+    -------
+    ((ny, nx), (sy, sx)) as ints.
+
+    Raises
+    ------
+    ValueError
+        Naming the shape and the limit it breaks.
+    """
+    out = []
+    for name, shape, lo in (("nav_shape", nav_shape, 1), ("sig_shape", sig_shape, 2)):
+        try:
+            vals = tuple(shape)
+            ok = len(vals) == 2 and all(
+                not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer, float,
+                                                                       np.floating))
+                and math.isfinite(v) and float(v).is_integer() for v in vals)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be two integers (y, x), got {shape!r}")
+        y, x = int(vals[0]), int(vals[1])
+        if not (lo <= y <= MAX_SIDE and lo <= x <= MAX_SIDE):
+            raise ValueError(f"{name} {(y, x)} out of range: each side must be {lo}..{MAX_SIDE}")
+        out.append((y, x))
+    n_bytes = out[0][0] * out[0][1] * out[1][0] * out[1][1] * int(itemsize)
+    if n_bytes > limit:
+        raise ValueError(f"a {out[0][0]}x{out[0][1]} scan of {out[1][0]}x{out[1][1]} frames needs "
+                         f"{n_bytes / 2**30:.3g} GiB ({itemsize} bytes/px), over the limit of "
+                         f"{limit / 2**30:.3g} GiB")
+    return out[0], out[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class SimulatedSpecimen:
     """A transmission image placed in the specimen plane.
@@ -67,10 +123,16 @@ def default_specimen(params: OverfocusParams, nav_shape: tuple[int, int], sig_sh
                      feature_size: float = 0.8) -> SimulatedSpecimen:
     """The built-in test specimen, large enough for every ray of the scan."""
     radius_det = min(params.disk_radius_px, math.hypot(*sig_shape))
-    descan = np.abs(params.descan_matrix).sum() * max(nav_shape)
+    descan = float(np.abs(params.descan_matrix).sum()) * max(nav_shape)
     m = abs(params.magnification_ratio) * (radius_det + descan) + 4
-    shape = (int((nav_shape[0] + 2 * m) * pixels_per_scan_px),
-             int((nav_shape[1] + 2 * m) * pixels_per_scan_px))
+    fy = (nav_shape[0] + 2 * m) * pixels_per_scan_px
+    fx = (nav_shape[1] + 2 * m) * pixels_per_scan_px
+    if not (math.isfinite(fy) and math.isfinite(fx)) or fy * fx > MAX_SPECIMEN_PIXELS:
+        raise ValueError(
+            f"the default specimen would need {fy:.3g} x {fx:.3g} pixels (limit "
+            f"{MAX_SPECIMEN_PIXELS} pixels): the shadow image spans {m:.3g} scan px beyond the "
+            f"scan; check overfocus, camera_length, the pixel sizes and descan")
+    shape = (int(fy), int(fx))
     img = test_specimen(shape, seed=seed, feature_size=feature_size * pixels_per_scan_px)
     return SimulatedSpecimen(img, (-m, -m), pixels_per_scan_px)
 
@@ -110,14 +172,22 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
     -------
     (ny, nx, sy, sx) array of ``dtype``.
     """
-    nav_shape = (int(nav_shape[0]), int(nav_shape[1]))
-    sig_shape = (int(sig_shape[0]), int(sig_shape[1]))
-    if min(nav_shape) < 1 or min(sig_shape) < 2:
-        raise ValueError(f"bad shapes: nav {nav_shape}, sig {sig_shape}")
-    # The frames are computed in float64 before conversion to ``dtype``.
-    n_bytes = int(np.prod(nav_shape)) * int(np.prod(sig_shape)) * 8
-    if n_bytes > 8 * 2**30:
-        raise ValueError(f"simulation would need {n_bytes / 2**30:.1f} GiB of float64 (limit 8 GiB)")
+    # The frames are computed in float64 before conversion to ``dtype``: refuse
+    # absurd shapes before anything is allocated.
+    nav_shape, sig_shape = check_shapes(nav_shape, sig_shape)
+    for name, v in (("dose", dose), ("intensity", intensity), ("background", background)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer,
+                                                                        np.floating))
+                              or not math.isfinite(v) or v < 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype: {exc}") from None
+    if not (dt.kind in "ui" or dt.kind == "f"):
+        raise ValueError(f"dtype must be an integer or float type, got {dt}")
     if specimen is None:
         specimen = default_specimen(params, nav_shape, sig_shape, seed=seed)
     iy, ix = np.mgrid[0:nav_shape[0], 0:nav_shape[1]]
@@ -129,11 +199,15 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
                      float(specimen.origin[0]), float(specimen.origin[1]),
                      float(specimen.pixels_per_scan_px), specimen_matrix(params), scan_yx,
                      centres, params.disk_radius_px, level, float(background), out)
-    if dose is not None:
-        rng = np.random.default_rng(seed + 1)
-        out = rng.poisson(out).astype(np.float64)
-    dt = np.dtype(dtype)
-    if np.issubdtype(dt, np.integer):
-        info = np.iinfo(dt)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(dt).reshape(nav_shape + sig_shape)
+    rng = np.random.default_rng(seed + 1) if dose is not None else None
+    result = np.empty(out.shape, dtype=dt)
+    step = max(1, 2**22 // max(1, out[0].size))  # about 32 MiB of float64 per block
+    for start in range(0, len(out), step):  # blockwise: no full-size temporaries
+        block = out[start:start + step]
+        if rng is not None:
+            block = rng.poisson(block).astype(np.float64)
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            block = np.clip(np.rint(block), info.min, info.max)
+        result[start:start + step] = block
+    return result.reshape(nav_shape + sig_shape)
