@@ -20,13 +20,17 @@ as for whole bins. (A bin cut by the detector edge keeps its smaller share.)
 
 Frames are shared out to ``T`` threads in contiguous chunks; thread ``t`` adds
 into ``acc[t]`` only, so no two threads write the same memory and the result
-does not depend on scheduling. Numba's thread count is set by LiberTEM for
-each task (one per core inline, one per dask worker), so the kernel uses both
-cores inline without oversubscribing a dask cluster.
+does not depend on scheduling. The UDF takes ``T`` from LiberTEM's
+``threads_per_worker`` (one per core inline, one per dask worker), so a pass
+uses both cores inline without oversubscribing a dask cluster. Plain Python
+threads run the GIL-free kernel: OpenMP worker threads spin while they wait,
+which costs dearly on a machine whose cores are busy with other work.
 """
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -114,7 +118,7 @@ def _inside(acc, cy, cx, r_out, a00, a01, a10, a11, oy, ox):
 
 @numba.njit(nogil=True, cache=True)
 def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_out,
-                   acc, fsum, rowbuf):
+                   acc, fsum, rsum, rowv, stride):
     h, w = frame.shape
     nby, nbx = fsum.shape
     a00 = A[0, 0]
@@ -147,47 +151,81 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
         y_b = min(by * b + b, org_y + h) - org_y
         x_a = max(lo * b, org_x) - org_x
         x_b = min(hi * b + b, org_x + w) - org_x
-        # sum the raw rows of this bin row into rowbuf[lo .. hi]
-        for bx in range(lo, hi + 1):
-            rowbuf[bx] = 0.0
+        # the raw rows of this bin row, summed column by column (contiguous, vectorised) ...
+        for x in range(x_a, x_b):
+            rsum[x] = frame[y_a, x]
+        for y in range(y_a + 1, y_b):
+            for x in range(x_a, x_b):
+                rsum[x] += frame[y, x]
+        # ... then across the columns of each bin
         if b == 1:
-            for y in range(y_a, y_b):
-                for x in range(x_a, x_b):
-                    rowbuf[org_x + x] += frame[y, x]
+            for bx in range(lo, hi + 1):
+                rowv[bx] = rsum[bx - org_x]
         else:
-            for y in range(y_a, y_b):
-                for x in range(x_a, x_b):
-                    rowbuf[(org_x + x) // b] += frame[y, x]
+            for bx in range(lo, hi + 1):
+                xs = max(bx * b, org_x) - org_x
+                xe = min(bx * b + b, org_x + w) - org_x
+                v = 0.0
+                for x in range(xs, xe):
+                    v += rsum[x]
+                rowv[bx] = v
+        for bx in range(lo, hi + 1):
+            fsum[by, bx] += rowv[bx]
         rows = (y_b - y_a) / (b * b)  # share of a bin's pixels per column in this tile
         dy = pyb - cy
         dy2 = dy * dy
         base_y = a00 * pyb + oy
         base_x = a10 * pyb + ox
-        for bx in range(lo, hi + 1):
-            v = rowbuf[bx]
-            fsum[by, bx] += v
-            if bx < lo_f or bx > hi_f:
-                continue
-            pxb = bx * b + off
-            dx = pxb - cx
-            r2 = dy2 + dx * dx
-            if r2 >= ro2:
-                continue
-            wgt = 1.0
-            if r2 > ri2:
-                wgt = (r_out - math.sqrt(r2)) / taper
-            uy = base_y + a01 * pxb
-            ux = base_x + a11 * pxb
-            share = 1.0
-            if b > 1:
-                share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
-            if fast:
-                _splat_unchecked(acc, uy, ux, v, wgt, share)
-            else:
-                _splat_checked(acc, uy, ux, v, wgt, share)
+        # Neighbouring bins land < 1 target px apart and would update the same target
+        # pixels back to back (each update waiting for the previous store); visiting every
+        # `stride`-th bin per sweep keeps consecutive updates on different pixels.
+        b_lo = max(lo, lo_f)
+        b_hi = min(hi, hi_f)
+        for phase in range(stride):
+            for bx in range(b_lo + phase, b_hi + 1, stride):
+                pxb = bx * b + off
+                dx = pxb - cx
+                r2 = dy2 + dx * dx
+                if r2 >= ro2:
+                    continue
+                wgt = 1.0
+                if r2 > ri2:
+                    wgt = (r_out - math.sqrt(r2)) / taper
+                uy = base_y + a01 * pxb
+                ux = base_x + a11 * pxb
+                share = 1.0
+                if b > 1:
+                    share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
+                if fast:
+                    _splat_unchecked(acc, uy, ux, rowv[bx], wgt, share)
+                else:
+                    _splat_checked(acc, uy, ux, rowv[bx], wgt, share)
 
 
-@numba.njit(nogil=True, cache=True, parallel=True)
+@numba.njit(nogil=True, cache=True)
+def _project_frames(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
+    """:func:`project_tile` for one thread: all ``frames`` into ``acc`` (H, W, 2), ``fsum``."""
+    step = b * math.sqrt(A[0, 1] * A[0, 1] + A[1, 1] * A[1, 1])  # target px per bin along x
+    stride = 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
+    rsum = np.empty(frames.shape[2])
+    rowv = np.empty(fsum.shape[1])
+    for i in range(frames.shape[0]):
+        _project_frame(frames[i], org_y, org_x, b, centres[i, 0], centres[i, 1],
+                       c0[0], c0[1], offsets[i, 0], offsets[i, 1], A, r_in, r_out,
+                       acc, fsum, rsum, rowv, stride)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="stemcal-project")
+        return _POOLS[threads]
+
+
 def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
     """Bin, sum and splat a tile of frames in one read (see the module docstring).
 
@@ -215,16 +253,29 @@ def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, 
     fsum : (T, nby, nbx) float64
         Per-thread binned frame sums (bins within ``r_out`` of ``c0`` are complete,
         others partial). Added to.
+
+    Notes
+    -----
+    ``T > 1`` runs the chunks in a thread pool of ``T`` threads (the kernel
+    releases the GIL); ``T == 1`` runs in the calling thread.
     """
     n = frames.shape[0]
     T = acc.shape[0]
-    chunk = (n + T - 1) // T
-    for t in numba.prange(T):
-        rowbuf = np.zeros(fsum.shape[2])
-        for i in range(t * chunk, min(n, (t + 1) * chunk)):
-            _project_frame(frames[i], org_y, org_x, b, centres[i, 0], centres[i, 1],
-                           c0[0], c0[1], offsets[i, 0], offsets[i, 1], A, r_in, r_out,
-                           acc[t], fsum[t], rowbuf)
+    chunk = -(-n // T)
+    args = (org_y, org_x, int(b))
+    rest = (c0, None, A, float(r_in), float(r_out))
+    jobs = [(t * chunk, min(n, (t + 1) * chunk)) for t in range(T) if t * chunk < n]
+
+    def run(t: int) -> None:
+        i0, i1 = jobs[t]
+        _project_frames(frames[i0:i1], *args, centres[i0:i1], rest[0], offsets[i0:i1],
+                        A, rest[3], rest[4], acc[t], fsum[t])
+
+    if len(jobs) == 1:
+        run(0)
+        return
+    for fut in [_pool(T).submit(run, t) for t in range(len(jobs))]:
+        fut.result()
 
 
 def choose_bin(A: np.ndarray, sig_shape: tuple[int, int], max_pitch: float) -> int:
