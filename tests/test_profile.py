@@ -14,7 +14,16 @@ import json
 rec = RE(calibrate_here()).plan_result
 truth = microscope.geometry(scan.state(), optics.state())
 hist = calibration_history(catalog)
+starts = []  # every run carries the calibration in force (startup/30-attach.py)
+keep = lambda name, doc: starts.append(doc) if name == "start" else None
+RE(bp.count([optics]), keep)
+optics.overfocus.set(optics.overfocus.get() + 1e-7).wait(timeout=5)
+RE(bp.count([optics]), keep)
 print("RESULT " + json.dumps({
+    "attached": [starts[0]["calibration"]["uid"], starts[0]["calibration"]["scan_rotation"]]
+                == [rec.uid, rec.scan_rotation],
+    "after_change": [starts[1]["calibration"], starts[1]["calibration_status"]["status"],
+                     starts[1]["calibration_status"]["changed"]],
     "rotation_error": (rec.scan_rotation - truth.scan_rotation + 180) % 360 - 180,
     "overfocus_error": rec.overfocus / truth.overfocus - 1,
     "flip_right": rec.flip_y == truth.flip_y, "valid": rec.valid,
@@ -43,12 +52,14 @@ def test_profile_starts_and_calibrates(tmp_path):
     assert abs(res["rotation_error"]) <= 0.1
     assert abs(res["overfocus_error"]) <= 0.005
     assert len(res["names"]) == 11
+    assert res["attached"]
+    assert res["after_change"] == [None, "stale", ["overfocus_setting"]]
 
 
 def test_bad_config_is_refused(tmp_path):
     from stemcal.session import load_config
     bad = tmp_path / "bad.toml"
-    bad.write_text("[detector]\nbackend = 'nonsense'\n")
+    bad.write_text("[detectors]\nbackend = 'nonsense'\n")
     import pytest
     with pytest.raises(ValueError, match="unknown section"):
         load_config(bad)
