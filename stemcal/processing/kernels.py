@@ -65,33 +65,74 @@ def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
             cov[iy + 1, ix + 1] += w * wx
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _splat_fast(out, cov, uy, ux, value, weight):
+    """:func:`_splat_sq` without bounds checks (caller guarantees 0 <= uy < H-1, 0 <= ux < W-1)."""
+    fy = np.floor(uy)
+    fx = np.floor(ux)
+    iy = int(fy)
+    ix = int(fx)
+    wy = uy - fy
+    wx = ux - fx
+    w0 = (1.0 - wy) * weight
+    w1 = wy * weight
+    out[iy, ix] += w0 * (1.0 - wx) * value
+    cov[iy, ix] += w0 * (1.0 - wx)
+    out[iy, ix + 1] += w0 * wx * value
+    cov[iy, ix + 1] += w0 * wx
+    out[iy + 1, ix] += w1 * (1.0 - wx) * value
+    cov[iy + 1, ix] += w1 * (1.0 - wx)
+    out[iy + 1, ix + 1] += w1 * wx * value
+    cov[iy + 1, ix + 1] += w1 * wx
+
+
 @numba.njit(nogil=True, cache=True)
 def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
                 centres, offsets, A, r_in, r_out, out, cov, sq, want_sq):
     n, h, w = frames.shape
+    H, W = out.shape
     a00 = A[0, 0]
     a01 = A[0, 1]
     a10 = A[1, 0]
     a11 = A[1, 1]
+    ro2 = r_out * r_out
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]
         oy = offsets[i, 0]
         ox = offsets[i, 1]
+        # Whole disk lands inside the image: no bounds checks needed.
+        fast = not want_sq
+        for sy in (-1.0, 1.0):
+            for sx in (-1.0, 1.0):
+                py = cy + sy * (r_out + pix_scale)
+                px = cx + sx * (r_out + pix_scale)
+                uy = a00 * py + a01 * px + oy
+                ux = a10 * py + a11 * px + ox
+                if not (uy >= 0.0 and uy < H - 1 and ux >= 0.0 and ux < W - 1):
+                    fast = False
         for y in range(h):
             py = (sig_origin_y + y) * pix_scale + pix_offset
             dy2 = (py - cy) * (py - cy)
-            if dy2 >= r_out * r_out:
+            if dy2 >= ro2:
                 continue
+            # columns whose pixel centre may lie inside r_out
+            half = np.sqrt(ro2 - dy2)
+            x0 = max(int(np.floor((cx - half - pix_offset) / pix_scale)) - sig_origin_x, 0)
+            x1 = min(int(np.ceil((cx + half - pix_offset) / pix_scale)) - sig_origin_x, w - 1)
             base_y = a00 * py + oy
             base_x = a10 * py + ox
-            for x in range(w):
+            for x in range(x0, x1 + 1):
                 px = (sig_origin_x + x) * pix_scale + pix_offset
                 wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
                 if wgt <= 0.0:
                     continue
-                _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,
-                          float(frames[i, y, x]), wgt, want_sq)
+                if fast:
+                    _splat_fast(out, cov, base_y + a01 * px, base_x + a11 * px,
+                                float(frames[i, y, x]), wgt)
+                else:
+                    _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,
+                              float(frames[i, y, x]), wgt, want_sq)
 
 
 @numba.njit(nogil=True, cache=True)
