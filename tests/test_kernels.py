@@ -183,3 +183,23 @@ def test_bin_frames_tiles_at_odd_sig_origin(factor):
                    (slice(5, 15), slice(0, 7)), (slice(5, 15), slice(7, 16))]:
         bin_frames(np.ascontiguousarray(frames[:, ys, xs]), ys.start, xs.start, factor, out)
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_bin_and_sum_equals_reshape_sum_and_frame_sum(factor):
+    from stemcal.processing.kernels import bin_and_sum
+    rng = np.random.default_rng(20 + factor)
+    frames = rng.integers(0, 500, size=(3, 13, 14)).astype(np.uint16)  # not whole blocks
+    out = np.zeros((3, 13 // factor, 14 // factor), dtype=np.float32)
+    fsum = np.zeros((13, 14))
+    bin_and_sum(frames, 0, 0, factor, out, fsum)
+    np.testing.assert_array_equal(out, _reshape_bin(frames.astype(np.float64), factor))
+    np.testing.assert_array_equal(fsum, frames.sum(axis=0))
+    # tiles at odd origins add up to the same
+    out2 = np.zeros_like(out)
+    fsum2 = np.zeros_like(fsum)
+    for ys, xs in [(slice(0, 5), slice(0, 7)), (slice(0, 5), slice(7, 14)),
+                   (slice(5, 13), slice(0, 7)), (slice(5, 13), slice(7, 14))]:
+        bin_and_sum(np.ascontiguousarray(frames[:, ys, xs]), ys.start, xs.start, factor, out2, fsum2)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(fsum2, fsum)

@@ -13,7 +13,8 @@ import math
 import numpy as np
 from libertem.udf import UDF
 
-from ..processing.kernels import bin_frames
+from ..processing.fused import run_threads
+from ..processing.kernels import bin_and_sum
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,9 @@ DEFAULT_BUDGET = 512 * 2**20
 class BinFramesUDF(UDF):
     """Bin frames ``factor x factor`` (float32, nav buffer) and sum full frames.
 
-    Results: ``binned`` (nav, (sy // factor, sx // factor)) and ``frame_sum`` (sig, float64).
+    Results: ``binned`` (nav, (sy // factor, sx // factor)) and ``frame_sum``
+    ((sy, sx), float64). One read per pixel (:func:`~stemcal.processing.kernels.bin_and_sum`);
+    the frames of a tile are shared out to LiberTEM's ``threads_per_worker`` threads.
     """
 
     def __init__(self, factor: int = 1, **kwargs):
@@ -33,30 +36,48 @@ class BinFramesUDF(UDF):
     def get_preferred_input_dtype(self):
         return self.USE_NATIVE_DTYPE
 
+    def _threads(self) -> int:
+        threads = getattr(self.meta, "threads_per_worker", None)
+        return max(1, int(threads)) if threads else 1
+
+    def get_tiling_preferences(self):
+        return {"depth": self.TILE_DEPTH_MAX, "total_size": 4 * 2 ** 20}
+
     def get_result_buffers(self):
         f = int(self.params.factor)
         sy, sx = self.meta.dataset_shape.sig
         return {
             "binned": self.buffer(kind="nav", extra_shape=(sy // f, sx // f), dtype="float32"),
-            "frame_sum": self.buffer(kind="sig", dtype="float64"),
+            # one full-frame sum per thread, added up in get_results
+            "sums": self.buffer(kind="single", extra_shape=(self._threads(), sy, sx),
+                                dtype="float64", use="private"),
+            "frame_sum": self.buffer(kind="single", extra_shape=(sy, sx), dtype="float64",
+                                     use="result_only"),
         }
 
     def process_tile(self, tile):
         sig = self.meta.sig_slice
+        oy, ox = int(sig.origin[0]), int(sig.origin[1])
         data = np.asarray(tile).reshape((tile.shape[0],) + tuple(sig.shape))
+        h, w = data.shape[1:]
         f = int(self.params.factor)
-        if f == 1:
-            oy, ox = sig.origin
-            self.results.binned[:, oy:oy + data.shape[1], ox:ox + data.shape[2]] += data
-        else:
-            out = np.zeros(self.results.binned.shape, dtype=np.float32)
-            bin_frames(data, int(sig.origin[0]), int(sig.origin[1]), f, out)
-            self.results.binned[:] += out
-        self.results.frame_sum[:] += data.sum(axis=0)
+        binned = self.results.binned
+        sums = self.results.sums
+
+        def work(t: int, i0: int, i1: int) -> None:
+            out = np.zeros((i1 - i0,) + binned.shape[1:], dtype=np.float32)
+            bin_and_sum(data[i0:i1], oy, ox, f, out, sums[t])
+            binned[i0:i1] += out
+
+        run_threads(work, len(data), sums.shape[0])
 
     def merge(self, dest, src):
         dest.binned[:] += src.binned
-        dest.frame_sum[:] += src.frame_sum
+        dest.sums[0] += src.sums.sum(axis=0)
+
+    def get_results(self):
+        return {"binned": self.results.binned,
+                "frame_sum": np.asarray(self.results.sums).sum(axis=0)}
 
 
 @dataclasses.dataclass

@@ -226,6 +226,22 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _POOLS[threads]
 
 
+def run_threads(work, n: int, threads: int) -> None:
+    """Call ``work(t, i0, i1)`` for ``threads`` contiguous chunks ``[i0, i1)`` of ``range(n)``.
+
+    With more than one chunk they run on a shared pool of ``threads`` threads
+    (``work`` must release the GIL to gain anything); exceptions propagate.
+    """
+    chunk = -(-n // max(1, threads))
+    jobs = [(t, t * chunk, min(n, (t + 1) * chunk)) for t in range(threads) if t * chunk < n]
+    if len(jobs) <= 1:
+        for job in jobs:
+            work(*job)
+        return
+    for fut in [_pool(threads).submit(work, *job) for job in jobs]:
+        fut.result()
+
+
 def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
     """Bin, sum and splat a tile of frames in one read (see the module docstring).
 
@@ -259,23 +275,11 @@ def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, 
     ``T > 1`` runs the chunks in a thread pool of ``T`` threads (the kernel
     releases the GIL); ``T == 1`` runs in the calling thread.
     """
-    n = frames.shape[0]
-    T = acc.shape[0]
-    chunk = -(-n // T)
-    args = (org_y, org_x, int(b))
-    rest = (c0, None, A, float(r_in), float(r_out))
-    jobs = [(t * chunk, min(n, (t + 1) * chunk)) for t in range(T) if t * chunk < n]
+    def work(t: int, i0: int, i1: int) -> None:
+        _project_frames(frames[i0:i1], org_y, org_x, int(b), centres[i0:i1], c0, offsets[i0:i1],
+                        A, float(r_in), float(r_out), acc[t], fsum[t])
 
-    def run(t: int) -> None:
-        i0, i1 = jobs[t]
-        _project_frames(frames[i0:i1], *args, centres[i0:i1], rest[0], offsets[i0:i1],
-                        A, rest[3], rest[4], acc[t], fsum[t])
-
-    if len(jobs) == 1:
-        run(0)
-        return
-    for fut in [_pool(T).submit(run, t) for t in range(len(jobs))]:
-        fut.result()
+    run_threads(work, frames.shape[0], acc.shape[0])
 
 
 def choose_bin(A: np.ndarray, sig_shape: tuple[int, int], max_pitch: float) -> int:

@@ -249,8 +249,63 @@ def bin_frames(frames, sig_origin_y, sig_origin_x, factor, out):
             by = (sig_origin_y + y) // factor
             if by >= H:
                 continue
+            for bx in range(sig_origin_x // factor, min(W, (sig_origin_x + w - 1) // factor + 1)):
+                x0 = max(bx * factor - sig_origin_x, 0)
+                x1 = min(bx * factor + factor - sig_origin_x, w)
+                acc = 0.0
+                for x in range(x0, x1):
+                    acc += frames[i, y, x]
+                out[i, by, bx] += acc
+
+
+@numba.njit(nogil=True, cache=True)
+def _bin_row_sums(rsum, sig_origin_x, factor, out_row, bx0, bx1):
+    """Add the sums of each bin's columns of ``rsum`` (the tile's row sums) to ``out_row``."""
+    w = rsum.shape[0]
+    if sig_origin_x % factor == 0 and (bx1 - bx0) * factor <= w:
+        # whole bins: one strided sweep per column offset (vectorises)
+        for k in range(factor):
+            for bx in range(bx0, bx1):
+                out_row[bx] += rsum[(bx - bx0) * factor + k]
+        return
+    for bx in range(bx0, bx1):
+        x0 = max(bx * factor - sig_origin_x, 0)
+        x1 = min(bx * factor + factor - sig_origin_x, w)
+        acc = 0.0
+        for x in range(x0, x1):
+            acc += rsum[x]
+        out_row[bx] += acc
+
+
+@numba.njit(nogil=True, cache=True)
+def bin_and_sum(frames, sig_origin_y, sig_origin_x, factor, out, frame_sum):
+    """:func:`bin_frames` that also adds every frame into ``frame_sum``, one read.
+
+    ``frame_sum`` is the full-frame sum (sy, sx); the tile covers
+    ``frame_sum[sig_origin_y:sig_origin_y + h, sig_origin_x:sig_origin_x + w]``.
+    Rows are summed element-wise (vectorised) into a row buffer per bin row,
+    which is then reduced across each bin's columns.
+    """
+    n, h, w = frames.shape
+    H = out.shape[1]
+    W = out.shape[2]
+    bx0 = sig_origin_x // factor
+    bx1 = min(W, (sig_origin_x + w - 1) // factor + 1)
+    rsum = np.zeros(w)
+    for i in range(n):
+        y = 0
+        while y < h:
+            by = (sig_origin_y + y) // factor
+            y_end = min(h, (by + 1) * factor - sig_origin_y)  # rows of this bin row in the tile
             for x in range(w):
-                bx = (sig_origin_x + x) // factor
-                if bx >= W:
-                    continue
-                out[i, by, bx] += frames[i, y, x]
+                rsum[x] = 0.0
+            for yy in range(y, y_end):
+                row = frames[i, yy]
+                for x in range(w):
+                    rsum[x] += row[x]
+                fs_row = frame_sum[sig_origin_y + yy, sig_origin_x:sig_origin_x + w]
+                for x in range(w):
+                    fs_row[x] += row[x]
+            if by < H:
+                _bin_row_sums(rsum, sig_origin_x, factor, out[i, by], bx0, bx1)
+            y = y_end
