@@ -240,6 +240,8 @@ class CalibrationRun(CallbackBase):
         """The one 4D external acquisition of the run."""
         found = []
         for datum in self._datums:
+            if self._descriptors[datum["descriptor"]].get("name") != "primary":
+                continue  # e.g. the 'incomplete' stream of an interrupted acquisition
             res = self._resources[datum["stream_resource"]]
             key = self._descriptors[datum["descriptor"]]["data_keys"].get(res["data_key"], {})
             shape = [int(n) for n in key.get("shape") or ()]

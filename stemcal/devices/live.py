@@ -36,13 +36,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from libertem.udf.base import UDF
 
-__all__ = ["MerlinLiveBackend"]
+__all__ = ["MerlinLiveBackend", "DetectorRefusedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,18 @@ class FrameCollectorUDF(UDF):
     def process_partition(self, partition: np.ndarray) -> None:
         """Copy the partition's frames into the result."""
         self.results.frames[:] = partition
+
+
+class DetectorRefusedError(RuntimeError):
+    """The detector answered a command with an error code (busy, unknown, out of range)."""
+
+    def __init__(self, where: str, command: str, code: int, meaning: str) -> None:
+        super().__init__(f"{where} refused {command!r}: {meaning} (error code {code})")
+        self.command, self.code, self.meaning = command, code, meaning
+
+
+#: Merlin reply error codes (MerlinEM TCP/IP interface).
+_MERLIN_ERRORS = {1: "detector busy", 2: "command not recognised", 3: "parameter out of range"}
 
 
 def _port(value: Any, what: str) -> int:
@@ -114,7 +126,22 @@ def _control_class() -> type:
                 raise ConnectionError(
                     f"Merlin control {self._host}:{self._port} closed the connection "
                     f"after {message!r}")
+            self._last_command = message
             return resp
+
+        def _parse_response(self, resp: bytes) -> bytes | None:
+            # Reply: MPX,<len>,GET,<param>,<value>,<code> or MPX,<len>,SET|CMD,<param>,<code>
+            parts = resp.split(b",")
+            try:
+                code = int(parts[5] if parts[2] == b"GET" else parts[4])
+            except (IndexError, ValueError):
+                raise ConnectionError(f"Merlin control {self._host}:{self._port}: malformed "
+                                      f"reply {resp[:80]!r}") from None
+            if code != 0:
+                command = ",".join(getattr(self, "_last_command", "?").split(",")[2:])
+                raise DetectorRefusedError(f"Merlin at {self._host}:{self._port}", command,
+                                           code, _MERLIN_ERRORS.get(code, "unknown error"))
+            return parts[4] if parts[2] == b"GET" else None
 
     return _BoundedMerlinControl
 
@@ -323,8 +350,16 @@ class MerlinLiveBackend:
         self._abort.clear()
         self._prepared = True
 
-    def acquire(self) -> np.ndarray:
+    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
         """Acquire one whole scan of ``scan.nav_shape`` (blocking).
+
+        Parameters
+        ----------
+        on_frames : callable, optional
+            ``on_frames(start, frames)`` with each block of frames ``(k, sy, sx)``
+            as it arrives, in scan order (``start`` the flat scan position of
+            the first), on the receiving thread. Blocks come per LiberTEM
+            partition (see ``frames_per_partition``).
 
         Returns
         -------
@@ -358,7 +393,7 @@ class MerlinLiveBackend:
                 raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
                                  f"more than max_bytes={self.max_bytes}")
             try:
-                return self._acquire(ny, nx)
+                return self._acquire(ny, nx, on_frames)
             except BaseException:
                 self._drop_connection()
                 raise
@@ -442,7 +477,8 @@ class MerlinLiveBackend:
             logger.warning("data connection to %s:%s did not close; abandoned",
                            self.data_host, self.data_port)
 
-    def _acquire(self, ny: int, nx: int) -> np.ndarray:
+    def _acquire(self, ny: int, nx: int,
+                 on_frames: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
         from libertem_live.detectors.merlin.connection import MerlinPendingAcquisition
 
         n = ny * nx
@@ -468,21 +504,38 @@ class MerlinLiveBackend:
         fpp = self.frames_per_partition or nx
         aq = self._context().make_acquisition(conn=conn, nav_shape=(ny, nx), pending_aq=pending,
                                               frames_per_partition=min(int(fpp), n))
-        frames = self._run_watched(aq, n)
+        frames = self._run_watched(aq, n, on_frames)
         return np.asarray(frames).astype(self.dtype, copy=False)
 
-    def _run_watched(self, aq: Any, n: int) -> np.ndarray:
-        """Run :class:`FrameCollectorUDF` on ``aq`` in a worker thread, under the watchdog."""
+    def _run_watched(self, aq: Any, n: int,
+                     on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Run :class:`FrameCollectorUDF` on ``aq`` in a worker thread, under the watchdog.
+
+        ``on_frames`` gets each run of newly received frames (in scan order).
+        """
         ctx = self._context()
         state: dict[str, Any] = {"last": time.monotonic(), "done": 0}
         finished = threading.Event()
+        seen = np.zeros(n, dtype=bool)
 
         def work() -> None:
             try:
                 for part in ctx.run_udf_iter(dataset=aq, udf=FrameCollectorUDF()):
-                    state["done"] = int(np.count_nonzero(part.damage.data))
+                    damage = np.asarray(part.damage.data, dtype=bool).reshape(-1)
+                    state["done"] = int(np.count_nonzero(damage))
                     state["last"] = time.monotonic()
                     state["result"] = part.buffers[0]["frames"]
+                    if on_frames is None or self._abort.is_set():
+                        continue  # disarmed: hand nothing more over
+                    new = np.flatnonzero(damage & ~seen)
+                    seen[new] = True
+                    frames = None
+                    for run in np.split(new, np.flatnonzero(np.diff(new) != 1) + 1):
+                        if run.size:
+                            if frames is None:
+                                data = state["result"].data
+                                frames = data.reshape((-1,) + data.shape[-2:])
+                            on_frames(int(run[0]), frames[run[0]:run[-1] + 1])
             except BaseException as exc:  # handed to the caller below
                 state["error"] = exc
             finally:

@@ -78,7 +78,13 @@ class DetectorController(Protocol):
 
 
 class DetectorWriter(Protocol):
-    """What :class:`MerlinDetector` needs from a writer."""
+    """What :class:`MerlinDetector` needs from a writer.
+
+    ``open``, ``write``, ``collect_stream_docs`` and ``close`` are required.
+    A writer that also has ``begin``/``write_frames``/``end`` gets the frames
+    as they arrive (and keeps those of an interrupted acquisition);
+    ``discard`` and ``has_pending`` serve pause/resume and interrupted plans.
+    """
 
     def open(self, name: str, data_key: str) -> None:
         """Get ready to write the data key ``data_key`` (called at stage)."""
@@ -479,7 +485,8 @@ class MerlinDetector(Device):
 
     def resume(self) -> None:
         """RunEngine resume: delete an uncollected partial file (the trigger is repeated)."""
-        for path in self.writer.discard():
+        discard = getattr(self.writer, "discard", None)
+        for path in discard() if callable(discard) else ():
             logger.info("%s: partial acquisition %s discarded on resume", self.name, path)
 
     def trigger(self) -> DeviceStatus:
@@ -502,11 +509,21 @@ class MerlinDetector(Device):
                 if self._rearm:
                     self.backend.prepare()
                     self._rearm = False
+                if not callable(getattr(self.writer, "begin", None)):  # a whole-scan writer
+                    frames = self.backend.acquire()
+                    path = self.writer.write(frames)
+                    self._last_shape = tuple(int(n) for n in frames.shape)  # type: ignore
+                    self.data_file.put(str(path), internal=True)
+                    return self._finish(status, None)
                 shape = tuple(int(n) for n in self.backend.frame_shape())
                 self.writer.begin(shape, self.backend.dtype)  # type: ignore[arg-type]
                 self._last_shape = shape  # type: ignore[assignment]
                 try:
-                    self.backend.acquire(on_frames=self.writer.write_frames)
+                    if _takes_on_frames(self.backend):
+                        self.backend.acquire(on_frames=self.writer.write_frames)
+                    else:  # a controller that returns the whole scan only
+                        frames = np.asarray(self.backend.acquire())
+                        self.writer.write_frames(0, frames.reshape((-1,) + frames.shape[-2:]))
                 except BaseException:
                     path = self.writer.end(complete=False)
                     if path is not None:
@@ -515,25 +532,30 @@ class MerlinDetector(Device):
                 path = self.writer.end(complete=True)
                 self.data_file.put(str(path), internal=True)
             except Exception as exc:  # reported through the status
-                self._busy.release()
-                if self._interrupted.is_set():
-                    logger.info("%s: acquisition interrupted: %s", self.name, exc)
-                    status.set_finished()
-                else:
-                    status.set_exception(exc)
+                self._finish(status, exc)
             else:
-                self._busy.release()
-                status.set_finished()
+                self._finish(status, None)
 
         self._thread = threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True)
         self._thread.start()
         return status
 
+    def _finish(self, status: DeviceStatus, exc: Exception | None) -> None:
+        """End a trigger: release the detector, then finish ``status``."""
+        self._busy.release()
+        if exc is None:
+            status.set_finished()
+        elif self._interrupted.is_set():
+            logger.info("%s: acquisition interrupted: %s", self.name, exc)
+            status.set_finished()
+        else:
+            status.set_exception(exc)
+
     def _interrupt(self, why: str) -> None:
         """Stop a running acquisition and wait (bounded) until its file is closed."""
         thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            return  # (a failed DeviceStatus calls stop() on the acquisition thread itself)
         logger.info("%s: interrupting the acquisition (%s)", self.name, why)
         self._interrupted.set()
         self._rearm = True
@@ -555,8 +577,21 @@ class MerlinDetector(Device):
             "dims": list(IMAGE_DIMS),
             "external": "STREAM:",
         }
+        # e.g. MIBKeepingWriter: where the raw copy of each acquisition is
+        desc[self.image_key].update(getattr(self.writer, "data_key_info", dict)())
         return desc
 
     def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
         """Yield the StreamResource/StreamDatum documents of finished acquisitions, once each."""
         yield from self.writer.collect_stream_docs()
+
+
+def _takes_on_frames(backend: Any) -> bool:
+    """Whether ``backend.acquire`` accepts ``on_frames`` (frames handed over as they come)."""
+    import inspect
+
+    try:
+        params = inspect.signature(backend.acquire).parameters
+    except (TypeError, ValueError):
+        return False
+    return "on_frames" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -317,11 +317,23 @@ class SimulatedMicroscope:
                                "call attach(scan=..., optics=...)")
         return dict(self.scan.state()), dict(self.optics.state())
 
-    def acquire(self) -> np.ndarray:
+    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None,
+                abort: Callable[[], bool] | None = None) -> np.ndarray:
         """Acquire a whole scan with the attached devices' current settings.
 
-        Takes ``ny * nx * dwell_time`` on the injected clock; acquisition ``n``
-        (counting from 0) uses noise seed ``seed + n``.
+        The scan is taken row by row: each row takes ``nx * dwell_time`` on
+        the injected clock (``ny * nx * dwell_time`` in all), then its frames
+        are handed to ``on_frames``. Acquisition ``n`` (counting from 0) uses
+        noise seed ``seed + n``.
+
+        Parameters
+        ----------
+        on_frames : callable, optional
+            ``on_frames(start, frames)``: the ``nx`` frames ``(nx, sy, sx)``
+            of each row as it ends, ``start`` its first flat scan position.
+        abort : callable, optional
+            Asked after each row's dwell; if it returns True the acquisition
+            stops there (that row is lost) with ``RuntimeError``.
 
         Returns
         -------
@@ -332,7 +344,13 @@ class SimulatedMicroscope:
             n = self.n_acquired
             self.n_acquired += 1
         data = self.frames(scan_state, optics_state, seed=self.seed + n)
-        self.sleep(scan_state["shape_y"] * scan_state["shape_x"] * scan_state["dwell_time"])
+        ny, nx = data.shape[:2]
+        for y in range(ny):
+            self.sleep(nx * scan_state["dwell_time"])
+            if abort is not None and abort():
+                raise RuntimeError(f"acquisition aborted after {y * nx} of {ny * nx} frames")
+            if on_frames is not None:
+                on_frames(y * nx, data[y])
         return data
 
 
@@ -341,8 +359,9 @@ class SimBackend:
 
     Implements the controller half of :class:`stemcal.devices.MerlinDetector`:
     ``prepare()`` (at stage; fails loudly if the twin has no scan/optics
-    attached), ``acquire()`` (a whole scan, (ny, nx, sy, sx) uint16; raises
-    before ``prepare``), ``disarm()``, ``frame_shape()`` and the detector's
+    attached), ``acquire(on_frames)`` (a whole scan, (ny, nx, sy, sx) uint16,
+    handed row by row to ``on_frames``; raises before ``prepare`` and when
+    disarmed midway), ``disarm()``, ``frame_shape()`` and the detector's
     fixed properties ``sig_shape``, ``pixel_size`` (m), ``bit_depth``, ``dtype``.
     """
 
@@ -354,6 +373,7 @@ class SimBackend:
             raise ValueError(f"microscope must be a SimulatedMicroscope, got {microscope!r}")
         self.microscope = microscope
         self._prepared = False
+        self._abort = threading.Event()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.microscope!r})"
@@ -381,17 +401,31 @@ class SimBackend:
     def prepare(self) -> None:
         """Get ready to acquire; ``RuntimeError`` if the twin has no scan/optics attached."""
         self.microscope.states()
+        self._abort.clear()
         self._prepared = True
 
-    def acquire(self) -> np.ndarray:
-        """Acquire one whole scan; raises ``RuntimeError`` before :meth:`prepare`."""
+    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Acquire one whole scan, row by row (see :meth:`SimulatedMicroscope.acquire`).
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`prepare`, or when :meth:`disarm` stops it (after the
+            current row's dwell; the rows before it went to ``on_frames``).
+        """
         if not self._prepared:
             raise RuntimeError("acquire() before prepare(): stage the detector first")
-        return self.microscope.acquire()
+        return self.microscope.acquire(on_frames, abort=self._abort.is_set)
+
+    @property
+    def abort_requested(self) -> bool:
+        """Whether :meth:`disarm` asked a running acquisition to stop (cleared by prepare)."""
+        return self._abort.is_set()
 
     def disarm(self) -> None:
-        """Return to idle (idempotent)."""
+        """Return to idle (idempotent); a running acquisition stops after its current row."""
         self._prepared = False
+        self._abort.set()
 
     def time(self) -> float:
         """The twin's clock, seconds."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,6 +84,40 @@ def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str
     return out
 
 
+#: Most acquisitions one :func:`calibrate` may make.
+MAX_ATTEMPTS = 100
+
+
+def _real(v: Any) -> bool:
+    """A finite real number (not a bool)."""
+    try:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
+                          timeout: Any) -> None:
+    """The checks of :func:`calibrate`'s arguments that need no device (``ValueError``)."""
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
+            or not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"max_attempts must be an int in 1..{MAX_ATTEMPTS}, got {max_attempts!r}")
+    if focus_limits is not None:
+        if isinstance(focus_limits, (str, bytes)) or not (
+                hasattr(focus_limits, "__len__") and len(focus_limits) == 2
+                and all(map(_real, focus_limits))):
+            raise ValueError(f"focus_limits must be two finite numbers (min, max) in metres, "
+                             f"got {focus_limits!r}")
+        lo, hi = focus_limits
+        if not lo < hi or lo <= 0 <= hi:
+            raise ValueError(f"focus_limits must have min < max, both of one sign "
+                             f"(not spanning 0), got {focus_limits!r}")
+    if focus_step is not None and not (_real(focus_step) and focus_step > 0):
+        raise ValueError(f"focus_step must be a finite number > 0, got {focus_step!r}")
+    if timeout is not None and not (_real(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be None or a finite number > 0, got {timeout!r}")
+
+
 def focus_schedule(start: float, step: float, limits: tuple[float, float],
                    max_attempts: int) -> list[float]:
     """Overfocus settings to try: ``start``, ``start + step``, ``start - step``, ``start + 2 step``...
@@ -95,19 +130,23 @@ def focus_schedule(start: float, step: float, limits: tuple[float, float],
     ValueError
         ``limits`` not finite, not increasing, or spanning 0 (overfocus 0 is
         impossible and a sign change inverts the shadow image); ``start`` outside
-        ``limits``; ``step`` not finite and > 0; ``max_attempts`` < 1.
+        ``limits``; ``step`` not finite and > 0; ``max_attempts`` not in
+        ``1..MAX_ATTEMPTS``.
     """
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
+            or not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise ValueError(f"max_attempts must be an int in 1..{MAX_ATTEMPTS}, got {max_attempts!r}")
     try:
         lo, hi = (float(v) for v in limits)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"focus_limits must be (min, max) in metres, got {limits!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) or lo <= 0 <= hi:
         raise ValueError(f"focus_limits must be finite, min < max, both of one sign "
                          f"(not spanning 0), got {limits!r}")
-    if not (math.isfinite(step) and step > 0):
+    if not (_real(step) and step > 0):
         raise ValueError(f"focus_step must be finite and > 0, got {step!r}")
+    if not _real(start):
+        raise ValueError(f"the optics overfocus must be a finite number, got {start!r}")
     if not lo <= start <= hi:
         raise ValueError(f"the optics overfocus {start!r} m is outside focus_limits {limits!r}")
     out = [float(start)]
@@ -200,7 +239,8 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
         A recorder the caller has subscribed to the RunEngine. None: the plan
         builds one on ``catalog_client`` and subscribes it for its duration.
     max_attempts : int
-        Most acquisitions to make (>= 1).
+        Most acquisitions to make (``1..MAX_ATTEMPTS``). The arguments are
+        checked when the plan is made (``ValueError``), before any device moves.
     focus_limits : (float, float), optional
         Overfocus settings allowed, metres, one sign; default ``(f0 / 2, 2 f0)``
         around the current setting ``f0`` (sorted).
@@ -227,6 +267,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     "no features") fail the plan. With ``callback=None`` no other recorder
     should be subscribed to the RunEngine, or each run is calibrated twice.
     """
+    _check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
     if callback is None and catalog_client is None:
         raise ValueError("give catalog_client (or a subscribed callback)")
     if callback is not None and catalog_client is not None \
@@ -338,7 +379,7 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
     for name, v in (("rotation_step", rotation_step), ("overfocus_step", overfocus_step),
                     ("rotation_tolerance", rotation_tolerance),
                     ("overfocus_tolerance", overfocus_tolerance)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        if not (_real(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
@@ -414,12 +455,15 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
     from ..catalog import calibration_history, latest_calibration, staleness
 
     if not isinstance(tolerances, Mapping) or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+            not _real(v) or v < 0
             for v in tolerances.values()):
         raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
     unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout"}
     if unknown:
         raise ValueError(f"unknown calibrate argument(s): {sorted(unknown)}")
+    _check_calibrate_args(calibrate_kwargs.get("max_attempts", 3),
+                          calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
+                          calibrate_kwargs.get("timeout", 600.0))
 
     def inner() -> MsgGenerator[CalibrationRecord]:
         state = optics_state(optics.state(), scan.state())

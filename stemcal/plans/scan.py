@@ -1,6 +1,7 @@
 """The calibration acquisition: one overfocused 4D-STEM scan as a Bluesky plan."""
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -8,9 +9,12 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
-from bluesky.utils import MsgGenerator
+from bluesky.utils import FailedStatus, MsgGenerator
+from bluesky.utils import short_uid as _short_uid
 
-__all__ = ["overfocus_scan"]
+__all__ = ["overfocus_scan", "acquire_and_read", "INCOMPLETE_STREAM", "AcquisitionFailed"]
+
+logger = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -26,7 +30,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Guess keys (``OverfocusParams`` fields) and what each must be.
+_GUESS_POSITIVE = ("scan_pixel_size", "camera_length", "detector_pixel_size", "semiconv")
+_GUESS_FINITE = ("overfocus", "cy", "cx", "scan_rotation") + _GUESS_POSITIVE
+_GUESS_KEYS = frozenset(_GUESS_FINITE + ("flip_y", "descan"))
+#: Largest raw acquisition an overfocus_scan starts (frames x bytes per pixel): the
+#: whole scan is held in memory once. Checked before any device is staged.
+MAX_ACQUISITION_BYTES = 8 * 2**30
+
+
+def _is_real(v: Any) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
 def _guess_dict(guess: Any) -> dict[str, Any]:
+    """The guess as plain JSON, each value checked against its ``OverfocusParams`` field."""
     if guess is None:
         return {}
     if hasattr(guess, "to_dict"):  # an OverfocusParams
@@ -34,10 +55,39 @@ def _guess_dict(guess: Any) -> dict[str, Any]:
     if not isinstance(guess, Mapping):
         raise ValueError(f"guess must be a dict of calibration parameters or None, got {guess!r}")
     out = _plain(guess)
+    unknown = set(out) - _GUESS_KEYS
+    if unknown:
+        raise ValueError(f"guess has unknown key(s) {sorted(unknown)}; use OverfocusParams "
+                         f"fields {sorted(_GUESS_KEYS)}")
     for key, value in out.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"guess[{key!r}] must be finite, got {value!r}")
+        if key in _GUESS_FINITE and not _is_real(value):
+            raise ValueError(f"guess[{key!r}] must be a finite number, got {value!r}")
+        if key in _GUESS_POSITIVE and value <= 0:
+            raise ValueError(f"guess[{key!r}] must be > 0, got {value!r}")
+        if key == "overfocus" and value == 0:
+            raise ValueError("guess['overfocus'] must not be 0 (negative means underfocus)")
+        if key == "flip_y" and not isinstance(value, bool):
+            raise ValueError(f"guess['flip_y'] must be true or false, got {value!r}")
+        if key == "descan" and not (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(r, list) and len(r) == 2 and all(map(_is_real, r)) for r in value)):
+            raise ValueError(f"guess['descan'] must be a 2x2 matrix of finite numbers, "
+                             f"got {value!r}")
     return out
+
+
+def _check_acquisition_size(scan: Mapping[str, Any], detector: Mapping[str, Any]) -> None:
+    """Refuse a scan whose frames would exceed :data:`MAX_ACQUISITION_BYTES` (before staging)."""
+    try:
+        ny, nx = int(scan["shape_y"]), int(scan["shape_x"])
+        sy, sx = (int(n) for n in detector["sig_shape"])
+    except (KeyError, TypeError, ValueError):
+        return  # a device without these settings: nothing to check here
+    depth = int(detector.get("bit_depth", 16) or 16)
+    n_bytes = ny * nx * sy * sx * (1 if depth <= 8 else 2 if depth <= 16 else 4)
+    if n_bytes > MAX_ACQUISITION_BYTES:
+        raise ValueError(f"a {ny}x{nx} scan of {sy}x{sx} frames is {n_bytes / 2**30:.3g} GiB, "
+                         f"over the acquisition limit of {MAX_ACQUISITION_BYTES / 2**30:.3g} GiB; "
+                         f"reduce the scan shape")
 
 
 def _settings(device: Any) -> dict[str, Any]:
@@ -54,7 +104,10 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
 
     Stages the three devices, opens a run, triggers and reads them together
     into the ``primary`` stream (one event; the detector's 4D frames are
-    external ``STREAM:`` data), closes the run and unstages.
+    external ``STREAM:`` data), closes the run and unstages. An acquisition
+    that fails or is interrupted midway leaves its partial frames in the
+    stream ``'incomplete'`` instead (see :func:`acquire_and_read`); a
+    RunEngine pause during the acquisition repeats the acquisition on resume.
 
     Parameters
     ----------
@@ -103,12 +156,84 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
         "detector": _settings(detector),
         "guess": guess_md,
     }
+    _check_acquisition_size(_md["scan"], _md["detector"])
     _md.update(md or {})
     devices = [detector, scan, optics]
 
     @bpp.stage_decorator(devices)
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[None]:
-        yield from bps.trigger_and_read(devices)
+        yield from bps.checkpoint()  # a deferred pause (one Ctrl-C) takes effect here
+        yield from acquire_and_read(detector, devices)
 
     return (yield from inner())
+
+
+class AcquisitionFailed(FailedStatus):
+    """A device's trigger status failed; ``str()`` names the device and the cause.
+
+    A :class:`bluesky.utils.FailedStatus` (``args[0]`` is the status), so the
+    run's stop document gets a readable ``reason``.
+    """
+
+    def __str__(self) -> str:
+        status = self.args[0] if self.args else None
+        try:
+            cause = status.exception(timeout=0)
+        except Exception:  # noqa: BLE001 - not an ophyd status
+            cause = None
+        if cause is None:
+            return super().__str__()
+        device = getattr(getattr(status, "device", None), "name", "a device")
+        return f"{device}: acquisition failed: {type(cause).__name__}: {cause}"
+
+
+#: Event stream of an acquisition that did not end normally (see :func:`acquire_and_read`).
+INCOMPLETE_STREAM = "incomplete"
+
+
+def acquire_and_read(detector: Any, devices: list[Any],
+                     name: str = "primary") -> MsgGenerator[None]:
+    """Trigger ``devices``, wait, and read them into one event of stream ``name``.
+
+    Like :func:`bluesky.plan_stubs.trigger_and_read`, except when the wait is
+    interrupted -- the detector's status fails (connection lost, timeout,
+    refused command) or the RunEngine throws in an abort, a stop or a pause
+    that cannot be resumed: then ``detector`` is stopped, and if it holds
+    frames of the interrupted acquisition (``detector.has_uncollected_data()``)
+    the devices are read into one event of the stream
+    :data:`INCOMPLETE_STREAM`, so that the partial file is referenced by
+    the run (its StreamResource/StreamDatum), before the exception goes on
+    (a failed status as :class:`AcquisitionFailed`, whose message names the
+    cause). Calibration uses only the ``primary`` stream.
+    """
+    group = _short_uid("trigger")
+    try:
+        for obj in devices:
+            if callable(getattr(obj, "trigger", None)):
+                yield from bps.trigger(obj, group=group)
+        yield from bps.wait(group=group)
+    except Exception as exc:
+        logger.info("acquisition of %s interrupted: %r", getattr(detector, "name", detector), exc)
+        try:
+            yield from bps.stop(detector)
+            has_data = getattr(detector, "has_uncollected_data", None)
+            if callable(has_data) and has_data():
+                yield from _read_event(devices, INCOMPLETE_STREAM)
+        except Exception:  # never hide the original error behind the salvage's
+            logger.exception("could not record the interrupted acquisition")
+        if type(exc) is FailedStatus and exc.args:
+            raise AcquisitionFailed(*exc.args) from exc
+        raise
+    yield from _read_event(devices, name)
+
+
+def _read_event(devices: list[Any], name: str) -> MsgGenerator[None]:
+    yield from bps.create(name)
+    try:
+        for obj in devices:
+            yield from bps.read(obj)
+    except Exception:
+        yield from bps.drop()
+        raise
+    yield from bps.save()
