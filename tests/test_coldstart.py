@@ -82,6 +82,14 @@ def test_blank_specimen_is_refused(ctx):
         _cold(ctx, data)
 
 
+def test_blank_noise_free_specimen_is_refused(ctx):
+    """No noise at all: the shadow motion is exactly zero (was a singular-matrix error)."""
+    blank = SimulatedSpecimen(np.ones((300, 300)), (-100.0, -100.0), 2.0)
+    data = simulate(_params(), (12, 12), (128, 128), dose=None, specimen=blank)
+    with pytest.raises(NoFeaturesError, match="features|detail|shadow"):
+        _cold(ctx, data)
+
+
 def test_beam_off_detector_is_refused(ctx):
     data = np.zeros((16, 16, 64, 64), dtype=np.uint16)
     with pytest.raises(NoFeaturesError, match="uniform|disk"):

@@ -79,7 +79,13 @@ def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: floa
     c_mean = (np.nanmean(centres, axis=0) - cache.pix_offset) / cache.pix_scale
     motion = measure_motion(cache.frames, cache.scan_yx, cache.stride, tuple(c_mean), win_r,
                             pix_scale=cache.pix_scale)
-    A = np.linalg.inv(descan.matrix - motion.motion)
+    M = descan.matrix - motion.motion
+    det = float(np.linalg.det(M)) if np.isfinite(M).all() else 0.0
+    if not abs(det) > 1e-12 * max(float(np.abs(M).max()) ** 2, 1e-300):
+        # no shadow motion was found (e.g. a blank, noise-free specimen)
+        raise NoFeaturesError("the shadow image does not move with the scan: no specimen "
+                              "detail to calibrate on")
+    A = np.linalg.inv(M)
     theta, flip, k = decompose_matrix(A)
     d_over_l = overfocus / camera_length
     k_sign = 1.0 if (d_over_l > 0 or d_over_l < -1) else -1.0
