@@ -338,3 +338,28 @@ def test_demo(workdir):
     assert res["fit"]["quality"] == "ok"
     for name in ("demo.npy", "demo.truth.json", "demo-report.png"):
         assert (out / name).is_file(), name
+
+
+# -- 4. scale-out -----------------------------------------------------------------------
+
+def test_fit_on_a_dask_cluster_gives_the_inline_result(sims, fits):
+    """``--cluster``: the raw-data passes run on a running dask.distributed cluster (a
+    LocalCluster with two worker processes as the stand-in) and give the inline result."""
+    from dask.distributed import LocalCluster
+    ds = one_json(sims["npy"])["dataset"]
+    guess = [*GEOMETRY, "--overfocus", repr(1.3 * TRUE_OVERFOCUS), "--json", "--no-progress"]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        proc = stemcal("fit", ds, *guess, "--nav-shape", *NAV, "--cluster", cluster.scheduler_address)
+    res, inline = one_json(proc), one_json(fits["npy"])
+    for key in ("scan_rotation", "overfocus", "cy", "cx"):
+        assert res[key] == pytest.approx(inline[key], rel=1e-9, abs=1e-9), key
+    assert res["flip_y"] == inline["flip_y"] and res["passes"] == inline["passes"] == 2
+    np.testing.assert_allclose(res["descan"]["matrix"], inline["descan"]["matrix"], atol=1e-12)
+
+
+def test_cluster_address_is_checked():
+    proc = stemcal("fit", "whatever.npy", *GEOMETRY, "--overfocus", "1e-6", "--cluster", "127.0.0.1:1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "stemcal: error: cluster address must look like tcp://HOST:PORT, got '127.0.0.1:1'"]
