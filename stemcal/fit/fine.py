@@ -46,7 +46,7 @@ def image_quality(images: dict[str, np.ndarray]) -> tuple[float, float]:
 
 def minimise(loss, bounds: Sequence[tuple[float, float]], *, method: str = "sobol-nm",
              x0: np.ndarray | None = None, n_samples: int = 16, xatol: float = 3e-3,
-             seed: int = 0) -> optimize.OptimizeResult:
+             fatol: float = 1e-12, seed: int = 0) -> optimize.OptimizeResult:
     """Minimise ``loss`` within ``bounds`` (optimiser units, all of order 1).
 
     ``'sobol-nm'`` (default): evaluate a scrambled Sobol sample of
@@ -54,13 +54,14 @@ def minimise(loss, bounds: Sequence[tuple[float, float]], *, method: str = "sobo
     from the best one with a simplex of 1/8 of the box. ``'shgo'``: SciPy's
     shgo with Nelder-Mead as the local method (the published method's
     choice; several times more evaluations). ``'nelder-mead'``: the local
-    stage alone from ``x0``.
+    stage alone from ``x0``. ``xatol``/``fatol``: Nelder-Mead's stopping
+    tolerances (both must hold; ``fatol=inf`` stops on ``xatol`` alone).
     """
     lo = np.array([b[0] for b in bounds], dtype=float)
     hi = np.array([b[1] for b in bounds], dtype=float)
     if x0 is None:
         x0 = (lo + hi) / 2
-    local_opts = {"xatol": xatol, "fatol": 1e-12, "maxfev": 300}
+    local_opts = {"xatol": xatol, "fatol": fatol, "maxfev": 300}
     if method == "shgo":
         return optimize.shgo(loss, list(zip(lo, hi)), n=n_samples, iters=1, sampling_method="sobol",
                              minimizer_kwargs={"method": "Nelder-Mead", "options": local_opts},
@@ -245,7 +246,10 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     if method == "none":
         res = optimize.OptimizeResult(x=x0, fun=start_loss, success=True, message="polish only")
     else:
-        res = minimise(coarse, bounds, method=method, x0=x0)
+        # With a polish to follow (stencil steps 0.3 deg / 0.5 %), the coarse stage only has
+        # to land within a fraction of a step; without one its optimum is the result.
+        res = minimise(coarse, bounds, method=method, x0=x0,
+                       **({"xatol": 0.03, "fatol": math.inf} if polish else {}))
     fine_steps = {"scan_rotation": 0.3, "overfocus": 0.5, "cy": 0.5, "cx": 0.5}
     steps = np.array([fine_steps[f] for f in loss.free])
     if polish:
