@@ -6,6 +6,12 @@ images and fitted values in stream ``primary``) through
 ``bluesky_tiled_plugins.TiledWriter``, so acquisition runs and calibrations
 can share one catalog. The catalog is embedded (a directory, served
 in-process) or a tiled server (an ``http(s)://`` URI).
+
+Records are append-only: :func:`write_record` refuses a uid the catalog
+already holds (:class:`RecordExistsError`) and nothing here updates or
+deletes a run; a correction is a new record (``CalibrationRecord.correct``).
+:func:`write_record_or_spool` keeps a record the catalog cannot take in the
+local spool (:mod:`stemcal.spool`) for ``stemcal sync``.
 """
 from __future__ import annotations
 
@@ -61,7 +67,8 @@ def open_catalog(location: str | Path | None = None, *,
         for arrays, ``tables.duckdb`` for tables), served in-process. An
         ``http(s)://`` URI: a tiled server, authenticated with ``$TILED_API_KEY``
         if set, else the ``api_key`` of the private keys file
-        (:func:`stemcal.server.client_api_key`). ``None``: ``$STEMCAL_CATALOG`` if set, else :func:`default_catalog_dir`.
+        (:func:`stemcal.server.client_api_key`). ``None``: ``$STEMCAL_CATALOG`` if
+        set, else :func:`default_catalog_dir`.
     readable_storage : iterable of str or Path
         Embedded catalog only: further directories whose external files
         (e.g. acquisition HDF5) the catalog may serve.
@@ -239,9 +246,9 @@ class UnavailableCatalog:
 
 
 def _failure(exc: BaseException) -> str:
-    from .spool import redact
+    from .spool import failure_reason
 
-    return redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:500]
+    return failure_reason(exc)
 
 
 def open_catalog_or_unavailable(location: str | Path | None = None, *,

@@ -1,0 +1,302 @@
+"""A durable local spool for calibration records whose catalog could not be written.
+
+When :func:`stemcal.catalog.write_record_or_spool` cannot write a record
+(server down, permission denied, disk full, path not creatable), the record,
+its images and the location of the catalog it was meant for go into one file
+per record in ``$XDG_STATE_HOME/stemcal/spool`` (default
+``~/.local/state/stemcal/spool``; ``$STEMCAL_SPOOL`` overrides). :func:`sync`
+(``stemcal sync``) later delivers each to its catalog, exactly once.
+
+File format: ``<uid>.npz`` (NumPy ``savez``, no pickles) holding the images
+under their names and, under ``__spool__``, the UTF-8 JSON of
+``{"format": 1, "record": CalibrationRecord.to_dict(), "location": str,
+"reason": str, "spooled_at": unix time}``. It is written to a temporary name,
+fsync'd, renamed and the directory fsync'd, so a crash leaves either the
+whole file or none. No credentials are stored: a location is a directory or
+a URI with any user-info and ``api_key`` query parameter removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .record import CalibrationRecord
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_META = "__spool__"
+_UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
+
+
+def spool_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The spool directory.
+
+    ``$STEMCAL_SPOOL``, else ``$XDG_STATE_HOME/stemcal/spool``, else
+    ``~/.local/state/stemcal/spool``.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("STEMCAL_SPOOL"):
+        return Path(env["STEMCAL_SPOOL"]).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "stemcal" / "spool"
+
+
+def redact_location(location: str | os.PathLike) -> str:
+    """``location`` as text without credentials (URI user-info, ``api_key`` query parameter)."""
+    text = str(location)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        return text
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = urllib.parse.urlencode([(k, v) for k, v in urllib.parse.parse_qsl(parts.query)
+                                    if k.lower() != "api_key"])
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(text: str) -> str:
+    """``text`` with ``api_key=...`` values and URI passwords blanked (for reasons and logs)."""
+    text = re.sub(r"(?i)(api_key=)[^&\s'\"]+", r"\1[redacted]", text)
+    return re.sub(r"(https?://)[^/@\s]+@", r"\1[redacted]@", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolEntry:
+    """One spooled record: where it was meant to go and why it is here."""
+
+    path: Path
+    record: CalibrationRecord
+    images: dict[str, np.ndarray]
+    location: str | None
+    reason: str
+    spooled_at: float
+
+    @property
+    def uid(self) -> str:
+        return self.record.uid
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | None,
+                 location: str | os.PathLike | None, reason: str, *,
+                 directory: str | os.PathLike | None = None) -> Path:
+    """Store ``record`` durably for later delivery to the catalog at ``location``.
+
+    Parameters
+    ----------
+    record : CalibrationRecord
+    images : dict of str to ndarray, optional
+        As for :func:`stemcal.catalog.write_record`.
+    location : str or path or None
+        The catalog it was meant for (directory or URI; credentials are removed).
+        None: unknown, :func:`sync` reports it as undeliverable.
+    reason : str
+        Why it could not be written (shown by ``stemcal sync``).
+    directory : path, optional
+        Spool directory; default :func:`spool_dir`.
+
+    Returns
+    -------
+    Path
+        The spool file (``<uid>.npz``), complete and fsync'd when this returns.
+
+    Raises
+    ------
+    OSError
+        The spool itself cannot be written.
+    ValueError
+        An image name clashes with the metadata key, or the uid is not file-name safe.
+    """
+    if not _UID.fullmatch(record.uid):
+        raise ValueError(f"record uid {record.uid!r} is not safe as a file name")
+    arrays = {str(k): np.asarray(v) for k, v in (images or {}).items()}
+    if _META in arrays:
+        raise ValueError(f"image name {_META!r} is reserved")
+    meta = {"format": FORMAT, "record": record.to_dict(),
+            "location": None if location is None else redact_location(location),
+            "reason": redact(" ".join(str(reason).split())), "spooled_at": time.time()}
+    blob = json.dumps(meta, allow_nan=True).encode()
+    d = Path(directory) if directory is not None else spool_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    final = d / f"{record.uid}.npz"
+    fd, tmp = tempfile.mkstemp(prefix=f".{record.uid}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays, **{_META: np.frombuffer(blob, dtype=np.uint8)})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+    log.warning("calibration record %s spooled to %s (catalog %s: %s)", record.uid, final,
+                meta["location"], meta["reason"])
+    return final
+
+
+def read_entry(path: str | os.PathLike) -> SpoolEntry:
+    """The spool file at ``path``.
+
+    Raises
+    ------
+    ValueError
+        Not a readable spool file of a known format.
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(bytes(z[_META]).decode())
+            images = {k: z[k] for k in z.files if k != _META}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"unknown spool format {meta.get('format')!r}")
+        record = CalibrationRecord.from_dict(meta["record"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"unreadable spool file {p}: {exc}") from exc
+    return SpoolEntry(path=p, record=record, images=images, location=meta.get("location"),
+                      reason=str(meta.get("reason", "")),
+                      spooled_at=float(meta.get("spooled_at", 0)))
+
+
+def spooled(directory: str | os.PathLike | None = None) -> list[SpoolEntry]:
+    """The spooled records, oldest spooled first; unreadable files are skipped with a warning."""
+    d = Path(directory) if directory is not None else spool_dir()
+    entries = []
+    for p in sorted(d.glob("*.npz")) if d.is_dir() else ():
+        try:
+            entries.append(read_entry(p))
+        except ValueError as exc:
+            log.warning("%s", exc)
+    entries.sort(key=lambda e: e.spooled_at)
+    return entries
+
+
+def find(uid: str, directory: str | os.PathLike | None = None) -> SpoolEntry | None:
+    """The spool entry of record ``uid`` (full uid), or None."""
+    d = Path(directory) if directory is not None else spool_dir()
+    p = d / f"{uid}.npz"
+    if not _UID.fullmatch(uid) or not p.is_file():
+        return None
+    return read_entry(p)
+
+
+@dataclasses.dataclass
+class SyncReport:
+    """What :func:`sync` did. Each item is ``(uid, location)`` or ``(uid, location, reason)``."""
+
+    delivered: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    already_there: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
+    pending: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"delivered": [{"uid": u, "catalog": loc} for u, loc in self.delivered],
+                "already_there": [{"uid": u, "catalog": loc} for u, loc in self.already_there],
+                "pending": [{"uid": u, "catalog": loc, "reason": r} for u, loc, r in self.pending]}
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the spool, so two syncs cannot deliver one record twice."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One short line naming ``exc``: type and message, SQL and credentials left out."""
+    text = " ".join(str(exc).split())
+    text = re.split(r" \[SQL: | \(Background on this error", text)[0]
+    text = redact(f"{type(exc).__name__}: {text}")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def sync(*, open_catalog: Callable[[str], Any] | None = None,
+         directory: str | os.PathLike | None = None) -> SyncReport:
+    """Deliver every spooled record to its catalog, exactly once.
+
+    Records are idempotent by uid: one whose uid the catalog already holds
+    (e.g. written just before a crash, or by an earlier sync) is not written
+    again; its spool file is removed if the catalog's run is complete (has a
+    stop document), else kept and reported. A record whose catalog cannot be
+    opened or written stays spooled with the reason.
+
+    Parameters
+    ----------
+    open_catalog : callable, optional
+        ``location -> client``; default :func:`stemcal.catalog.open_catalog`.
+    directory : path, optional
+        Spool directory; default :func:`spool_dir`.
+    """
+    from . import catalog as cat
+
+    opener = open_catalog or cat.open_catalog
+    d = Path(directory) if directory is not None else spool_dir()
+    report = SyncReport()
+    if not d.is_dir():
+        return report
+    with _locked(d):
+        clients: dict[str, Any] = {}
+        failed: dict[str, str] = {}
+        for entry in spooled(d):
+            loc = entry.location
+            if loc is None:
+                report.pending.append((entry.uid, None, "no target catalog recorded"))
+                continue
+            if loc in failed:
+                report.pending.append((entry.uid, loc, failed[loc]))
+                continue
+            if loc not in clients:
+                try:
+                    clients[loc] = opener(loc)
+                except Exception as exc:  # noqa: BLE001 - any failure keeps the record spooled
+                    failed[loc] = failure_reason(exc)
+                    report.pending.append((entry.uid, loc, failed[loc]))
+                    continue
+            client = clients[loc]
+            try:
+                state = cat.run_state(client, entry.uid)
+                if state is None:
+                    cat.write_record(client, entry.record, entry.images)
+                    report.delivered.append((entry.uid, loc))
+                elif state == "complete":
+                    report.already_there.append((entry.uid, loc))
+                else:
+                    report.pending.append((entry.uid, loc, "the catalog holds an incomplete run "
+                                           "with this uid (a write was cut off); not rewritten"))
+                    continue
+            except Exception as exc:  # noqa: BLE001
+                report.pending.append((entry.uid, loc, failure_reason(exc)))
+                continue
+            entry.path.unlink()
+            _fsync_dir(d)
+            log.info("spooled record %s is in catalog %s", entry.uid, loc)
+    return report
+
+
+__all__ = ["failure_reason", "spool_dir", "spool_record", "spooled", "find", "read_entry", "sync",
+           "SyncReport", "SpoolEntry", "redact", "redact_location"]

@@ -1,0 +1,273 @@
+"""A real ``tiled serve`` process: spool while it is down, sync once it is back; API keys.
+
+The server is started by :mod:`stemcal.server` on 127.0.0.1 with a free port,
+a writer and a reader key from the environment, and stopped (SIGTERM to its
+process group, SIGKILL after 10 s) by the fixture's finalizer whatever happens.
+Start-up waits poll the port with a bounded timeout.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from stemcal import server as srv
+from stemcal import spool
+from stemcal.catalog import (calibration_history, get_record, open_catalog, record_images,
+                             write_record, write_record_or_spool)
+from stemcal.record import CalibrationRecord
+
+REPO = Path(__file__).resolve().parents[2]
+RETRY_ENV = {"TILED_RETRY_ATTEMPTS": "1", "TILED_RETRY_TIMEOUT": "2"}  # fail fast when down
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One catalog served by ``tiled serve``; start/stop as often as needed."""
+
+    def __init__(self, catalog: Path, keys: srv.ServerKeys, log: Path):
+        self.catalog, self.keys, self.log = catalog, keys, log
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.uri = f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        plan = srv.prepare_server(self.catalog, self.keys, port=self.port)
+        assert plan.uri == self.uri and plan.host == "127.0.0.1"
+        with open(self.log, "ab") as out:
+            self.proc = srv.start_server(plan, stdout=out, stderr=subprocess.STDOUT)
+        srv.wait_until_up("127.0.0.1", self.port, timeout=90, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    import tiled.client.utils as tcu
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STEMCAL_SPOOL", raising=False)
+    monkeypatch.delenv("STEMCAL_CATALOG", raising=False)
+    monkeypatch.setenv("STEMCAL_KEYS_FILE", str(tmp_path / "no-keys.toml"))
+    for k, v in RETRY_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 1)
+    monkeypatch.setattr(tcu, "TILED_RETRY_TIMEOUT", 2.0)
+    warnings.simplefilter("ignore")
+    s = Server(tmp_path / "cat", srv.ServerKeys(secrets.token_hex(32), secrets.token_hex(32)),
+               tmp_path / "server.log")
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def make_record(rotation: float) -> CalibrationRecord:
+    return CalibrationRecord(acquisition_uid=None, scan_rotation=rotation, flip_y=False,
+                             overfocus=1e-6, cy=40.0, cx=41.0, quality="ok",
+                             optics_state={"camera_length": 0.2}, scan_pixel_size=2.5e-10,
+                             camera_length=0.2, detector_pixel_size=55e-6, semiconv=0.01)
+
+
+def stemcal(*args, key: str | None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **RETRY_ENV, "PYTHONPATH": str(REPO)}
+    env.pop("TILED_API_KEY", None)
+    if key is not None:
+        env["TILED_API_KEY"] = key
+    return subprocess.run([sys.executable, "-m", "stemcal.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatch, tmp_path):
+    from stemcal.plans import calibrate
+    from stemcal.session import SimSettings, make_session
+
+    monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
+    sim = SimSettings(nav_shape=(32, 32), sig_shape=(64, 64))
+    session = make_session(server.uri, sim=sim, data_dir=tmp_path / "raw")
+    stopped = []
+
+    def stop_server_at_acquisition_start(name, doc):  # the catalog dies mid-run
+        if name == "start" and not stopped:
+            server.stop()
+            stopped.append(doc["uid"])
+
+    session.RE.subscribe(stop_server_at_acquisition_start)
+    inst = session.instrument
+    try:
+        res = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
+                                   catalog_client=session.client, callback=session.recorder,
+                                   max_attempts=1))
+    finally:
+        session.close()
+    rec_a = res.plan_result
+    assert stopped and rec_a.acquisition_uid == stopped[0]
+    assert rec_a.valid and abs(rec_a.scan_rotation - 23.5) < 0.5  # the plan still got its record
+    entry = spool.find(rec_a.uid)
+    assert entry is not None and entry.location == server.uri and entry.record == rec_a
+    assert "ConnectError" in entry.reason
+
+    # Still down: the CLI opens nothing, calibrates anyway and spools.
+    cli = stemcal("calibrate", "--catalog", server.uri, "--json", "--nav-shape", 32, 32,
+                  "--sig-shape", 64, 64, "--max-attempts", 1, key=server.keys.writer)
+    assert cli.returncode == 0, cli.stderr
+    out = json.loads(cli.stdout.strip())
+    assert out["spooled"] is True and out["valid"] is True
+    uid_b = out["uid"]
+    down = stemcal("sync", "--json", key=server.keys.writer)
+    assert down.returncode == 1
+    assert {p["uid"] for p in json.loads(down.stdout)["pending"]} == {rec_a.uid, uid_b}
+
+    hist = stemcal("history", "--catalog", server.uri, key=server.keys.writer)
+    assert hist.returncode == 2 and hist.stderr.startswith("stemcal: error: cannot open catalog")
+    assert "ConnectError" in hist.stderr and "Traceback" not in hist.stderr
+
+    server.start()  # back again
+    up = stemcal("sync", "--json", key=server.keys.writer)
+    assert up.returncode == 0, up.stderr
+    report = json.loads(up.stdout)
+    assert sorted(d["uid"] for d in report["delivered"]) == sorted([rec_a.uid, uid_b])
+    assert report["pending"] == [] and spool.spooled() == []
+    again = stemcal("sync", "--json", key=server.keys.writer)
+    assert again.returncode == 0 and json.loads(again.stdout) == {
+        "delivered": [], "already_there": [], "pending": []}
+
+    key = server.keys.writer
+    for proc in (cli, down, up, again):
+        assert key not in proc.stdout + proc.stderr
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert key.encode() not in data and bytes.fromhex(key) not in data, p
+
+    client = open_catalog(server.uri)
+    hist = calibration_history(client)
+    assert sorted(r.uid for r in hist) == sorted([rec_a.uid, uid_b])  # each exactly once
+    assert get_record(client, rec_a.uid) == rec_a
+    np.testing.assert_allclose(record_images(client, rec_a.uid)["point"],
+                               np.nan_to_num(entry.images["point"]))
+
+
+def test_reader_key_cannot_write_and_keys_never_stored(server, monkeypatch, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
+    writer = open_catalog(server.uri)
+    first = make_record(5.0)
+    write_record(writer, first, {"point": np.eye(8)})
+
+    monkeypatch.setenv("TILED_API_KEY", server.keys.reader)
+    reader = open_catalog(server.uri)
+    assert [r.uid for r in calibration_history(reader)] == [first.uid]  # it can read
+    from tiled.client.utils import ClientError
+    with pytest.raises(ClientError, match="401|403"):
+        write_record(reader, make_record(6.0))
+    assert [r.uid for r in calibration_history(reader)] == [first.uid]  # nothing was written
+    uid, spooled, reason = write_record_or_spool(reader, make_record(7.0))  # kept, not lost
+    assert spooled and "Not enough permissions" in reason
+
+    import httpx
+    url = f"http://127.0.0.1:{server.port}/api/v1/metadata/"
+    assert httpx.get(url).status_code == 401  # no anonymous access
+    bad = {"Authorization": f"Apikey {secrets.token_hex(32)}"}
+    assert httpx.get(url, headers=bad).status_code == 401  # an unknown key
+    ok = {"Authorization": f"Apikey {server.keys.reader}"}
+    assert httpx.get(url, headers=ok).status_code == 200
+    r = httpx.post(f"http://127.0.0.1:{server.port}/api/v1/auth/provider/stemcal/token",
+                   data={"username": "admin", "password": "admin"})
+    assert r.status_code == 401  # no password login either (KeysOnly)
+
+    nokey = stemcal("history", "--catalog", server.uri, key=None)
+    assert nokey.returncode == 2 and "needs an API key" in nokey.stderr, nokey.stderr
+
+    # Listening on the loopback interface only.
+    listening = {c.laddr.ip for c in psutil.Process(server.proc.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
+
+    server.stop()
+    files = [p for root in (tmp_path,) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "catalog.db" for p in files) and any(p.name == "auth.db" for p in files)
+    assert any(p.suffix == ".npz" for p in files) and server.log.stat().st_size > 0
+    logs = caplog.text.encode()
+    for key in (server.keys.writer, server.keys.reader):
+        for text in (key.encode(), bytes.fromhex(key)):  # as text and as the raw secret
+            hits = [p for p in files if text in p.read_bytes()]
+            assert hits == [], f"key found in {hits}"
+            assert text not in logs
+    for p in (server.catalog / "catalog.db", *server.catalog.glob("*")):
+        if p.is_file():
+            assert stat_mode(p) & 0o002 == 0
+    assert stat_mode(srv.state_dir(server.catalog)) == 0o700
+    assert stat_mode(srv.state_dir(server.catalog) / "auth.db") == 0o600
+    assert stat_mode(srv.state_dir(server.catalog) / "config.yml") == 0o600
+
+
+def stat_mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+def test_keys_come_from_env_or_private_file_only(tmp_path, monkeypatch):
+    monkeypatch.delenv(srv.WRITER_ENV, raising=False)
+    monkeypatch.delenv(srv.READER_ENV, raising=False)
+    monkeypatch.delenv("TILED_API_KEY", raising=False)
+    keys_file = tmp_path / "keys.toml"
+    monkeypatch.setenv("STEMCAL_KEYS_FILE", str(keys_file))
+    with pytest.raises(ValueError, match="no writer key"):
+        srv.load_server_keys()
+    w, r = secrets.token_hex(32), secrets.token_hex(32)
+    keys_file.write_text(f'writer_key = "{w}"\nreader_key = "{r}"\napi_key = "{r}"\n')
+    keys_file.chmod(0o644)
+    with pytest.raises(PermissionError, match="0644.*chmod 600"):
+        srv.load_server_keys()
+    with pytest.raises(PermissionError):
+        srv.client_api_key()
+    keys_file.chmod(0o600)
+    keys = srv.load_server_keys()
+    assert (keys.writer, keys.reader) == (w, r) and w not in repr(keys)
+    assert srv.client_api_key() == r
+    monkeypatch.setenv(srv.WRITER_ENV, "short")
+    with pytest.raises(ValueError, match="32 lower-case hex") as err:
+        srv.load_server_keys()
+    assert "short" not in str(err.value)  # a bad key is not echoed
+
+    # The command line takes no key and reports a bad one in one line.
+    env = {**os.environ, "PYTHONPATH": str(REPO), srv.WRITER_ENV: "short"}
+    proc = subprocess.run([sys.executable, "-m", "stemcal.cli", "serve", str(tmp_path / "c"),
+                           "--api-key", w], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --api-key" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "stemcal.cli", "serve", str(tmp_path / "c")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("stemcal: error: the writer key")
+    assert "Traceback" not in proc.stderr
+
+
+def test_server_host_comes_from_configuration():
+    assert srv.server_settings({}) == ("127.0.0.1", 8000)
+    assert srv.server_settings({"server": {"host": "10.0.0.5", "port": 8123}}) == ("10.0.0.5", 8123)
+    with pytest.raises(ValueError, match="keys do not belong"):
+        srv.server_settings({"server": {"api_key": "x"}})
