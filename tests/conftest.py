@@ -1,8 +1,26 @@
-"""Fixtures shared by the Bluesky tests."""
+"""Fixtures shared by the tests."""
 from __future__ import annotations
+
+import os
 
 import pytest
 from bluesky import RunEngine
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_dirs(tmp_path_factory):
+    """Per-user state, data and config directories of this test session, so that no
+    test writes a spooled record, catalog or config into the real home directory."""
+    base = tmp_path_factory.mktemp("xdg")
+    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")}
+    for key in saved:
+        os.environ[key] = str(base / key.lower())
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
