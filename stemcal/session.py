@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
 import tempfile
@@ -16,8 +17,37 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .detector_config import DetectorSettings
+
 __all__ = ["SimSettings", "Session", "catalog_location", "build_sim_instrument", "make_session",
            "load_config", "config_path"]
+
+
+#: Limits of a simulated instrument, checked before anything is built or allocated.
+#: They mirror :func:`stemcal.twin.simulate.check_shapes` (not imported here: it pulls numba).
+SIM_MAX_SIDE = 65536
+SIM_MAX_BYTES = 8 * 2**30  # float64 frames of one acquisition
+SIM_MAX_OVERFOCUS = 0.1    # metres; the simulated camera length is 0.2 m
+
+
+def _number(name: str, v: Any) -> float:
+    try:
+        ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        ok = False
+    if not ok:
+        raise ValueError(f"[simulation] {name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _shape2(name: str, v: Any, lo: int) -> tuple[int, int]:
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(
+            not isinstance(n, bool) and isinstance(n, numbers.Integral) for n in v)):
+        raise ValueError(f"[simulation] {name} must be two integers (y, x), got {v!r}")
+    if not all(lo <= n <= SIM_MAX_SIDE for n in v):
+        raise ValueError(f"[simulation] {name} {tuple(v)} out of range: each side must be "
+                         f"{lo}..{SIM_MAX_SIDE}")
+    return (int(v[0]), int(v[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +57,12 @@ class SimSettings:
     ``true_overfocus`` is the overfocus the beam really has at the optics
     setting ``overfocus``; detector pixel 55 um, camera length 0.2 m, scan
     step ``0.5 nm * sy / 128``, disk radius 0.3 of the detector.
+
+    Every field is checked on construction (``ValueError`` naming it): angles
+    and lengths finite, overfocus values non-zero and within
+    :data:`SIM_MAX_OVERFOCUS` m, shapes two integers per side in
+    ``1..SIM_MAX_SIDE`` (detector ``>= 8``) whose float64 frames fit
+    :data:`SIM_MAX_BYTES`, dose finite > 0, seed an integer >= 0.
     """
 
     true_scan_rotation: float = 23.5
@@ -38,16 +74,46 @@ class SimSettings:
     dose: float = 5.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        set_ = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731 (frozen)
+        set_("true_scan_rotation", _number("true_scan_rotation", self.true_scan_rotation))
+        if type(self.true_flip_y).__name__ not in ("bool", "bool_"):  # Python or NumPy bool
+            raise ValueError(f"[simulation] true_flip_y must be true or false, "
+                             f"got {self.true_flip_y!r}")
+        for name in ("true_overfocus", "overfocus"):
+            v = _number(name, getattr(self, name))
+            if v == 0 or abs(v) > SIM_MAX_OVERFOCUS:
+                raise ValueError(f"[simulation] {name} must be non-zero and within "
+                                 f"+-{SIM_MAX_OVERFOCUS} m, got {v!r}")
+            set_(name, v)
+        nav = _shape2("nav_shape", self.nav_shape, 1)
+        sig = _shape2("sig_shape", self.sig_shape, 8)
+        n_bytes = nav[0] * nav[1] * sig[0] * sig[1] * 8
+        if n_bytes > SIM_MAX_BYTES:
+            raise ValueError(f"[simulation] a {nav[0]}x{nav[1]} scan of {sig[0]}x{sig[1]} frames "
+                             f"needs {n_bytes / 2**30:.3g} GiB of float64 per acquisition, over "
+                             f"the limit of {SIM_MAX_BYTES / 2**30:.3g} GiB")
+        set_("nav_shape", nav)
+        set_("sig_shape", sig)
+        dose = _number("dose", self.dose)
+        if dose <= 0:
+            raise ValueError(f"[simulation] dose must be > 0, got {dose!r}")
+        set_("dose", dose)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
+                or self.seed < 0:
+            raise ValueError(f"[simulation] seed must be an integer >= 0, got {self.seed!r}")
+        set_("true_flip_y", bool(self.true_flip_y))
+        set_("seed", int(self.seed))
+
     @classmethod
     def from_mapping(cls, d: dict[str, Any]) -> "SimSettings":
+        """Settings from a ``[simulation]`` table; unknown keys or bad values raise ``ValueError``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"[simulation] must be a table, got {d!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown [simulation] setting(s): {sorted(unknown)}")
-        d = dict(d)
-        for key in ("nav_shape", "sig_shape"):
-            if key in d:
-                d[key] = tuple(int(v) for v in d[key])
         return cls(**d)
 
 
@@ -60,11 +126,16 @@ def catalog_location(location: str | os.PathLike | None) -> tuple[Any, bool]:
     return Path(loc).expanduser(), False
 
 
-def build_sim_instrument(settings: SimSettings, data_dir: str | os.PathLike):
-    """The simulated microscope, scan generator, optics and detector, set up per ``settings``."""
-    from .devices import MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
+def build_sim_instrument(settings: SimSettings, data_dir: str | os.PathLike,
+                         detector: str = "merlin"):
+    """The simulated microscope, scan generator, optics and detector, set up per ``settings``.
+
+    ``detector``: ``"merlin"`` (55 um pixels) or ``"arina"`` (100 um pixels;
+    both with ``settings.sig_shape``).
+    """
+    from .devices import ARINA_PIXEL_SIZE, MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
     sy, sx = settings.sig_shape
-    det_pixel, camera_length = 55e-6, 0.2
+    det_pixel, camera_length = (ARINA_PIXEL_SIZE if detector == "arina" else 55e-6), 0.2
     scan_pixel = 0.5e-9 * sy / 128
     semiconv = 0.3 * sy * det_pixel / camera_length  # disk radius 0.3 of the detector
     truth = MicroscopeTruth(scan_rotation=settings.true_scan_rotation, flip_y=settings.true_flip_y,
@@ -79,7 +150,8 @@ def build_sim_instrument(settings: SimSettings, data_dir: str | os.PathLike):
     specimen = PhysicalSpecimen.generate((n, n), pixel_size=0.5 * scan_pixel,
                                          feature_size=0.8 * scan_pixel, seed=settings.seed)
     inst = make_sim_instrument(data_dir, truth=truth, sig_shape=(sy, sx), specimen=specimen,
-                               dose=settings.dose, seed=settings.seed, sleep=lambda s: None)
+                               dose=settings.dose, seed=settings.seed, sleep=lambda s: None,
+                               detector=detector)
     for sig, value in ((inst.scan.shape_y, settings.nav_shape[0]),
                        (inst.scan.shape_x, settings.nav_shape[1]),
                        (inst.scan.pixel_size, scan_pixel), (inst.optics.overfocus, settings.overfocus),
@@ -101,12 +173,21 @@ class Session:
 
     def close(self) -> None:
         self.recorder.close()
+        close_backend = getattr(self.instrument.detector.backend, "close", None)
+        if close_backend is not None:  # a live detector's connection / receiver process
+            close_backend()
 
 
 def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings = SimSettings(),
                  data_dir: str | os.PathLike | None = None,
-                 figure_dir: str | os.PathLike | None = None) -> Session:
+                 figure_dir: str | os.PathLike | None = None,
+                 detector: "DetectorSettings | None" = None) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
+
+    ``detector`` (the ``[detector]`` table, :class:`~stemcal.detector_config.
+    DetectorSettings`) picks the detector: by default the simulated Merlin;
+    ``backend = "live"`` replaces the simulated detector with the real one
+    (scan generator and optics stay those of the twin).
 
     Acquisition runs go into a local catalog through ``TiledWriter`` (a tiled
     server could not read the detector's local files, so they are not sent
@@ -135,7 +216,11 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
         warnings.simplefilter("ignore")
         # A catalog that cannot be opened gives a stand-in: records are spooled (stemcal sync).
         client = open_catalog_or_unavailable(loc, readable_storage=() if remote else (data,))
-    inst = build_sim_instrument(sim, data)
+    det_cfg = detector if detector is not None else DetectorSettings()
+    inst = build_sim_instrument(sim, data, detector=det_cfg.kind)
+    if det_cfg.is_live:
+        from .devices.factory import make_live_detector
+        inst = inst._replace(detector=make_live_detector(det_cfg, inst.scan, data))
     RE = RunEngine({}, call_returns_result=True)
     if not remote and not isinstance(client, UnavailableCatalog):
         from bluesky_tiled_plugins import TiledWriter
@@ -159,7 +244,9 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
     Sections: ``[catalog] location = "DIR or http(s)://..."``, ``[simulation]``
     (fields of :class:`SimSettings`), ``[paths] data_dir``, ``figure_dir``,
-    ``[server] host``, ``port`` (``stemcal serve``; keys never go here).
+    ``[server] host``, ``port`` (``stemcal serve``; keys never go here),
+    ``[detector]`` (fields of :class:`~stemcal.detector_config.DetectorSettings`:
+    ``kind = "merlin" | "arina"``, ``backend = "sim" | "live"``, hosts, ports...).
     Unknown sections raise ``ValueError``.
     """
     p = Path(path) if path else config_path()
@@ -172,10 +259,34 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
             cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{p}: {exc}") from None
-    unknown = set(cfg) - {"catalog", "simulation", "paths", "server"}
+    unknown = set(cfg) - {"catalog", "simulation", "paths", "server", "detector"}
     if unknown:
         raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}")
+    _check_config(p, cfg)
     return cfg
+
+
+def _check_config(p: Path, cfg: dict[str, Any]) -> None:
+    """Validate the ``[catalog]``, ``[paths]`` and ``[simulation]`` tables (``ValueError``)."""
+    for section, keys in (("catalog", {"location"}), ("paths", {"data_dir", "figure_dir"})):
+        table = cfg.get(section, {})
+        if not isinstance(table, dict):
+            raise ValueError(f"{p}: [{section}] must be a table")
+        unknown = set(table) - keys
+        if unknown:
+            raise ValueError(f"{p}: unknown [{section}] key(s) {sorted(unknown)}")
+        for key, value in table.items():
+            if not isinstance(value, str) or not value.strip() or "\0" in value:
+                raise ValueError(f"{p}: [{section}] {key} must be a non-empty string, "
+                                 f"got {value!r}")
+    try:
+        SimSettings.from_mapping(cfg.get("simulation", {}))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{p}: {exc}") from None
+    try:
+        DetectorSettings.from_mapping(cfg.get("detector", {}))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{p}: {exc}") from None
 
 
 def session_from_config(cfg: dict[str, Any]) -> Session:
@@ -183,4 +294,5 @@ def session_from_config(cfg: dict[str, Any]) -> Session:
     paths = cfg.get("paths", {})
     return make_session(cfg.get("catalog", {}).get("location"),
                         sim=SimSettings.from_mapping(cfg.get("simulation", {})),
-                        data_dir=paths.get("data_dir"), figure_dir=paths.get("figure_dir"))
+                        data_dir=paths.get("data_dir"), figure_dir=paths.get("figure_dir"),
+                        detector=DetectorSettings.from_mapping(cfg.get("detector", {})))

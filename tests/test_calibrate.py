@@ -115,6 +115,14 @@ def test_record_and_acquisition_are_in_the_catalog(session):
     assert run.metadata["start"]["purpose"] == "calibration_data"
     assert run.metadata["stop"]["exit_status"] == "success"
     assert run["primary"]["merlin_image"].shape == (1, NAV, NAV, SIG, SIG)
+    # The catalog reads the file while another reader (as the recorder's LiberTEM
+    # load) holds it open without SWMR: both work (files are not SWMR).
+    import h5py
+    (res,) = [d for n, d in session.docs if n == "stream_resource" and d["run_start"] == acq["uid"]]
+    path = res["uri"].removeprefix("file://localhost")
+    with h5py.File(path, "r") as held:
+        frame = run["primary"]["merlin_image"][0, 1, 2]
+        np.testing.assert_array_equal(frame, held["/entry/data/data"][0, 1, 2])
     assert (session.dir / "figures" / f"calibration_{acq['uid'][:8]}.png").stat().st_size > 0
     assert session.recorder.result_status(acq["uid"]).result == rec
 

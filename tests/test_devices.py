@@ -287,7 +287,7 @@ def test_trigger_writes_hdf5_and_stream_docs(inst, clock):
     assert resource["uri"] == "file://localhost" + path
     assert resource["data_key"] == "merlin_image"
     assert resource["mimetype"] == "application/x-hdf5"
-    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": (1,)}
+    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": (1,), "swmr": False}
     assert datum["stream_resource"] == resource["uid"]
     assert datum["indices"] == {"start": 0, "stop": 1}
     assert list(det.collect_asset_docs()) == []  # each document once

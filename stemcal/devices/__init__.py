@@ -13,9 +13,12 @@
   defaults); :class:`DectrisLiveBackend` is its real controller (SIMPLON REST + zmq
   through LiberTEM-live), tested against ``libertem-live-dectris-sim``.
 * :class:`MIBKeepingWriter` -- HDF5 for the catalog plus a MIB copy of each scan.
+* :func:`make_live_detector` -- the real detector a ``[detector]`` table
+  (:class:`stemcal.detector_config.DetectorSettings`) describes.
 """
 from .arina import ARINA_BIT_DEPTH, ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector
 from .dectris_live import DectrisLiveBackend
+from .factory import make_live_detector
 from .instrument import DETECTOR_KINDS, SimInstrument, make_sim_instrument
 from .live import MerlinLiveBackend
 from .merlin import IMAGE_DIMS, DetectorController, DetectorWriter, HDF5StreamWriter, MerlinDetector
@@ -31,4 +34,5 @@ __all__ = [
     "MicroscopeTruth", "PhysicalSpecimen", "ManualClock", "SimInstrument", "make_sim_instrument",
     "SettingSignal", "ReadbackSignal", "MerlinLiveBackend", "ArinaDetector", "DectrisLiveBackend",
     "ARINA_SIG_SHAPE", "ARINA_PIXEL_SIZE", "ARINA_BIT_DEPTH", "DETECTOR_KINDS", "MIBKeepingWriter",
+    "make_live_detector",
 ]

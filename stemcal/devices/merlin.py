@@ -281,7 +281,11 @@ class HDF5StreamWriter:
             bundle = compose_stream_resource(
                 mimetype=self.mimetype, uri="file://localhost" + path.as_posix(),
                 data_key=self._data_key, parameters={"dataset": self.dataset,
-                                                     "chunk_shape": (1,)})
+                                                     "chunk_shape": (1,),
+                                                     # closed once written: no SWMR, so the
+                                                     # catalog and the calibration callback
+                                                     # can open the file at the same time
+                                                     "swmr": False})
             datum = bundle.compose_stream_datum(indices=StreamRange(start=0, stop=1))
             self._pending += [("stream_resource", bundle.stream_resource_doc),
                               ("stream_datum", datum)]

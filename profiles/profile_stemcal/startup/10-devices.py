@@ -1,5 +1,12 @@
-# Devices of the instrument (simulated unless configured otherwise).
+# Devices of the instrument (simulated unless configured otherwise; see [detector] in the
+# configuration: kind = "merlin" | "arina", backend = "sim" | "live").
+from stemcal.devices import ArinaDetector as _ArinaDetector
+
 microscope = session.instrument.microscope
 scan = session.instrument.scan
 optics = session.instrument.optics
-merlin = session.instrument.detector
+detector = session.instrument.detector  # the configured detector, whatever its kind
+if isinstance(detector, _ArinaDetector):
+    arina = detector
+else:
+    merlin = detector

@@ -6,12 +6,12 @@ from stemcal.plans import (DEFAULT_TOLERANCES, calibrate, overfocus_scan,  # noq
 
 def calibrate_here(**kwargs):
     """The calibrate plan with this session's devices, catalog and recorder."""
-    return (yield from calibrate(merlin, scan, optics, catalog_client=catalog,
+    return (yield from calibrate(detector, scan, optics, catalog_client=catalog,
                                  callback=recorder, **kwargs))
 
 
 def recalibrate_here(tolerances=None, **kwargs):
     """recalibrate_if_stale with this session's devices and catalog."""
-    return (yield from recalibrate_if_stale(merlin, scan, optics, catalog_client=catalog,
+    return (yield from recalibrate_if_stale(detector, scan, optics, catalog_client=catalog,
                                             tolerances=tolerances or DEFAULT_TOLERANCES,
                                             callback=recorder, **kwargs))

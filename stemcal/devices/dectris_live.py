@@ -1,0 +1,522 @@
+"""DECTRIS detectors (ARINA) over SIMPLON REST + zmq, through LiberTEM-live.
+
+:class:`DectrisLiveBackend` is the controller half of
+:class:`stemcal.devices.ArinaDetector` (or any
+:class:`~stemcal.devices.MerlinDetector`-style device) for a DECTRIS detector
+control unit -- or ``libertem-live-dectris-sim``: the same interface as
+:class:`stemcal.devices.SimBackend`, the frames coming from the DCU's zmq
+stream while the detector is configured and armed over its SIMPLON HTTP API.
+
+One acquisition, one whole scan of the scan generator's ``nav_shape``:
+LiberTEM-live's active mode sets ``trigger_mode`` (default ``exte``: one frame
+per scan-generator trigger) and ``ntrigger = ny*nx`` over REST, arms the
+detector and collects the frames from the stream.
+
+The receive runs in a child process (``_dectris_receiver.py``), started at
+:meth:`DectrisLiveBackend.prepare` and kept for later acquisitions: LiberTEM-
+live's zmq receive has no timeout and cannot be interrupted from another
+thread (a stopped or killed detector leaves it blocked for good, and a thread
+left blocked there aborts the interpreter at exit). A child process can be
+killed, so every wait here is bounded.
+"""
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .live import _port, _positive
+from .merlin import FrameSink
+
+__all__ = ["DectrisLiveBackend"]
+
+logger = logging.getLogger(__name__)
+
+#: DECTRIS ``bit_depth_image`` -> frame dtype, as LiberTEM-live decodes it.
+_DEPTH_DTYPES = {8: np.dtype("u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
+_TRIGGER_MODES = ("exte", "exts", "inte", "ints")
+_RECEIVER = Path(__file__).with_name("_dectris_receiver.py")
+
+
+class DectrisLiveBackend:
+    """Detector controller for a DECTRIS DCU (SIMPLON REST + zmq) through LiberTEM-live.
+
+    Implements the controller half of :class:`stemcal.devices.MerlinDetector`
+    like :class:`stemcal.devices.SimBackend`: ``prepare()`` (at stage: checks
+    the detector over REST and the data port, starts the receiver process),
+    ``acquire()`` (one whole scan of ``scan.nav_shape``, ``(ny, nx, sy, sx)``
+    array of :attr:`dtype`), ``disarm()``, ``frame_shape()`` and the fixed
+    properties ``sig_shape``, ``pixel_size`` (m), ``bit_depth`` and ``dtype``.
+
+    Parameters
+    ----------
+    scan : ScanGenerator
+        Anything with a ``nav_shape`` ``(ny, nx)`` property; read at every
+        acquisition.
+    api_host, api_port : str, int
+        SIMPLON REST API of the DCU (``libertem-live-dectris-sim --port``).
+    data_host, data_port : str, int
+        zmq stream of the DCU (``--zmqport``).
+    sig_shape : (int, int)
+        Detector shape ``(sy, sx)``, pixels; default ARINA's 192 x 192.
+        :meth:`prepare` checks it against ``y_pixels_in_detector`` /
+        ``x_pixels_in_detector``.
+    bit_depth : {8, 16, 32}
+        ``bit_depth_image``, checked at :meth:`prepare`; frames are
+        ``uint8``/``uint16``/``uint32``.
+    pixel_size : float
+        Detector pixel pitch, metres (ARINA: 100 um).
+    trigger_mode : {'exte', 'exts', 'inte', 'ints'}
+        Set at every acquisition; ``exte`` (one frame per external trigger,
+        ``ntrigger = ny*nx``) is the 4D-STEM mode.
+    compression : {None, 'bslz4', 'lz4'}
+        Stream compression to set; ``None`` leaves the DCU's setting.
+    timeout : float
+        Seconds without progress before :meth:`acquire` gives up with
+        ``TimeoutError``: from the request to the first partition of frames,
+        and between partitions.
+    control_timeout : float
+        Seconds for each REST request and each connection probe.
+    start_timeout : float
+        Seconds the receiver process may take to start and connect
+        (it imports LiberTEM).
+    probe_interval : float
+        Seconds between checks, during an acquisition, that the data port
+        still accepts connections; a refused probe ends the acquisition at
+        once with ``ConnectionError`` (the detector is gone).
+    frames_per_partition : int, optional
+        Frames per LiberTEM partition (progress granularity); default one
+        scan row ``nx``.
+    frame_stack_size : int
+        Frames LiberTEM-live's receiver collects before handing them on (its
+        latency: a partition is complete only when its last stack is).
+    max_bytes : int
+        Largest scan, in bytes of frames, that :meth:`acquire` accepts.
+    buffer_size : int
+        Receive buffer (shared memory) of the receiver, MiB.
+
+    Raises
+    ------
+    ValueError
+        For an invalid parameter (checked at construction).
+
+    Notes
+    -----
+    *Errors.* No REST server or no data port: :meth:`prepare` raises
+    ``ConnectionError`` within ``control_timeout``. The data port vanishing
+    mid-scan (detector killed): ``ConnectionError`` within about
+    ``probe_interval + control_timeout``. No frames for ``timeout`` seconds
+    (detector stalled): ``TimeoutError``. In both cases the receiver process
+    is killed, a best-effort ``disarm`` is sent over REST, and the next
+    acquisition starts a new receiver. :meth:`disarm` during an acquisition
+    aborts it with ``RuntimeError`` the same way.
+
+    Checked against ``libertem-live-dectris-sim`` (which accepts a setting
+    only when it equals the value in its dump file), not against a DCU.
+    """
+
+    def __init__(self, scan: Any, *, api_host: str = "127.0.0.1", api_port: int = 80,
+                 data_host: str = "127.0.0.1", data_port: int = 9999,
+                 sig_shape: tuple[int, int] = (192, 192), bit_depth: int = 16,
+                 pixel_size: float = 100e-6, trigger_mode: str = "exte",
+                 compression: str | None = None, timeout: float = 10.0,
+                 control_timeout: float = 2.0, start_timeout: float = 120.0,
+                 probe_interval: float = 0.5, frames_per_partition: int | None = None,
+                 frame_stack_size: int = 24, max_bytes: int = 8 * 2**30,
+                 buffer_size: int = 256) -> None:
+        try:
+            nav = scan.nav_shape
+        except AttributeError:
+            raise ValueError(f"scan must have a nav_shape (ny, nx), got {scan!r}") from None
+        if len(tuple(nav)) != 2:
+            raise ValueError(f"scan.nav_shape must be (ny, nx), got {nav!r}")
+        self.scan = scan
+        for name, host in (("api_host", api_host), ("data_host", data_host)):
+            if not isinstance(host, str) or not host:
+                raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
+        self.api_host, self.data_host = api_host, data_host
+        self.api_port = _port(api_port, "api_port")
+        self.data_port = _port(data_port, "data_port")
+        sig = tuple(sig_shape)
+        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                    and n >= 1 for n in sig):
+            raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
+        self._sig_shape = (int(sig[0]), int(sig[1]))
+        if isinstance(bit_depth, bool) or bit_depth not in _DEPTH_DTYPES:
+            raise ValueError(f"bit_depth must be one of {sorted(_DEPTH_DTYPES)}, got {bit_depth!r}")
+        self.bit_depth = int(bit_depth)
+        self.dtype = _DEPTH_DTYPES[self.bit_depth]
+        self._pixel_size = _positive(pixel_size, "pixel_size")
+        if trigger_mode not in _TRIGGER_MODES:
+            raise ValueError(f"trigger_mode must be one of {_TRIGGER_MODES}, got {trigger_mode!r}")
+        self.trigger_mode = trigger_mode
+        if compression not in (None, "bslz4", "lz4"):
+            raise ValueError(f"compression must be None, 'bslz4' or 'lz4', got {compression!r}")
+        self.compression = compression
+        self.timeout = _positive(timeout, "timeout")
+        self.control_timeout = _positive(control_timeout, "control_timeout")
+        self.start_timeout = _positive(start_timeout, "start_timeout")
+        self.probe_interval = _positive(probe_interval, "probe_interval")
+        if frames_per_partition is not None and (
+                isinstance(frames_per_partition, bool)
+                or not isinstance(frames_per_partition, (int, np.integer))
+                or frames_per_partition < 1):
+            raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
+                             f"got {frames_per_partition!r}")
+        self.frames_per_partition = frames_per_partition
+        fss_ok = isinstance(frame_stack_size, (int, np.integer)) \
+            and not isinstance(frame_stack_size, bool) and frame_stack_size >= 1
+        if not fss_ok:
+            raise ValueError(f"frame_stack_size must be an integer >= 1, got {frame_stack_size!r}")
+        self.frame_stack_size = int(frame_stack_size)
+        self.max_bytes = int(_positive(max_bytes, "max_bytes"))
+        self.buffer_size = int(_positive(buffer_size, "buffer_size"))
+        self._proc: subprocess.Popen | None = None
+        self._handle_path: str | None = None  # the receiver's shared-memory socket
+        self._events: queue.Queue = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self._prepared = False
+        self._lock = threading.Lock()        # one acquisition at a time
+        self._abort = threading.Event()      # set by disarm() during an acquisition
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(api={self.api_host}:{self.api_port}, "
+                f"data={self.data_host}:{self.data_port}, sig_shape={self._sig_shape}, "
+                f"bit_depth={self.bit_depth})")
+
+    # -- fixed properties -----------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """Data-key source string."""
+        return f"dectris://{self.api_host}:{self.api_port}"
+
+    @property
+    def sig_shape(self) -> tuple[int, int]:
+        """Detector shape (sy, sx), pixels."""
+        return self._sig_shape
+
+    @property
+    def pixel_size(self) -> float:
+        """Detector pixel pitch, metres."""
+        return self._pixel_size
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the receiver process is running."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(ny, nx, sy, sx)`` the next acquisition will have."""
+        ny, nx = (int(n) for n in self.scan.nav_shape)
+        return (ny, nx) + self._sig_shape
+
+    # -- controller interface -------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the detector (REST) and its data port, and start the receiver if needed.
+
+        Raises
+        ------
+        ConnectionError
+            No SIMPLON API or no data stream at the configured addresses, or
+            the receiver could not connect.
+        TimeoutError
+            The API does not answer within ``control_timeout``, or the
+            receiver does not start within ``start_timeout``.
+        RuntimeError
+            The detector's shape or bit depth differs from the configured one.
+        """
+        shape = (int(self._config("y_pixels_in_detector")),
+                 int(self._config("x_pixels_in_detector")))
+        depth = int(self._config("bit_depth_image"))
+        if shape != self._sig_shape or depth != self.bit_depth:
+            raise RuntimeError(
+                f"DECTRIS detector at {self.api_host}:{self.api_port} has frames {shape} at "
+                f"bit depth {depth}; this backend is configured for {self._sig_shape} at "
+                f"{self.bit_depth}")
+        self._probe_data_port()
+        self._ensure_receiver()
+        self._abort.clear()
+        self._prepared = True
+
+    def acquire(self, on_frames: FrameSink | None = None) -> np.ndarray:
+        """Acquire one whole scan of ``scan.nav_shape`` (blocking).
+
+        Parameters
+        ----------
+        on_frames : callable, optional
+            ``on_frames(start, frames)`` gets each block of frames ``(k, sy,
+            sx)`` (flat scan positions ``start ..``), in scan order, as soon as
+            the receiver has it (one LiberTEM partition at a time).
+
+        Returns
+        -------
+        (ny, nx, sy, sx) array of :attr:`dtype`
+            The frames in scan order, as the detector sent them.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`prepare`, during another acquisition, when disarmed
+            meanwhile, or for an error the receiver reports.
+        ValueError
+            The scan would exceed ``max_bytes``.
+        ConnectionError
+            The detector or its data stream went away.
+        TimeoutError
+            No frames for ``timeout`` seconds.
+        """
+        if not self._prepared:
+            raise RuntimeError("acquire() before prepare(): stage the detector first")
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("acquire() while another acquisition is running")
+        try:
+            self._running = True
+            if self._abort.is_set():
+                raise RuntimeError("acquisition aborted: the detector was disarmed")
+            ny, nx, sy, sx = self.frame_shape()
+            size = ny * nx * sy * sx * self.dtype.itemsize
+            if size > self.max_bytes:
+                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
+                                 f"more than max_bytes={self.max_bytes}")
+            try:
+                return self._acquire(ny, nx, on_frames)
+            except BaseException:
+                self._stop_receiver(kill=True)
+                self._send_disarm()
+                raise
+        finally:
+            self._running = False
+            self._lock.release()
+
+    def disarm(self) -> None:
+        """Return to idle (idempotent); a running acquisition is aborted with ``RuntimeError``."""
+        self._prepared = False
+        if self._running:
+            self._abort.set()
+
+    def close(self) -> None:
+        """Stop the receiver process (idempotent)."""
+        self.disarm()
+        with self._lock:
+            self._stop_receiver(kill=False)
+
+    # -- REST -----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        """One SIMPLON request with bounded connect and read times; decoded JSON reply."""
+        conn = http.client.HTTPConnection(self.api_host, self.api_port,
+                                          timeout=self.control_timeout)
+        where = f"DECTRIS SIMPLON API at {self.api_host}:{self.api_port}"
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data else {}
+            conn.request(method, path, body=data, headers=headers)
+            reply = conn.getresponse()
+            payload = reply.read()
+        except TimeoutError:
+            raise TimeoutError(f"{where}: no answer to {method} {path} within "
+                               f"{self.control_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the {where}: {exc}") from exc
+        finally:
+            conn.close()
+        if not 200 <= reply.status < 300:
+            raise RuntimeError(f"{where}: {method} {path} failed ({reply.status}): "
+                               f"{payload[:200]!r}")
+        return json.loads(payload) if payload else None
+
+    def _config(self, parameter: str) -> Any:
+        return self._request("GET", f"/detector/api/1.8.0/config/{parameter}")["value"]
+
+    def _send_disarm(self) -> None:
+        """Best-effort ``disarm`` command (errors are logged, not raised)."""
+        try:
+            self._request("PUT", "/detector/api/1.8.0/command/disarm")
+        except Exception as exc:  # the detector may be gone
+            logger.info("DECTRIS disarm failed: %s", exc)
+
+    def _probe_data_port(self) -> None:
+        """``ConnectionError`` unless the zmq data port accepts a TCP connection."""
+        try:
+            socket.create_connection((self.data_host, self.data_port),
+                                     timeout=self.control_timeout).close()
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the DECTRIS data stream at "
+                                  f"{self.data_host}:{self.data_port}: {exc}") from exc
+
+    # -- the receiver process -------------------------------------------------------------
+    def _ensure_receiver(self) -> None:
+        if self.is_connected:
+            return
+        self._stop_receiver(kill=True)
+        sy, sx = self._sig_shape
+        cfg = {"parent": os.getpid(), "api_host": self.api_host, "api_port": self.api_port,
+               "data_host": self.data_host, "data_port": self.data_port,
+               "buffer_size": self.buffer_size,
+               "bytes_per_frame": sy * sx * self.dtype.itemsize,
+               "frame_stack_size": self.frame_stack_size,
+               "controller": {"trigger_mode": self.trigger_mode,
+                              "compression": self.compression}}
+        self._events = queue.Queue()
+        self._stderr.clear()
+        # -P: the script's directory (this package's modules) must not shadow top-level ones
+        proc = subprocess.Popen([sys.executable, "-P", str(_RECEIVER), json.dumps(cfg)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = proc
+        threading.Thread(target=_pump_events, args=(proc.stdout, self._events), daemon=True,
+                         name="dectris-receiver-events").start()
+        threading.Thread(target=_pump_lines, args=(proc.stderr, self._stderr), daemon=True,
+                         name="dectris-receiver-stderr").start()
+        try:
+            event = self._events.get(timeout=self.start_timeout)
+        except queue.Empty:
+            self._stop_receiver(kill=True)
+            raise TimeoutError(f"the DECTRIS receiver did not start within "
+                               f"{self.start_timeout:g} s") from None
+        if event is None or event.get("event") != "ready":
+            self._stop_receiver(kill=True)
+            message = event.get("message") if event else self._stderr_tail()
+            raise ConnectionError(f"the DECTRIS receiver could not connect to "
+                                  f"{self.data_host}:{self.data_port}: {message}")
+        self._handle_path = event.get("handle_path")
+
+    def _stop_receiver(self, *, kill: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None and not kill:
+            try:
+                proc.stdin.write(json.dumps({"cmd": "close"}) + "\n")
+                proc.stdin.flush()
+                proc.wait(max(2.0, self.control_timeout))
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a killed process exits
+            logger.warning("DECTRIS receiver %s did not exit", proc.pid)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        handle, self._handle_path = self._handle_path, None
+        if handle:  # left behind by a killed receiver: a socket in a directory of its own
+            Path(handle).unlink(missing_ok=True)
+            shutil.rmtree(Path(handle).parent, ignore_errors=True)
+
+    def _stderr_tail(self) -> str:
+        return "\n".join(self._stderr) or "(no output)"
+
+    def _acquire(self, ny: int, nx: int, on_frames: FrameSink | None) -> np.ndarray:
+        self._ensure_receiver()
+        n = ny * nx
+        shape = (ny, nx) + self._sig_shape
+        fd, name = tempfile.mkstemp(prefix="stemcal-dectris-", suffix=".raw")
+        os.close(fd)
+        try:
+            np.memmap(name, dtype=self.dtype, mode="w+", shape=shape).flush()
+            fpp = min(int(self.frames_per_partition or nx), n)
+            proc = self._proc
+            assert proc is not None
+            try:
+                proc.stdin.write(json.dumps({"cmd": "acquire", "nav_shape": [ny, nx],
+                                             "out": name, "dtype": self.dtype.str,
+                                             "frames_per_partition": fpp}) + "\n")
+                proc.stdin.flush()
+            except OSError as exc:
+                raise ConnectionError(f"the DECTRIS receiver process is gone ({exc}):\n"
+                                      f"{self._stderr_tail()}") from exc
+            frames = np.memmap(name, dtype=self.dtype, mode="r", shape=shape)
+            flat = frames.reshape((n,) + self._sig_shape)
+
+            def deliver(start: int, stop: int) -> None:
+                if on_frames is not None and stop > start:
+                    on_frames(start, np.array(flat[start:stop]))
+
+            self._watch(n, deliver)
+            return np.array(frames)
+        finally:
+            os.unlink(name)
+
+    def _watch(self, n: int, deliver: Any) -> None:
+        """Wait for the receiver's ``done``, failing on timeout, abort, error or lost port."""
+        where = f"DECTRIS data {self.data_host}:{self.data_port}"
+        last = next_probe = time.monotonic()
+        done = 0
+        while True:
+            try:
+                event = self._events.get(timeout=0.05)
+            except queue.Empty:
+                event = {}
+            now = time.monotonic()
+            progress = f"{done}/{n} frames received"
+            if event is None:  # the receiver exited
+                raise ConnectionError(f"{where}: the receiver process died ({progress}):\n"
+                                      f"{self._stderr_tail()}")
+            kind = event.get("event")
+            if kind == "progress":
+                deliver(done, int(event["done"]))
+                done, last = int(event["done"]), now
+            elif kind == "done":
+                if int(event["done"]) != n:
+                    raise ConnectionError(f"{where}: acquisition ended early "
+                                          f"({event['done']}/{n} frames received)")
+                return
+            elif kind == "error":
+                done = int(event.get("done", done))
+                progress = f"{done}/{n} frames received"
+                cls = ConnectionError if event.get("kind") == "connection" else RuntimeError
+                raise cls(f"{where}: acquisition failed ({progress}): {event['message']}")
+            if self._abort.is_set():
+                raise RuntimeError(f"{where}: acquisition aborted by disarm() ({progress})")
+            if now - last > self.timeout:
+                raise TimeoutError(f"{where}: no frames for {self.timeout:g} s ({progress})")
+            if now >= next_probe:
+                next_probe = now + self.probe_interval
+                try:
+                    self._probe_data_port()
+                except ConnectionError as exc:
+                    raise ConnectionError(f"{where}: connection lost ({progress}): "
+                                          f"{exc}") from exc
+
+
+def _pump_events(stream: Any, events: queue.Queue) -> None:
+    """Put each JSON line of ``stream`` on ``events``; ``None`` at the end of the stream."""
+    try:
+        for line in stream:
+            try:
+                events.put(json.loads(line))
+            except ValueError:
+                logger.debug("receiver: %s", line.rstrip())
+    except (OSError, ValueError):
+        pass
+    finally:
+        events.put(None)
+
+
+def _pump_lines(stream: Any, lines: collections.deque) -> None:
+    """Keep the last lines of ``stream`` (the receiver's stderr) and log them at DEBUG."""
+    try:
+        for line in stream:
+            lines.append(line.rstrip())
+            logger.debug("receiver: %s", line.rstrip())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,52 @@
+"""Build the real-protocol detector a ``[detector]`` table describes.
+
+See :class:`stemcal.detector_config.DetectorSettings` for the table. A
+simulated detector (``backend = "sim"``) is built with the twin by
+:func:`stemcal.devices.make_sim_instrument` instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..detector_config import DetectorSettings
+
+__all__ = ["DetectorSettings", "make_live_detector"]
+
+
+def make_live_detector(settings: DetectorSettings, scan: Any,
+                       write_dir: str | os.PathLike) -> Any:
+    """A :class:`~stemcal.devices.MerlinDetector` or :class:`~stemcal.devices.ArinaDetector`
+    with its real-protocol backend, named after ``settings.kind``.
+
+    Nothing is contacted here: the backend checks the detector when the
+    device is staged.
+
+    Parameters
+    ----------
+    settings : DetectorSettings
+        With ``backend = "live"``.
+    scan : ScanGenerator
+        The scan generator whose ``nav_shape`` each acquisition uses.
+    write_dir : path
+        Where the files go.
+    """
+    from .arina import ArinaDetector
+    from .dectris_live import DectrisLiveBackend
+    from .live import MerlinLiveBackend
+    from .merlin import MerlinDetector
+    from .mib_writer import MIBKeepingWriter
+
+    if not settings.is_live:
+        raise ValueError(f"make_live_detector needs backend = 'live', got {settings.backend!r}")
+    r = settings.resolved()
+    common = dict(api_host=r["api_host"], api_port=r["api_port"], data_host=r["data_host"],
+                  data_port=r["data_port"], sig_shape=r["sig_shape"],
+                  pixel_size=r["pixel_size"], timeout=settings.timeout)
+    if settings.kind == "merlin":
+        backend = MerlinLiveBackend(scan, counter_depth=r["bit_depth"], **common)
+        writer = MIBKeepingWriter(write_dir) if settings.keep_mib else None
+        return MerlinDetector("merlin", backend=backend, write_dir=Path(write_dir), writer=writer)
+    backend = DectrisLiveBackend(scan, bit_depth=r["bit_depth"], **common)
+    return ArinaDetector("arina", backend=backend, write_dir=Path(write_dir))

@@ -1,0 +1,447 @@
+"""ArinaDetector + DectrisLiveBackend against LiberTEM-live's DECTRIS simulator.
+
+``libertem-live-dectris-sim`` replays a dump of DECTRIS stream messages
+(SIMPLON REST on one port, the zmq stream on another, both on 127.0.0.1 and
+chosen by the simulator: ``--port 0 --zmqport 0``, read back from its log).
+The dump here holds a simulated overfocused scan at ARINA's 192 x 192 pixels,
+bitshuffle-LZ4 encoded as ARINA streams it (plain LZ4 for the slow
+simulator of the failure tests); the frames that reach the HDF5 files through a RunEngine must be
+bit-identical to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+import psutil
+import pytest
+from bluesky.utils import FailedStatus
+from ophyd.device import Staged
+
+from stemcal.devices import (ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector, DectrisLiveBackend,
+                             MicroscopeOptics, ScanGenerator, SimBackend, make_sim_instrument)
+from stemcal.plans import overfocus_scan
+from stemcal.twin import OverfocusParams, simulate
+
+lz4_block = pytest.importorskip("lz4.block")
+pytest.importorskip("flask")  # the simulator's REST server
+
+NAV = (6, 8)           # non-square: a swapped axis would show
+SIG = ARINA_SIG_SHAPE  # 192 x 192
+HOST = "127.0.0.1"
+SIM = shutil.which("libertem-live-dectris-sim", path=str(Path(sys.executable).parent)) \
+    or shutil.which("libertem-live-dectris-sim")
+
+pytestmark = pytest.mark.skipif(SIM is None, reason="libertem-live-dectris-sim not installed")
+
+
+# -- the dump and the simulator -----------------------------------------------------------
+def bslz4_chunks(frames: np.ndarray) -> list[bytes]:
+    """Each frame bitshuffle-LZ4 encoded, as the HDF5 filter stores a chunk.
+
+    That is DECTRIS's ``bs16-lz4<`` stream encoding too: big-endian uint64
+    size, uint32 block size, then the LZ4-compressed bitshuffled blocks.
+    """
+    import io
+
+    import hdf5plugin
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        ds = f.create_dataset("frames", data=frames, chunks=(1, *frames.shape[1:]),
+                              **hdf5plugin.Bitshuffle(cname="lz4"))
+        return [bytes(ds.id.read_direct_chunk((i, 0, 0))[1]) for i in range(len(frames))]
+
+
+def write_dectris_dump(path: Path, data: np.ndarray, *, encoding: str = "bslz4",
+                       series: int = 1) -> Path:
+    """Write ``data`` (ny, nx, sy, sx) uint16 as the simulator's dump: one 'exte' series.
+
+    Each message is an int64 little-endian length, then the bytes: the
+    ``dheader-1.0`` and detector-config JSON, per frame ``dimage-1.0`` (with
+    the blob's md5 ``hash``), ``dimage_d-1.0`` (``shape`` [x, y], encoding
+    ``bs16-lz4<`` for ``encoding='bslz4'`` -- ARINA's default -- or ``lz4<``),
+    the encoded frame and ``dconfig-1.0``; finally ``dseries_end-1.0``. The
+    config allows what LiberTEM-live's active mode sets: ``trigger_mode``
+    exte, ``nimages`` 1 and ``ntrigger`` ny*nx.
+    """
+    ny, nx, sy, sx = data.shape
+    n = ny * nx
+    flat = np.ascontiguousarray(data.reshape(n, sy, sx), "<u2")
+    if encoding == "bslz4":
+        blobs, tag = bslz4_chunks(flat), "bs16-lz4<"
+    elif encoding == "lz4":
+        blobs, tag = [lz4_block.compress(f.tobytes(), store_size=False) for f in flat], "lz4<"
+    else:
+        raise ValueError(f"encoding must be 'bslz4' or 'lz4', got {encoding!r}")
+
+    def message(f, payload) -> None:
+        if not isinstance(payload, bytes):
+            payload = json.dumps(payload).encode()
+        f.write(np.int64(len(payload)).tobytes())
+        f.write(payload)
+
+    with open(path, "wb") as f:
+        message(f, {"htype": "dheader-1.0", "header_detail": "basic", "series": series})
+        message(f, {"nimages": 1, "ntrigger": n, "trigger_mode": "exte",
+                    "x_pixels_in_detector": sx, "y_pixels_in_detector": sy,
+                    "bit_depth_image": 16, "compression": encoding, "count_time": 0.001,
+                    "frame_time": 0.001})
+        for i, blob in enumerate(blobs):
+            message(f, {"htype": "dimage-1.0", "series": series, "frame": i,
+                        "hash": hashlib.md5(blob).hexdigest()})
+            message(f, {"htype": "dimage_d-1.0", "shape": [sx, sy], "type": "uint16",
+                        "encoding": tag, "size": len(blob)})
+            message(f, blob)
+            message(f, {"htype": "dconfig-1.0", "start_time": i * 1000,
+                        "stop_time": i * 1000 + 900, "real_time": 900})
+        message(f, {"htype": "dseries_end-1.0", "series": series})
+    return path
+
+
+class DectrisSim:
+    """A ``libertem-live-dectris-sim`` on 127.0.0.1 with ports it picked itself.
+
+    The simulator is two processes: the main one (zmq stream) and a child
+    serving the REST API; :meth:`kill_stream` kills the main one only (the
+    stream dies mid-scan), :meth:`stop` both.
+    """
+
+    def __init__(self, dump: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([SIM, str(dump), "--port", "0", "--zmqport", "0", *extra],
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.children: list[psutil.Process] = []
+        deadline = time.monotonic() + 60
+        while True:
+            text = self.text()
+            api = re.search(r"API server listening on \('[\d.]+', (\d+)\)", text)
+            zmq = re.search(r"RustedReplay listening on tcp://[\d.]+:(\d+)", text)
+            if api and zmq:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"simulator did not start:\n{text}")
+            time.sleep(0.05)
+        self.api_port, self.data_port = int(api.group(1)), int(zmq.group(1))
+        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill_stream(self) -> None:
+        self.proc.kill()
+
+    def stop(self) -> None:
+        for p in [psutil.Process(self.proc.pid)] if self.proc.poll() is None else []:
+            p.send_signal(signal.SIGCONT)  # in case a test stopped it
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for child in self.children:
+            try:
+                child.kill()
+                child.wait(10)
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """A 6x8 scan of ARINA frames (disk radius 40 px, Poisson noise)."""
+    params = OverfocusParams(overfocus=1e-6, scan_pixel_size=1e-9, camera_length=0.2,
+                             detector_pixel_size=ARINA_PIXEL_SIZE,
+                             semiconv=40 * ARINA_PIXEL_SIZE / 0.2, cy=95.0, cx=98.5,
+                             scan_rotation=-20.0)
+    data = simulate(params, NAV, SIG, dose=400.0, background=3.0, seed=11, dtype="uint16")
+    assert data.max() > 255  # both bytes matter
+    return data
+
+
+@pytest.fixture(scope="module")
+def served(frames, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """The scan as a dump, bitshuffle-LZ4 encoded (ARINA's default)."""
+    return write_dectris_dump(tmp_path_factory.mktemp("dump") / "arina.dump", frames), frames
+
+
+@pytest.fixture(scope="module")
+def served_lz4(frames, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """The scan as a dump, plain-LZ4 encoded."""
+    path = tmp_path_factory.mktemp("dump") / "arina_lz4.dump"
+    return write_dectris_dump(path, frames, encoding="lz4"), frames
+
+
+@pytest.fixture(scope="module")
+def sim(served, tmp_path_factory):
+    server = DectrisSim(served[0], tmp_path_factory.mktemp("simlog") / "sim.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def slow_sim(served_lz4, tmp_path):
+    """The LZ4 dump, one frame per 40 ms (about 2 s per scan): time to break it mid-scan."""
+    server = DectrisSim(served_lz4[0], tmp_path / "slow.log", "--dwelltime", "40000")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scan():
+    s = ScanGenerator(name="scan")
+    s.shape_y.set(NAV[0]).wait(timeout=5)
+    s.shape_x.set(NAV[1]).wait(timeout=5)
+    return s
+
+
+@pytest.fixture
+def optics():
+    return MicroscopeOptics(name="optics")
+
+
+@pytest.fixture
+def make_detector(scan, tmp_path):
+    made: list[DectrisLiveBackend] = []
+
+    def make(server: DectrisSim, **kw) -> ArinaDetector:
+        kw.setdefault("timeout", 5.0)
+        backend = DectrisLiveBackend(scan, api_host=HOST, api_port=server.api_port,
+                                     data_host=HOST, data_port=server.data_port, **kw)
+        made.append(backend)
+        return ArinaDetector("arina", backend=backend, write_dir=tmp_path / "raw")
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def of(docs, name):
+    return [d for n, d in docs if n == name]
+
+
+def resource_path(resource: dict) -> str:
+    uri = urlparse(resource["uri"])
+    assert uri.scheme == "file" and uri.netloc == "localhost"
+    return uri.path
+
+
+def when_logged(server: DectrisSim, needle: str, action, delay: float) -> None:
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while needle not in server.text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(delay)
+        action()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+# -- tests ----------------------------------------------------------------------------------
+def test_overfocus_scan_writes_the_served_frames(RE, docs, sim, served, make_detector, scan,
+                                                 optics):
+    from libertem.api import Context
+
+    _, data = served
+    det = make_detector(sim)
+    assert RE(overfocus_scan(det, scan, optics)).exit_status == "success"
+    assert [n for n, _ in docs] == ["start", "descriptor", "stream_resource", "stream_datum",
+                                    "event", "stop"]
+    assert of(docs, "start")[0]["detector"] == {"pixel_size": 100e-6, "sig_shape": [192, 192],
+                                                "bit_depth": 16}
+    key = of(docs, "descriptor")[0]["data_keys"]["arina_image"]
+    assert key["shape"] == [*NAV, *SIG] and key["dtype_numpy"] == "<u2"
+    assert key["external"] == "STREAM:"
+    assert key["source"] == f"dectris://{HOST}:{sim.api_port}"
+    resource = of(docs, "stream_resource")[0]
+    assert resource["mimetype"] == "application/x-hdf5" and resource["data_key"] == "arina_image"
+    assert of(docs, "stream_datum")[0]["stream_resource"] == resource["uid"]
+    path = resource_path(resource)
+    with h5py.File(path, "r") as f:
+        written = f[resource["parameters"]["dataset"]][()]
+    assert written.dtype == np.uint16 and written.shape == (1, *NAV, *SIG)
+    np.testing.assert_array_equal(written[0], data)
+    # LiberTEM reads the file with the scan's shape
+    ctx = Context.make_with("inline")
+    ds = ctx.load("hdf5", path=path, ds_path=resource["parameters"]["dataset"], nav_shape=NAV)
+    assert tuple(ds.shape) == (*NAV, *SIG)
+    frame = ctx.run(ctx.create_pick_analysis(ds, y=NAV[0] - 1, x=2))
+    np.testing.assert_array_equal(frame["intensity"].raw_data, data[NAV[0] - 1, 2])
+    assert det._staged == Staged.no
+    config = det.read_configuration()
+    assert config["arina_pixel_size"]["value"] == ARINA_PIXEL_SIZE
+    assert config["arina_sig_shape"]["value"] == [192, 192]
+    assert config["arina_bit_depth"]["value"] == 16
+
+
+def test_count_twice_reuses_the_receiver(RE, docs, sim, served, make_detector):
+    _, data = served
+    det = make_detector(sim)
+    assert RE(bp.count([det], num=2)).exit_status == "success"
+    resources = of(docs, "stream_resource")
+    assert len(resources) == 2 and len({r["uri"] for r in resources}) == 2
+    for resource in resources:
+        with h5py.File(resource_path(resource), "r") as f:
+            np.testing.assert_array_equal(f["/entry/data/data"][0], data)
+    pid = det.backend._proc.pid
+    det.stage()
+    try:
+        blocks = []
+        frames = det.backend.acquire(on_frames=lambda start, f: blocks.append((start, f)))
+    finally:
+        det.unstage()
+    assert det.backend._proc.pid == pid  # one receiver process for all acquisitions
+    np.testing.assert_array_equal(frames, data)
+    # streamed blocks: consecutive, in scan order, the same frames
+    assert [s for s, _ in blocks] == list(np.cumsum([0] + [len(b) for _, b in blocks[:-1]]))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]),
+                                  data.reshape(-1, *SIG))
+
+
+def test_unreachable_detector_is_reported_quickly(scan, sim):
+    import socket
+
+    socks = [socket.socket() for _ in range(2)]
+    for s in socks:
+        s.bind((HOST, 0))
+    api, data = (s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+    backend = DectrisLiveBackend(scan, api_port=api, data_port=data)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"SIMPLON API at {HOST}:{api}"):
+        backend.prepare()
+    assert time.monotonic() - t0 < 2.0
+    # REST up, zmq stream down
+    backend = DectrisLiveBackend(scan, api_port=sim.api_port, data_port=data)
+    with pytest.raises(ConnectionError, match=f"data stream at {HOST}:{data}"):
+        backend.prepare()
+    assert not backend.is_connected
+
+
+def test_wrong_detector_shape_fails_loudly(scan, sim):
+    backend = DectrisLiveBackend(scan, api_port=sim.api_port, data_port=sim.data_port,
+                                 sig_shape=(96, 96))
+    with pytest.raises(RuntimeError, match=r"\(192, 192\) at bit depth 16.*\(96, 96\)"):
+        backend.prepare()
+    assert not backend.is_connected
+
+
+def test_simulator_killed_mid_scan_fails_the_run(RE, docs, slow_sim, frames, make_detector,
+                                                 scan, optics):
+    det = make_detector(slow_sim, timeout=20.0, frame_stack_size=4)  # 8 frames per partition
+    killed: list[float] = []
+
+    def kill() -> None:
+        slow_sim.kill_stream()
+        killed.append(time.monotonic())
+
+    when_logged(slow_sim, "sending all frames", kill, 1.0)
+    with pytest.raises(FailedStatus) as info:
+        RE(overfocus_scan(det, scan, optics))
+    elapsed = time.monotonic() - killed[0]
+    assert elapsed < 5.0, elapsed  # the probe, not the 20 s timeout, noticed it
+    error = info.value.args[0].exception()
+    assert isinstance(error, ConnectionError) and "connection lost" in str(error), error
+    done = int(re.search(r"(\d+)/48 frames received", str(error)).group(1))
+    assert 0 < done < 48  # frames came before the kill, not all of them
+    assert of(docs, "stop")[0]["exit_status"] == "fail"
+    # nothing received is lost: the frames so far are in a closed file marked incomplete
+    with h5py.File(det.data_file.get(), "r") as f:
+        ds = f["/entry/data/data"]
+        assert int(ds.attrs["frames_written"]) == done and not ds.attrs["complete"]
+        np.testing.assert_array_equal(ds[0].reshape(48, *SIG)[:done],
+                                      frames.reshape(48, *SIG)[:done])
+    assert det._staged == Staged.no and not det.backend.is_connected
+
+
+def test_stalled_simulator_times_out(slow_sim, make_detector):
+    backend = make_detector(slow_sim, timeout=3.0).backend
+    backend.prepare()
+    stopped: list[float] = []
+
+    def pause() -> None:
+        slow_sim.proc.send_signal(signal.SIGSTOP)
+        stopped.append(time.monotonic())
+
+    when_logged(slow_sim, "sending all frames", pause, 0.3)
+    with pytest.raises(TimeoutError, match=r"no frames for 3 s \(\d+/48 frames received\)"):
+        backend.acquire()
+    elapsed = time.monotonic() - stopped[0]
+    # the 3 s count from the last frames (or the request), both before the pause
+    assert 0.5 < elapsed < 3.0 + 3.0, elapsed
+    assert not backend.is_connected  # the receiver was killed
+
+
+def test_disarm_aborts_a_running_acquisition(slow_sim, make_detector):
+    backend = make_detector(slow_sim, timeout=20.0).backend
+    backend.prepare()
+    disarmed: list[float] = []
+
+    def disarm() -> None:
+        disarmed.append(time.monotonic())
+        backend.disarm()
+
+    when_logged(slow_sim, "sending all frames", disarm, 0.3)
+    with pytest.raises(RuntimeError, match=r"aborted by disarm\(\) \((\d|[1-3]\d|4[0-7])/48"):
+        backend.acquire()
+    assert time.monotonic() - disarmed[0] < 1.0  # not the rest of the 48 x 40 ms scan
+    assert not backend.is_connected
+    with pytest.raises(RuntimeError, match="before prepare"):
+        backend.acquire()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"api_port": 0}, "api_port"),
+    ({"data_host": ""}, "data_host"),
+    ({"sig_shape": (192,)}, "sig_shape"),
+    ({"bit_depth": 12}, "bit_depth"),
+    ({"trigger_mode": "soft"}, "trigger_mode"),
+    ({"compression": "zstd"}, "compression"),
+    ({"timeout": -1}, "timeout"),
+    ({"frames_per_partition": 0}, "frames_per_partition"),
+    ({"frame_stack_size": "4"}, "frame_stack_size"),
+])
+def test_invalid_configuration(scan, kw, match):
+    with pytest.raises(ValueError, match=match):
+        DectrisLiveBackend(scan, **kw)
+
+
+def test_configuration_without_io(scan):
+    backend = DectrisLiveBackend(scan, api_port=1, data_port=2)
+    assert backend.sig_shape == (192, 192) and backend.pixel_size == 100e-6
+    assert backend.bit_depth == 16 and backend.dtype == np.uint16
+    assert backend.frame_shape() == (*NAV, 192, 192)
+    det = ArinaDetector(backend=backend, write_dir="unused")
+    assert det.name == "arina"
+    assert det.state() == {"pixel_size": 100e-6, "sig_shape": [192, 192], "bit_depth": 16}
+
+
+def test_simulated_arina(RE, docs, tmp_path):
+    inst = make_sim_instrument(tmp_path, detector="arina", sleep=lambda s: None)
+    det = inst.detector
+    assert isinstance(det, ArinaDetector) and isinstance(det.backend, SimBackend)
+    assert det.name == "arina"
+    assert det.state() == {"pixel_size": 100e-6, "sig_shape": [192, 192], "bit_depth": 16}
+    inst.scan.shape_y.set(4).wait(timeout=5)
+    inst.scan.shape_x.set(5).wait(timeout=5)
+    assert RE(bp.count([det])).exit_status == "success"
+    key = of(docs, "descriptor")[0]["data_keys"]["arina_image"]
+    assert key["shape"] == [4, 5, 192, 192]
+    with h5py.File(resource_path(of(docs, "stream_resource")[0]), "r") as f:
+        frames = f["/entry/data/data"][0]
+    np.testing.assert_array_equal(
+        frames, inst.microscope.frames(inst.scan.state(), inst.optics.state(), seed=0))
+    with pytest.raises(ValueError, match="detector must be one of"):
+        make_sim_instrument(tmp_path, detector="eiger")
