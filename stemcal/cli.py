@@ -72,6 +72,27 @@ def _nonzero(name: str):
     return conv
 
 
+def _nonnegative(name: str):
+    finite = _finite(name)
+
+    def conv(text: str) -> float:
+        v = finite(text)
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text!r}")
+        return v
+    return conv
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {v}")
+    return v
+
+
 def _shape(text: str) -> int:
     try:
         v = int(text)
@@ -82,7 +103,7 @@ def _shape(text: str) -> int:
     return v
 
 
-def _count(name: str):
+def _count(name: str, most: int | None = None):
     def conv(text: str) -> int:
         try:
             v = int(text)
@@ -90,6 +111,8 @@ def _count(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {most}, got {v}")
         return v
     return conv
 
@@ -154,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sig-shape", type=_shape, nargs=2, default=(128, 128), metavar=("SY", "SX"))
     sim.add_argument("--dose", type=_positive("--dose"), default=5.0,
                      help="mean counts per pixel in the disk (Poisson noise)")
-    sim.add_argument("--background", type=float, default=0.0)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--background", type=_nonnegative("--background"), default=0.0)
+    sim.add_argument("--seed", type=_seed, default=0)
     sim.add_argument("--json", action="store_true")
 
     demo = sub.add_parser("demo", help="simulate, calibrate from a cold start, report")
@@ -181,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--sig-shape", type=_shape, nargs=2, default=(96, 96), metavar=("SY", "SX"))
     cal.add_argument("--dose", type=_positive("--dose"), default=5.0,
                      help="mean counts per pixel in the disk (default 5)")
-    cal.add_argument("--seed", type=int, default=0)
-    cal.add_argument("--max-attempts", type=_count("--max-attempts"), default=3, metavar="N",
+    cal.add_argument("--seed", type=_seed, default=0)
+    cal.add_argument("--max-attempts", type=_count("--max-attempts", 100), default=3, metavar="N",
                      help="most acquisitions, each at another focus (default 3)")
     cal.add_argument("--data-dir", metavar="DIR",
                      help="where the detector writes (default CATALOG/raw; a temporary "
@@ -213,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--group", default=None, metavar="PATH",
                      help="hdf5: group to create (default stemcal_calibration)")
 
-    syn = sub.add_parser("sync", help="deliver spooled calibration records to their catalogs")
+    syn = sub.add_parser("sync", help="deliver spooled calibration records to their catalogs "
+                                      "(exit status 1 while some stay spooled)")
     syn.add_argument("--json", action="store_true", help="print one JSON object")
 
     srv = sub.add_parser("serve", help="serve a catalog directory with tiled (API keys from "
@@ -264,28 +288,67 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     if args.refine_only and _missing_guesses(args):
         raise CLIError("--refine-only needs a starting guess: give "
                        + ", ".join(_missing_guesses(args)))
+    if args.report:
+        _check_report(args.report)  # before the work, not after it
     ctx = make_context(args.executor, args.cluster)
     try:
         ds = open_dataset(ctx, args.dataset, nav_shape=tuple(args.nav_shape) if args.nav_shape else None)
         info = describe(ds)
         progress = (not args.no_progress) and sys.stderr.isatty()
-        if args.refine_only:
-            fit = _refine_only(ctx, ds, args, progress)
-        else:
-            from .fit.coarse import cold_start
-            fit = cold_start(ds, ctx=ctx, scan_pixel_size=args.scan_pixel_size,
-                             camera_length=args.camera_length,
-                             detector_pixel_size=args.detector_pixel_size, overfocus=args.overfocus,
-                             semiconv=args.semiconv, progress=progress)
-            _compare_guesses(fit, args)
+        try:
+            if args.refine_only:
+                fit = _refine_only(ctx, ds, args, progress)
+            else:
+                from .fit.coarse import cold_start
+                fit = cold_start(ds, ctx=ctx, scan_pixel_size=args.scan_pixel_size,
+                                 camera_length=args.camera_length,
+                                 detector_pixel_size=args.detector_pixel_size,
+                                 overfocus=args.overfocus, semiconv=args.semiconv,
+                                 progress=progress)
+                _compare_guesses(fit, args)
+        except OSError as exc:  # a damaged block found while reading (e.g. an HDF5 chunk)
+            raise CLIError(f"{args.dataset}: cannot read the data "
+                           f"({' '.join(str(exc).split())})") from None
+        _check_finite_images(fit)
         summary = _summary(fit, info, str(args.dataset))
         if args.report:
             from .report import write_report
-            write_report(args.report, fit.images, summary, frame_sum=fit.extra.get("frame_sum"))
+            from .twin.writers import atomic_output
+            with atomic_output(args.report) as tmp:  # no half-written figure on failure
+                write_report(tmp, fit.images, summary, frame_sum=fit.extra.get("frame_sum"))
             summary["report"] = str(args.report)
         return summary
     finally:
         ctx.close()
+
+
+def _check_finite_images(fit) -> None:
+    """NaN/inf pixels in frames the cache skipped show only in the full pass: no silent NaN."""
+    import numpy as np
+
+    from .fit.disk import NoFeaturesError
+    images = getattr(fit, "images", None) or {}
+    for name in ("shifted_sum", "coverage"):  # the raw sums (normalised images hold NaN gaps)
+        image = images.get(name)
+        if image is not None and not np.all(np.isfinite(image)):
+            raise NoFeaturesError(f"the frames hold NaN or infinite values (the full pass's "
+                                  f"{name} is not finite)")
+
+
+def _check_report(path: str) -> None:
+    """A ``--report`` name that matplotlib can write, in a place that can be written."""
+    from matplotlib.figure import Figure
+
+    from .twin.writers import check_destination
+    try:
+        check_destination([Path(path)])
+    except ValueError as exc:
+        raise CLIError(f"--report {exc}") from None
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise CLIError(f"--report {path}: unknown figure type {suffix!r} "
+                       f"(use one of {', '.join(sorted(formats))})")
 
 
 def _compare_guesses(fit, args) -> None:
@@ -359,7 +422,10 @@ def _print_fit(summary: dict[str, Any]) -> None:
 
 def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from .twin import OverfocusParams, simulate
-    from .twin.writers import write_dataset
+    from .twin.writers import check_destination, dataset_files, write_dataset, write_text
+    truth_path = Path(args.out).with_suffix(".truth.json")
+    files = dataset_files(args.out)  # unknown suffix: refused before the simulation
+    check_destination([*files, truth_path])
     sy, sx = args.sig_shape
     d = args.descan
     params = OverfocusParams(
@@ -371,11 +437,15 @@ def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     data = simulate(params, tuple(args.nav_shape), tuple(args.sig_shape), dose=args.dose,
                     background=args.background, seed=args.seed)
     path = write_dataset(args.out, data)
-    truth_path = Path(args.out).with_suffix(".truth.json")
     truth = {"params": params.to_dict(), "nav_shape": list(args.nav_shape),
              "sig_shape": list(args.sig_shape), "dose": args.dose,
              "background": args.background, "seed": args.seed, "dataset": str(path)}
-    truth_path.write_text(json.dumps(truth, indent=2))
+    try:
+        write_text(truth_path, json.dumps(truth, indent=2))
+    except BaseException:
+        for f in files:  # a dataset without its truth is half of the output
+            f.unlink(missing_ok=True)
+        raise
     truth["truth"] = str(truth_path)
     return truth
 
@@ -441,9 +511,17 @@ def _open(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
     loc, remote = _catalog_location(args)
     if not remote and args.command != "calibrate" and not (Path(loc) / "catalog.db").is_file():
         raise CLIError(f"no catalog at {loc}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return open_catalog(loc, readable_storage=readable)
+    import httpx
+    from tiled.client.context import CannotPrompt
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_catalog(loc, readable_storage=readable)
+    except CannotPrompt:
+        raise CLIError(f"catalog {loc} needs an API key: set $TILED_API_KEY") from None
+    except httpx.HTTPError as exc:  # server down, key refused, ...
+        from .spool import failure_reason
+        raise CLIError(f"cannot open catalog {loc}: {failure_reason(exc)}") from None
 
 
 def record_summary(record) -> dict[str, Any]:
@@ -631,7 +709,8 @@ def run_serve(args: argparse.Namespace) -> int:
     loc, remote = catalog_location(args.catalog)
     if remote:
         raise CLIError(f"serve needs a catalog directory, not a URI ({loc})")
-    return serve(loc, host=args.host or host, port=args.port or port)
+    serve(loc, host=args.host or host, port=args.port or port)  # exec: becomes the server
+    return 0
 
 
 # -- entry point ----------------------------------------------------------------
@@ -697,6 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, ValueError, OSError) as exc:
         msg = " ".join(str(exc).split())
         print(f"stemcal: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:  # a last resort: absurd sizes are meant to be refused before this
+        print("stemcal: error: out of memory (the data or the requested shapes are too large)",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

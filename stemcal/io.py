@@ -88,8 +88,9 @@ def _probe_npy(path: Path) -> _Probe:
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = read(fh)
             offset = fh.tell()
-    except (ValueError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"{path}: not a readable .npy file ({exc})") from exc
+    except Exception as exc:  # a corrupt header: ValueError, SyntaxError, TokenError, ...
+        raise DatasetError(f"{path}: not a readable .npy file "
+                           f"({type(exc).__name__}: {exc})") from exc
     if len(shape) != 4:
         raise DatasetError(f"{path}: expected a 4D array (ny, nx, sy, sx), "
                            f"got {len(shape)}D shape {tuple(shape)}")
@@ -97,6 +98,9 @@ def _probe_npy(path: Path) -> _Probe:
         what = "object dtype" if dtype.hasobject else "Fortran order"
         raise DatasetError(f"{path}: .npy with {what} is not supported")
     _check_dtype(path, dtype)
+    if dtype.kind == "f" and dtype.byteorder == ">":
+        raise DatasetError(f"{path}: big-endian float pixels ({dtype.str!r}) in a .npy file are "
+                           f"not supported by LiberTEM's reader; save them little-endian")
     if min(shape) < 0:
         raise DatasetError(f"{path}: negative size in the .npy header shape {tuple(shape)}")
     _check_sides(path, "shape", tuple(shape))
@@ -232,8 +236,42 @@ def _find_hdf5_dataset(f: Any, path: Path) -> str:
 
     f.visititems_links(visit)
     if not found:
-        raise DatasetError(f"{path}: no 3D or 4D dataset in this HDF5 file")
+        raise DatasetError(f"{path}: no 3D or 4D dataset in this HDF5 file (nor a 5D one "
+                           f"with a leading length-1 axis)")
     return found[0]
+
+
+#: HDF5 filter id of bitshuffle (hdf5plugin, DECTRIS); with LZ4/zstd each chunk starts
+#: with a 12-byte header: uncompressed size (uint64 BE) and block size (uint32 BE).
+_BITSHUFFLE = 32008
+
+
+def _check_bitshuffle_chunks(dset: Any, path: Path) -> None:
+    """Check every bitshuffle-compressed chunk's header before any chunk is decoded.
+
+    The bitshuffle filter trusts the uncompressed size a chunk states: a corrupt
+    size makes it write past its buffer and crash the process (seen with
+    hdf5plugin 6 / HDF5 2.0). Reading the 12 header bytes of each chunk is cheap
+    (one small read per frame) and turns that crash into a :class:`DatasetError`.
+    """
+    plist = dset.id.get_create_plist()
+    filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+    if not any(code == _BITSHUFFLE and len(cd) > 4 and cd[4] in (2, 3)
+               for code, _flags, cd, _name in filters) or not hasattr(dset.id, "chunk_iter"):
+        return
+    expected = math.prod(dset.chunks) * dset.dtype.itemsize
+    chunks: list[tuple[int, int]] = []
+    dset.id.chunk_iter(lambda info: chunks.append((info.byte_offset, info.size)))
+    fd = os.open(dset.file.filename, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        for offset, n in chunks:
+            head = os.pread(fd, 12, offset) if offset + n <= size and n >= 12 else b""
+            if len(head) < 12 or int.from_bytes(head[:8], "big") != expected:
+                raise DatasetError(f"{path}: compressed chunk at byte {offset} of "
+                                   f"{dset.file.filename} is corrupt (bad bitshuffle header)")
+    finally:
+        os.close(fd)
 
 
 def _probe_hdf5(path: Path) -> _Probe:
@@ -248,6 +286,8 @@ def _probe_hdf5(path: Path) -> _Probe:
             lead = 1 if dset.ndim == 5 else 0  # (1, ny, nx, sy, sx): one event of a run
             shape = tuple(dset.shape)[lead:]
             _check_sides(path, f"dataset {name} shape", shape)
+            if dset.chunks is not None:
+                _check_bitshuffle_chunks(dset, path)
             nav_dims = len(shape) - 2
             if math.prod(shape[:nav_dims]) and math.prod(shape[nav_dims:]):
                 # reading both ends catches missing chunks and filters

@@ -220,3 +220,28 @@ def test_libertem_errors_are_wrapped(data, tmp_path):
     with pytest.raises(DatasetError, match="LiberTEM cannot load it.*something deep") as info:
         open_dataset(BrokenContext(), write_npy(tmp_path / "s.npy", data))
     assert "\n" not in str(info.value)
+
+
+# --- detector event files (issue 4) ---------------------------------------------------------
+
+def test_open_detector_event_file(ctx, data, tmp_path):
+    """HDF5StreamWriter's (1, ny, nx, sy, sx) files open as 4D: the event axis is dropped."""
+    from stemcal.devices.merlin import HDF5StreamWriter
+
+    writer = HDF5StreamWriter(tmp_path, compression="bslz4")
+    writer.open("merlin", "merlin_image")
+    path = writer.write(data)
+    with h5py.File(path, "r") as f:
+        assert f["entry/data/data"].shape == (1,) + SHAPE
+    ds = open_dataset(ctx, path)  # the scan shape comes from the file
+    assert describe(ds) == {"nav_shape": (8, 8), "sig_shape": (32, 32), "dtype": "uint16",
+                            "n_frames": 64}
+    assert np.array_equal(read_all(ctx, ds), data)
+    ds = open_dataset(ctx, path, nav_shape=(4, 16))
+    assert np.array_equal(read_all(ctx, ds), data.reshape(4, 16, 32, 32))
+
+
+def test_5d_hdf5_with_several_events_is_refused(ctx, data, tmp_path):
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["entry/data/data"] = np.stack([data, data])  # (2, ny, nx, sy, sx): two events
+    fails(ctx, tmp_path / "s.h5", "no 3D or 4D dataset")

@@ -8,7 +8,18 @@ from ophyd import Device
 
 from .signals import SettingSignal, finite, finite_positive, positive_int
 
-__all__ = ["ScanGenerator"]
+__all__ = ["ScanGenerator", "MAX_SCAN_SIDE"]
+
+#: Largest scan side a setting may take, scan pixels: a 1e6 x 1e6 scan is refused at
+#: ``set`` (before any acquisition or allocation), not discovered by the detector.
+MAX_SCAN_SIDE = 65536
+
+
+def scan_side(name: str, value: Any) -> None:
+    """Accept an integer in ``1..MAX_SCAN_SIDE``; raise ``ValueError`` naming ``name``."""
+    positive_int(name, value)
+    if int(value) > MAX_SCAN_SIDE:
+        raise ValueError(f"{name} must be <= {MAX_SCAN_SIDE} scan pixels, got {value!r}")
 
 
 class ScanGenerator(Device):
@@ -17,7 +28,8 @@ class ScanGenerator(Device):
     Components
     ----------
     shape_y, shape_x : int
-        Scan shape, scan pixels (>= 1); frames are acquired row by row, ``(y, x)``.
+        Scan shape, scan pixels (1..:data:`MAX_SCAN_SIDE`); frames are acquired row by
+        row, ``(y, x)``.
     pixel_size : float
         Scan step, metres per scan pixel (> 0).
     dwell_time : float
@@ -32,8 +44,8 @@ class ScanGenerator(Device):
     >>> scan.shape_y.set(24).wait(); scan.rotation.set(10.0).wait()
     """
 
-    shape_y = Cpt(SettingSignal, value=32, validator=positive_int, kind="normal")
-    shape_x = Cpt(SettingSignal, value=32, validator=positive_int, kind="normal")
+    shape_y = Cpt(SettingSignal, value=32, validator=scan_side, kind="normal")
+    shape_x = Cpt(SettingSignal, value=32, validator=scan_side, kind="normal")
     pixel_size = Cpt(SettingSignal, value=0.5e-9, validator=finite_positive, units="m",
                      kind="normal")
     dwell_time = Cpt(SettingSignal, value=1e-3, validator=finite_positive, units="s",

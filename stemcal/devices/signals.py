@@ -32,7 +32,11 @@ def _is_number(value: Any) -> bool:
 
 def finite(name: str, value: Any) -> None:
     """Accept a finite real number; raise ``ValueError`` naming ``name`` otherwise."""
-    if not _is_number(value) or not math.isfinite(float(value)):
+    try:
+        ok = _is_number(value) and math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 

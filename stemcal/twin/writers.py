@@ -9,11 +9,15 @@ leaves no half-written file behind.
 * :func:`write_hdf5` -- DECTRIS-style HDF5: a bitshuffle-LZ4 data file and a
   ``<stem>_master.h5`` file that reaches it through an :class:`h5py.ExternalLink`.
 * :func:`write_dataset` -- dispatch on the file suffix.
+* :func:`dataset_files`, :func:`check_destination` -- what a write will create, and
+  whether it can, checked before any work; :func:`atomic_output`, :func:`write_text`
+  -- the same all-or-nothing writing for other files (reports, truth JSON).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import logging
 import os
 import secrets
@@ -22,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_npy", "write_mib", "write_hdf5", "write_dataset"]
+__all__ = ["write_npy", "write_mib", "write_hdf5", "write_dataset", "dataset_files",
+           "check_destination", "atomic_output", "write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +50,86 @@ def _check_4d(data: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` on success."""
+def _atomic(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` on success.
+
+    With ``keep_suffix`` the temporary name ends in ``path``'s suffix (for
+    writers that choose the format by the name, e.g. matplotlib's ``savefig``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tail = path.suffix if keep_suffix else ""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{tail}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, file too large...: say which file
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     logger.debug("wrote %s", path)
+
+
+def atomic_output(path: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """Context manager: write to the yielded temporary path; it replaces ``path`` on success.
+
+    The temporary file sits next to ``path`` and keeps its suffix; on any
+    error it is removed, so ``path`` is either the old file or the complete new one.
+    """
+    return _atomic(Path(path), keep_suffix=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    with _atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def dataset_files(path: str | os.PathLike) -> list[Path]:
+    """The files :func:`write_dataset` ``(path, ...)`` creates, without writing anything.
+
+    Raises
+    ------
+    ValueError
+        For a suffix :func:`write_dataset` does not know.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return [path]
+    if suffix in (".mib", ".hdr"):
+        base = path.with_suffix("")
+        return [base.with_suffix(".mib"), base.with_suffix(".hdr")]
+    if suffix in (".h5", ".hdf5"):
+        return [path, path.with_name(f"{path.stem}_master{path.suffix}")]
+    raise ValueError(f"unknown suffix {suffix!r} for {path}: use .npy, .mib, .hdr, .h5 or .hdf5")
+
+
+def check_destination(paths: list[Path]) -> None:
+    """Check, before any work, that each of ``paths`` can be written.
+
+    Each must not be an existing directory, and its nearest existing parent
+    must be a writable directory (missing directories below it are created on
+    writing).
+
+    Raises
+    ------
+    ValueError
+        Naming the path and the problem.
+    """
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise ValueError(f"{path}: is a directory, not a file name")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"{path}: cannot create it ({parent} is not a directory)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{path}: cannot create it ({parent} is not writable)")
 
 
 def write_npy(path: str | os.PathLike, data: np.ndarray) -> Path:
@@ -229,16 +303,22 @@ def write_hdf5(path: str | os.PathLike, data: np.ndarray, *, dataset: str = "ent
         import hdf5plugin
 
         filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    # Both files are built in memory and written with plain file I/O: HDF5 itself never
+    # writes to the disk, so a full disk is an ordinary OSError (HDF5 1.14 can crash
+    # closing a file it could not extend).
+    data_image, master_image = io.BytesIO(), io.BytesIO()
+    with h5py.File(data_image, "w") as f:
+        f.create_dataset(dataset, data=arr.reshape(ny * nx, sy, sx), chunks=(1, sy, sx),
+                         **filters)
+    with h5py.File(master_image, "w") as f:
+        f[dataset] = h5py.ExternalLink(data_path.name, dataset)
+        spec = f.require_group(_DECTRIS_SPECIFIC)
+        for key, value in (("ntrigger", ny), ("nimages", nx), ("x_pixels_in_detector", sx),
+                           ("y_pixels_in_detector", sy)):
+            spec[key] = np.uint32(value)
     with _atomic(master) as tmp_master, _atomic(data_path) as tmp_data:  # data lands first
-        with h5py.File(tmp_data, "w") as f:
-            f.create_dataset(dataset, data=arr.reshape(ny * nx, sy, sx), chunks=(1, sy, sx),
-                             **filters)
-        with h5py.File(tmp_master, "w") as f:
-            f[dataset] = h5py.ExternalLink(data_path.name, dataset)
-            spec = f.require_group(_DECTRIS_SPECIFIC)
-            for key, value in (("ntrigger", ny), ("nimages", nx), ("x_pixels_in_detector", sx),
-                               ("y_pixels_in_detector", sy)):
-                spec[key] = np.uint32(value)
+        tmp_data.write_bytes(data_image.getbuffer())
+        tmp_master.write_bytes(master_image.getbuffer())
     return master
 
 
@@ -262,11 +342,10 @@ def write_dataset(path: str | os.PathLike, data: np.ndarray) -> Path:
     ValueError
         For an unknown suffix or invalid data.
     """
+    dataset_files(path)  # unknown suffix: ValueError before anything is written
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         return write_npy(path, data)
     if suffix in (".mib", ".hdr"):
         return write_mib(path, data)
-    if suffix in (".h5", ".hdf5"):
-        return write_hdf5(path, data)
-    raise ValueError(f"unknown suffix {suffix!r} for {path}: use .npy, .mib, .hdr, .h5 or .hdf5")
+    return write_hdf5(path, data)
