@@ -116,7 +116,7 @@ def rss_pass(path: str, sig: tuple[int, int]) -> tuple[float, float]:
     udf_pass(ctx, ds, geometry(sig))
     seconds = time.perf_counter() - t0
     ctx.close()
-    return seconds, peak_rss_gb(resource.RUSAGE_SELF)
+    return seconds, own_peak_rss_gb()
 
 
 # -- measurements -----------------------------------------------------------------------------
@@ -206,6 +206,18 @@ def versions() -> str:
     return (f"stemcal {stemcal.__version__}, libertem {libertem.__version__}, "
             f"numba {numba.__version__}, numpy {np.__version__}, dask {dask_v}, "
             f"python {platform.python_version()}")
+
+
+def own_peak_rss_gb() -> float:
+    """Peak RSS of this process's own address space (``VmHWM``), GB.
+
+    Not ``ru_maxrss``: Linux carries that over ``execve`` from the forking
+    parent, so a freshly spawned worker would report its parent's peak.
+    """
+    for row in Path("/proc/self/status").read_text().splitlines():
+        if row.startswith("VmHWM:"):
+            return int(row.split()[1]) * 1024 / 1e9
+    return peak_rss_gb(resource.RUSAGE_SELF)
 
 
 def peak_rss_gb(who) -> float:
