@@ -107,6 +107,8 @@ class ReducedCache:
     nav_shape: tuple[int, int]
     sig_shape: tuple[int, int]
     frame_sum: np.ndarray
+    #: Sub-sampled and grouped views made from this cache (see :meth:`subsample`, :meth:`grouped`).
+    _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def pix_scale(self) -> float:
@@ -121,13 +123,42 @@ class ReducedCache:
         return int(self.frames.nbytes)
 
     def subsample(self, k: int) -> "ReducedCache":
-        """A cache of every ``k``-th cached scan position along each axis (a copy)."""
+        """A cache of every ``k``-th cached scan position along each axis (a copy, made
+        once per ``k`` and kept)."""
         if k <= 1:
             return self
-        grid = np.rint(self.scan_yx / self.stride).astype(int)
-        keep = (grid[:, 0] % k == 0) & (grid[:, 1] % k == 0)
-        return dataclasses.replace(self, frames=np.ascontiguousarray(self.frames[keep]),
-                                   scan_yx=self.scan_yx[keep], stride=self.stride * k)
+        if ("sub", k) not in self._memo:
+            grid = np.rint(self.scan_yx / self.stride).astype(int)
+            keep = (grid[:, 0] % k == 0) & (grid[:, 1] % k == 0)
+            self._memo[("sub", k)] = dataclasses.replace(
+                self, frames=np.ascontiguousarray(self.frames[keep]), scan_yx=self.scan_yx[keep],
+                stride=self.stride * k)
+        return self._memo[("sub", k)]
+
+    def grouped(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The cached frames split into ``groups`` interleaved sub-lattices of the scan.
+
+        ``groups`` 4: a 2x2 sub-lattice of cached positions; 2: a checkerboard;
+        1: all frames. Returns ``(frames, scan_yx)`` per group (contiguous copies,
+        made once per ``groups`` and kept, so all losses over this cache share them).
+        """
+        if ("groups", groups) not in self._memo:
+            grid = np.rint(self.scan_yx / self.stride).astype(int)
+            if groups == 1:
+                label = np.zeros(len(grid), dtype=int)
+            elif groups == 4:
+                label = (grid[:, 0] % 2) * 2 + grid[:, 1] % 2
+            elif groups == 2:
+                label = (grid[:, 0] + grid[:, 1]) % 2
+            else:
+                raise ValueError(f"groups must be 1, 2 or 4, got {groups}")
+            if groups == 1:
+                parts = [(self.frames, self.scan_yx)]
+            else:
+                parts = [(np.ascontiguousarray(self.frames[label == k]), self.scan_yx[label == k])
+                         for k in range(groups)]
+            self._memo[("groups", groups)] = parts
+        return self._memo[("groups", groups)]
 
     def work(self, disk_radius: float | None = None) -> float:
         """Pixels touched by one evaluation: frames x binned pixels inside the disk."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
+import numba
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -87,35 +89,98 @@ def find_disk(image: np.ndarray, *, min_radius: float = 2.0) -> Disk:
     return Disk(float(cy), float(cx), radius, level, background)
 
 
+def _gaussian_taps(sigma: float) -> np.ndarray:
+    """SciPy's ``gaussian_filter1d`` kernel (truncate 4): normalised, radius ``int(4 sigma + 0.5)``."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _reflect(i, n):
+    # scipy.ndimage mode 'reflect': (d c b a | a b c d | d c b a)
+    while i < 0 or i >= n:
+        if i < 0:
+            i = -i - 1
+        if i >= n:
+            i = 2 * n - i - 1
+    return i
+
+
+@numba.njit(nogil=True, cache=True)
+def _mask_centroids(frames, taps, threshold, upper, out):
+    """Smooth each frame (separable ``taps``, reflected edges), mask it, centroid -> out."""
+    n, h, w = frames.shape
+    r = (taps.shape[0] - 1) // 2
+    tmp = np.empty((h, w))
+    sm = np.empty((h, w))
+    for i in range(n):
+        f = frames[i]
+        if r > 0:
+            for y in range(h):
+                for x in range(w):
+                    acc = 0.0
+                    for k in range(-r, r + 1):
+                        acc += taps[k + r] * f[y, _reflect(x + k, w)]
+                    tmp[y, x] = acc
+            for y in range(h):
+                for x in range(w):
+                    sm[y, x] = 0.0
+                for k in range(-r, r + 1):
+                    yy = _reflect(y + k, h)
+                    t = taps[k + r]
+                    for x in range(w):
+                        sm[y, x] += t * tmp[yy, x]
+        else:
+            for y in range(h):
+                for x in range(w):
+                    sm[y, x] = f[y, x]
+        total = 0.0
+        my = 0.0
+        mx = 0.0
+        for y in range(h):
+            for x in range(w):
+                v = sm[y, x]
+                if upper > threshold:
+                    m = (v - threshold) / (upper - threshold)
+                    m = min(max(m, 0.0), 1.0)
+                else:
+                    m = 1.0 if v > threshold else 0.0
+                total += m
+                my += m * y
+                mx += m * x
+        if total > 0:
+            out[i, 0] = my / total
+            out[i, 1] = mx / total
+
+
 def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = None,
                  pix_scale: float = 1.0, pix_offset: float = 0.0, smooth: float = 1.0) -> np.ndarray:
     """Centre of the bright-field disk in every frame, detector px (n, 2).
 
-    Each frame is lightly smoothed (Gaussian ``smooth`` px) and turned into a
+    Each frame is lightly smoothed (Gaussian ``smooth`` px, the kernel and
+    reflected edges of ``scipy.ndimage.gaussian_filter``) and turned into a
     mask: binary above ``threshold``, or, with ``upper``, rising linearly from
     0 at ``threshold`` to 1 at ``upper``; the mask's centroid is the centre.
     A mask keeps the specimen's contrast inside the disk from pulling the
     centre as much as it pulls the centre of mass. Frames with an empty mask
-    give NaN.
+    give NaN. Frames are shared out to the machine's cores.
     """
-    frames = np.asarray(frames, dtype=np.float32)
-    n, h, w = frames.shape
+    from ..processing.fused import run_threads
+    frames = np.asarray(frames)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be (n, h, w), got shape {frames.shape}")
+    n = len(frames)
     out = np.full((n, 2), np.nan)
-    ys = np.arange(h, dtype=np.float64)
-    xs = np.arange(w, dtype=np.float64)
-    for start in range(0, n, 256):
-        f = frames[start:start + 256]
-        if smooth:
-            f = ndimage.gaussian_filter(f, (0, smooth, smooth))
-        if upper is not None and upper > threshold:
-            m = np.clip((f - threshold) / (upper - threshold), 0.0, 1.0)
-        else:
-            m = (f > threshold).astype(np.float32)
-        total = m.sum(axis=(1, 2), dtype=np.float64)
-        my = m.sum(axis=2, dtype=np.float64) @ ys
-        mx = m.sum(axis=1, dtype=np.float64) @ xs
-        ok = total > 0
-        out[start:start + 256][ok] = np.stack([my[ok] / total[ok], mx[ok] / total[ok]], axis=1)
+    taps = _gaussian_taps(smooth) if smooth else np.ones(1)
+    hi = float(upper) if upper is not None and upper > threshold else -np.inf
+
+    def work(t: int, i0: int, i1: int) -> None:
+        _mask_centroids(frames[i0:i1], taps, float(threshold), hi, out[i0:i1])
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    run_threads(work, n, max(1, min(threads, n)))
     return out * pix_scale + pix_offset
 
 

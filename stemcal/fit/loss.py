@@ -64,20 +64,11 @@ class BlurLoss:
         # Interleaved groups of the scan (a 2x2 sub-lattice of cached positions,
         # or a checkerboard for two), projected separately so that metrics can
         # separate signal from noise.
-        c = self.cache
-        grid = np.rint(c.scan_yx / c.stride).astype(int)
         if self.metric == "unbiased":
             self.groups = 1
-        if self.groups == 1:
-            label = np.zeros(len(grid), dtype=int)
-        elif self.groups == 4:
-            label = (grid[:, 0] % 2) * 2 + grid[:, 1] % 2
-        elif self.groups == 2:
-            label = (grid[:, 0] + grid[:, 1]) % 2
-        else:
+        if self.groups not in (1, 2, 4):
             raise ValueError(f"groups must be 2 or 4, got {self.groups}")
-        self._halves = [(np.ascontiguousarray(c.frames[label == k]), c.scan_yx[label == k])
-                        for k in range(self.groups)]
+        self._halves = self.cache.grouped(self.groups)
 
     def x0(self) -> np.ndarray:
         """Optimiser coordinates of the start parameters."""

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
+from scipy import fft as sfft
 
 from .disk import NoFeaturesError
+
+#: Threads for the FFTs (SciPy's pocketfft runs them without the GIL).
+_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def disk_window(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -69,8 +74,8 @@ def mean_shift(prepared: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, *,
     n, h, w = prepared.shape
     R = np.zeros((h, w), dtype=np.complex128)
     for start in range(0, len(idx_a), chunk):
-        a = np.fft.rfft2(prepared[idx_a[start:start + chunk]], s=(h, w))
-        b = np.fft.rfft2(prepared[idx_b[start:start + chunk]], s=(h, w))
+        a = sfft.rfft2(prepared[idx_a[start:start + chunk]], s=(h, w), workers=_WORKERS)
+        b = sfft.rfft2(prepared[idx_b[start:start + chunk]], s=(h, w), workers=_WORKERS)
         R[:, : w // 2 + 1] += (np.conj(a) * b).sum(axis=0)
     R = R[:, : w // 2 + 1]
     fy = np.fft.fftfreq(h)[:, None]
@@ -78,7 +83,7 @@ def mean_shift(prepared: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, *,
     g = np.exp(-(fy ** 2 + fx ** 2) / (2 * (0.5 * lowpass) ** 2))
     mag = np.abs(R)
     W = np.where(mag > 0, R / np.maximum(mag, 1e-30) ** whiten, 0) * g
-    c = np.fft.irfft2(W, s=(h, w))
+    c = sfft.irfft2(W, s=(h, w), workers=_WORKERS)
     iy, ix = np.unravel_index(int(np.argmax(c)), c.shape)
     dy, dx = _subpixel(c, iy, ix)
     sy = (iy + dy + h / 2) % h - h / 2
