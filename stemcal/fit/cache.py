@@ -135,6 +135,22 @@ class ReducedCache:
                 stride=self.stride * k)
         return self._memo[("sub", k)]
 
+    def rebinned(self, factor: int) -> "ReducedCache":
+        """This cache with its frames binned ``factor x factor`` further (made once and kept).
+
+        Pixels beyond the last whole block are dropped; ``frame_sum`` stays at full resolution.
+        """
+        if factor <= 1:
+            return self
+        if ("bin", factor) not in self._memo:
+            n, h, w = self.frames.shape
+            H, W = h // factor, w // factor
+            frames = self.frames[:, :H * factor, :W * factor].reshape(n, H, factor, W, factor)
+            self._memo[("bin", factor)] = dataclasses.replace(
+                self, frames=np.ascontiguousarray(frames.sum(axis=(2, 4), dtype=np.float32)),
+                bin=self.bin * factor)
+        return self._memo[("bin", factor)]
+
     def grouped(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The cached frames split into ``groups`` interleaved sub-lattices of the scan.
 
@@ -172,6 +188,13 @@ class ReducedCache:
 DEFAULT_WORK = 40_000_000
 
 
+def loss_bin(ratio: float, sig_shape) -> int:
+    """Detector binning for the loss: the projected pitch ``|ratio| * bin`` (specimen px
+    per binned detector px) at or below 0.7, and at least 16 binned px per side."""
+    b = max(1, int(0.7 / abs(ratio)))
+    return min(b, max(1, min(sig_shape) // 16))
+
+
 def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
                      ratio: float | None = None, disk_radius: float | None = None,
                      work: int = DEFAULT_WORK) -> tuple[int, int]:
@@ -193,11 +216,7 @@ def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
     """
     ny, nx = nav_shape
     sy, sx = sig_shape
-    if ratio:
-        b = max(1, int(0.7 / abs(ratio)))
-        b = min(b, max(1, min(sy, sx) // 16))
-    else:
-        b = 1
+    b = loss_bin(ratio, sig_shape) if ratio else 1
     while True:
         for stride in range(1, max(ny, nx) + 1):
             n = math.ceil(ny / stride) * math.ceil(nx / stride)

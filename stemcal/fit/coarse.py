@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 
 import numpy as np
 
 from ..twin.model import decompose_matrix, scan_middle
 from ..twin.params import OverfocusParams, overfocus_from_ratio
-from .cache import DEFAULT_BUDGET, ReducedCache, build_cache
+from .cache import DEFAULT_BUDGET, ReducedCache, build_cache, loss_bin
 from .disk import DescanFit, NoFeaturesError, disk_centres, find_disk, fit_descan
 from ._blur import filled_image
 from .fine import as_dataset, refine
@@ -31,6 +32,9 @@ from .result import FitResult
 from .shift import MotionFit, measure_motion
 
 log = logging.getLogger(__name__)
+
+#: Threads for the transmission prediction (a GIL-free Numba kernel).
+_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +121,7 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
     ``image`` (target grid ``origin``, ``upsample``), each frame's expected
     transmission is predicted and divided out, leaving a flat disk.
     """
+    from ..processing.fused import run_threads
     from ..twin.model import beam_centres, specimen_matrix
     from ..twin.simulate import _simulate_kernel
     b = cache.bin
@@ -131,8 +136,12 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
         scan = cache.scan_yx[sl]
         centres_b = (beam_centres(params, scan, cache.nav_shape) - cache.pix_offset) / b
         T = np.empty((len(scan), h, w))
-        _simulate_kernel(img, float(origin[0]), float(origin[1]), float(upsample), A_b, scan,
-                         centres_b, 1e12, 1.0, 0.0, T)
+
+        def predict(t: int, i0: int, i1: int) -> None:
+            _simulate_kernel(img, float(origin[0]), float(origin[1]), float(upsample), A_b,
+                             scan[i0:i1], centres_b[i0:i1], 1e12, 1.0, 0.0, T[i0:i1])
+
+        run_threads(predict, len(scan), _THREADS)
         T /= np.median(T[:, ::3, ::3])  # a scale only: a sub-sample's median will do
         normed = cache.frames[sl] / T
         disk = find_disk(normed.mean(axis=0))
@@ -184,12 +193,17 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
                       detector_pixel_size=detector_pixel_size, overfocus=overfocus,
                       semiconv=semiconv)
     log.info("coarse estimate after %.2f s", time.perf_counter() - t0)
-    first = refine(dataset, coarse.params, ctx=ctx, cache=cache, rotation_bound=rotation_bound,
+    # The loss runs on frames binned as far as the shadow image's sampling allows (as in
+    # refine); the disk and descan estimates keep the cache's full resolution.
+    fcache = cache.rebinned(loss_bin(coarse.params.magnification_ratio * cache.bin,
+                                     cache.frames.shape[1:]))
+    first = refine(dataset, coarse.params, ctx=ctx, cache=fcache, rotation_bound=rotation_bound,
                    overfocus_bound=overfocus_bound, confirm=False, polish=False,
+                   coarse_tolerance=0.03,  # the polish below finishes the job
                    progress=progress, **refine_kwargs)
     # Second round: descan from frames with the specimen's contrast divided out
     # (the blur loss fixes only D - A^-1, so D's error goes into the rotation).
-    loss = BlurLoss(cache, first.params)
+    loss = BlurLoss(fcache, first.params)
     S, C = loss.project(first.params)
     image = filled_image(S.sum(axis=0), C.sum(axis=0))
     centres = transmission_normalised_centres(cache, first.params, image, loss.geometry.origin,
@@ -198,7 +212,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     second_start = first.params.replace(descan=descan.matrix, cy=float(descan.offset[0]),
                                         cx=float(descan.offset[1]))
     log.info("descan re-estimated after %.2f s", time.perf_counter() - t0)
-    fit = refine(dataset, second_start, ctx=ctx, cache=cache, rotation_bound=1.0,
+    fit = refine(dataset, second_start, ctx=ctx, cache=fcache, rotation_bound=1.0,
                  overfocus_bound=0.03, method="none", confirm=confirm, progress=progress,
                  **refine_kwargs)
     fit.nfev += first.nfev

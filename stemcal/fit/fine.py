@@ -172,7 +172,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
            metric: str = "contrast", method: str = "sobol-nm", cache: ReducedCache | None = None,
            budget: int = DEFAULT_BUDGET, work: int = DEFAULT_WORK, coarse_work: int = 3_000_000,
            confirm: bool = True, polish: bool = True, upsample: float = 1.0,
-           progress: bool = False) -> FitResult:
+           coarse_tolerance: float | None = None, progress: bool = False) -> FitResult:
     """Refine scan rotation and overfocus (and optionally cy, cx) by the blur loss.
 
     The dataset is read once into a :class:`~stemcal.fit.cache.ReducedCache`
@@ -217,6 +217,12 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     coarse_work : int
         Per-evaluation work of the coarse search, which runs on every k-th
         cached scan position; the final polish (:func:`quadratic_polish`) uses the whole cache.
+    coarse_tolerance : float, optional
+        Stopping tolerance of the coarse Nelder-Mead in optimiser units
+        (degrees, percent). Default 0.03 when a polish follows (it only has to
+        land within a fraction of the polish's 0.3 deg / 0.5 % steps), else
+        0.003 (its optimum is then the result). A caller that polishes later
+        itself (:func:`~stemcal.fit.coarse.cold_start`) passes 0.03.
 
     Returns
     -------
@@ -246,10 +252,9 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     if method == "none":
         res = optimize.OptimizeResult(x=x0, fun=start_loss, success=True, message="polish only")
     else:
-        # With a polish to follow (stencil steps 0.3 deg / 0.5 %), the coarse stage only has
-        # to land within a fraction of a step; without one its optimum is the result.
-        res = minimise(coarse, bounds, method=method, x0=x0,
-                       **({"xatol": 0.03, "fatol": math.inf} if polish else {}))
+        tol = coarse_tolerance if coarse_tolerance is not None else (0.03 if polish else 3e-3)
+        res = minimise(coarse, bounds, method=method, x0=x0, xatol=tol,
+                       fatol=math.inf if tol >= 0.01 else 1e-12)
     fine_steps = {"scan_rotation": 0.3, "overfocus": 0.5, "cy": 0.5, "cx": 0.5}
     steps = np.array([fine_steps[f] for f in loss.free])
     if polish:
