@@ -25,8 +25,8 @@ from stemcal.devices import (ArinaDetector, DectrisLiveBackend, MerlinDetector, 
 from stemcal.session import load_config, session_from_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.writers import write_mib
-from test_live_detectors import SIM as MIB_SIM
-from test_live_detectors import MibSim
+
+from simulators import MIB_SIM, MibSim  # tests/simulators.py
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_stemcal"
 NAV, SIG = (12, 10), (48, 48)

@@ -7,11 +7,7 @@ bit-identical to the written data.
 """
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,65 +24,15 @@ from stemcal.devices.live import MerlinLiveBackend
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.writers import write_mib
+from simulators import HOST, MIB_SIM, MibSim, free_ports  # tests/simulators.py
 
 NAV = (16, 16)
 SIG = (64, 64)
-HOST = "127.0.0.1"
-SIM = shutil.which("libertem-live-mib-sim", path=str(Path(sys.executable).parent)) \
-    or shutil.which("libertem-live-mib-sim")
 
-pytestmark = pytest.mark.skipif(SIM is None, reason="libertem-live-mib-sim not installed")
+pytestmark = pytest.mark.skipif(MIB_SIM is None, reason="libertem-live-mib-sim not installed")
 
 
 # -- the simulator ------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class MibSim:
-    """A ``libertem-live-mib-sim`` subprocess serving one MIB file on 127.0.0.1."""
-
-    def __init__(self, hdr: Path, log: Path, *extra: str) -> None:
-        self.control_port, self.data_port, trigger_port = free_ports(3)
-        self.log = log
-        self.proc = subprocess.Popen(
-            [SIM, str(hdr), "--host", HOST, "--control-port", str(self.control_port),
-             "--data-port", str(self.data_port), "--trigger-port", str(trigger_port),
-             "--wait-trigger", *extra],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.has_logged("DataSocketServer listening", "ControlSocketServer listening"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"simulator exited ({self.proc.returncode}):\n{self.text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"simulator did not start:\n{self.text()}")
-            time.sleep(0.05)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def has_logged(self, *needles: str) -> bool:
-        text = self.text()
-        return all(n in text for n in needles)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # in case a test stopped it
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A 16x16 scan of 64x64 frames (disk radius 20 px, Poisson noise) as .mib + .hdr."""

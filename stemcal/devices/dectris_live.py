@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .live import _port, _positive
+from ._live_base import LiveBackend, check_positive
 from .merlin import FrameSink
 
 __all__ = ["DectrisLiveBackend"]
@@ -52,7 +52,7 @@ _TRIGGER_MODES = ("exte", "exts", "inte", "ints")
 _RECEIVER = Path(__file__).with_name("_dectris_receiver.py")
 
 
-class DectrisLiveBackend:
+class DectrisLiveBackend(LiveBackend):
     """Detector controller for a DECTRIS DCU (SIMPLON REST + zmq) through LiberTEM-live.
 
     Implements the controller half of :class:`stemcal.devices.MerlinDetector`
@@ -129,6 +129,9 @@ class DectrisLiveBackend:
     only when it equals the value in its dump file), not against a DCU.
     """
 
+    scheme = "dectris"
+    depth_dtypes = _DEPTH_DTYPES
+
     def __init__(self, scan: Any, *, api_host: str = "127.0.0.1", api_port: int = 80,
                  data_host: str = "127.0.0.1", data_port: int = 9999,
                  sig_shape: tuple[int, int] = (192, 192), bit_depth: int = 16,
@@ -138,92 +141,33 @@ class DectrisLiveBackend:
                  probe_interval: float = 0.5, frames_per_partition: int | None = None,
                  frame_stack_size: int = 24, max_bytes: int = 8 * 2**30,
                  buffer_size: int = 256) -> None:
-        try:
-            nav = scan.nav_shape
-        except AttributeError:
-            raise ValueError(f"scan must have a nav_shape (ny, nx), got {scan!r}") from None
-        if len(tuple(nav)) != 2:
-            raise ValueError(f"scan.nav_shape must be (ny, nx), got {nav!r}")
-        self.scan = scan
-        for name, host in (("api_host", api_host), ("data_host", data_host)):
-            if not isinstance(host, str) or not host:
-                raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
-        self.api_host, self.data_host = api_host, data_host
-        self.api_port = _port(api_port, "api_port")
-        self.data_port = _port(data_port, "data_port")
-        sig = tuple(sig_shape)
-        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                                    and n >= 1 for n in sig):
-            raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
-        self._sig_shape = (int(sig[0]), int(sig[1]))
-        if isinstance(bit_depth, bool) or bit_depth not in _DEPTH_DTYPES:
-            raise ValueError(f"bit_depth must be one of {sorted(_DEPTH_DTYPES)}, got {bit_depth!r}")
-        self.bit_depth = int(bit_depth)
-        self.dtype = _DEPTH_DTYPES[self.bit_depth]
-        self._pixel_size = _positive(pixel_size, "pixel_size")
+        self._init_common(scan, api_host=api_host, api_port=api_port, data_host=data_host,
+                          data_port=data_port, sig_shape=sig_shape, depth=bit_depth,
+                          pixel_size=pixel_size, timeout=timeout, control_timeout=control_timeout,
+                          frames_per_partition=frames_per_partition, max_bytes=max_bytes)
         if trigger_mode not in _TRIGGER_MODES:
             raise ValueError(f"trigger_mode must be one of {_TRIGGER_MODES}, got {trigger_mode!r}")
         self.trigger_mode = trigger_mode
         if compression not in (None, "bslz4", "lz4"):
             raise ValueError(f"compression must be None, 'bslz4' or 'lz4', got {compression!r}")
         self.compression = compression
-        self.timeout = _positive(timeout, "timeout")
-        self.control_timeout = _positive(control_timeout, "control_timeout")
-        self.start_timeout = _positive(start_timeout, "start_timeout")
-        self.probe_interval = _positive(probe_interval, "probe_interval")
-        if frames_per_partition is not None and (
-                isinstance(frames_per_partition, bool)
-                or not isinstance(frames_per_partition, (int, np.integer))
-                or frames_per_partition < 1):
-            raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
-                             f"got {frames_per_partition!r}")
-        self.frames_per_partition = frames_per_partition
+        self.start_timeout = check_positive(start_timeout, "start_timeout")
+        self.probe_interval = check_positive(probe_interval, "probe_interval")
         fss_ok = isinstance(frame_stack_size, (int, np.integer)) \
             and not isinstance(frame_stack_size, bool) and frame_stack_size >= 1
         if not fss_ok:
             raise ValueError(f"frame_stack_size must be an integer >= 1, got {frame_stack_size!r}")
         self.frame_stack_size = int(frame_stack_size)
-        self.max_bytes = int(_positive(max_bytes, "max_bytes"))
-        self.buffer_size = int(_positive(buffer_size, "buffer_size"))
+        self.buffer_size = int(check_positive(buffer_size, "buffer_size"))
         self._proc: subprocess.Popen | None = None
         self._handle_path: str | None = None  # the receiver's shared-memory socket
         self._events: queue.Queue = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
-        self._prepared = False
-        self._lock = threading.Lock()        # one acquisition at a time
-        self._abort = threading.Event()      # set by disarm() during an acquisition
-        self._running = False
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(api={self.api_host}:{self.api_port}, "
-                f"data={self.data_host}:{self.data_port}, sig_shape={self._sig_shape}, "
-                f"bit_depth={self.bit_depth})")
-
-    # -- fixed properties -----------------------------------------------------------------
-    @property
-    def source(self) -> str:
-        """Data-key source string."""
-        return f"dectris://{self.api_host}:{self.api_port}"
-
-    @property
-    def sig_shape(self) -> tuple[int, int]:
-        """Detector shape (sy, sx), pixels."""
-        return self._sig_shape
-
-    @property
-    def pixel_size(self) -> float:
-        """Detector pixel pitch, metres."""
-        return self._pixel_size
 
     @property
     def is_connected(self) -> bool:
         """Whether the receiver process is running."""
         return self._proc is not None and self._proc.poll() is None
-
-    def frame_shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(ny, nx, sy, sx)`` the next acquisition will have."""
-        ny, nx = (int(n) for n in self.scan.nav_shape)
-        return (ny, nx) + self._sig_shape
 
     # -- controller interface -------------------------------------------------------------
     def prepare(self) -> None:
@@ -253,61 +197,9 @@ class DectrisLiveBackend:
         self._abort.clear()
         self._prepared = True
 
-    def acquire(self, on_frames: FrameSink | None = None) -> np.ndarray:
-        """Acquire one whole scan of ``scan.nav_shape`` (blocking).
-
-        Parameters
-        ----------
-        on_frames : callable, optional
-            ``on_frames(start, frames)`` gets each block of frames ``(k, sy,
-            sx)`` (flat scan positions ``start ..``), in scan order, as soon as
-            the receiver has it (one LiberTEM partition at a time).
-
-        Returns
-        -------
-        (ny, nx, sy, sx) array of :attr:`dtype`
-            The frames in scan order, as the detector sent them.
-
-        Raises
-        ------
-        RuntimeError
-            Before :meth:`prepare`, during another acquisition, when disarmed
-            meanwhile, or for an error the receiver reports.
-        ValueError
-            The scan would exceed ``max_bytes``.
-        ConnectionError
-            The detector or its data stream went away.
-        TimeoutError
-            No frames for ``timeout`` seconds.
-        """
-        if not self._prepared:
-            raise RuntimeError("acquire() before prepare(): stage the detector first")
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("acquire() while another acquisition is running")
-        try:
-            self._running = True
-            if self._abort.is_set():
-                raise RuntimeError("acquisition aborted: the detector was disarmed")
-            ny, nx, sy, sx = self.frame_shape()
-            size = ny * nx * sy * sx * self.dtype.itemsize
-            if size > self.max_bytes:
-                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
-                                 f"more than max_bytes={self.max_bytes}")
-            try:
-                return self._acquire(ny, nx, on_frames)
-            except BaseException:
-                self._stop_receiver(kill=True)
-                self._send_disarm()
-                raise
-        finally:
-            self._running = False
-            self._lock.release()
-
-    def disarm(self) -> None:
-        """Return to idle (idempotent); a running acquisition is aborted with ``RuntimeError``."""
-        self._prepared = False
-        if self._running:
-            self._abort.set()
+    def _after_failed_acquire(self) -> None:
+        self._stop_receiver(kill=True)
+        self._send_disarm()
 
     def close(self) -> None:
         """Stop the receiver process (idempotent)."""

@@ -31,7 +31,6 @@ import contextlib
 import functools
 import ipaddress
 import logging
-import math
 import os
 import socket
 import threading
@@ -41,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from libertem.udf.base import UDF
+
+from ._live_base import LiveBackend, check_positive
 
 __all__ = ["MerlinLiveBackend", "DetectorRefusedError"]
 
@@ -81,24 +82,6 @@ class DetectorRefusedError(RuntimeError):
 
 #: Merlin reply error codes (MerlinEM TCP/IP interface).
 _MERLIN_ERRORS = {1: "detector busy", 2: "command not recognised", 3: "parameter out of range"}
-
-
-def _port(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or not 0 < int(value) < 65536:
-        raise ValueError(f"{what} must be an integer port in 1..65535, got {value!r}")
-    return int(value)
-
-
-def _positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
-    return value
 
 
 @functools.cache
@@ -146,7 +129,7 @@ def _control_class() -> type:
     return _BoundedMerlinControl
 
 
-class MerlinLiveBackend:
+class MerlinLiveBackend(LiveBackend):
     """Detector controller that acquires from a Merlin over its TCP protocol (LiberTEM-live).
 
     Implements the controller half of :class:`stemcal.devices.MerlinDetector`
@@ -239,6 +222,10 @@ class MerlinLiveBackend:
     against a Merlin.
     """
 
+    scheme = "merlin"
+    depth_name = "counter_depth"
+    depth_dtypes = _DEPTH_DTYPES
+
     def __init__(self, scan: Any, *, api_host: str = "127.0.0.1", api_port: int = 6341,
                  data_host: str = "127.0.0.1", data_port: int = 6342,
                  sig_shape: tuple[int, int] = (256, 256), counter_depth: int = 12,
@@ -246,82 +233,22 @@ class MerlinLiveBackend:
                  timeout: float = 10.0, control_timeout: float = 2.0, settle_time: float = 0.5,
                  frames_per_partition: int | None = None, max_bytes: int = 8 * 2**30,
                  ctx: Any = None) -> None:
-        try:
-            nav = scan.nav_shape
-        except AttributeError:
-            raise ValueError(f"scan must have a nav_shape (ny, nx), got {scan!r}") from None
-        if len(tuple(nav)) != 2:
-            raise ValueError(f"scan.nav_shape must be (ny, nx), got {nav!r}")
-        self.scan = scan
-        for name, host in (("api_host", api_host), ("data_host", data_host)):
-            if not isinstance(host, str) or not host:
-                raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
-        self.api_host, self.data_host = api_host, data_host
-        self.api_port = _port(api_port, "api_port")
-        self.data_port = _port(data_port, "data_port")
-        sig = tuple(sig_shape)
-        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                                    and n >= 1 for n in sig):
-            raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
-        self._sig_shape = (int(sig[0]), int(sig[1]))
-        if counter_depth not in _DEPTH_DTYPES or isinstance(counter_depth, bool):
-            raise ValueError(f"counter_depth must be one of {sorted(_DEPTH_DTYPES)}, "
-                             f"got {counter_depth!r}")
-        self.bit_depth = int(counter_depth)
-        self.dtype = _DEPTH_DTYPES[self.bit_depth]
-        self._pixel_size = _positive(pixel_size, "pixel_size")
+        self._init_common(scan, api_host=api_host, api_port=api_port, data_host=data_host,
+                          data_port=data_port, sig_shape=sig_shape, depth=counter_depth,
+                          pixel_size=pixel_size, timeout=timeout, control_timeout=control_timeout,
+                          frames_per_partition=frames_per_partition, max_bytes=max_bytes)
         if settings is not None and not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping of Merlin parameters, got {settings!r}")
         self.settings = {str(k).upper(): v for k, v in (settings or {}).items()}
-        self.timeout = _positive(timeout, "timeout")
-        self.control_timeout = _positive(control_timeout, "control_timeout")
-        self.settle_time = _positive(settle_time, "settle_time", allow_zero=True)
-        if frames_per_partition is not None and (
-                isinstance(frames_per_partition, bool)
-                or not isinstance(frames_per_partition, (int, np.integer))
-                or frames_per_partition < 1):
-            raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
-                             f"got {frames_per_partition!r}")
-        self.frames_per_partition = frames_per_partition
-        self.max_bytes = int(_positive(max_bytes, "max_bytes"))
+        self.settle_time = check_positive(settle_time, "settle_time", allow_zero=True)
         self._ctx = ctx
         self._own_ctx = ctx is None
         self._conn: Any = None
-        self._prepared = False
-        self._lock = threading.Lock()        # one acquisition at a time
-        self._abort = threading.Event()      # set by disarm() during an acquisition
-        self._running = False
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(api={self.api_host}:{self.api_port}, "
-                f"data={self.data_host}:{self.data_port}, sig_shape={self._sig_shape}, "
-                f"counter_depth={self.bit_depth})")
-
-    # -- fixed properties -----------------------------------------------------------------
-    @property
-    def source(self) -> str:
-        """Data-key source string."""
-        return f"merlin://{self.api_host}:{self.api_port}"
-
-    @property
-    def sig_shape(self) -> tuple[int, int]:
-        """Detector shape (sy, sx), pixels."""
-        return self._sig_shape
-
-    @property
-    def pixel_size(self) -> float:
-        """Detector pixel pitch, metres."""
-        return self._pixel_size
 
     @property
     def is_connected(self) -> bool:
         """Whether the data connection is open."""
         return self._conn is not None
-
-    def frame_shape(self) -> tuple[int, int, int, int]:
-        """Shape ``(ny, nx, sy, sx)`` the next acquisition will have."""
-        ny, nx = (int(n) for n in self.scan.nav_shape)
-        return (ny, nx) + self._sig_shape
 
     # -- controller interface -------------------------------------------------------------
     def prepare(self) -> None:
@@ -350,62 +277,8 @@ class MerlinLiveBackend:
         self._abort.clear()
         self._prepared = True
 
-    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
-        """Acquire one whole scan of ``scan.nav_shape`` (blocking).
-
-        Parameters
-        ----------
-        on_frames : callable, optional
-            ``on_frames(start, frames)`` with each block of frames ``(k, sy, sx)``
-            as it arrives, in scan order (``start`` the flat scan position of
-            the first), on the receiving thread. Blocks come per LiberTEM
-            partition (see ``frames_per_partition``).
-
-        Returns
-        -------
-        (ny, nx, sy, sx) array of :attr:`dtype`
-            The frames in scan order, as the detector sent them.
-
-        Raises
-        ------
-        RuntimeError
-            Before :meth:`prepare`, during another acquisition, when disarmed
-            meanwhile, or when the detector announces another frame count.
-        ValueError
-            The scan would exceed ``max_bytes``.
-        ConnectionError
-            The control or data connection failed or closed.
-        TimeoutError
-            No acquisition header, or no frames, for ``timeout`` seconds.
-        """
-        if not self._prepared:
-            raise RuntimeError("acquire() before prepare(): stage the detector first")
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("acquire() while another acquisition is running")
-        try:
-            self._running = True
-            if self._abort.is_set():
-                raise RuntimeError("acquisition aborted: the detector was disarmed")
-            ny, nx, sy, sx = self.frame_shape()
-            n = ny * nx
-            size = n * sy * sx * self.dtype.itemsize
-            if size > self.max_bytes:
-                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
-                                 f"more than max_bytes={self.max_bytes}")
-            try:
-                return self._acquire(ny, nx, on_frames)
-            except BaseException:
-                self._drop_connection()
-                raise
-        finally:
-            self._running = False
-            self._lock.release()
-
-    def disarm(self) -> None:
-        """Return to idle (idempotent); a running acquisition is aborted with ``RuntimeError``."""
-        self._prepared = False
-        if self._running:
-            self._abort.set()
+    def _after_failed_acquire(self) -> None:
+        self._drop_connection()
 
     def close(self) -> None:
         """Close the data connection and, if this backend made it, the context (idempotent)."""

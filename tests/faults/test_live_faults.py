@@ -16,12 +16,7 @@ calibration; the optics back at their setting; the next plan runs clean.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -41,70 +36,17 @@ from stemcal.plans import calibrate, overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import SimulatedSpecimen
 from stemcal.twin.writers import write_mib
+from simulators import HOST, MIB_SIM, MibSim  # tests/simulators.py
 
 NAV = (24, 24)
 N = NAV[0] * NAV[1]
 SIG = (64, 64)
-HOST = "127.0.0.1"
 DWELL_US = 4000
-HERE = Path(__file__).parent
-SIM = shutil.which("libertem-live-mib-sim", path=str(Path(sys.executable).parent)) \
-    or shutil.which("libertem-live-mib-sim")
 
-pytestmark = pytest.mark.skipif(SIM is None, reason="libertem-live-mib-sim not installed")
+pytestmark = pytest.mark.skipif(MIB_SIM is None, reason="libertem-live-mib-sim not installed")
 
 
 # -- the simulator ------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class MibSim:
-    """A Merlin simulator subprocess on 127.0.0.1 (``refuse``: the refusing variant)."""
-
-    def __init__(self, hdr: Path, log: Path, *extra: str, refuse: str | None = None,
-                 ports: tuple[int, int, int] | None = None) -> None:
-        self.hdr, self.log, self.extra, self.refuse = hdr, log, extra, refuse
-        self.control_port, self.data_port, self.trigger_port = ports or free_ports(3)
-        self.start()
-
-    def start(self) -> None:
-        cmd = [SIM] if self.refuse is None else [sys.executable,
-                                                 str(HERE / "refusing_merlin_sim.py")]
-        env = {**os.environ, "STEMCAL_SIM_REFUSE": self.refuse or ""}
-        self.log.write_bytes(b"")
-        self.proc = subprocess.Popen(
-            [*cmd, str(self.hdr), "--host", HOST, "--control-port", str(self.control_port),
-             "--data-port", str(self.data_port), "--trigger-port", str(self.trigger_port),
-             "--wait-trigger", *self.extra],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while not all(n in self.text() for n in ("DataSocketServer listening",
-                                                 "ControlSocketServer listening")):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"simulator did not start:\n{self.text()}")
-            time.sleep(0.05)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A blank specimen (nothing to calibrate on), Poisson noise, as .mib + .hdr."""

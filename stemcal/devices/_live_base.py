@@ -1,0 +1,181 @@
+"""What the real-protocol detector backends share: settings checks, fixed properties, and
+the guarded ``acquire`` (one at a time, after ``prepare``, abortable, size-bounded).
+
+Subclasses (:class:`~stemcal.devices.live.MerlinLiveBackend`,
+:class:`~stemcal.devices.dectris_live.DectrisLiveBackend`) set :attr:`scheme`,
+:attr:`depth_name` and :attr:`depth_dtypes`, call :meth:`_init_common` from their
+``__init__`` and implement ``prepare``, ``_acquire(ny, nx, on_frames)``,
+``_after_failed_acquire()`` and ``close``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+def check_port(value: Any, what: str) -> int:
+    """``value`` as a TCP port number (1..65535), else ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 0 < int(value) < 65536:
+        raise ValueError(f"{what} must be an integer port in 1..65535, got {value!r}")
+    return int(value)
+
+
+def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (``>= 0`` with ``allow_zero``), else ``ValueError``."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
+    return value
+
+
+class LiveBackend:
+    """Base of the detector controllers that talk to a real (or simulated) detector."""
+
+    #: Data-key source scheme, e.g. ``"merlin"`` (source ``merlin://host:port``).
+    scheme: ClassVar[str] = ""
+    #: Name of the counter/bit-depth argument, as it appears in messages.
+    depth_name: ClassVar[str] = "bit_depth"
+    #: Supported depth -> frame dtype.
+    depth_dtypes: ClassVar[dict[int, np.dtype]] = {}
+
+    def _init_common(self, scan: Any, *, api_host: str, api_port: int, data_host: str,
+                     data_port: int, sig_shape: tuple[int, int], depth: int, pixel_size: float,
+                     timeout: float, control_timeout: float, frames_per_partition: int | None,
+                     max_bytes: int) -> None:
+        try:
+            nav = scan.nav_shape
+        except AttributeError:
+            raise ValueError(f"scan must have a nav_shape (ny, nx), got {scan!r}") from None
+        if len(tuple(nav)) != 2:
+            raise ValueError(f"scan.nav_shape must be (ny, nx), got {nav!r}")
+        self.scan = scan
+        for name, host in (("api_host", api_host), ("data_host", data_host)):
+            if not isinstance(host, str) or not host:
+                raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
+        self.api_host, self.data_host = api_host, data_host
+        self.api_port = check_port(api_port, "api_port")
+        self.data_port = check_port(data_port, "data_port")
+        sig = tuple(sig_shape)
+        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+                                    and n >= 1 for n in sig):
+            raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
+        self._sig_shape = (int(sig[0]), int(sig[1]))
+        if isinstance(depth, bool) or depth not in self.depth_dtypes:
+            raise ValueError(f"{self.depth_name} must be one of {sorted(self.depth_dtypes)}, "
+                             f"got {depth!r}")
+        self.bit_depth = int(depth)
+        self.dtype = self.depth_dtypes[self.bit_depth]
+        self._pixel_size = check_positive(pixel_size, "pixel_size")
+        self.timeout = check_positive(timeout, "timeout")
+        self.control_timeout = check_positive(control_timeout, "control_timeout")
+        if frames_per_partition is not None and (
+                isinstance(frames_per_partition, bool)
+                or not isinstance(frames_per_partition, (int, np.integer))
+                or frames_per_partition < 1):
+            raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
+                             f"got {frames_per_partition!r}")
+        self.frames_per_partition = frames_per_partition
+        self.max_bytes = int(check_positive(max_bytes, "max_bytes"))
+        self._prepared = False
+        self._lock = threading.Lock()        # one acquisition at a time
+        self._abort = threading.Event()      # set by disarm() during an acquisition
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(api={self.api_host}:{self.api_port}, "
+                f"data={self.data_host}:{self.data_port}, sig_shape={self._sig_shape}, "
+                f"{self.depth_name}={self.bit_depth})")
+
+    # -- fixed properties -----------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """Data-key source string."""
+        return f"{self.scheme}://{self.api_host}:{self.api_port}"
+
+    @property
+    def sig_shape(self) -> tuple[int, int]:
+        """Detector shape (sy, sx), pixels."""
+        return self._sig_shape
+
+    @property
+    def pixel_size(self) -> float:
+        """Detector pixel pitch, metres."""
+        return self._pixel_size
+
+    def frame_shape(self) -> tuple[int, int, int, int]:
+        """Shape ``(ny, nx, sy, sx)`` the next acquisition will have."""
+        ny, nx = (int(n) for n in self.scan.nav_shape)
+        return (ny, nx) + self._sig_shape
+
+    # -- controller interface -------------------------------------------------------------
+    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Acquire one whole scan of ``scan.nav_shape`` (blocking).
+
+        Parameters
+        ----------
+        on_frames : callable, optional
+            ``on_frames(start, frames)`` with each block of frames ``(k, sy, sx)``
+            as it arrives, in scan order (``start`` the flat scan position of
+            the first), on the receiving thread; one LiberTEM partition at a time.
+
+        Returns
+        -------
+        (ny, nx, sy, sx) array of :attr:`dtype`
+            The frames in scan order, as the detector sent them.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`prepare`, during another acquisition, when disarmed
+            meanwhile, or when the detector reports an error.
+        ValueError
+            The scan would exceed ``max_bytes``.
+        ConnectionError
+            The detector or its data connection went away.
+        TimeoutError
+            No frames for ``timeout`` seconds.
+        """
+        if not self._prepared:
+            raise RuntimeError("acquire() before prepare(): stage the detector first")
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("acquire() while another acquisition is running")
+        try:
+            self._running = True
+            if self._abort.is_set():
+                raise RuntimeError("acquisition aborted: the detector was disarmed")
+            ny, nx, sy, sx = self.frame_shape()
+            size = ny * nx * sy * sx * self.dtype.itemsize
+            if size > self.max_bytes:
+                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
+                                 f"more than max_bytes={self.max_bytes}")
+            try:
+                return self._acquire(ny, nx, on_frames)
+            except BaseException:
+                self._after_failed_acquire()
+                raise
+        finally:
+            self._running = False
+            self._lock.release()
+
+    def disarm(self) -> None:
+        """Return to idle (idempotent); a running acquisition is aborted with ``RuntimeError``."""
+        self._prepared = False
+        if self._running:
+            self._abort.set()
+
+    # -- for subclasses -------------------------------------------------------------------
+    def _acquire(self, ny: int, nx: int,
+                 on_frames: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _after_failed_acquire(self) -> None:
+        """Clean up after an acquisition that raised (drop connections, disarm)."""
