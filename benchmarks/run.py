@@ -234,7 +234,7 @@ def bench_passes(cases, files, executors, contexts, repeat):
         frames = frames_memmap(path, fmt)
         n = len(frames)
         nbytes = frames.size * frames.dtype.itemsize
-        t_base = best_of(lambda: baseline_pass(frames), repeat)  # warm-up warms the page cache
+        t_base = best_of(lambda f=frames: baseline_pass(f), repeat)  # warm-up warms the page cache
         del frames
         params = geometry(sig)
         for ex in executors:
