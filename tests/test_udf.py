@@ -312,13 +312,15 @@ FINE = OverfocusParams(overfocus=1e-6, scan_pixel_size=2e-9, camera_length=0.2,
                        scan_rotation=-40.0, flip_y=False, descan=((0.3, 0.1), (-0.2, 0.25)))
 
 
-def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx):
+@pytest.mark.parametrize("scan_pixel_size, expected_bin", [(2e-9, 4), (1e-9, 2), (0.75e-9, 1)])
+def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx, scan_pixel_size, expected_bin):
     nav, sig = (9, 11), (64, 64)
-    data = simulate(FINE, nav, sig, dose=40, seed=5)
-    geo = ProjectionGeometry(FINE, nav, sig)
+    params = FINE.replace(scan_pixel_size=scan_pixel_size)
+    data = simulate(params, nav, sig, dose=40, seed=5)
+    geo = ProjectionGeometry(params, nav, sig)
     from stemcal.processing.fused import choose_bin
     b = choose_bin(geo.A, sig, 0.6)
-    assert b == 4
+    assert b == expected_bin
     frames = data.reshape((-1,) + sig).astype(float)
     binned = frames.reshape(len(frames), sig[0] // b, b, sig[1] // b, b).sum(axis=(2, 4))
     scan_yx = nav_coordinates(np.arange(len(frames)), nav)
@@ -328,21 +330,21 @@ def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx):
     splat_frames_numpy(binned, 0, 0, b, (b - 1) / 2, centres, offsets, geo.A, geo.r_in,
                        geo.r_out, out, cov)
     mid = scan_middle(nav)[None]
-    c0 = np.array([[FINE.cy, FINE.cx]])
+    c0 = np.array([[params.cy, params.cx]])
     total, tcov = np.zeros(geo.shape), np.zeros(geo.shape)
     splat_frames_numpy(binned.sum(axis=0)[None], 0, 0, b, (b - 1) / 2, c0, geo.offsets(mid, c0),
                        geo.A, geo.r_in, geo.r_out, total, tcov)
     for kw in ({"num_partitions": 3}, {"num_partitions": 2, "tileshape": (3, 13, 7)}):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            res = run(ctx, data, FINE, **kw)
+            res = run(ctx, data, params, **kw)
         np.testing.assert_allclose(res["shifted_sum"], out, rtol=1e-10, atol=1e-9)
         np.testing.assert_allclose(res["coverage"], cov, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(res["sum"], total, rtol=1e-10, atol=1e-9)
     # bin_pitch=0: every detector pixel on its own, as the direct kernel
     ds = ctx.load("memory", data=data, num_partitions=3)
-    raw = ctx.run_udf(dataset=ds, udf=OverfocusUDF(FINE, bin_pitch=0))
-    np.testing.assert_allclose(raw["shifted_sum"].data, direct(data, FINE)["shifted_sum"],
+    raw = ctx.run_udf(dataset=ds, udf=OverfocusUDF(params, bin_pitch=0))
+    np.testing.assert_allclose(raw["shifted_sum"].data, direct(data, params)["shifted_sum"],
                                rtol=1e-10, atol=1e-9)
 
 

@@ -101,19 +101,16 @@ def _splat_unchecked(acc, uy, ux, value, weight, share):
 
 @numba.njit(nogil=True, cache=True)
 def _inside(acc, cy, cx, r_out, a00, a01, a10, a11, oy, ox):
-    """Whether every point within ``r_out`` of (cy, cx) lands where a bilinear
-    splat stays inside ``acc`` (corners of the disk's bounding box)."""
+    """Whether every point within ``r_out`` of (cy, cx) lands where a bilinear splat
+    stays inside ``acc``: the disk projects to an ellipse whose half-extents are
+    ``r_out`` times the norms of the rows of ``A``."""
     H = acc.shape[0]
     W = acc.shape[1]
-    for sy in (-1.0, 1.0):
-        for sx in (-1.0, 1.0):
-            py = cy + sy * (r_out + 1.0)
-            px = cx + sx * (r_out + 1.0)
-            uy = a00 * py + a01 * px + oy
-            ux = a10 * py + a11 * px + ox
-            if not (uy >= 0.0 and uy < H - 1 and ux >= 0.0 and ux < W - 1):
-                return False
-    return True
+    uy = a00 * cy + a01 * cx + oy
+    ux = a10 * cy + a11 * cx + ox
+    ey = r_out * math.sqrt(a00 * a00 + a01 * a01) + 1e-9
+    ex = r_out * math.sqrt(a10 * a10 + a11 * a11) + 1e-9
+    return uy - ey >= 0.0 and uy + ey < H - 1 and ux - ex >= 0.0 and ux + ex < W - 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -151,17 +148,37 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
         y_b = min(by * b + b, org_y + h) - org_y
         x_a = max(lo * b, org_x) - org_x
         x_b = min(hi * b + b, org_x + w) - org_x
-        # the raw rows of this bin row, summed column by column (contiguous, vectorised) ...
-        for x in range(x_a, x_b):
-            rsum[x] = frame[y_a, x]
-        for y in range(y_a + 1, y_b):
-            for x in range(x_a, x_b):
-                rsum[x] += frame[y, x]
-        # ... then across the columns of each bin
+        # bins wholly inside this tile (the usual case) are summed directly
+        whole = (y_b - y_a == b and lo * b >= org_x and hi * b + b <= org_x + w)
         if b == 1:
             for bx in range(lo, hi + 1):
-                rowv[bx] = rsum[bx - org_x]
+                v = float(frame[y_a, bx - org_x])
+                rowv[bx] = v
+                fsum[by, bx] += v
+        elif whole and b == 2:
+            for bx in range(lo, hi + 1):
+                x0 = bx * 2 - org_x
+                v = (float(frame[y_a, x0]) + float(frame[y_a, x0 + 1])
+                     + float(frame[y_a + 1, x0]) + float(frame[y_a + 1, x0 + 1]))
+                rowv[bx] = v
+                fsum[by, bx] += v
+        elif whole and b > 2:
+            for bx in range(lo, hi + 1):
+                x0 = bx * b - org_x
+                v = 0.0
+                for y in range(y_a, y_b):
+                    for x in range(x0, x0 + b):
+                        v += frame[y, x]
+                rowv[bx] = v
+                fsum[by, bx] += v
         else:
+            # the raw rows of this bin row, summed column by column ...
+            for x in range(x_a, x_b):
+                rsum[x] = frame[y_a, x]
+            for y in range(y_a + 1, y_b):
+                for x in range(x_a, x_b):
+                    rsum[x] += frame[y, x]
+            # ... then across the columns of each bin
             for bx in range(lo, hi + 1):
                 xs = max(bx * b, org_x) - org_x
                 xe = min(bx * b + b, org_x + w) - org_x
@@ -169,8 +186,8 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
                 for x in range(xs, xe):
                     v += rsum[x]
                 rowv[bx] = v
-        for bx in range(lo, hi + 1):
-            fsum[by, bx] += rowv[bx]
+            for bx in range(lo, hi + 1):
+                fsum[by, bx] += rowv[bx]
         rows = (y_b - y_a) / (b * b)  # share of a bin's pixels per column in this tile
         dy = pyb - cy
         dy2 = dy * dy
