@@ -101,8 +101,10 @@ class OverfocusUDF(UDF):
         return {"A": np.ascontiguousarray(geo.A), "geometry": geo, "bin": self._bin(geo)}
 
     def get_tiling_preferences(self):
-        # whole frames where possible, a few MiB per tile
-        return {"depth": self.TILE_DEPTH_MAX, "total_size": 4 * 2 ** 20}
+        # Whole frames, large tiles: LiberTEM's per-tile work runs between the threaded
+        # kernel calls, so fewer tiles leave the cores idle less (measured on 128x128 x
+        # 256x256: 32 MiB tiles 0.62-0.66 s a pass, 4 MiB tiles 0.74-0.88 s).
+        return {"depth": self.TILE_DEPTH_MAX, "total_size": 32 * 2 ** 20}
 
     def get_result_buffers(self):
         geo = self._geometry()
