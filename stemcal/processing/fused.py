@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from .kernels import bilinear_cell
+
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _bin_range(pyb, cy, cx, r_out, b, nbx):
@@ -55,12 +57,7 @@ def _bin_range(pyb, cy, cx, r_out, b, nbx):
 def _splat_checked(acc, uy, ux, value, weight, share):
     H = acc.shape[0]
     W = acc.shape[1]
-    fy = math.floor(uy)
-    fx = math.floor(ux)
-    iy = int(fy)
-    ix = int(fx)
-    wy = uy - fy
-    wx = ux - fx
+    iy, ix, wy, wx = bilinear_cell(uy, ux)
     for dy in range(2):
         yy = iy + dy
         if yy < 0 or yy >= H:
@@ -77,12 +74,7 @@ def _splat_checked(acc, uy, ux, value, weight, share):
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _splat_unchecked(acc, uy, ux, value, weight, share):
-    fy = math.floor(uy)
-    fx = math.floor(ux)
-    iy = int(fy)
-    ix = int(fx)
-    wy = uy - fy
-    wx = ux - fx
+    iy, ix, wy, wx = bilinear_cell(uy, ux)
     w0 = (1.0 - wy) * weight
     w1 = wy * weight
     w00 = w0 * (1.0 - wx)

@@ -17,6 +17,8 @@ beam centre); the same weight is splatted into a coverage image.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -31,14 +33,17 @@ def _disk_weight(r2: float, r_in: float, r_out: float) -> float:
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def bilinear_cell(uy, ux):
+    """Bilinear cell of the point (uy, ux): top-left pixel (iy, ix) and the fractions (wy, wx)."""
+    fy = math.floor(uy)
+    fx = math.floor(ux)
+    return int(fy), int(fx), uy - fy, ux - fx
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
     H, W = out.shape
-    fy = np.floor(uy)
-    fx = np.floor(ux)
-    iy = int(fy)
-    ix = int(fx)
-    wy = uy - fy
-    wx = ux - fx
+    iy, ix, wy, wx = bilinear_cell(uy, ux)
     if iy >= 0 and iy < H:
         w = (1.0 - wy) * weight
         if ix >= 0 and ix < W:
@@ -68,12 +73,7 @@ def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _splat_fast(out, cov, uy, ux, value, weight):
     """:func:`_splat_sq` without bounds checks (caller guarantees 0 <= uy < H-1, 0 <= ux < W-1)."""
-    fy = np.floor(uy)
-    fx = np.floor(ux)
-    iy = int(fy)
-    ix = int(fx)
-    wy = uy - fy
-    wx = ux - fx
+    iy, ix, wy, wx = bilinear_cell(uy, ux)
     w0 = (1.0 - wy) * weight
     w1 = wy * weight
     out[iy, ix] += w0 * (1.0 - wx) * value
