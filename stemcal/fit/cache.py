@@ -13,7 +13,7 @@ import math
 import numpy as np
 from libertem.udf import UDF
 
-from ..processing.fused import run_threads
+from ..processing.fused import run_threads, udf_threads
 from ..processing.kernels import bin_and_sum
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ class BinFramesUDF(UDF):
     def get_preferred_input_dtype(self):
         return self.USE_NATIVE_DTYPE
 
-    def _threads(self) -> int:
-        threads = getattr(self.meta, "threads_per_worker", None)
-        return max(1, int(threads)) if threads else 1
-
     def get_tiling_preferences(self):
         return {"depth": self.TILE_DEPTH_MAX, "total_size": 4 * 2 ** 20}
 
@@ -49,7 +45,7 @@ class BinFramesUDF(UDF):
         return {
             "binned": self.buffer(kind="nav", extra_shape=(sy // f, sx // f), dtype="float32"),
             # one full-frame sum per thread, added up in get_results
-            "sums": self.buffer(kind="single", extra_shape=(self._threads(), sy, sx),
+            "sums": self.buffer(kind="single", extra_shape=(udf_threads(self.meta), sy, sx),
                                 dtype="float64", use="private"),
             "frame_sum": self.buffer(kind="single", extra_shape=(sy, sx), dtype="float64",
                                      use="result_only"),

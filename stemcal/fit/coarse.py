@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 
 import numpy as np
 
 from ..twin.model import decompose_matrix, scan_middle
 from ..twin.params import OverfocusParams, overfocus_from_ratio
+from ..processing.fused import available_cores, run_threads
 from .cache import DEFAULT_BUDGET, ReducedCache, build_cache, loss_bin
 from .disk import DescanFit, NoFeaturesError, disk_centres, find_disk, fit_descan
 from ._blur import filled_image
@@ -34,7 +34,7 @@ from .shift import MotionFit, measure_motion
 log = logging.getLogger(__name__)
 
 #: Threads for the transmission prediction (a GIL-free Numba kernel).
-_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_THREADS = available_cores()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,6 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
     ``image`` (target grid ``origin``, ``upsample``), each frame's expected
     transmission is predicted and divided out, leaving a flat disk.
     """
-    from ..processing.fused import run_threads
     from ..twin.model import beam_centres, specimen_matrix
     from ..twin.simulate import _simulate_kernel
     b = cache.bin

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numba
 import numpy as np
@@ -167,7 +166,7 @@ def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = 
     centre as much as it pulls the centre of mass. Frames with an empty mask
     give NaN. Frames are shared out to the machine's cores.
     """
-    from ..processing.fused import run_threads
+    from ..processing.fused import available_cores, run_threads
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n, h, w), got shape {frames.shape}")
@@ -179,8 +178,7 @@ def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = 
     def work(t: int, i0: int, i1: int) -> None:
         _mask_centroids(frames[i0:i1], taps, float(threshold), hi, out[i0:i1])
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    run_threads(work, n, max(1, min(threads, n)))
+    run_threads(work, n, max(1, min(available_cores(), n)))
     return out * pix_scale + pix_offset
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 from scipy import fft as sfft
 
+from ..processing.fused import available_cores
 from .disk import NoFeaturesError
 
 #: Threads for the FFTs (SciPy's pocketfft runs them without the GIL).
-_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+_WORKERS = available_cores()
 
 
 def disk_window(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:

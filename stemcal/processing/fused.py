@@ -29,6 +29,7 @@ which costs dearly on a machine whose cores are busy with other work.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -233,6 +234,19 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         if threads not in _POOLS:
             _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="stemcal-project")
         return _POOLS[threads]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def udf_threads(meta) -> int:
+    """Threads a UDF may use in ``process_*``: LiberTEM's ``threads_per_worker`` (1 if unset)."""
+    threads = getattr(meta, "threads_per_worker", None)
+    return max(1, int(threads)) if threads else 1
 
 
 def run_threads(work, n: int, threads: int) -> None:

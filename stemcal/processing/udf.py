@@ -7,7 +7,7 @@ from libertem.udf import UDF
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
 from .geometry import ProjectionGeometry
-from .fused import choose_bin, project_tile
+from .fused import choose_bin, project_tile, udf_threads
 from .kernels import sample_points, splat_frames
 
 
@@ -92,10 +92,6 @@ class OverfocusUDF(UDF):
     def _bin(self, geo: ProjectionGeometry) -> int:
         return choose_bin(geo.A, geo.sig_shape, float(self.params.bin_pitch))
 
-    def _threads(self) -> int:
-        threads = getattr(self.meta, "threads_per_worker", None)
-        return max(1, int(threads)) if threads else 1
-
     def get_task_data(self):
         geo = self._geometry()
         return {"A": np.ascontiguousarray(geo.A), "geometry": geo, "bin": self._bin(geo)}
@@ -111,7 +107,7 @@ class OverfocusUDF(UDF):
         shape = geo.shape
         b = self._bin(geo)
         nb = (-(-geo.sig_shape[0] // b), -(-geo.sig_shape[1] // b))
-        T = self._threads()
+        T = udf_threads(self.meta)
         return {
             "point": self.buffer(kind="nav", dtype="float64"),
             "selected_acc": self.buffer(kind="single", extra_shape=shape + (2,),
