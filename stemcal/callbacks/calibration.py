@@ -107,8 +107,10 @@ class ResultStatus(Status):
 
 @dataclasses.dataclass(frozen=True)
 class AcquiredData:
-    """Where a run's 4D frames are: one HDF5 file, dataset ``(1, ny, nx, sy, sx)``.
+    """Where a run's 4D frames are: one HDF5 file.
 
+    The dataset is ``(1, ny, nx, sy, sx)`` (a triggered scan: one 4D event)
+    or ``(ny * nx, sy, sx)`` (a live scan: one frame per index, scan order).
     ``path`` is a local path, ``dataset`` the HDF5 dataset path, ``data_key``
     the descriptor's data key, ``nav_shape`` (ny, nx) and ``sig_shape`` (sy, sx)
     in pixels.
@@ -123,8 +125,9 @@ class AcquiredData:
     def load(self, ctx: Any) -> Any:
         """The frames as a LiberTEM data set with 2D navigation and 2D signal.
 
-        The leading length-1 event axis of the file is folded into the
-        navigation by LiberTEM's HDF5 reader (``nav_shape=(ny, nx)``).
+        The leading length-1 event axis of a triggered scan's file, or the
+        flat frame axis of a live scan's, is shaped into the navigation by
+        LiberTEM's HDF5 reader (``nav_shape=(ny, nx)``).
         """
         return ctx.load("hdf5", path=str(self.path), ds_path=self.dataset,
                         nav_shape=self.nav_shape, sig_shape=self.sig_shape)
@@ -237,28 +240,51 @@ class CalibrationRun(CallbackBase):
         return doc
 
     def _data(self) -> AcquiredData | None:
-        """The one 4D external acquisition of the run."""
-        found = []
+        """The one 4D acquisition of the run: one 4D event, or the frames of a live scan."""
+        found: dict[str, list] = {}
         for datum in self._datums:
-            if self._descriptors[datum["descriptor"]].get("name") != "primary":
+            desc = self._descriptors[datum["descriptor"]]
+            if desc.get("name") != "primary":
                 continue  # e.g. the 'incomplete' stream of an interrupted acquisition
             res = self._resources[datum["stream_resource"]]
-            key = self._descriptors[datum["descriptor"]]["data_keys"].get(res["data_key"], {})
+            key = desc["data_keys"].get(res["data_key"], {})
             shape = [int(n) for n in key.get("shape") or ()]
-            if len(shape) == 4:
-                found.append((res, datum, shape))
+            if len(shape) in (2, 4):
+                found.setdefault(res["uid"], []).append((res, datum, shape))
+        uid = self._start["uid"]
         if len(found) != 1:
-            raise RunNotCalibrated(f"run {self._start['uid']} holds {len(found)} 4D acquisitions; "
+            raise RunNotCalibrated(f"run {uid} holds {len(found)} 4D acquisitions; "
                                    "calibration needs exactly one")
-        res, datum, shape = found[0]
-        if datum["indices"]["stop"] - datum["indices"]["start"] != 1:
-            raise RunNotCalibrated(f"run {self._start['uid']}: the stream datum covers "
-                                   f"{datum['indices']}; expected one acquisition")
+        (entries,) = found.values()
+        res, datum, shape = entries[0]
         dataset = (res.get("parameters") or {}).get("dataset")
         if not dataset:
-            raise RunNotCalibrated(f"run {self._start['uid']}: stream resource names no HDF5 dataset")
+            raise RunNotCalibrated(f"run {uid}: stream resource names no HDF5 dataset")
+        if len(shape) == 4:
+            if len(entries) != 1 or datum["indices"]["stop"] - datum["indices"]["start"] != 1:
+                raise RunNotCalibrated(f"run {uid}: the stream datum covers "
+                                       f"{datum['indices']}; expected one acquisition")
+            nav, sig = (shape[0], shape[1]), (shape[2], shape[3])
+        else:  # a live scan: frames per index, their datums contiguous from 0
+            try:
+                scan = self._start["scan"]
+                nav = (int(scan["shape_y"]), int(scan["shape_x"]))
+            except (KeyError, TypeError, ValueError):
+                raise RunNotCalibrated(f"run {uid}: frames per index, but the start document "
+                                       "gives no scan shape") from None
+            sig = (shape[0], shape[1])
+            ranges = sorted((int(d["indices"]["start"]), int(d["indices"]["stop"]))
+                            for _, d, _ in entries)
+            covered = 0
+            for lo, hi in ranges:
+                if lo != covered:
+                    break
+                covered = hi
+            if covered != nav[0] * nav[1]:
+                raise RunNotCalibrated(f"run {uid}: {covered} of {nav[0] * nav[1]} frames of the "
+                                       "live scan were announced; calibration needs all")
         return AcquiredData(path=_local_path(res["uri"]), dataset=dataset, data_key=res["data_key"],
-                            nav_shape=(shape[0], shape[1]), sig_shape=(shape[2], shape[3]))
+                            nav_shape=nav, sig_shape=sig)
 
 
 def _fit_inputs(start: Mapping[str, Any]) -> dict[str, Any]:
@@ -296,6 +322,15 @@ class CalibrationRecorder:
     fit_kwargs : dict, optional
         Further keyword arguments of :func:`stemcal.fit.coarse.cold_start`
         (``budget``, ``rotation_bound``, ...); recorded in ``fit_settings``.
+    live : bool
+        Give each handled run a :class:`~stemcal.callbacks.live.LiveView`
+        as well (default True): the OverfocusUDF images while the frames
+        arrive, in a matplotlib figure (a window where there is a display,
+        else off screen; written as ``live_<uid8>.png`` to ``figure_dir``).
+        :meth:`live_view` returns a run's view.
+    live_kwargs : dict, optional
+        Further keyword arguments of :class:`~stemcal.callbacks.live.LiveView`
+        (``redraw_period``, ``on_screen``, ...).
 
     Notes
     -----
@@ -306,8 +341,12 @@ class CalibrationRecorder:
     """
 
     def __init__(self, client: Any, *, ctx: Any = None, figure_dir: str | Path | None = None,
-                 fit_kwargs: Mapping[str, Any] | None = None) -> None:
+                 fit_kwargs: Mapping[str, Any] | None = None, live: bool = True,
+                 live_kwargs: Mapping[str, Any] | None = None) -> None:
         self.client = client
+        self.live = bool(live)
+        self.live_kwargs = dict(live_kwargs or {})
+        self._live_views: dict[str, Any] = {}
         self.figure_dir = Path(figure_dir) if figure_dir is not None else None
         self.fit_kwargs = dict(fit_kwargs or {})
         for bad in {"ctx", "scan_pixel_size", "camera_length", "detector_pixel_size",
@@ -358,7 +397,35 @@ class CalibrationRecorder:
             else:
                 self._submit(status, work, start, data)
 
-        return [CalibrationRun(on_stop)], []
+        callbacks: list[CallbackBase] = []
+        if self.live:
+            from .live import LiveView
+
+            view = LiveView(figure_dir=self.figure_dir, **self.live_kwargs)
+            with self._lock:
+                self._live_views[start["uid"]] = view
+                while len(self._live_views) > self.KEEP_LIVE_VIEWS:
+                    self._live_views.pop(next(iter(self._live_views)))
+            callbacks.append(view)  # before the calibration: its stop finishes the images first
+        callbacks.append(CalibrationRun(on_stop))
+        return callbacks, []
+
+    #: Live views kept for :meth:`live_view` (the newest runs').
+    KEEP_LIVE_VIEWS = 8
+
+    def live_view(self, run_uid: str) -> Any:
+        """The :class:`~stemcal.callbacks.live.LiveView` of run ``run_uid`` (one of the newest).
+
+        Raises
+        ------
+        KeyError
+            No view of that run (live views off, not handled, or too old).
+        """
+        with self._lock:
+            try:
+                return self._live_views[run_uid]
+            except KeyError:
+                raise KeyError(f"no live view of run {run_uid}") from None
 
     def handles(self, run_uid: str) -> bool:
         """Whether this recorder received the start of run ``run_uid`` and handles it."""

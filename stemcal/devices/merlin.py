@@ -37,6 +37,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus
 from ophyd.device import Staged
 
+from .frame_stream import FRAME_DIMS, FrameStreamWriter
 from .signals import ReadbackSignal
 
 __all__ = ["MerlinDetector", "HDF5StreamWriter", "DetectorController", "DetectorWriter",
@@ -384,6 +385,10 @@ class MerlinDetector(Device):
     interrupt_timeout : float
         Seconds :meth:`stop`/:meth:`pause`/:meth:`unstage` wait for an
         interrupted acquisition to end.
+    stream_writer : FrameStreamWriter, optional
+        The writer of live (fly) acquisitions, default
+        :class:`~stemcal.devices.frame_stream.FrameStreamWriter` in the
+        writer's directory.
 
     Components
     ----------
@@ -408,6 +413,15 @@ class MerlinDetector(Device):
     :func:`stemcal.plans.overfocus_scan`). :meth:`resume` deletes such a
     partial file if it was not collected, since the RunEngine repeats the
     trigger after a pause; the next trigger re-arms the controller.
+
+    Live (fly) mode. :meth:`kickoff` starts the same acquisition, but into
+    :attr:`stream_writer`: one SWMR HDF5 file with one frame per index, whose
+    StreamResource is ready at once and whose StreamDatum ranges
+    (:meth:`collect_asset_docs`, up to :meth:`get_index` frames) announce the
+    frames as they land, so that a callback can process them while the scan
+    runs. :meth:`complete` is the status of that acquisition;
+    :meth:`describe_collect` describes one frame ``(sy, sx)`` per index. See
+    :func:`stemcal.plans.overfocus_scan` with ``live=True``.
     """
 
     data_file = Cpt(ReadbackSignal, value="", kind="normal")
@@ -418,14 +432,21 @@ class MerlinDetector(Device):
     def __init__(self, name: str, *, backend: DetectorController,
                  write_dir: str | os.PathLike | None = None,
                  writer: DetectorWriter | None = None, interrupt_timeout: float = 30.0,
-                 **kwargs: Any) -> None:
+                 stream_writer: FrameStreamWriter | None = None, **kwargs: Any) -> None:
         if writer is None:
             if write_dir is None:
                 raise ValueError("give write_dir (or a writer)")
             writer = HDF5StreamWriter(write_dir)
+        if stream_writer is None:
+            where = write_dir if write_dir is not None else getattr(writer, "write_dir", None)
+            if where is None:
+                raise ValueError("give write_dir (or a stream_writer) for live acquisitions")
+            stream_writer = FrameStreamWriter(where)
         super().__init__(prefix="", name=name, **kwargs)
         self.backend = backend
         self.writer = writer
+        self.stream_writer = stream_writer
+        self._complete_status: DeviceStatus | None = None
         self.interrupt_timeout = float(interrupt_timeout)
         self._busy = threading.Lock()
         self._last_shape: tuple[int, int, int, int] | None = None
@@ -449,7 +470,7 @@ class MerlinDetector(Device):
 
     def has_uncollected_data(self) -> bool:
         """Whether stream documents (e.g. of an interrupted acquisition) wait to be collected."""
-        return bool(getattr(self.writer, "has_pending", False))
+        return bool(getattr(self.writer, "has_pending", False)) or self.stream_writer.has_pending
 
     def state(self) -> dict[str, Any]:
         """Plain dict of the detector settings: ``pixel_size`` (m), ``sig_shape``, ``bit_depth``."""
@@ -467,6 +488,9 @@ class MerlinDetector(Device):
         self.writer.close()
         self.backend.prepare()
         self.writer.open(self.name, self.image_key)
+        self.stream_writer.close()
+        self.stream_writer.open(self.name, self.image_key)
+        self._complete_status = None
         self._last_shape = None
         self._rearm = False
         return super().stage()
@@ -476,6 +500,7 @@ class MerlinDetector(Device):
         self._interrupt("unstage")
         self.backend.disarm()
         self.writer.close()
+        self.stream_writer.close()
         return super().unstage()
 
     def stop(self, *, success: bool = False) -> None:
@@ -501,6 +526,34 @@ class MerlinDetector(Device):
         RuntimeError
             Before ``stage()``, or while an acquisition is still running.
         """
+        return self._launch(self.writer, None)
+
+    def kickoff(self) -> DeviceStatus:
+        """Start a live acquisition (see the class notes); done once its file is created.
+
+        :meth:`complete` returns the status of the acquisition itself.
+
+        Raises
+        ------
+        RuntimeError
+            Before ``stage()``, or while an acquisition is still running.
+        """
+        started = DeviceStatus(self)
+        self._complete_status = self._launch(self.stream_writer, started)
+        return started
+
+    def complete(self) -> DeviceStatus:
+        """The status of the live acquisition started by :meth:`kickoff`."""
+        if self._complete_status is None:
+            raise RuntimeError(f"{self.name}: complete() before kickoff()")
+        return self._complete_status
+
+    def _launch(self, writer: Any, started: DeviceStatus | None) -> DeviceStatus:
+        """Run one acquisition into ``writer`` on a thread; its status.
+
+        ``started`` (live mode) finishes once the writer has begun the file,
+        or fails with the error that prevented it.
+        """
         if self._staged != Staged.yes:
             raise RuntimeError(f"{self.name}: trigger() before stage()")
         if not self._busy.acquire(blocking=False):
@@ -513,29 +566,33 @@ class MerlinDetector(Device):
                 if self._rearm:
                     self.backend.prepare()
                     self._rearm = False
-                if not callable(getattr(self.writer, "begin", None)):  # a whole-scan writer
+                if not callable(getattr(writer, "begin", None)):  # a whole-scan writer
                     frames = self.backend.acquire()
-                    path = self.writer.write(frames)
+                    path = writer.write(frames)
                     self._last_shape = tuple(int(n) for n in frames.shape)  # type: ignore
                     self.data_file.put(str(path), internal=True)
                     return self._finish(status, None)
                 shape = tuple(int(n) for n in self.backend.frame_shape())
-                self.writer.begin(shape, self.backend.dtype)  # type: ignore[arg-type]
+                writer.begin(shape, self.backend.dtype)  # type: ignore[arg-type]
                 self._last_shape = shape  # type: ignore[assignment]
+                if started is not None:
+                    started.set_finished()
                 try:
                     if _takes_on_frames(self.backend):
-                        self.backend.acquire(on_frames=self.writer.write_frames)
+                        self.backend.acquire(on_frames=writer.write_frames)
                     else:  # a controller that returns the whole scan only
                         frames = np.asarray(self.backend.acquire())
-                        self.writer.write_frames(0, frames.reshape((-1,) + frames.shape[-2:]))
+                        writer.write_frames(0, frames.reshape((-1,) + frames.shape[-2:]))
                 except BaseException:
-                    path = self.writer.end(complete=False)
+                    path = writer.end(complete=False)
                     if path is not None:
                         self.data_file.put(str(path), internal=True)
                     raise
-                path = self.writer.end(complete=True)
+                path = writer.end(complete=True)
                 self.data_file.put(str(path), internal=True)
             except Exception as exc:  # reported through the status
+                if started is not None and not started.done:
+                    started.set_exception(exc)
                 self._finish(status, exc)
             else:
                 self._finish(status, None)
@@ -585,9 +642,27 @@ class MerlinDetector(Device):
         desc[self.image_key].update(getattr(self.writer, "data_key_info", dict)())
         return desc
 
-    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
-        """Yield the StreamResource/StreamDatum documents of finished acquisitions, once each."""
+    def describe_collect(self) -> dict[str, dict[str, Any]]:
+        """Data key of a live acquisition: one frame ``(sy, sx)`` per index (flat scan position)."""
+        sy, sx = (int(n) for n in self.backend.sig_shape)
+        key = {"source": self.backend.source, "dtype": "array",
+               "dtype_numpy": np.dtype(self.backend.dtype).str, "shape": [sy, sx],
+               "dims": list(FRAME_DIMS[1:]), "external": "STREAM:"}
+        return {self.image_key: key}
+
+    def get_index(self) -> int:
+        """Frames of the live acquisition written so far (what :meth:`collect_asset_docs` may
+        announce)."""
+        return self.stream_writer.get_index()
+
+    def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield the StreamResource/StreamDatum documents not yet collected, once each.
+
+        Those of finished triggered acquisitions, then those of a live
+        acquisition (frames written so far, at most ``index`` in all).
+        """
         yield from self.writer.collect_stream_docs()
+        yield from self.stream_writer.collect_stream_docs(index)
 
 
 def _takes_on_frames(backend: Any) -> bool:

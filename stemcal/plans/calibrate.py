@@ -118,6 +118,11 @@ def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
         raise ValueError(f"timeout must be None or a finite number > 0, got {timeout!r}")
 
 
+def _check_live(live: Any) -> None:
+    if not isinstance(live, bool):
+        raise ValueError(f"live must be true or false, got {live!r}")
+
+
 def focus_schedule(start: float, step: float, limits: tuple[float, float],
                    max_attempts: int) -> list[float]:
     """Overfocus settings to try: ``start``, ``start + step``, ``start - step``, ``start + 2 step``...
@@ -216,8 +221,8 @@ def _subscribed(plan: MsgGenerator[Any], recorder: Any, own: bool) -> MsgGenerat
 def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = None,
               callback: Any = None, max_attempts: int = 3,
               focus_limits: tuple[float, float] | None = None, focus_step: float | None = None,
-              timeout: float | None = 600.0,
-              md: Mapping[str, Any] | None = None) -> MsgGenerator[CalibrationRecord]:
+              timeout: float | None = 600.0, md: Mapping[str, Any] | None = None,
+              live: bool = False) -> MsgGenerator[CalibrationRecord]:
     """Acquire and calibrate; on an untrusted result change the focus and try again.
 
     Each attempt is one :func:`~stemcal.plans.overfocus_scan` run, calibrated
@@ -250,6 +255,10 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
         Seconds to wait for each fit.
     md : dict, optional
         Start-document metadata of every acquisition; it wins over the plan's keys.
+    live : bool
+        Take each scan as a live (fly) scan whose frames are announced while
+        they arrive (``overfocus_scan(live=True)``): the recorder's live view
+        shows them during the scan. An immediate pause then fails the run.
 
     Returns
     -------
@@ -268,6 +277,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     should be subscribed to the RunEngine, or each run is calibrated twice.
     """
     _check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
+    _check_live(live)
     if callback is None and catalog_client is None:
         raise ValueError("give catalog_client (or a subscribed callback)")
     if callback is not None and catalog_client is not None \
@@ -284,7 +294,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
             "plan_name": "calibrate",
             "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
                           "max_attempts": max_attempts, "focus_limits": list(lim),
-                          "focus_step": step, "callback": repr(callback)},
+                          "focus_step": step, "callback": repr(callback), "live": live},
             "max_attempts": len(schedule),
         }
         keep = {"focus": False}
@@ -299,7 +309,8 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
                 if float(optics.overfocus.get()) != focus:
                     yield from bps.mv(optics.overfocus, focus)
                 uid = yield from overfocus_scan(detector, scan, optics, guess={"overfocus": focus},
-                                                md={**_md, "calibration_attempt": k, **(md or {})})
+                                                md={**_md, "calibration_attempt": k, **(md or {})},
+                                                live=live)
                 status = _status_of(recorder, uid)
                 yield from _wait_status(status, timeout, f"the calibration of run {uid}")
                 record = status.result
@@ -339,7 +350,8 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
                        callback: Any = None, rotation_step: float = 1.0,
                        overfocus_step: float = 0.03, rotation_tolerance: float = 0.5,
                        overfocus_tolerance: float = 0.02, timeout: float | None = 600.0,
-                       md: Mapping[str, Any] | None = None) -> MsgGenerator[dict[str, Any]]:
+                       md: Mapping[str, Any] | None = None,
+                       live: bool = False) -> MsgGenerator[dict[str, Any]]:
     """Acquire and check that ``record`` still gives the sharpest shifted sum.
 
     One :func:`~stemcal.plans.overfocus_scan` run with ``purpose='calibration_check'``;
@@ -365,6 +377,8 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
         Seconds to wait for the check.
     md : dict, optional
         Start-document metadata; it wins over the plan's keys.
+    live : bool
+        Take the scan as a live scan (see :func:`calibrate`).
 
     Returns
     -------
@@ -383,6 +397,7 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
+    _check_live(live)
     recorder, own = _recorder(callback, None)
     check = {"record_uid": record.uid, "params": record.params().to_dict(),
              "rotation_step": float(rotation_step), "overfocus_step": float(overfocus_step)}
@@ -392,13 +407,14 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
         "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
                       "record": record.uid, "rotation_step": rotation_step,
                       "overfocus_step": overfocus_step, "rotation_tolerance": rotation_tolerance,
-                      "overfocus_tolerance": overfocus_tolerance},
+                      "overfocus_tolerance": overfocus_tolerance, "live": live},
         "calibration_check": check,
     }
     _md.update(md or {})
 
     def inner() -> MsgGenerator[dict[str, Any]]:
-        uid = yield from overfocus_scan(detector, scan, optics, guess=record.params(), md=_md)
+        uid = yield from overfocus_scan(detector, scan, optics, guess=record.params(), md=_md,
+                                        live=live)
         status = _status_of(recorder, uid)
         yield from _wait_status(status, timeout, f"the check of run {uid}")
         m = status.result
@@ -444,7 +460,8 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
     md : dict, optional
         Start-document metadata of the acquisitions, if any.
     **calibrate_kwargs
-        ``max_attempts``, ``focus_limits``, ``focus_step``, ``timeout`` of :func:`calibrate`.
+        ``max_attempts``, ``focus_limits``, ``focus_step``, ``timeout``, ``live`` of
+        :func:`calibrate`.
 
     Returns
     -------
@@ -458,12 +475,14 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
             not _real(v) or v < 0
             for v in tolerances.values()):
         raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
-    unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout"}
+    unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout",
+                                       "live"}
     if unknown:
         raise ValueError(f"unknown calibrate argument(s): {sorted(unknown)}")
     _check_calibrate_args(calibrate_kwargs.get("max_attempts", 3),
                           calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
                           calibrate_kwargs.get("timeout", 600.0))
+    _check_live(calibrate_kwargs.get("live", False))
 
     def inner() -> MsgGenerator[CalibrationRecord]:
         state = optics_state(optics.state(), scan.state())

@@ -12,7 +12,8 @@ import numpy as np
 from bluesky.utils import FailedStatus, MsgGenerator
 from bluesky.utils import short_uid as _short_uid
 
-__all__ = ["overfocus_scan", "acquire_and_read", "INCOMPLETE_STREAM", "AcquisitionFailed"]
+__all__ = ["overfocus_scan", "acquire_and_read", "fly_and_collect", "INCOMPLETE_STREAM",
+           "BASELINE_STREAM", "AcquisitionFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def _settings(device: Any) -> dict[str, Any]:
 
 
 def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str, Any] | None = None,
-                   md: Mapping[str, Any] | None = None) -> MsgGenerator[str]:
+                   md: Mapping[str, Any] | None = None, live: bool = False,
+                   flush_period: float = 0.25) -> MsgGenerator[str]:
     """Acquire one overfocused 4D-STEM scan for calibration, as one Bluesky run.
 
     Stages the three devices, opens a run, triggers and reads them together
@@ -124,6 +126,22 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
         Recorded in the start document for the calibration that follows.
     md : dict, optional
         Extra start-document metadata; it wins over the plan's own keys.
+    live : bool
+        Stream the frames while they arrive (a fly scan,
+        :meth:`~stemcal.devices.MerlinDetector.kickoff`): the ``primary``
+        stream then holds one frame ``(sy, sx)`` per index (flat scan
+        position, row-major; the scan shape is in the start document's
+        ``scan``), announced by a StreamDatum every ``flush_period`` seconds,
+        so that a callback (:class:`stemcal.callbacks.CalibrationRecorder`)
+        processes them during the scan. The scan and optics are read once,
+        before the scan, into the stream ``baseline``. Like any Bluesky fly
+        scan the acquisition cannot be rewound: an immediate pause (Ctrl-C
+        twice, ``RE.request_pause()``) during it ends the run with
+        ``exit_status='fail'`` (the frames so far stay in the file and in the
+        stream; nothing is calibrated from it); a deferred pause (Ctrl-C
+        once) waits until the scan has ended.
+    flush_period : float
+        Seconds between StreamDatum documents of a live scan (> 0).
 
     Returns
     -------
@@ -133,7 +151,7 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     Notes
     -----
     Start-document keys: ``plan_name='overfocus_scan'``, ``plan_type``,
-    ``plan_args`` (devices as ``repr``, ``guess``), ``detectors``,
+    ``plan_args`` (devices as ``repr``, ``guess``, ``live``), ``detectors``,
     ``num_points=1``, ``num_intervals=0``, ``hints``,
     ``purpose='calibration_data'``, ``optics`` (``optics.state()``), ``scan``
     (``scan.state()``), ``detector`` (``detector.state()``) and ``guess``.
@@ -141,6 +159,10 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     created.
     """
     guess_md = _guess_dict(guess)
+    if not isinstance(live, bool):
+        raise ValueError(f"live must be true or false, got {live!r}")
+    if not (_is_real(flush_period) and flush_period > 0):
+        raise ValueError(f"flush_period must be a finite number of seconds > 0, got {flush_period!r}")
     _md: dict[str, Any] = {
         "detectors": [detector.name],
         "num_points": 1,
@@ -148,13 +170,14 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
         "plan_name": "overfocus_scan",
         "plan_type": "generator",
         "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
-                      "guess": guess_md},
+                      "guess": guess_md, "live": live},
         "hints": {"dimensions": [(("time",), "primary")]},
         "purpose": "calibration_data",
         "optics": _settings(optics),
         "scan": _settings(scan),
         "detector": _settings(detector),
         "guess": guess_md,
+        "live": live,
     }
     _check_acquisition_size(_md["scan"], _md["detector"])
     _md.update(md or {})
@@ -164,9 +187,48 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator[None]:
         yield from bps.checkpoint()  # a deferred pause (one Ctrl-C) takes effect here
-        yield from acquire_and_read(detector, devices)
+        if live:
+            yield from fly_and_collect(detector, [scan, optics], flush_period=float(flush_period))
+        else:
+            yield from acquire_and_read(detector, devices)
 
     return (yield from inner())
+
+
+#: Stream of the settings read once before a live scan (Bluesky's name for such readings).
+BASELINE_STREAM = "baseline"
+
+
+def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0.25,
+                    name: str = "primary") -> MsgGenerator[None]:
+    """Read ``others`` into :data:`BASELINE_STREAM`, then fly ``detector`` into stream ``name``.
+
+    The detector is kicked off, and its new frames are announced
+    (``collect``) every ``flush_period`` seconds until it completes. The
+    acquisition is not rewindable (the checkpoint is cleared); a deferred
+    pause takes effect at the checkpoint after it. A failed acquisition
+    raises :class:`AcquisitionFailed` after the frames written so far have
+    been announced.
+    """
+    yield from _read_event(others, BASELINE_STREAM)
+    yield from bps.declare_stream(detector, name=name, collect=True)
+    yield from bps.clear_checkpoint()
+    try:
+        yield from bps.kickoff(detector, wait=True)
+        yield from bps.collect_while_completing([detector], [detector], flush_period=flush_period,
+                                                stream_name=name)
+    except Exception as exc:
+        logger.info("live acquisition of %s interrupted: %r", getattr(detector, "name", detector),
+                    exc)
+        try:
+            yield from bps.stop(detector)
+            yield from bps.collect(detector, name=name)  # what was written before the fault
+        except Exception:  # never hide the original error behind the salvage's
+            logger.exception("could not announce the frames of the interrupted acquisition")
+        if type(exc) is FailedStatus and exc.args:
+            raise AcquisitionFailed(*exc.args) from exc
+        raise
+    yield from bps.checkpoint()  # a deferred pause requested during the scan stops here
 
 
 class AcquisitionFailed(FailedStatus):

@@ -1,0 +1,298 @@
+"""Live view of a calibration scan: the OverfocusUDF images while the frames arrive.
+
+:class:`LiveView` is a per-run Bluesky callback (the
+:class:`~stemcal.callbacks.CalibrationRecorder`'s RunRouter factory gives
+one to each run it handles). Every ``stream_datum`` of the run's ``primary``
+stream announces frames; a worker thread reads them from the file the
+``stream_resource`` names (HDF5, opened for SWMR reading while the detector
+still writes) and adds them to a :class:`LiveProjection`. On the thread that
+delivers the documents (the RunEngine's, as GUI code needs) the
+:class:`LiveFigure` is redrawn at most every ``redraw_period`` seconds, and
+once more at ``stop`` with all frames; it is written as PNG to
+``figure_dir`` if one is given.
+
+Both layouts of :class:`~stemcal.devices.MerlinDetector` work: a live scan
+(:func:`stemcal.plans.overfocus_scan` with ``live=True``: one frame per
+index, datums every flush period) is shown as it comes; a triggered scan
+(one 4D event, one datum at the end) is processed when that datum arrives.
+
+The images use the geometry the run carries (:func:`live_params`): the
+stored calibration of a check run, else the run's guess, completed by
+neutral values (rotation 0, no flip, the detector middle, a disk of a
+quarter of the detector). With a wrong guess the shifted sum is blurred:
+that is what the live view shows.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from bluesky.callbacks.core import CallbackBase
+
+from ..twin.params import OverfocusParams
+from .live_figure import LiveFigure
+from .live_projection import LiveProjection
+
+__all__ = ["LiveView", "live_params"]
+
+log = logging.getLogger(__name__)
+
+#: Frames read from the file per block (bounds the memory of one read).
+READ_BLOCK = 256
+
+
+def live_params(start: Mapping[str, Any], sig_shape: tuple[int, int]) -> OverfocusParams:
+    """The geometry a run's live images are projected with.
+
+    ``calibration_check.params`` of a check run; else the run's ``guess``
+    over the optics/scan/detector settings of its start document, with
+    rotation 0, no flip, the beam centre at the detector middle and
+    ``semiconv`` giving a disk radius of a quarter of the detector where the
+    guess does not say.
+
+    Raises
+    ------
+    ValueError
+        The start document lacks the settings (it names what is missing).
+    """
+    check = start.get("calibration_check")
+    if isinstance(check, Mapping) and isinstance(check.get("params"), Mapping):
+        return OverfocusParams.from_dict(dict(check["params"]))
+    try:
+        optics, scan, det = start["optics"], start["scan"], start["detector"]
+        guess = dict(start.get("guess") or {})
+        sy, sx = (int(n) for n in sig_shape)
+        overfocus = float(guess.get("overfocus", optics["overfocus"]))
+        camera_length = float(guess.get("camera_length", optics["camera_length"]))
+        det_px = float(guess.get("detector_pixel_size", det["pixel_size"]))
+        values = {
+            "overfocus": overfocus, "camera_length": camera_length, "detector_pixel_size": det_px,
+            "scan_pixel_size": float(guess.get("scan_pixel_size", scan["pixel_size"])),
+            "semiconv": float(guess.get("semiconv",
+                                        min(sy, sx) / 4 * det_px / abs(overfocus + camera_length))),
+            "cy": float(guess.get("cy", sy / 2)), "cx": float(guess.get("cx", sx / 2)),
+            "scan_rotation": float(guess.get("scan_rotation", 0.0)),
+            "flip_y": bool(guess.get("flip_y", False)),
+        }
+        if guess.get("descan") is not None:
+            values["descan"] = guess["descan"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"start document {start.get('uid')} lacks the settings a live view "
+                         f"needs ({exc!r})") from exc
+    return OverfocusParams(**values)
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"cannot read {uri!r}: only file://localhost/... URIs are supported")
+    return Path(unquote(parsed.path))
+
+
+class LiveView(CallbackBase):
+    """Per-run callback: live OverfocusUDF images of the run's frames, and a figure.
+
+    Parameters
+    ----------
+    figure : bool
+        Keep a :class:`LiveFigure` (on screen where there is a display).
+    figure_dir : path, optional
+        Write the final figure there as ``live_<uid8>.png``.
+    redraw_period : float
+        Shortest time between redraws, seconds.
+    on_screen : bool, optional
+        Passed to :class:`LiveFigure` (default: whether there is a display).
+    timeout : float
+        Seconds ``stop`` waits for frames still being processed.
+    clock : callable
+        ``time.monotonic`` unless a test injects another.
+
+    Attributes
+    ----------
+    projection : LiveProjection or None
+        Made when the first frames are announced.
+    history : list of (seconds, frames_done)
+        When (``clock()``) each block of frames was projected.
+    images : dict
+        The images at the last redraw (all frames after ``stop``).
+    blur : float or None
+        Crete blur of the normalised shifted sum at the last redraw.
+    error : str or None
+        Why the view stopped early (bad metadata, unreadable file); the
+        run itself is not affected.
+    """
+
+    def __init__(self, *, figure: bool = True, figure_dir: str | Path | None = None,
+                 redraw_period: float = 0.5, on_screen: bool | None = None,
+                 timeout: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._want_figure = bool(figure)
+        self.figure_dir = Path(figure_dir) if figure_dir is not None else None
+        self.redraw_period = float(redraw_period)
+        self._on_screen = on_screen
+        self.timeout = float(timeout)
+        self._clock = clock
+        self.start_doc: dict | None = None
+        self.projection: LiveProjection | None = None
+        self.figure: LiveFigure | None = None
+        self.history: list[tuple[float, int]] = []
+        self.images: dict[str, np.ndarray] = {}
+        self.blur: float | None = None
+        self.error: str | None = None
+        self.figure_path: Path | None = None
+        self._descriptors: dict[str, dict] = {}
+        self._resources: dict[str, dict] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._last_draw = -np.inf
+        self._drawn = -1
+
+    # -- documents (RunEngine thread) -----------------------------------------------------
+    def start(self, doc: dict) -> dict:
+        self.start_doc = doc
+        return doc
+
+    def descriptor(self, doc: dict) -> dict:
+        self._descriptors[doc["uid"]] = doc
+        return doc
+
+    def stream_resource(self, doc: dict) -> dict:
+        self._resources[doc["uid"]] = doc
+        return doc
+
+    def stream_datum(self, doc: dict) -> dict:
+        if self.error is None:
+            try:
+                self._announce(doc)
+            except Exception as exc:  # a live view never breaks the run
+                self._fail(f"{type(exc).__name__}: {exc}")
+        self._maybe_redraw()
+        return doc
+
+    def event(self, doc: dict) -> dict:
+        self._maybe_redraw()
+        return doc
+
+    def stop(self, doc: dict) -> dict:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(self.timeout)
+            if self._worker.is_alive():
+                self._fail(f"frames still being processed after {self.timeout:g} s")
+        self._maybe_redraw(force=True)
+        if self.figure is not None and self.figure_dir is not None and self.start_doc:
+            try:
+                self.figure_dir.mkdir(parents=True, exist_ok=True)
+                self.figure_path = self.figure.save(
+                    self.figure_dir / f"live_{self.start_doc['uid'][:8]}.png")
+            except Exception:  # a figure is never worth losing a calibration
+                log.exception("could not write the live figure")
+        return doc
+
+    # -- frames ---------------------------------------------------------------------------
+    def _announce(self, datum: dict) -> None:
+        desc = self._descriptors.get(datum.get("descriptor"))
+        if desc is None or desc.get("name") != "primary":
+            return
+        res = self._resources[datum["stream_resource"]]
+        key = desc["data_keys"].get(res["data_key"], {})
+        shape = [int(n) for n in key.get("shape") or ()]
+        if len(shape) not in (2, 4):
+            return  # not frames
+        start = self.start_doc or {}
+        scan = start.get("scan") or {}
+        if len(shape) == 4:
+            nav, sig = (shape[0], shape[1]), (shape[2], shape[3])
+        else:
+            nav, sig = (int(scan["shape_y"]), int(scan["shape_x"])), (shape[0], shape[1])
+        if self.projection is None:
+            self.projection = LiveProjection(live_params(start, sig), nav, sig)
+            if self._want_figure:
+                uid = str(start.get("uid", ""))[:8]
+                self.figure = LiveFigure(f"live view of run {uid} ({start.get('purpose')})",
+                                         on_screen=self._on_screen)
+            self._worker = threading.Thread(target=self._work, name="stemcal-live-view",
+                                            daemon=True)
+            self._worker.start()
+        dataset = (res.get("parameters") or {}).get("dataset")
+        lo, hi = int(datum["indices"]["start"]), int(datum["indices"]["stop"])
+        self._queue.put((_local_path(res["uri"]), dataset, len(shape), lo, hi))
+
+    def _work(self) -> None:
+        import h5py
+
+        files: dict[Path, Any] = {}
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if self.error is not None:
+                    continue
+                path, dataset, ndim, lo, hi = item
+                try:
+                    if path not in files:
+                        files[path] = h5py.File(path, "r", swmr=(ndim == 2))
+                    ds = files[path][dataset]
+                    if ndim == 2:
+                        ds.refresh()
+                        self._add_frames(ds, lo, hi)
+                    else:  # (events, ny, nx, sy, sx): one whole scan per index
+                        for event in range(lo, hi):
+                            self._add_scan(ds, event)
+                except Exception as exc:
+                    self._fail(f"cannot read frames {lo}..{hi} of {path}: "
+                               f"{type(exc).__name__}: {exc}")
+        finally:
+            for f in files.values():
+                f.close()
+
+    def _add_frames(self, ds: Any, lo: int, hi: int) -> None:
+        assert self.projection is not None
+        for i in range(lo, hi, READ_BLOCK):
+            j = min(hi, i + READ_BLOCK)
+            self.projection.add(i, ds[i:j])
+            self.history.append((self._clock(), self.projection.frames_done))
+
+    def _add_scan(self, ds: Any, event: int) -> None:
+        assert self.projection is not None
+        ny, nx = self.projection.geometry.nav_shape
+        rows = max(1, READ_BLOCK // nx)
+        for y in range(0, ny, rows):
+            block = ds[event, y:y + rows]
+            self.projection.add(y * nx, block.reshape((-1,) + block.shape[2:]))
+            self.history.append((self._clock(), self.projection.frames_done))
+
+    def _fail(self, why: str) -> None:
+        if self.error is None:
+            self.error = why
+            log.warning("live view stopped: %s", why)
+
+    # -- drawing (RunEngine thread) -------------------------------------------------------
+    def _maybe_redraw(self, force: bool = False) -> None:
+        if self.projection is None:
+            return
+        now = self._clock()
+        done = self.projection.frames_done
+        if not force and (now - self._last_draw < self.redraw_period or done == self._drawn):
+            return
+        from ..fit.fine import image_quality
+
+        self.images = self.projection.images()
+        try:
+            self.blur = float(image_quality(self.images)[0]) if done else None
+        except Exception:  # too little covered yet for the metric
+            self.blur = None
+        self._last_draw, self._drawn = now, done
+        if self.figure is not None:
+            try:
+                self.figure.update(self.images, done, self.projection.n_frames, self.blur)
+            except Exception:
+                log.exception("could not redraw the live figure")

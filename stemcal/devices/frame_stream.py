@@ -1,0 +1,229 @@
+"""Frames streamed while they arrive: one SWMR HDF5 file per scan, one index per frame.
+
+:class:`FrameStreamWriter` is the writer of a detector acquiring in *live*
+mode (:meth:`stemcal.devices.MerlinDetector.kickoff`). It differs from
+:class:`~stemcal.devices.HDF5StreamWriter` (one 4D event per scan, documents
+at the end) in what the documents promise while the scan runs:
+
+* The file is created at its final name when the scan begins, opened for
+  single-writer/multiple-reader access (HDF5 SWMR). Its dataset has one
+  frame per index, ``(ny * nx, sy, sx)`` in scan order (row-major), one frame
+  per chunk, so a reader may open it with ``swmr=True`` and read frames that
+  are already announced while the rest are still being written.
+* The ``StreamResource`` is queued at :meth:`FrameStreamWriter.begin`; each
+  :meth:`~FrameStreamWriter.collect_stream_docs` queues one ``StreamDatum``
+  for the frames written (and flushed) since the previous one. The datums'
+  ``indices`` are flat scan positions ``[start, stop)``; together they are
+  contiguous from 0.
+
+The dataset attributes are those of the whole-scan writer: ``dims``
+(``frame, detector_y, detector_x``), ``nav_shape`` ``[ny, nx]``,
+``frames_expected``, ``frames_written`` (final after :meth:`end`) and
+``complete``. A scan that stops early keeps its file: the frames written are
+announced, the rest of the dataset reads 0 and ``complete`` is false.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from event_model import StreamRange, compose_stream_resource
+
+__all__ = ["FrameStreamWriter", "FRAME_DIMS"]
+
+logger = logging.getLogger(__name__)
+
+#: Axes of the per-frame dataset (the first is the stream's index: flat scan position).
+FRAME_DIMS = ("frame", "detector_y", "detector_x")
+
+
+class FrameStreamWriter:
+    """Write a scan frame by frame into an SWMR HDF5 file and announce frames as they land.
+
+    Parameters
+    ----------
+    write_dir : path
+        Directory of the files (created at :meth:`open`).
+    dataset : str
+        Dataset path inside each file.
+    """
+
+    mimetype = "application/x-hdf5"
+
+    def __init__(self, write_dir: str | os.PathLike, *, dataset: str = "/entry/data/data") -> None:
+        self.write_dir = Path(write_dir)
+        self.dataset = dataset
+        self._lock = threading.RLock()
+        self._name: str | None = None
+        self._data_key: str | None = None
+        self._count = 0
+        self._file: Any = None
+        self._path: Path | None = None
+        self._shape: tuple[int, int, int, int] | None = None
+        self._written = 0      # frames written (and flushed) to the current file
+        self._announced = 0    # frames covered by queued or collected stream datums
+        self._bundle: Any = None
+        self._pending: list[tuple[str, dict]] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.write_dir)!r}, dataset={self.dataset!r})"
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` was called since the last :meth:`close`."""
+        return self._data_key is not None
+
+    @property
+    def frames_written(self) -> int:
+        """Frames written to the current (or last) scan's file."""
+        return self._written
+
+    @property
+    def path(self) -> Path | None:
+        """The current (or last) scan's file."""
+        return self._path
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether documents, or written frames not yet announced, wait to be collected."""
+        with self._lock:
+            return bool(self._pending) or (self._bundle is not None
+                                           and self._written > self._announced)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def open(self, name: str, data_key: str) -> None:
+        """Start writing files named after ``name`` for the data key ``data_key``."""
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._name, self._data_key = name, data_key
+            self._pending = []
+            self._bundle = None
+
+    def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> Path:
+        """Create the file of one scan of ``shape`` ``(ny, nx, sy, sx)``; queue its resource.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`open`, or while another scan's file is open.
+        ValueError
+            ``shape`` is not four positive integers.
+        """
+        import h5py
+
+        shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
+        if len(shape) != 4 or min(shape) < 1:
+            raise ValueError(f"shape must be (ny, nx, sy, sx) > 0, got {shape}")
+        ny, nx, sy, sx = shape
+        with self._lock:
+            if not self.is_open:
+                raise RuntimeError("begin() before open()")
+            if self._file is not None:
+                raise RuntimeError("begin() while another scan's file is open")
+            self._count += 1
+            path = (self.write_dir
+                    / f"{self._name}_live_{self._count:05d}_{secrets.token_hex(4)}.h5").resolve()
+            f = h5py.File(path, "w", libver="latest")
+            try:
+                ds = f.create_dataset(self.dataset, shape=(ny * nx, sy, sx), dtype=np.dtype(dtype),
+                                      chunks=(1, sy, sx), fillvalue=0)
+                ds.attrs["dims"] = list(FRAME_DIMS)
+                ds.attrs["nav_shape"] = [ny, nx]
+                ds.attrs["frames_expected"] = ny * nx
+                ds.attrs["frames_written"] = 0
+                ds.attrs["complete"] = False
+                f.swmr_mode = True
+            except BaseException:
+                f.close()
+                path.unlink(missing_ok=True)
+                raise
+            self._file, self._path, self._shape = f, path, shape
+            self._written = self._announced = 0
+            self._bundle = compose_stream_resource(
+                mimetype=self.mimetype, uri="file://localhost" + path.as_posix(),
+                data_key=self._data_key, parameters={"dataset": self.dataset,
+                                                     "chunk_shape": (1,), "swmr": True})
+            self._pending.append(("stream_resource", self._bundle.stream_resource_doc))
+            return path
+
+    def write_frames(self, start: int, frames: np.ndarray) -> None:
+        """Write ``frames`` ``(k, sy, sx)`` at flat scan positions ``start ..``, then flush.
+
+        Frames must come in scan order: ``start`` is the number written so far.
+        """
+        frames = np.asarray(frames)
+        with self._lock:
+            if self._file is None or self._shape is None:
+                raise RuntimeError("write_frames() outside begin()/end()")
+            ny, nx, sy, sx = self._shape
+            k = frames.shape[0] if frames.ndim == 3 else -1
+            if frames.shape[1:] != (sy, sx) or k < 0 or start + k > ny * nx:
+                raise ValueError(f"frames {frames.shape} at {start} do not fit a scan "
+                                 f"{ny}x{nx} of {sy}x{sx} frames")
+            if start != self._written:
+                raise ValueError(f"frames must arrive in scan order: got position {start}, "
+                                 f"expected {self._written}")
+            ds = self._file[self.dataset]
+            ds[start:start + k] = frames
+            ds.flush()
+            self._written += k
+
+    def end(self, complete: bool = True) -> Path | None:
+        """Close the scan's file (attributes final); None, and no file, if no frame came."""
+        with self._lock:
+            f, path, self._file = self._file, self._path, None
+            if f is None or path is None:
+                return None
+            try:
+                ds = f[self.dataset]
+                ds.attrs["frames_written"] = self._written
+                ds.attrs["complete"] = bool(complete
+                                            and self._written == int(ds.attrs["frames_expected"]))
+                ds.flush()
+            finally:
+                f.close()
+            if self._written == 0:
+                path.unlink(missing_ok=True)
+                self._pending = [(n, d) for n, d in self._pending if n != "stream_resource"
+                                 or d["uid"] != self._bundle.stream_resource_doc["uid"]]
+                self._bundle = None
+                return None
+            return path
+
+    def collect_stream_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield the queued resource and one datum for the frames written since the last call.
+
+        ``index`` (optional) caps the datum at that many frames in all.
+        """
+        with self._lock:
+            if self._bundle is not None:
+                stop = self._written if index is None else min(int(index), self._written)
+                if stop > self._announced:
+                    datum = self._bundle.compose_stream_datum(
+                        indices=StreamRange(start=self._announced, stop=stop))
+                    self._pending.append(("stream_datum", datum))
+                    self._announced = stop
+            pending, self._pending = self._pending, []
+        yield from pending
+
+    def get_index(self) -> int:
+        """Frames that can be announced: written to the current (or last) scan's file."""
+        return self._written
+
+    def close(self) -> None:
+        """End an open file (incomplete) and stop writing; the files stay on disk."""
+        with self._lock:
+            self.end(complete=False)
+            if self._bundle is not None and self._written > self._announced:
+                logger.info("%d frames of %s were never announced", self._written - self._announced,
+                            self._path)
+            self._name = self._data_key = None
+            self._pending = []
+            self._bundle = None
