@@ -1,7 +1,100 @@
 # Plans, as top-level names (bluesky-queueserver exposes only those).
-from stemcal.catalog import calibration_history, latest_calibration  # noqa: F401
-from stemcal.plans import (DEFAULT_TOLERANCES, calibrate, overfocus_scan,  # noqa: F401
-                           recalibrate_if_stale, verify_calibration)
+#
+# The names below are thin generator-function wrappers around stemcal.plans, so that the
+# queue server lists them and a queue-server user can submit them with device names only:
+#   * bluesky-queueserver takes a name as a plan only if it is a generator function
+#     (bluesky.utils.is_plan); stemcal.plans.calibrate, verify_calibration and
+#     recalibrate_if_stale are functions that check their arguments and return a generator.
+#   * It turns a string argument into the device of that name only for parameters without
+#     an annotation; the wrappers carry the plans' signatures and docstrings without
+#     annotations.
+#   * The session's catalog, recorder and DEFAULT_TOLERANCES are the defaults (they are
+#     not devices, so they cannot be passed through the queue).
+# The wrappers call the plans unchanged; arguments are checked when the RunEngine starts
+# the plan (ValueError naming the parameter), before any device moves. In the RE Worker
+# (where RE() returns run uids, see 00-base.py) they print a one-line result to the
+# manager's console output.
+import inspect as _inspect
+
+import stemcal.plans as _plans
+from stemcal.catalog import calibration_history, get_record, latest_calibration  # noqa: F401
+from stemcal.plans import DEFAULT_TOLERANCES, optics_state  # noqa: F401
+
+
+def _queue_plan(plan, **defaults):
+    """Give the wrapper ``plan``'s docstring and signature, without annotations,
+    with the parameter defaults ``defaults`` replaced."""
+    sig = _inspect.signature(plan)
+    params = [p.replace(annotation=p.empty, default=defaults.get(p.name, p.default))
+              for p in sig.parameters.values()]
+
+    def decorate(func):
+        func.__signature__ = sig.replace(parameters=params, return_annotation=sig.empty)
+        func.__doc__ = plan.__doc__
+        return func
+    return decorate
+
+
+def _report(plan_name, result):
+    """Print the result of a plan in the queue server's console output; return it."""
+    if _is_re_worker_active():
+        if hasattr(result, "scan_rotation"):  # a CalibrationRecord
+            text = (f"uid={result.uid} valid={result.valid} quality={result.quality!r} "
+                    f"scan_rotation={result.scan_rotation:.4f} deg flip_y={result.flip_y} "
+                    f"overfocus={result.overfocus:.6g} m")
+        elif isinstance(result, dict) and "passed" in result:  # verify_calibration
+            text = (f"passed={result['passed']} reason={result['reason']!r} "
+                    f"record_uid={result['record_uid']}")
+        else:
+            text = repr(result)
+        print(f"stemcal {plan_name}: {text}", flush=True)
+    return result
+
+
+def _session_recorder(callback, catalog_client):
+    """The session's recorder unless the caller gave a callback or another catalog."""
+    if callback is None and (catalog_client is None or catalog_client is catalog):
+        return recorder
+    return callback
+
+
+@_queue_plan(_plans.overfocus_scan)
+def overfocus_scan(detector, scan, optics, **kwargs):
+    return _report("overfocus_scan",
+                   (yield from _plans.overfocus_scan(detector, scan, optics, **kwargs)))
+
+
+@_queue_plan(_plans.calibrate)
+def calibrate(detector, scan, optics, *, catalog_client=None, callback=None, **kwargs):
+    return _report("calibrate", (yield from _plans.calibrate(
+        detector, scan, optics, catalog_client=catalog_client,
+        callback=_session_recorder(callback, catalog_client), **kwargs)))
+
+
+@_queue_plan(_plans.verify_calibration, record=None)
+def verify_calibration(detector, scan, optics, record=None, *, callback=None, **kwargs):
+    # record: a CalibrationRecord, a record uid (prefix), or None: the one in force now.
+    if record is None:
+        record = latest_calibration(catalog, optics_state(optics.state(), scan.state()),
+                                    DEFAULT_TOLERANCES)
+        if record is None:
+            raise ValueError("record: no valid calibration holds for the current optics "
+                             "state; run calibrate first or give a record uid")
+    elif isinstance(record, str):
+        record = get_record(catalog, record)
+    return _report("verify_calibration", (yield from _plans.verify_calibration(
+        detector, scan, optics, record, callback=recorder if callback is None else callback,
+        **kwargs)))
+
+
+@_queue_plan(_plans.recalibrate_if_stale, catalog_client=None, tolerances=None)
+def recalibrate_if_stale(detector, scan, optics, *, catalog_client=None, tolerances=None,
+                         callback=None, **kwargs):
+    client = catalog if catalog_client is None else catalog_client
+    return _report("recalibrate_if_stale", (yield from _plans.recalibrate_if_stale(
+        detector, scan, optics, catalog_client=client,
+        tolerances=DEFAULT_TOLERANCES if tolerances is None else tolerances,
+        callback=_session_recorder(callback, catalog_client), **kwargs)))
 
 
 def calibrate_here(**kwargs):
