@@ -210,7 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--data-dir", metavar="DIR",
                      help="where the detector writes (default CATALOG/raw; a temporary "
                           "directory for a tiled server)")
-    cal.add_argument("--figures", metavar="DIR", help="write a PNG of the images per run")
+    cal.add_argument("--figures", metavar="DIR", help="write a PNG of the images per run "
+                                                     "(and of the live view, live_<uid8>.png)")
+    live = cal.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=True,
+                      help="live scans: frames are streamed and projected while they arrive "
+                           "(default)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="triggered scans: one 4D event per scan, processed at its end")
 
     hist = sub.add_parser("history", help="list calibration records, newest first")
     _add_catalog(hist)
@@ -546,7 +553,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
     try:
         result = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
                                       catalog_client=session.client, callback=session.recorder,
-                                      max_attempts=args.max_attempts))
+                                      max_attempts=args.max_attempts, live=args.live))
     finally:
         session.close()
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())

@@ -57,7 +57,8 @@ def calibrated(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     cats = {"default": d / "default", "other": d / "other"}
     res = many({
-        "default": (["calibrate", "--catalog", cats["default"], "--json"], None),
+        # triggered scans here; live scans (the default) in "other"
+        "default": (["calibrate", "--catalog", cats["default"], "--json", "--no-live"], None),
         "other": (["calibrate", "--json", "--true-scan-rotation", "-61", "--no-true-flip-y",
                    "--true-overfocus", "0.95e-6", "--figures", d / "figures"],
                   {"STEMCAL_CATALOG": str(cats["other"])}),
@@ -73,6 +74,7 @@ def test_calibrate_prints_one_record_near_truth(calibrated):
     near(recs["other"], -61.0, False, 0.95e-6)
     assert (cats["other"] / "catalog.db").is_file()  # $STEMCAL_CATALOG was used
     assert list((d / "figures").glob("calibration_*.png"))
+    assert list((d / "figures").glob("live_*.png"))  # the live view of the live scan
 
 
 def test_history_and_show_read_the_records_back(calibrated):

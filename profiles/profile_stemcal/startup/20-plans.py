@@ -58,21 +58,24 @@ def _session_recorder(callback, catalog_client):
     return callback
 
 
-@_queue_plan(_plans.overfocus_scan)
-def overfocus_scan(detector, scan, optics, **kwargs):
+# In this session scans are live by default (live=True): the recorder's live view shows the
+# images while the frames arrive. live=False takes triggered scans (one 4D event each).
+@_queue_plan(_plans.overfocus_scan, live=True)
+def overfocus_scan(detector, scan, optics, *, live=True, **kwargs):
     return _report("overfocus_scan",
-                   (yield from _plans.overfocus_scan(detector, scan, optics, **kwargs)))
+                   (yield from _plans.overfocus_scan(detector, scan, optics, live=live, **kwargs)))
 
 
-@_queue_plan(_plans.calibrate)
-def calibrate(detector, scan, optics, *, catalog_client=None, callback=None, **kwargs):
+@_queue_plan(_plans.calibrate, live=True)
+def calibrate(detector, scan, optics, *, catalog_client=None, callback=None, live=True, **kwargs):
     return _report("calibrate", (yield from _plans.calibrate(
         detector, scan, optics, catalog_client=catalog_client,
-        callback=_session_recorder(callback, catalog_client), **kwargs)))
+        callback=_session_recorder(callback, catalog_client), live=live, **kwargs)))
 
 
-@_queue_plan(_plans.verify_calibration, record=None)
-def verify_calibration(detector, scan, optics, record=None, *, callback=None, **kwargs):
+@_queue_plan(_plans.verify_calibration, record=None, live=True)
+def verify_calibration(detector, scan, optics, record=None, *, callback=None, live=True,
+                       **kwargs):
     # record: a CalibrationRecord, a record uid (prefix), or None: the one in force now.
     if record is None:
         record = latest_calibration(catalog, optics_state(optics.state(), scan.state()),
@@ -84,13 +87,14 @@ def verify_calibration(detector, scan, optics, record=None, *, callback=None, **
         record = get_record(catalog, record)
     return _report("verify_calibration", (yield from _plans.verify_calibration(
         detector, scan, optics, record, callback=recorder if callback is None else callback,
-        **kwargs)))
+        live=live, **kwargs)))
 
 
 @_queue_plan(_plans.recalibrate_if_stale, catalog_client=None, tolerances=None)
 def recalibrate_if_stale(detector, scan, optics, *, catalog_client=None, tolerances=None,
                          callback=None, **kwargs):
     client = catalog if catalog_client is None else catalog_client
+    kwargs.setdefault("live", True)  # live scans in this session (see above)
     return _report("recalibrate_if_stale", (yield from _plans.recalibrate_if_stale(
         detector, scan, optics, catalog_client=client,
         tolerances=DEFAULT_TOLERANCES if tolerances is None else tolerances,
