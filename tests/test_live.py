@@ -28,23 +28,15 @@ from stemcal.callbacks.live import LiveView, live_params
 from stemcal.callbacks.live_figure import LiveFigure, has_display
 from stemcal.callbacks.live_projection import LiveProjection
 from stemcal.catalog import open_catalog
-from stemcal.devices import MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
+from stemcal.devices import make_sim_instrument
 from stemcal.devices.frame_stream import FrameStreamWriter
 from stemcal.plans import calibrate, overfocus_scan
 from stemcal.processing import OverfocusUDF
 from stemcal.twin import OverfocusParams, simulate
 
-NAV = 40
-SIG = 96
-DET_PIXEL = 55e-6
-CAMERA_LENGTH = 0.2
-SCAN_PIXEL = 0.5e-9 * SIG / 128
-SEMICONV = 0.3 * SIG * DET_PIXEL / CAMERA_LENGTH
-TRUTH = MicroscopeTruth(scan_rotation=23.5, flip_y=True, overfocus_offset=0.05e-6,
-                        detector_pixel_size=DET_PIXEL, semiconv=SEMICONV,
-                        cy=SIG / 2 + 2.3, cx=SIG / 2 - 1.7)
-SPECIMEN = PhysicalSpecimen.generate((256, 256), pixel_size=0.5 * SCAN_PIXEL,
-                                     feature_size=0.8 * SCAN_PIXEL, seed=1)
+# The calibration tests' instrument (40x40 scan, 96x96 detector, 5 counts/px).
+from test_calibrate import NAV, SCAN_PIXEL, SIG, SPECIMEN, TRUTH  # noqa: E402  (tests/)
+
 DWELL = 1e-3  # s per frame on the real clock: 1.6 s per 40x40 scan
 
 

@@ -41,7 +41,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
@@ -50,6 +49,7 @@ from ophyd.status import Status
 
 from ..plans.calibrate import CALIBRATION_PURPOSE, CHECK_PURPOSE, optics_state
 from ..record import CalibrationRecord
+from ._uri import local_path
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,10 @@ class AcquiredData:
 
 
 def _local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise RunNotCalibrated(f"cannot read {uri!r}: only file://localhost/... URIs are supported")
-    return Path(unquote(parsed.path))
+    try:
+        return local_path(uri)
+    except ValueError as exc:
+        raise RunNotCalibrated(str(exc)) from None
 
 
 class CalibrationRun(CallbackBase):

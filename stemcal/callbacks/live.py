@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
 from ..twin.params import OverfocusParams
+from ._uri import local_path
 from .live_figure import LiveFigure
 from .live_projection import LiveProjection
 
@@ -87,13 +87,6 @@ def live_params(start: Mapping[str, Any], sig_shape: tuple[int, int]) -> Overfoc
         raise ValueError(f"start document {start.get('uid')} lacks the settings a live view "
                          f"needs ({exc!r})") from exc
     return OverfocusParams(**values)
-
-
-def _local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"cannot read {uri!r}: only file://localhost/... URIs are supported")
-    return Path(unquote(parsed.path))
 
 
 class LiveView(CallbackBase):
@@ -223,7 +216,7 @@ class LiveView(CallbackBase):
             self._worker.start()
         dataset = (res.get("parameters") or {}).get("dataset")
         lo, hi = int(datum["indices"]["start"]), int(datum["indices"]["stop"])
-        self._queue.put((_local_path(res["uri"]), dataset, len(shape), lo, hi))
+        self._queue.put((local_path(res["uri"]), dataset, len(shape), lo, hi))
 
     def _work(self) -> None:
         import h5py

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from event_model import StreamRange, compose_stream_resource
+
+from ._writer_base import HDF5WriterBase, scan_shape
 
 __all__ = ["FrameStreamWriter", "FRAME_DIMS"]
 
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 FRAME_DIMS = ("frame", "detector_y", "detector_x")
 
 
-class FrameStreamWriter:
+class FrameStreamWriter(HDF5WriterBase):
     """Write a scan frame by frame into an SWMR HDF5 file and announce frames as they land.
 
     Parameters
@@ -54,36 +54,10 @@ class FrameStreamWriter:
         Dataset path inside each file.
     """
 
-    mimetype = "application/x-hdf5"
-
     def __init__(self, write_dir: str | os.PathLike, *, dataset: str = "/entry/data/data") -> None:
-        self.write_dir = Path(write_dir)
-        self.dataset = dataset
-        self._lock = threading.RLock()
-        self._name: str | None = None
-        self._data_key: str | None = None
-        self._count = 0
-        self._file: Any = None
-        self._path: Path | None = None
-        self._shape: tuple[int, int, int, int] | None = None
-        self._written = 0      # frames written (and flushed) to the current file
+        super().__init__(write_dir, dataset=dataset)
         self._announced = 0    # frames covered by queued or collected stream datums
         self._bundle: Any = None
-        self._pending: list[tuple[str, dict]] = []
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.write_dir)!r}, dataset={self.dataset!r})"
-
-    # -- state ---------------------------------------------------------------------------
-    @property
-    def is_open(self) -> bool:
-        """Whether :meth:`open` was called since the last :meth:`close`."""
-        return self._data_key is not None
-
-    @property
-    def frames_written(self) -> int:
-        """Frames written to the current (or last) scan's file."""
-        return self._written
 
     @property
     def path(self) -> Path | None:
@@ -100,10 +74,8 @@ class FrameStreamWriter:
     # -- life cycle ----------------------------------------------------------------------
     def open(self, name: str, data_key: str) -> None:
         """Start writing files named after ``name`` for the data key ``data_key``."""
-        self.write_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._name, self._data_key = name, data_key
-            self._pending = []
+            super().open(name, data_key)
             self._bundle = None
 
     def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> Path:
@@ -118,18 +90,11 @@ class FrameStreamWriter:
         """
         import h5py
 
-        shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-        if len(shape) != 4 or min(shape) < 1:
-            raise ValueError(f"shape must be (ny, nx, sy, sx) > 0, got {shape}")
+        shape = scan_shape(shape)
         ny, nx, sy, sx = shape
         with self._lock:
-            if not self.is_open:
-                raise RuntimeError("begin() before open()")
-            if self._file is not None:
-                raise RuntimeError("begin() while another scan's file is open")
-            self._count += 1
-            path = (self.write_dir
-                    / f"{self._name}_live_{self._count:05d}_{secrets.token_hex(4)}.h5").resolve()
+            self._check_can_begin()
+            path = self._next_path("live_")
             f = h5py.File(path, "w", libver="latest")
             try:
                 ds = f.create_dataset(self.dataset, shape=(ny * nx, sy, sx), dtype=np.dtype(dtype),

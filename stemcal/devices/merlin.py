@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, DeviceStatus
 from ophyd.device import Staged
 
+from ._writer_base import HDF5WriterBase, scan_shape
 from .frame_stream import FRAME_DIMS, FrameStreamWriter
 from .signals import ReadbackSignal
 
@@ -116,7 +116,7 @@ class DetectorWriter(Protocol):
         """Stop writing and drop queued documents; idempotent."""
 
 
-class HDF5StreamWriter:
+class HDF5StreamWriter(HDF5WriterBase):
     """Write each acquisition to its own HDF5 file and describe it with stream documents.
 
     Each file holds one dataset of shape ``(1, ny, nx, sy, sx)``, one frame per
@@ -138,50 +138,18 @@ class HDF5StreamWriter:
         ``'bslz4'`` needs :mod:`hdf5plugin` imported by every reader.
     """
 
-    mimetype = "application/x-hdf5"
-
     def __init__(self, write_dir: str | os.PathLike, *, dataset: str = "/entry/data/data",
                  compression: str | None = None) -> None:
         if compression not in (None, "bslz4"):
             raise ValueError(f"compression must be None or 'bslz4', got {compression!r}")
-        self.write_dir = Path(write_dir)
-        self.dataset = dataset
+        super().__init__(write_dir, dataset=dataset)
         self.compression = compression
-        self._name: str | None = None
-        self._data_key: str | None = None
-        self._pending: list[tuple[str, dict]] = []
-        self._count = 0
-        self._lock = threading.RLock()
-        self._file: Any = None          # the open h5py.File of the current acquisition
-        self._path: Path | None = None  # its final name
-        self._shape: tuple[int, int, int, int] | None = None
-        self._written = 0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.write_dir)!r}, dataset={self.dataset!r})"
-
-    @property
-    def is_open(self) -> bool:
-        """Whether :meth:`open` was called since the last :meth:`close`."""
-        return self._data_key is not None
-
-    @property
-    def frames_written(self) -> int:
-        """Frames written to the current (or last) acquisition's file."""
-        return self._written
 
     @property
     def has_pending(self) -> bool:
         """Whether stream documents wait to be collected."""
         with self._lock:
             return bool(self._pending)
-
-    def open(self, name: str, data_key: str) -> None:
-        """Start writing files named after ``name`` for the data key ``data_key``."""
-        self.write_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._name, self._data_key = name, data_key
-            self._pending = []
 
     def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
         """Create the (temporary) file of one acquisition of ``shape`` ``(ny, nx, sy, sx)``.
@@ -195,22 +163,15 @@ class HDF5StreamWriter:
         """
         import h5py
 
-        shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-        if len(shape) != 4 or min(shape) < 1:
-            raise ValueError(f"shape must be (ny, nx, sy, sx) > 0, got {shape}")
+        shape = scan_shape(shape)
         filters: dict[str, Any] = {}
         if self.compression == "bslz4":
             import hdf5plugin
 
             filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
         with self._lock:
-            if not self.is_open:
-                raise RuntimeError("begin() before open()")
-            if self._file is not None:
-                raise RuntimeError("begin() while another acquisition's file is open")
-            self._count += 1
-            path = (self.write_dir
-                    / f"{self._name}_{self._count:05d}_{secrets.token_hex(4)}.h5").resolve()
+            self._check_can_begin()
+            path = self._next_path()
             f = h5py.File(self._tmp(path), "w")
             try:
                 ds = f.create_dataset(self.dataset, shape=(1, *shape), dtype=np.dtype(dtype),
