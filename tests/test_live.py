@@ -341,37 +341,114 @@ def _live_run_interrupted(tmp_path, action):
     return inst, RE, docs, recorder
 
 
-def test_live_scan_paused_midway_fails_keeps_its_frames_and_is_not_calibrated(tmp_path):
+def _announced(docs) -> int:
+    return max(d["indices"]["stop"] for n, d in docs if n == "stream_datum")
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["immediate", "deferred"])
+def test_pause_lets_the_live_scan_go_on_and_resume_calibrates_it(tmp_path, defer):
+    """Ctrl-C twice or once: the detector goes on; on resume the same scan is collected
+    (immediate) or is already complete (deferred), and it is calibrated."""
+    from bluesky.utils import RunEngineInterrupted
+    inst, RE, docs, recorder = _live_run_interrupted(
+        tmp_path, lambda RE: RE.request_pause(defer=defer))
+    try:
+        with pytest.raises(RunEngineInterrupted):
+            RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True, flush_period=0.1))
+        assert RE.state == "paused"
+        if defer:
+            assert _announced(docs) == 32 * 32  # the whole scan before the pause
+        else:
+            assert _announced(docs) < 32 * 32
+        RE.resume()
+        assert only(docs, "stop")["exit_status"] == "success"
+        assert _announced(docs) == 32 * 32
+        assert len([n for n, _ in docs if n == "stream_resource"]) == 1  # one scan, not two
+        uid = only(docs, "start")["uid"]
+        status = recorder.result_status(uid)
+        assert status.exception(timeout=120) is None
+        assert status.result.acquisition_uid == uid
+        assert status.result.fit_settings["data"]["nav_shape"] == [32, 32]
+    finally:
+        recorder.close()
+
+
+def test_pause_then_abort_keeps_the_frames_and_calibrates_nothing(tmp_path):
+    from bluesky.utils import RunEngineInterrupted
     inst, RE, docs, recorder = _live_run_interrupted(tmp_path, lambda RE: RE.request_pause())
     try:
-        from bluesky.utils import RunEngineInterrupted
-        try:
+        with pytest.raises(RunEngineInterrupted):
             RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True, flush_period=0.1))
-        except RunEngineInterrupted:
-            pass
-        if RE.state == "paused":  # the fly scan cannot be rewound; end it
-            RE.abort()
-        stop = only(docs, "stop")
-        # an immediate pause cannot rewind a fly scan: the run fails (bluesky's FailedPause)
-        assert stop["exit_status"] == "fail", stop
+        assert RE.state == "paused"
+        RE.abort()
+        assert only(docs, "stop")["exit_status"] == "abort"
         uid = only(docs, "start")["uid"]
         status = recorder.result_status(uid)
         status.exception(timeout=30)  # waits until done
         with pytest.raises(RunNotCalibrated, match="exit_status"):
             status.result
         resource = only(docs, "stream_resource")
-        announced = max(d["indices"]["stop"] for n, d in docs if n == "stream_datum")
         with h5py.File(path_of(resource), "r") as f:
             ds = f[resource["parameters"]["dataset"]]
             assert not bool(ds.attrs["complete"])
             written = int(ds.attrs["frames_written"])
-            assert 0 < announced == written < 32 * 32
+            assert 0 < written < 32 * 32
             assert ds[written - 1].any() and not ds[written:].any()
+        assert _announced(docs) <= written
         assert inst.detector._staged.name == "no" and not inst.detector.acquiring
         # the next live scan runs clean
         docs.clear()
         assert RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True)).exit_status \
             == "success"
+    finally:
+        recorder.close()
+
+
+def test_instrument_error_mid_live_scan_fails_the_run(tmp_path):
+    from bluesky.utils import FailedStatus
+    inst = instrument(tmp_path / "raw", nav=24, dwell=1e-3)
+    mic = inst.microscope
+    real_sleep, rows = mic.sleep, []
+
+    def failing_sleep(seconds):
+        real_sleep(seconds)
+        rows.append(seconds)
+        if len(rows) == 10:
+            raise ConnectionError("scan generator lost")
+
+    mic.sleep = failing_sleep
+    RE = RunEngine({}, call_returns_result=True)
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    with pytest.raises(FailedStatus) as info:
+        RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True, flush_period=0.1))
+    assert "merlin: acquisition failed: ConnectionError: scan generator lost" in str(info.value)
+    stop = only(docs, "stop")
+    assert stop["exit_status"] == "fail" and "scan generator lost" in stop["reason"]
+    assert _announced(docs) == 9 * 24  # the nine rows written before the fault
+    mic.sleep = real_sleep
+    docs.clear()
+    assert RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True)).exit_status \
+        == "success"
+
+
+def test_live_scan_aborted_midway(tmp_path):
+    inst, RE, docs, recorder = _live_run_interrupted(tmp_path, lambda RE: RE.abort("test"))
+    try:
+        from bluesky.utils import RunEngineInterrupted
+        with pytest.raises((RunEngineInterrupted, Exception)):
+            RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True, flush_period=0.1))
+        if RE.state == "paused":
+            RE.abort()
+        assert only(docs, "stop")["exit_status"] == "abort"
+        status = recorder.result_status(only(docs, "start")["uid"])
+        status.exception(timeout=30)
+        with pytest.raises(RunNotCalibrated):
+            status.result
+        written = inst.detector.stream_writer.frames_written
+        announced = max(d["indices"]["stop"] for n, d in docs if n == "stream_datum")
+        assert 0 < announced == written < 32 * 32
+        assert not inst.detector.acquiring
     finally:
         recorder.close()
 

@@ -381,8 +381,9 @@ class MerlinDetector(Device):
     (:meth:`collect_asset_docs`, up to :meth:`get_index` frames) announce the
     frames as they land, so that a callback can process them while the scan
     runs. :meth:`complete` is the status of that acquisition;
-    :meth:`describe_collect` describes one frame ``(sy, sx)`` per index. See
-    :func:`stemcal.plans.overfocus_scan` with ``live=True``.
+    :meth:`describe_collect` describes one frame ``(sy, sx)`` per index. A
+    RunEngine pause does not interrupt a live acquisition (see :meth:`pause`).
+    See :func:`stemcal.plans.overfocus_scan` with ``live=True``.
     """
 
     data_file = Cpt(ReadbackSignal, value="", kind="normal")
@@ -470,7 +471,17 @@ class MerlinDetector(Device):
         super().stop(success=success)
 
     def pause(self) -> None:
-        """RunEngine pause: interrupt a running acquisition, as :meth:`stop`."""
+        """RunEngine pause: interrupt a running triggered acquisition, as :meth:`stop`.
+
+        A live acquisition (:meth:`kickoff`) goes on: a scan cannot be held
+        midway, and the plan (not rewound) goes on collecting it on resume.
+        An abort or stop while paused interrupts it when the detector is
+        stopped or unstaged.
+        """
+        live = self._complete_status
+        if live is not None and not live.done:
+            logger.info("%s: paused; the live acquisition goes on", self.name)
+            return
         self._interrupt("pause")
 
     def resume(self) -> None:

@@ -134,12 +134,12 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
         ``scan``), announced by a StreamDatum every ``flush_period`` seconds,
         so that a callback (:class:`stemcal.callbacks.CalibrationRecorder`)
         processes them during the scan. The scan and optics are read once,
-        before the scan, into the stream ``baseline``. Like any Bluesky fly
-        scan the acquisition cannot be rewound: an immediate pause (Ctrl-C
-        twice, ``RE.request_pause()``) during it ends the run with
-        ``exit_status='fail'`` (the frames so far stay in the file and in the
-        stream; nothing is calibrated from it); a deferred pause (Ctrl-C
-        once) waits until the scan has ended.
+        before the scan, into the stream ``baseline``. The scan is not
+        rewound: a pause (Ctrl-C, ``RE.request_pause()``) during it lets the
+        detector go on, and on ``RE.resume()`` the plan goes on collecting the
+        same scan (an immediate pause) or pauses after it (a deferred one);
+        ``RE.abort()``/``RE.stop()`` while paused interrupt it, and its frames
+        so far stay in the file and in the stream (not calibrated).
     flush_period : float
         Seconds between StreamDatum documents of a live scan (> 0).
 
@@ -204,19 +204,31 @@ def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0
     """Read ``others`` into :data:`BASELINE_STREAM`, then fly ``detector`` into stream ``name``.
 
     The detector is kicked off, and its new frames are announced
-    (``collect``) every ``flush_period`` seconds until it completes. The
-    acquisition is not rewindable (the checkpoint is cleared); a deferred
-    pause takes effect at the checkpoint after it. A failed acquisition
-    raises :class:`AcquisitionFailed` after the frames written so far have
-    been announced.
+    (``collect``) every ``flush_period`` seconds until it completes. That
+    part is not rewindable (:func:`bluesky.preprocessors.rewindable_wrapper`):
+    a pause resumes where it was, and a deferred pause takes effect at the
+    checkpoint after the scan. A failed acquisition raises
+    :class:`AcquisitionFailed` after the frames written so far have been
+    announced.
     """
     yield from _read_event(others, BASELINE_STREAM)
     yield from bps.declare_stream(detector, name=name, collect=True)
-    yield from bps.clear_checkpoint()
+    yield from bpp.rewindable_wrapper(_fly(detector, flush_period, name), False)
+    yield from bps.checkpoint()  # a deferred pause requested during the scan stops here
+
+
+def _fly(detector: Any, flush_period: float, name: str) -> MsgGenerator[None]:
     try:
         yield from bps.kickoff(detector, wait=True)
-        yield from bps.collect_while_completing([detector], [detector], flush_period=flush_period,
-                                                stream_name=name)
+        # Poll the acquisition's own status rather than a wait group: a pause cancels a
+        # wait (its group is gone on resume), but this loop picks the scan up again.
+        status = yield from bps.complete(detector, group=_short_uid("complete"))
+        while not status.done:
+            yield from bps.sleep(flush_period)
+            yield from bps.collect(detector, name=name)
+        yield from bps.collect(detector, name=name)
+        if not status.success:
+            raise FailedStatus(status)
     except Exception as exc:
         logger.info("live acquisition of %s interrupted: %r", getattr(detector, "name", detector),
                     exc)
@@ -228,7 +240,6 @@ def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0
         if type(exc) is FailedStatus and exc.args:
             raise AcquisitionFailed(*exc.args) from exc
         raise
-    yield from bps.checkpoint()  # a deferred pause requested during the scan stops here
 
 
 class AcquisitionFailed(FailedStatus):
