@@ -86,6 +86,7 @@ def test_config_selects_the_live_merlin(tmp_path, served):
             assert (det.backend.api_port, det.backend.data_port) == (server.control_port,
                                                                      server.data_port)
             assert isinstance(det.writer, MIBKeepingWriter)
+            assert type(det.stream_writer).__name__ == "MIBKeepingFrameWriter"
             docs: list = []
             session.RE.subscribe(lambda name, doc: docs.append((name, doc)))
             # bp.count, not overfocus_scan: the session's calibration recorder would
@@ -162,6 +163,29 @@ def test_mib_keeping_writer_with_the_simulated_merlin(RE, docs, tmp_path):
         assert frames.shape == (3, 4, 24, 32) and frames.max() > 0
         np.testing.assert_array_equal(load_mib(path.with_suffix(".hdr")), frames)
     assert det.writer.last_raw_file == h5_path(resources[-1]).with_suffix(".hdr")
+
+
+def test_mib_keeping_frame_writer_in_a_live_scan(RE, docs, tmp_path):
+    from stemcal.devices.mib_writer import MIBKeepingFrameWriter
+    from stemcal.plans import overfocus_scan
+    inst = make_sim_instrument(tmp_path / "x", sig_shape=(24, 32), sleep=lambda s: None)
+    det = MerlinDetector("merlin", backend=SimBackend(inst.microscope), write_dir=tmp_path / "raw",
+                         stream_writer=MIBKeepingFrameWriter(tmp_path / "raw"))
+    inst.scan.shape_y.set(3).wait(timeout=5)
+    inst.scan.shape_x.set(4).wait(timeout=5)
+    assert RE(overfocus_scan(det, inst.scan, inst.optics, live=True)).exit_status == "success"
+    (resource,) = of(docs, "stream_resource")
+    primary = [d for d in of(docs, "descriptor") if d["name"] == "primary"][0]
+    assert primary["data_keys"]["merlin_image"]["raw_format"] == "MIB"
+    path = h5_path(resource)
+    with h5py.File(path, "r") as f:
+        ds = f["/entry/data/data"]
+        frames = ds[()]
+        assert ds.attrs["raw_file"].rstrip(b"\0").decode() == str(path.with_suffix(".hdr"))
+        assert ds.attrs["raw_format"] == "MIB"
+    assert frames.shape == (12, 24, 32) and frames.max() > 0
+    np.testing.assert_array_equal(load_mib(path.with_suffix(".hdr")), frames.reshape(3, 4, 24, 32))
+    assert det.stream_writer.last_raw_file == path.with_suffix(".hdr")
 
 
 # -- the simulated ARINA, bad tables, the profile -------------------------------------------

@@ -36,7 +36,7 @@ def make_live_detector(settings: DetectorSettings, scan: Any,
     from .dectris_live import DectrisLiveBackend
     from .live import MerlinLiveBackend
     from .merlin import MerlinDetector
-    from .mib_writer import MIBKeepingWriter
+    from .mib_writer import MIBKeepingFrameWriter, MIBKeepingWriter
 
     if not settings.is_live:
         raise ValueError(f"make_live_detector needs backend = 'live', got {settings.backend!r}")
@@ -46,7 +46,11 @@ def make_live_detector(settings: DetectorSettings, scan: Any,
                   pixel_size=r["pixel_size"], timeout=settings.timeout)
     if settings.kind == "merlin":
         backend = MerlinLiveBackend(scan, counter_depth=r["bit_depth"], **common)
-        writer = MIBKeepingWriter(write_dir) if settings.keep_mib else None
-        return MerlinDetector("merlin", backend=backend, write_dir=Path(write_dir), writer=writer)
+        if settings.keep_mib:
+            writer, stream_writer = MIBKeepingWriter(write_dir), MIBKeepingFrameWriter(write_dir)
+        else:
+            writer = stream_writer = None
+        return MerlinDetector("merlin", backend=backend, write_dir=Path(write_dir), writer=writer,
+                              stream_writer=stream_writer)
     backend = DectrisLiveBackend(scan, bit_depth=r["bit_depth"], **common)
     return ArinaDetector("arina", backend=backend, write_dir=Path(write_dir))

@@ -104,6 +104,7 @@ class FrameStreamWriter(HDF5WriterBase):
                 ds.attrs["frames_expected"] = ny * nx
                 ds.attrs["frames_written"] = 0
                 ds.attrs["complete"] = False
+                self._prepare_dataset(ds)
                 f.swmr_mode = True
             except BaseException:
                 f.close()
@@ -117,6 +118,9 @@ class FrameStreamWriter(HDF5WriterBase):
                                                      "chunk_shape": (1,), "swmr": True})
             self._pending.append(("stream_resource", self._bundle.stream_resource_doc))
             return path
+
+    def _prepare_dataset(self, ds: Any) -> None:
+        """Hook: add attributes before SWMR writing starts (none can be created after)."""
 
     def write_frames(self, start: int, frames: np.ndarray) -> None:
         """Write ``frames`` ``(k, sy, sx)`` at flat scan positions ``start ..``, then flush.

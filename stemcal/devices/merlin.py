@@ -620,6 +620,7 @@ class MerlinDetector(Device):
         key = {"source": self.backend.source, "dtype": "array",
                "dtype_numpy": np.dtype(self.backend.dtype).str, "shape": [sy, sx],
                "dims": list(FRAME_DIMS[1:]), "external": "STREAM:"}
+        key.update(getattr(self.stream_writer, "data_key_info", dict)())
         return {self.image_key: key}
 
     def get_index(self) -> int:
