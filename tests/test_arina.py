@@ -249,6 +249,24 @@ def when_logged(server: DectrisSim, needle: str, action, delay: float) -> None:
 
 
 # -- tests ----------------------------------------------------------------------------------
+def test_live_scan_through_simplon_and_zmq(RE, docs, sim, served, make_detector, scan, optics):
+    """A live (fly) scan of the real DECTRIS protocol: contiguous StreamDatum ranges and a
+    per-frame file identical to the served frames."""
+    _, data = served
+    det = make_detector(sim)
+    assert RE(overfocus_scan(det, scan, optics, live=True, flush_period=0.1)).exit_status \
+        == "success"
+    primary = [d for d in of(docs, "descriptor") if d["name"] == "primary"][0]
+    assert primary["data_keys"]["arina_image"]["shape"] == list(SIG)
+    bounds = [(d["indices"]["start"], d["indices"]["stop"]) for d in of(docs, "stream_datum")]
+    assert bounds[0][0] == 0 and bounds[-1][1] == NAV[0] * NAV[1]
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    (resource,) = of(docs, "stream_resource")
+    with h5py.File(resource_path(resource), "r") as f:
+        written = f[resource["parameters"]["dataset"]][()]
+    np.testing.assert_array_equal(written, data.reshape(-1, *SIG))
+
+
 def test_overfocus_scan_writes_the_served_frames(RE, docs, sim, served, make_detector, scan,
                                                  optics):
     from libertem.api import Context
