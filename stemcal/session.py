@@ -181,8 +181,13 @@ class Session:
 def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings = SimSettings(),
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
-                 detector: "DetectorSettings | None" = None) -> Session:
+                 detector: "DetectorSettings | None" = None,
+                 call_returns_result: bool = True) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
+
+    ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
+    the plan's return value, e.g. the calibration record); False: the run
+    uids, bluesky's default (what the queue server's RE Worker needs).
 
     ``detector`` (the ``[detector]`` table, :class:`~stemcal.detector_config.
     DetectorSettings`) picks the detector: by default the simulated Merlin;
@@ -221,7 +226,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     if det_cfg.is_live:
         from .devices.factory import make_live_detector
         inst = inst._replace(detector=make_live_detector(det_cfg, inst.scan, data))
-    RE = RunEngine({}, call_returns_result=True)
+    RE = RunEngine({}, call_returns_result=bool(call_returns_result))
     if not remote and not isinstance(client, UnavailableCatalog):
         from bluesky_tiled_plugins import TiledWriter
         RE.subscribe(TiledWriter(client))
@@ -289,10 +294,11 @@ def _check_config(p: Path, cfg: dict[str, Any]) -> None:
         raise ValueError(f"{p}: {exc}") from None
 
 
-def session_from_config(cfg: dict[str, Any]) -> Session:
+def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:
     """:func:`make_session` from a :func:`load_config` dictionary."""
     paths = cfg.get("paths", {})
     return make_session(cfg.get("catalog", {}).get("location"),
                         sim=SimSettings.from_mapping(cfg.get("simulation", {})),
                         data_dir=paths.get("data_dir"), figure_dir=paths.get("figure_dir"),
-                        detector=DetectorSettings.from_mapping(cfg.get("detector", {})))
+                        detector=DetectorSettings.from_mapping(cfg.get("detector", {})),
+                        call_returns_result=call_returns_result)

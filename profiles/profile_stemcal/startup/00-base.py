@@ -7,20 +7,18 @@ import bluesky.plans as bp  # noqa: F401
 
 from stemcal.session import load_config, session_from_config
 
-stemcal_config = load_config()
-session = session_from_config(stemcal_config)
-RE = session.RE
 try:
     from bluesky_queueserver import is_re_worker_active as _is_re_worker_active
 except ImportError:  # plain IPython without the queue server installed
     def _is_re_worker_active():
         return False
-if _is_re_worker_active():
-    # In the queue server's RE Worker the RunEngine returns the run uids (the default of
-    # bluesky), not RunEngineResult(plan_result=CalibrationRecord): queueserver 0.0.25
-    # pickles what RE() returns to the manager process, whose 0.5 s timeout the import of
-    # stemcal there exceeds, and the queue stops after the first calibrate. The result is not
-    # shown to queue-server users; the record is in the catalog. (The property has no setter.)
-    RE._call_returns_result = False
+stemcal_config = load_config()
+# In the queue server's RE Worker the RunEngine returns the run uids (the default of
+# bluesky), not RunEngineResult(plan_result=CalibrationRecord): queueserver 0.0.25 pickles
+# what RE() returns to the manager process, whose 0.5 s timeout the import of stemcal there
+# exceeds, and the queue stops after the first calibrate. The result is not shown to
+# queue-server users; the record is in the catalog.
+session = session_from_config(stemcal_config, call_returns_result=not _is_re_worker_active())
+RE = session.RE
 catalog = session.client
 recorder = session.recorder
