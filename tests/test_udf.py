@@ -358,6 +358,109 @@ def test_one_or_two_threads_give_the_same_images(data_descan, inline_reference):
     _assert_identical(res, inline_reference)
 
 
+class _TileFlagsUDF(OverfocusUDF):
+    """Records whether each tile it sees is writeable (copied before the deferred kernel)."""
+
+    seen: list[bool] = []
+
+    def get_tiling_preferences(self):
+        return {"depth": 8, "total_size": 8 * 24 * 48 * 2}  # many tiles, sig-split for uint16
+
+    def process_tile(self, tile):
+        _TileFlagsUDF.seen.append(bool(np.asarray(tile).flags.writeable))
+        super().process_tile(tile)
+
+
+@pytest.fixture(scope="module")
+def two_threads():
+    """An inline context with two threads per task, so the pipelined path runs on any machine."""
+    from libertem.executor.inline import InlineJobExecutor
+    c = Context(executor=InlineJobExecutor(inline_threads=2))
+    yield c
+    c.close()
+
+
+def test_pipelined_writeable_tiles_give_the_same_images(two_threads, data_descan, inline_reference):
+    """Writeable tiles (LiberTEM may refill their buffer) are copied before the deferred kernel;
+    also when they are sig-split into many small tiles."""
+    _TileFlagsUDF.seen = []
+    _assert_identical(run(two_threads, data_descan, DESCAN, udf_cls=_TileFlagsUDF,
+                          num_partitions=4), inline_reference)
+    assert len(_TileFlagsUDF.seen) > 8 and all(_TileFlagsUDF.seen)
+    _SPLITS.clear()
+    res = run(two_threads, data_descan, DESCAN, udf_cls=SmallTilesUDF, num_partitions=3,
+              base_shape=(1, 8, 8))
+    assert _SPLITS and all(s != SIG for _, s in _SPLITS)
+    _check_equal(res, direct(data_descan, DESCAN))
+
+
+def test_pipelined_npy_file_gives_the_same_images(two_threads, data, tmp_path):
+    """An .npy file through stemcal.io: LiberTEM's tiles are read-only views of the file's
+    mmap, worked on without a copy while the next tile is read (the last one waited for in
+    postprocess); the images are those of the in-memory data."""
+    from stemcal.io import open_dataset
+    path = tmp_path / "scan.npy"
+    np.save(path, data)
+    ds = open_dataset(two_threads, str(path))
+    _TileFlagsUDF.seen = []
+    res = {k: np.asarray(v.data)
+           for k, v in two_threads.run_udf(dataset=ds, udf=_TileFlagsUDF(PARAMS)).items()}
+    assert len(_TileFlagsUDF.seen) > 8 and not any(_TileFlagsUDF.seen)
+    _assert_identical(res, run(two_threads, data, PARAMS, num_partitions=2))
+
+
+def test_pipelined_mib_file_gives_the_same_images(two_threads, data, tmp_path):
+    """A Merlin .mib file: LiberTEM decodes its big-endian frames into one buffer that it
+    refills for every tile (at most 1 MiB), so each tile's window is copied before the
+    deferred kernel works on it."""
+    from stemcal.io import open_dataset
+    from stemcal.twin.writers import write_mib
+    hdr = write_mib(tmp_path / "scan.mib", data)
+    ds = open_dataset(two_threads, str(hdr))
+    _TileFlagsUDF.seen = []
+    res = {k: np.asarray(v.data)
+           for k, v in two_threads.run_udf(dataset=ds, udf=_TileFlagsUDF(PARAMS)).items()}
+    assert len(_TileFlagsUDF.seen) > 8 and all(_TileFlagsUDF.seen)
+    _assert_identical(res, run(two_threads, data, PARAMS, num_partitions=2))
+
+
+def test_disk_window_holds_every_pixel_read():
+    """The kernels on the window of a tile give the same as on the whole tile; pixels outside
+    the window do not matter."""
+    from stemcal.processing.fused import disk_extent, disk_window, project_tile
+    from stemcal.processing.kernels import sample_points
+    nav, sig = (6, 7), (64, 64)
+    params = FINE.replace(scan_pixel_size=1e-9, semiconv=4e-3)
+    data = simulate(params, nav, sig, dose=40, seed=9).reshape((-1,) + sig).astype(float)
+    geo = ProjectionGeometry(params, nav, sig)
+    scan_yx = nav_coordinates(np.arange(len(data)), nav)
+    centres = geo.centres(scan_yx)
+    offsets = geo.offsets(scan_yx, centres)
+    c0 = np.array([params.cy, params.cx])
+    A = np.ascontiguousarray(geo.A)
+    ext = disk_extent(centres, c0)
+    for b in (1, 2, 3):
+        nb = (-(-sig[0] // b), -(-sig[1] // b))
+        for org, shape in (((0, 0), sig), ((5, 9), (40, 33)), ((17, 0), (13, 64))):
+            tile = data[:, org[0]:org[0] + shape[0], org[1]:org[1] + shape[1]]
+            y0, y1, x0, x1 = disk_window(ext, geo.r_out, b, org, shape)
+            assert (y1 - y0) * (x1 - x0) < shape[0] * shape[1] or shape != sig
+            masked = np.full_like(tile, np.nan)  # NaN outside the window: must never be read
+            masked[:, y0:y1, x0:x1] = tile[:, y0:y1, x0:x1]
+            outs = []
+            window = masked[:, y0:y1, x0:x1]
+            for frames, oy, ox in ((tile, *org), (window, org[0] + y0, org[1] + x0)):
+                acc, fs = np.zeros((1,) + geo.shape + (2,)), np.zeros((1,) + nb)
+                project_tile(frames, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out,
+                             acc, fs)
+                pts = np.zeros(len(frames))
+                sample_points(np.ascontiguousarray(frames), oy, ox, centres, pts)
+                outs.append((acc, fs, pts))
+            for a, w in zip(*outs):
+                np.testing.assert_array_equal(a, w)
+    assert disk_window(None, geo.r_out, 2, (0, 0), sig) == (0, sig[0], 0, sig[1])
+
+
 def test_bad_bin_pitch_is_refused():
     with pytest.raises(ValueError, match="bin_pitch"):
         OverfocusUDF(PARAMS, bin_pitch=float("nan"))

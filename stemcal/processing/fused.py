@@ -249,20 +249,48 @@ def udf_threads(meta) -> int:
     return max(1, int(threads)) if threads else 1
 
 
+def _chunks(n: int, threads: int) -> list[tuple[int, int, int]]:
+    chunk = -(-n // max(1, threads))
+    return [(t, t * chunk, min(n, (t + 1) * chunk)) for t in range(threads) if t * chunk < n]
+
+
 def run_threads(work, n: int, threads: int) -> None:
     """Call ``work(t, i0, i1)`` for ``threads`` contiguous chunks ``[i0, i1)`` of ``range(n)``.
 
     With more than one chunk they run on a shared pool of ``threads`` threads
     (``work`` must release the GIL to gain anything); exceptions propagate.
     """
-    chunk = -(-n // max(1, threads))
-    jobs = [(t, t * chunk, min(n, (t + 1) * chunk)) for t in range(threads) if t * chunk < n]
+    jobs = _chunks(n, threads)
     if len(jobs) <= 1:
         for job in jobs:
             work(*job)
         return
-    for fut in [_pool(threads).submit(work, *job) for job in jobs]:
-        fut.result()
+    wait_jobs([_pool(threads).submit(work, *job) for job in jobs])
+
+
+def start_threads(work, n: int, threads: int) -> list:
+    """:func:`run_threads` without waiting: the chunks' futures (always run on the pool, also
+    a single chunk, so that the caller is free at once). Wait with :func:`wait_jobs`."""
+    return [_pool(max(1, threads)).submit(work, *job) for job in _chunks(n, threads)]
+
+
+def wait_jobs(futures) -> None:
+    """Wait for every future (all of them, even when one fails), then re-raise the first error."""
+    error = None
+    for fut in futures:
+        try:
+            fut.result()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+def _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
+    def work(t: int, i0: int, i1: int) -> None:
+        _project_frames(frames[i0:i1], org_y, org_x, int(b), centres[i0:i1], c0, offsets[i0:i1],
+                        A, float(r_in), float(r_out), acc[t], fsum[t])
+    return work
 
 
 def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum):
@@ -298,11 +326,56 @@ def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, 
     ``T > 1`` runs the chunks in a thread pool of ``T`` threads (the kernel
     releases the GIL); ``T == 1`` runs in the calling thread.
     """
-    def work(t: int, i0: int, i1: int) -> None:
-        _project_frames(frames[i0:i1], org_y, org_x, int(b), centres[i0:i1], c0, offsets[i0:i1],
-                        A, float(r_in), float(r_out), acc[t], fsum[t])
-
+    work = _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum)
     run_threads(work, frames.shape[0], acc.shape[0])
+
+
+def start_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum) -> list:
+    """:func:`project_tile` on the pool without waiting; returns the futures (see
+    :func:`wait_jobs`). ``frames`` must stay unchanged until they are done."""
+    work = _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum)
+    return start_threads(work, frames.shape[0], acc.shape[0])
+
+
+def disk_extent(centres, c0) -> tuple[float, float, float, float] | None:
+    """``(ymin, ymax, xmin, xmax)`` of the beam centres and ``c0``, for :func:`disk_window`;
+    None when one is not finite."""
+    c = np.asarray(centres, dtype=float).reshape(-1, 2)
+    ys = [float(c0[0])]
+    xs = [float(c0[1])]
+    if c.size:
+        ys += [float(c[:, 0].min()), float(c[:, 0].max())]
+        xs += [float(c[:, 1].min()), float(c[:, 1].max())]
+    ext = (min(ys), max(ys), min(xs), max(xs))
+    return ext if all(math.isfinite(v) for v in ext) else None
+
+
+def disk_window(extent, r_out: float, b: int, org: tuple[int, int],
+                shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part ``[y0:y1, x0:x1]`` of a tile (top-left detector pixel ``org``, ``shape``) that
+    holds every pixel :func:`project_tile` and
+    :func:`~stemcal.processing.kernels.sample_points` read for its frames.
+
+    ``extent`` is :func:`disk_extent` of the frames' beam centres and the reference centre.
+    The window is the whole bins (bin grid from detector pixel 0) within ``r_out``, plus one
+    bin, of any of them, cut to the tile. The kernels give bit for bit the same on this
+    window (with its own origin) as on the whole tile. ``y0 >= y1`` or ``x0 >= x1`` when no
+    pixel of the tile is needed; the whole tile when ``extent`` is None or ``r_out`` is not
+    finite.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if extent is None or not math.isfinite(r_out):
+        return 0, h, 0, w
+    off = (b - 1) / 2.0
+
+    def span(lo: float, hi: float, o: int, n: int) -> tuple[int, int]:
+        first = (math.floor((lo - r_out - off) / b) - 1) * b
+        last = (math.ceil((hi + r_out - off) / b) + 2) * b
+        return max(first - o, 0), min(last - o, n)
+
+    y0, y1 = span(extent[0], extent[1], int(org[0]), h)
+    x0, x1 = span(extent[2], extent[3], int(org[1]), w)
+    return y0, y1, x0, x1
 
 
 def choose_bin(A: np.ndarray, sig_shape: tuple[int, int], max_pitch: float) -> int:

@@ -7,7 +7,8 @@ from libertem.udf import UDF
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
 from .geometry import ProjectionGeometry
-from .fused import choose_bin, project_tile, udf_threads
+from .fused import (choose_bin, disk_extent, disk_window, project_tile, start_tile, udf_threads,
+                    wait_jobs)
 from .kernels import sample_points, splat_frames
 
 
@@ -129,29 +130,86 @@ class OverfocusUDF(UDF):
         }
 
     # -- processing ---------------------------------------------------------
-    def process_tile(self, tile):
+    def _frames(self):
+        """Beam centres, offsets, the index of the scan-middle frame (or -1), the reference
+        centre and the centres' extent of the current tile's frames; the sig-split tiles of
+        the same frames share them."""
         geo: ProjectionGeometry = self.task_data.geometry
-        b = int(self.task_data.bin)
+        sl = self.meta.slice
+        key = (geo, int(sl.origin[0]), int(sl.shape[0]))  # the geometry object of this task
+        cached = getattr(self, "_frames_cache", None)
+        if cached is not None and cached[0][0] is geo and cached[0][1:] == key[1:]:
+            return cached[1]
         scan_yx = np.asarray(self.meta.coordinates, dtype=float).reshape(-1, 2)
         centres = geo.centres(scan_yx)
         offsets = geo.offsets(scan_yx, centres)
+        mid = scan_middle(geo.nav_shape)
+        hit = np.flatnonzero((scan_yx[:, 0] == mid[0]) & (scan_yx[:, 1] == mid[1]))
         c0 = np.array([geo.params.cy, geo.params.cx], dtype=float)
+        value = (centres, offsets, int(hit[0]) if hit.size else -1, c0, disk_extent(centres, c0))
+        self._frames_cache = (key, value)
+        return value
+
+    def _wait(self) -> None:
+        pending = getattr(self, "_pending", None)
+        if pending:
+            self._pending = None
+            wait_jobs(pending[0])
+
+    def _own_copy(self, window: np.ndarray) -> np.ndarray:
+        """``window`` copied into one of two buffers of this UDF, used in turn (the other one
+        may still be read by the previous tile's kernel)."""
+        bufs = getattr(self, "_copy_bufs", None)
+        if bufs is None:
+            bufs = self._copy_bufs = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
+            self._copy_turn = 0
+        self._copy_turn ^= 1
+        nbytes = window.size * window.dtype.itemsize
+        if bufs[self._copy_turn].size < nbytes:
+            bufs[self._copy_turn] = np.empty(nbytes, dtype=np.uint8)
+        out = bufs[self._copy_turn][:nbytes].view(window.dtype).reshape(window.shape)
+        np.copyto(out, window)
+        return out
+
+    def process_tile(self, tile):
+        geo: ProjectionGeometry = self.task_data.geometry
+        b = int(self.task_data.bin)
+        centres, offsets, mid, c0, extent = self._frames()
         sig = self.meta.sig_slice
         oy, ox = int(sig.origin[0]), int(sig.origin[1])
         data = np.asarray(tile).reshape((tile.shape[0],) + tuple(sig.shape))
+        # Only the part of the tile within reach of the used disks is read at all.
+        y0, y1, x0, x1 = disk_window(extent, geo.r_out, b, (oy, ox), data.shape[1:])
+        if y0 >= y1 or x0 >= x1:
+            return
+        data = data[:, y0:y1, x0:x1]
+        oy, ox = oy + y0, ox + x0
         A = self.task_data.A
-        project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out,
-                     self.results.acc, self.results.fsum)
+        acc, fsum = self.results.acc, self.results.fsum
+        if acc.shape[0] > 1:
+            # Pipelined: the pool works on this tile while LiberTEM reads (and decodes) the
+            # next one; the next call, or postprocess, waits for it. A read-only tile is a
+            # view of the file's mmap, kept alive by the reference held here; any other
+            # tile's buffer may be refilled by LiberTEM, so its window is copied first.
+            if data.flags.writeable:
+                data = self._own_copy(data)
+            self._wait()
+            self._pending = (start_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in,
+                                        geo.r_out, acc, fsum), data)
+        else:
+            project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc, fsum)
         pts = np.zeros(len(data))
         sample_points(data, oy, ox, centres, pts)
         self.results.point[:] += pts
-        mid = scan_middle(geo.nav_shape)
-        hit = np.flatnonzero((scan_yx[:, 0] == mid[0]) & (scan_yx[:, 1] == mid[1]))
-        if hit.size:
-            i = int(hit[0])
-            scratch = np.zeros((1,) + self.results.fsum.shape[1:])
-            project_tile(data[i:i + 1], oy, ox, b, centres[i:i + 1], c0, offsets[i:i + 1], A,
-                         geo.r_in, geo.r_out, self.results.selected_acc[None], scratch)
+        if mid >= 0:
+            scratch = np.zeros((1,) + fsum.shape[1:])
+            project_tile(data[mid:mid + 1], oy, ox, b, centres[mid:mid + 1], c0,
+                         offsets[mid:mid + 1], A, geo.r_in, geo.r_out,
+                         self.results.selected_acc[None], scratch)
+
+    def postprocess(self):
+        # the last tile's kernel of this partition must be done before LiberTEM sends results
+        self._wait()
 
     def merge(self, dest, src):
         dest.point[:] += src.point
