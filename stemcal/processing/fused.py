@@ -148,22 +148,35 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
                 v = float(frame[y_a, bx - org_x])
                 rowv[bx] = v
                 fsum[by, bx] += v
-        elif whole and b == 2:
-            for bx in range(lo, hi + 1):
-                x0 = bx * 2 - org_x
-                v = (float(frame[y_a, x0]) + float(frame[y_a, x0 + 1])
-                     + float(frame[y_a + 1, x0]) + float(frame[y_a + 1, x0 + 1]))
-                rowv[bx] = v
-                fsum[by, bx] += v
-        elif whole and b > 2:
-            for bx in range(lo, hi + 1):
-                x0 = bx * b - org_x
-                v = 0.0
-                for y in range(y_a, y_b):
-                    for x in range(x0, x0 + b):
-                        v += frame[y, x]
-                rowv[bx] = v
-                fsum[by, bx] += v
+        elif whole:
+            # whole bins: the bin row's raw rows summed column by column (contiguous, so
+            # it vectorises), then each bin's b columns
+            xa0 = lo * b - org_x
+            xb0 = hi * b + b - org_x
+            nx = xb0 - xa0
+            rs = rsum[xa0:xb0]
+            row0 = frame[y_a, xa0:xb0]
+            for x in range(nx):
+                rs[x] = row0[x]
+            for y in range(y_a + 1, y_b):
+                row = frame[y, xa0:xb0]
+                for x in range(nx):
+                    rs[x] += row[x]
+            nbin = hi + 1 - lo
+            rv = rowv[lo:hi + 1]
+            fs = fsum[by, lo:hi + 1]
+            if b == 2:
+                for k in range(nbin):
+                    v = rs[2 * k] + rs[2 * k + 1]
+                    rv[k] = v
+                    fs[k] += v
+            else:
+                for k in range(nbin):
+                    v = 0.0
+                    for x in range(k * b, k * b + b):
+                        v += rs[x]
+                    rv[k] = v
+                    fs[k] += v
         else:
             # the raw rows of this bin row, summed column by column ...
             for x in range(x_a, x_b):
@@ -191,6 +204,32 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
         # `stride`-th bin per sweep keeps consecutive updates on different pixels.
         b_lo = max(lo, lo_f)
         b_hi = min(hi, hi_f)
+        if fast and b_lo <= b_hi:
+            # the usual case: the whole disk lands inside acc, no bounds checks
+            whole_row = b == 1 or (lo * b >= org_x and hi * b + b <= org_x + w)
+            share_w = 1.0 if b == 1 else rows * b  # every bin of the row is whole
+            dpx = float(stride * b)
+            for phase in range(stride):
+                bx0 = b_lo + phase
+                if bx0 > b_hi:
+                    break
+                pxb = bx0 * b + off  # bin centres are multiples of 1/2: the sums are exact
+                for bx in range(bx0, b_hi + 1, stride):
+                    dx = pxb - cx
+                    r2 = dy2 + dx * dx
+                    p = pxb
+                    pxb += dpx
+                    if r2 >= ro2:
+                        continue
+                    wgt = 1.0
+                    if r2 > ri2:
+                        wgt = (r_out - math.sqrt(r2)) / taper
+                    if whole_row:
+                        share = share_w
+                    else:
+                        share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
+                    _splat_unchecked(acc, base_y + a01 * p, base_x + a11 * p, rowv[bx], wgt, share)
+            continue
         for phase in range(stride):
             for bx in range(b_lo + phase, b_hi + 1, stride):
                 pxb = bx * b + off
@@ -206,10 +245,7 @@ def _project_frame(frame, org_y, org_x, b, cy, cx, c0y, c0x, oy, ox, A, r_in, r_
                 share = 1.0
                 if b > 1:
                     share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
-                if fast:
-                    _splat_unchecked(acc, uy, ux, rowv[bx], wgt, share)
-                else:
-                    _splat_checked(acc, uy, ux, rowv[bx], wgt, share)
+                _splat_checked(acc, uy, ux, rowv[bx], wgt, share)
 
 
 @numba.njit(nogil=True, cache=True)
