@@ -366,11 +366,14 @@ def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, 
     run_threads(work, frames.shape[0], acc.shape[0])
 
 
-def start_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum) -> list:
-    """:func:`project_tile` on the pool without waiting; returns the futures (see
-    :func:`wait_jobs`). ``frames`` must stay unchanged until they are done."""
+def start_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum,
+               threads: int | None = None) -> list:
+    """:func:`project_tile` on the pool without waiting, in ``threads`` chunks (default and at
+    most ``T``); returns the futures (see :func:`wait_jobs`). ``frames`` must stay unchanged
+    until they are done."""
     work = _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum)
-    return start_threads(work, frames.shape[0], acc.shape[0])
+    T = acc.shape[0] if threads is None else max(1, min(int(threads), acc.shape[0]))
+    return start_threads(work, frames.shape[0], T)
 
 
 def disk_extent(centres, c0) -> tuple[float, float, float, float] | None:

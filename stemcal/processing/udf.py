@@ -191,11 +191,14 @@ class OverfocusUDF(UDF):
             # next one; the next call, or postprocess, waits for it. A read-only tile is a
             # view of the file's mmap, kept alive by the reference held here; any other
             # tile's buffer may be refilled by LiberTEM, so its window is copied first.
+            # While LiberTEM decodes on this thread, one kernel thread fewer leaves it a core.
+            jobs = acc.shape[0]
             if data.flags.writeable:
                 data = self._own_copy(data)
+                jobs = acc.shape[0] - 1
             self._wait()
             self._pending = (start_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in,
-                                        geo.r_out, acc, fsum), data)
+                                        geo.r_out, acc, fsum, threads=jobs), data)
         else:
             project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc, fsum)
         pts = np.zeros(len(data))
