@@ -208,6 +208,13 @@ def versions() -> str:
             f"python {platform.python_version()}")
 
 
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        return "-"
+
+
 def own_peak_rss_gb() -> float:
     """Peak RSS of this process's own address space (``VmHWM``), GB.
 
@@ -229,6 +236,7 @@ def peak_rss_gb(who) -> float:
 def bench_passes(cases, files, executors, contexts, repeat):
     from stemcal.io import open_dataset
     rows = []
+    load_before = load_average()
     for fmt, nav, sig in cases:
         path = files[(nav, sig)][fmt]
         frames = frames_memmap(path, fmt)
@@ -242,13 +250,15 @@ def bench_passes(cases, files, executors, contexts, repeat):
             ds = open_dataset(ctx, path)
             t = best_of(lambda: udf_pass(ctx, ds, params), repeat)
             rows.append([case_name(fmt, nav, sig), ex, f"{t:.3f}", f"{t_base:.3f}",
-                         f"{t / t_base:.1f}", f"{n / t:,.0f}", f"{nbytes / t / 1e9:.2f}",
+                         f"{t / t_base:.2f}", f"{n / t:,.0f}", f"{nbytes / t / 1e9:.2f}",
                          f"{nbytes / t_base / 1e9:.2f}"])
             print(f"  ... {rows[-1][0]}, {ex}: {t:.3f} s", file=sys.stderr, flush=True)
     table(f"one pass: OverfocusUDF over the whole file vs a NumPy memmap frame sum "
           f"(best of {repeat}, after 1 warm-up)",
           ["case", "executor", "stemcal s", "baseline s", "ratio", "frames/s", "GB/s",
            "baseline GB/s"], rows)
+    print(f"  load average (1/5/15 min) before {load_before}, after {load_average()}: other work "
+          f"on the machine makes the two-thread passes slower than the one-thread baseline")
 
 
 def warmup_fit():
