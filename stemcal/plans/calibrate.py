@@ -29,7 +29,7 @@ import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
 from ..record import CalibrationRecord
-from .scan import _plain, overfocus_scan
+from .scan import _plain, check_live, overfocus_scan
 
 __all__ = ["calibrate", "verify_calibration", "recalibrate_if_stale", "optics_state",
            "focus_schedule", "sharpness_offset", "CALIBRATION_PURPOSE", "CHECK_PURPOSE",
@@ -116,11 +116,6 @@ def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
         raise ValueError(f"focus_step must be a finite number > 0, got {focus_step!r}")
     if timeout is not None and not (_real(timeout) and timeout > 0):
         raise ValueError(f"timeout must be None or a finite number > 0, got {timeout!r}")
-
-
-def _check_live(live: Any) -> None:
-    if not isinstance(live, bool):
-        raise ValueError(f"live must be true or false, got {live!r}")
 
 
 def focus_schedule(start: float, step: float, limits: tuple[float, float],
@@ -258,7 +253,8 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     live : bool
         Take each scan as a live (fly) scan whose frames are announced while
         they arrive (``overfocus_scan(live=True)``): the recorder's live view
-        shows them during the scan. An immediate pause then fails the run.
+        shows them during the scan. A pause then lets the scan go on, and
+        resuming collects the same scan.
 
     Returns
     -------
@@ -277,7 +273,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     should be subscribed to the RunEngine, or each run is calibrated twice.
     """
     _check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
-    _check_live(live)
+    check_live(live)
     if callback is None and catalog_client is None:
         raise ValueError("give catalog_client (or a subscribed callback)")
     if callback is not None and catalog_client is not None \
@@ -397,7 +393,7 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
-    _check_live(live)
+    check_live(live)
     recorder, own = _recorder(callback, None)
     check = {"record_uid": record.uid, "params": record.params().to_dict(),
              "rotation_step": float(rotation_step), "overfocus_step": float(overfocus_step)}
@@ -482,7 +478,7 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
     _check_calibrate_args(calibrate_kwargs.get("max_attempts", 3),
                           calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
                           calibrate_kwargs.get("timeout", 600.0))
-    _check_live(calibrate_kwargs.get("live", False))
+    check_live(calibrate_kwargs.get("live", False))
 
     def inner() -> MsgGenerator[CalibrationRecord]:
         state = optics_state(optics.state(), scan.state())

@@ -99,6 +99,12 @@ def _settings(device: Any) -> dict[str, Any]:
     return {k: _plain(v["value"]) for k, v in device.read_configuration().items()}
 
 
+def check_live(live: Any) -> None:
+    """``ValueError`` unless ``live`` is a bool (plan arguments may come from a queue server)."""
+    if not isinstance(live, bool):
+        raise ValueError(f"live must be true or false, got {live!r}")
+
+
 def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str, Any] | None = None,
                    md: Mapping[str, Any] | None = None, live: bool = False,
                    flush_period: float = 0.25) -> MsgGenerator[str]:
@@ -159,8 +165,7 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     created.
     """
     guess_md = _guess_dict(guess)
-    if not isinstance(live, bool):
-        raise ValueError(f"live must be true or false, got {live!r}")
+    check_live(live)
     if not (_is_real(flush_period) and flush_period > 0):
         raise ValueError(f"flush_period must be a finite number of seconds > 0, got {flush_period!r}")
     _md: dict[str, Any] = {
@@ -229,17 +234,8 @@ def _fly(detector: Any, flush_period: float, name: str) -> MsgGenerator[None]:
         yield from bps.collect(detector, name=name)
         if not status.success:
             raise FailedStatus(status)
-    except Exception as exc:
-        logger.info("live acquisition of %s interrupted: %r", getattr(detector, "name", detector),
-                    exc)
-        try:
-            yield from bps.stop(detector)
-            yield from bps.collect(detector, name=name)  # what was written before the fault
-        except Exception:  # never hide the original error behind the salvage's
-            logger.exception("could not announce the frames of the interrupted acquisition")
-        if type(exc) is FailedStatus and exc.args:
-            raise AcquisitionFailed(*exc.args) from exc
-        raise
+    except Exception as exc:  # announce what was written before the fault
+        yield from _interrupted(detector, exc, bps.collect(detector, name=name))
 
 
 class AcquisitionFailed(FailedStatus):
@@ -287,18 +283,28 @@ def acquire_and_read(detector: Any, devices: list[Any],
                 yield from bps.trigger(obj, group=group)
         yield from bps.wait(group=group)
     except Exception as exc:
-        logger.info("acquisition of %s interrupted: %r", getattr(detector, "name", detector), exc)
-        try:
-            yield from bps.stop(detector)
+        def salvage() -> MsgGenerator[None]:
             has_data = getattr(detector, "has_uncollected_data", None)
             if callable(has_data) and has_data():
                 yield from _read_event(devices, INCOMPLETE_STREAM)
-        except Exception:  # never hide the original error behind the salvage's
-            logger.exception("could not record the interrupted acquisition")
-        if type(exc) is FailedStatus and exc.args:
-            raise AcquisitionFailed(*exc.args) from exc
-        raise
+
+        yield from _interrupted(detector, exc, salvage())
     yield from _read_event(devices, name)
+
+
+def _interrupted(detector: Any, exc: Exception, salvage: MsgGenerator[None]) -> MsgGenerator[None]:
+    """After ``exc`` cut an acquisition short: stop ``detector``, run ``salvage`` (which
+    records what it wrote), then raise ``exc`` -- a failed status as
+    :class:`AcquisitionFailed`, whose message names the device and the cause."""
+    logger.info("acquisition of %s interrupted: %r", getattr(detector, "name", detector), exc)
+    try:
+        yield from bps.stop(detector)
+        yield from salvage
+    except Exception:  # never hide the original error behind the salvage's
+        logger.exception("could not record the interrupted acquisition")
+    if type(exc) is FailedStatus and exc.args:
+        raise AcquisitionFailed(*exc.args) from exc
+    raise exc
 
 
 def _read_event(devices: list[Any], name: str) -> MsgGenerator[None]:
