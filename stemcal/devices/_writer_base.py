@@ -55,6 +55,12 @@ class HDF5WriterBase:
         """Frames written to the current (or last) acquisition's file."""
         return self._written
 
+    @property
+    def has_pending(self) -> bool:
+        """Whether stream documents wait to be collected."""
+        with self._lock:
+            return bool(self._pending)
+
     def open(self, name: str, data_key: str) -> None:
         """Start writing files named after ``name`` for the data key ``data_key``."""
         self.write_dir.mkdir(parents=True, exist_ok=True)

@@ -60,15 +60,10 @@ class FrameStreamWriter(HDF5WriterBase):
         self._bundle: Any = None
 
     @property
-    def path(self) -> Path | None:
-        """The current (or last) scan's file."""
-        return self._path
-
-    @property
     def has_pending(self) -> bool:
         """Whether documents, or written frames not yet announced, wait to be collected."""
         with self._lock:
-            return bool(self._pending) or (self._bundle is not None
+            return super().has_pending or (self._bundle is not None
                                            and self._written > self._announced)
 
     # -- life cycle ----------------------------------------------------------------------

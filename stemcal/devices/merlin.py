@@ -145,12 +145,6 @@ class HDF5StreamWriter(HDF5WriterBase):
         super().__init__(write_dir, dataset=dataset)
         self.compression = compression
 
-    @property
-    def has_pending(self) -> bool:
-        """Whether stream documents wait to be collected."""
-        with self._lock:
-            return bool(self._pending)
-
     def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> None:
         """Create the (temporary) file of one acquisition of ``shape`` ``(ny, nx, sy, sx)``.
 
@@ -602,26 +596,22 @@ class MerlinDetector(Device):
         """Data keys: ``data_file`` plus the external image ``(ny, nx, sy, sx)``."""
         desc = dict(super().describe())
         shape = self._last_shape or self.backend.frame_shape()
-        desc[self.image_key] = {
-            "source": self.backend.source,
-            "dtype": "array",
-            "dtype_numpy": np.dtype(self.backend.dtype).str,
-            "shape": list(shape),
-            "dims": list(IMAGE_DIMS),
-            "external": "STREAM:",
-        }
-        # e.g. MIBKeepingWriter: where the raw copy of each acquisition is
-        desc[self.image_key].update(getattr(self.writer, "data_key_info", dict)())
+        desc[self.image_key] = self._image_data_key(shape, IMAGE_DIMS, self.writer)
         return desc
+
+    def _image_data_key(self, shape: Any, dims: Any, writer: Any) -> dict[str, Any]:
+        """The external image's data key: ``shape`` and ``dims`` of one index, plus what
+        ``writer`` adds (e.g. a MIB-keeping writer: where the raw copy is)."""
+        key = {"source": self.backend.source, "dtype": "array",
+               "dtype_numpy": np.dtype(self.backend.dtype).str,
+               "shape": [int(n) for n in shape], "dims": list(dims), "external": "STREAM:"}
+        key.update(getattr(writer, "data_key_info", dict)())
+        return key
 
     def describe_collect(self) -> dict[str, dict[str, Any]]:
         """Data key of a live acquisition: one frame ``(sy, sx)`` per index (flat scan position)."""
-        sy, sx = (int(n) for n in self.backend.sig_shape)
-        key = {"source": self.backend.source, "dtype": "array",
-               "dtype_numpy": np.dtype(self.backend.dtype).str, "shape": [sy, sx],
-               "dims": list(FRAME_DIMS[1:]), "external": "STREAM:"}
-        key.update(getattr(self.stream_writer, "data_key_info", dict)())
-        return {self.image_key: key}
+        return {self.image_key: self._image_data_key(self.backend.sig_shape, FRAME_DIMS[1:],
+                                                     self.stream_writer)}
 
     def get_index(self) -> int:
         """Frames of the live acquisition written so far (what :meth:`collect_asset_docs` may

@@ -41,23 +41,25 @@ RAW_FILE_ATTR_BYTES = 4096
 logger = logging.getLogger(__name__)
 
 
-class MIBKeepingWriter(HDF5StreamWriter):
+class _KeepsMIB:
+    """What both MIB-keeping writers share: the format name, the data-key field, the last copy."""
+
+    raw_format = "MIB"
+    #: The ``.hdr`` of the last MIB copy written, or None.
+    last_raw_file: Path | None = None
+
+    def data_key_info(self) -> dict[str, Any]:
+        """Extra fields for the image data key of the event descriptor."""
+        return {"raw_format": self.raw_format}
+
+
+class MIBKeepingWriter(_KeepsMIB, HDF5StreamWriter):
     """:class:`~stemcal.devices.HDF5StreamWriter` that also keeps each scan as ``.mib`` + ``.hdr``.
 
     Parameters are those of :class:`~stemcal.devices.HDF5StreamWriter`.
     Frames must be ``uint8`` or ``uint16`` (Merlin counter depths 1/6/12),
     as :func:`~stemcal.twin.writers.write_mib` writes.
     """
-
-    raw_format = "MIB"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_raw_file: Path | None = None
-
-    def data_key_info(self) -> dict[str, Any]:
-        """Extra fields for the image data key of the event descriptor."""
-        return {"raw_format": self.raw_format}
 
     def end(self, complete: bool = True) -> Path | None:
         """Write the MIB copy of a complete acquisition, then close its HDF5 file as usual."""
@@ -78,7 +80,7 @@ class MIBKeepingWriter(HDF5StreamWriter):
             return result
 
 
-class MIBKeepingFrameWriter(FrameStreamWriter):
+class MIBKeepingFrameWriter(_KeepsMIB, FrameStreamWriter):
     """:class:`~stemcal.devices.frame_stream.FrameStreamWriter` that also keeps each complete
     scan as ``.mib`` + ``.hdr`` (frames ``uint8``/``uint16``).
 
@@ -86,16 +88,6 @@ class MIBKeepingFrameWriter(FrameStreamWriter):
     with NUL to :data:`RAW_FILE_ATTR_BYTES`; empty when no copy was written)
     and ``raw_format`` (``"MIB"``) point to the copy.
     """
-
-    raw_format = "MIB"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_raw_file: Path | None = None
-
-    def data_key_info(self) -> dict[str, Any]:
-        """Extra fields for the image data key of the event descriptor."""
-        return {"raw_format": self.raw_format}
 
     def _prepare_dataset(self, ds: Any) -> None:
         ds.attrs.create("raw_file", np.bytes_(b""), dtype=f"S{RAW_FILE_ATTR_BYTES}")
