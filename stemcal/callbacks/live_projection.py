@@ -16,8 +16,8 @@ import numpy as np
 
 from ..processing.fused import available_cores, choose_bin, project_tile
 from ..processing.geometry import ProjectionGeometry, nav_coordinates
-from ..processing.kernels import sample_points, splat_frames
-from ..processing.udf import normalised
+from ..processing.kernels import sample_points
+from ..processing.udf import pass_images
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
 
@@ -128,20 +128,7 @@ class LiveProjection:
 
         ``point`` is NaN at positions not yet added.
         """
-        geo = self.geometry
-        b = self.bin
         with self._lock:
-            acc = self._acc.sum(axis=0)
-            fsum = self._fsum.sum(axis=0)
-            point = self._point.copy()
-            selected = self._selected[..., 0].copy()
-        mid = scan_middle(geo.nav_shape)[None, :].astype(float)
-        c0 = self._c0[None, :]
-        total = np.zeros(geo.shape)
-        cov = np.zeros(geo.shape)
-        splat_frames(fsum[None], 0, 0, float(b), (b - 1) / 2.0, c0, geo.offsets(mid, c0),
-                     self._A, geo.r_in, geo.r_out, total, cov)
-        shifted_sum, coverage = acc[..., 0], acc[..., 1]
-        return {"point": point, "selected": selected, "shifted_sum": shifted_sum,
-                "coverage": coverage, "sum": total,
-                "shifted_sum_normalised": normalised(shifted_sum, coverage)}
+            acc, fsum = self._acc.copy(), self._fsum.copy()
+            point, selected = self._point.copy(), self._selected.copy()
+        return pass_images(self.geometry, self.bin, acc, fsum, point, selected)

@@ -22,6 +22,34 @@ def normalised(shifted_sum: np.ndarray, coverage: np.ndarray, *, rel_floor: floa
     return out
 
 
+def pass_images(geo: ProjectionGeometry, b: int, acc: np.ndarray, fsum: np.ndarray,
+                point: np.ndarray, selected_acc: np.ndarray) -> dict[str, np.ndarray]:
+    """The images of a pass from its accumulators (see :class:`OverfocusUDF`'s results).
+
+    ``acc`` (T, H, W, 2) and ``fsum`` (T, nby, nbx) are the per-thread
+    accumulators of :func:`~stemcal.processing.fused.project_tile`, ``b`` its
+    bin side, ``point`` the nav image and ``selected_acc`` (H, W, 2) the
+    middle frame's accumulator. The ``sum`` image is the binned frame sum
+    splatted once, as if taken at the scan middle.
+    """
+    mid = scan_middle(geo.nav_shape)[None, :]
+    c0 = np.array([[geo.params.cy, geo.params.cx]])
+    total = np.zeros(geo.shape)
+    cov = np.zeros(geo.shape)
+    splat_frames(fsum.sum(axis=0)[None], 0, 0, float(b), (b - 1) / 2.0, c0, geo.offsets(mid, c0),
+                 np.ascontiguousarray(geo.A), geo.r_in, geo.r_out, total, cov)
+    summed = acc.sum(axis=0)
+    shifted_sum, coverage = summed[..., 0], summed[..., 1]
+    return {
+        "point": point,
+        "selected": selected_acc[..., 0],
+        "shifted_sum": shifted_sum,
+        "coverage": coverage,
+        "sum": total,
+        "shifted_sum_normalised": normalised(shifted_sum, coverage),
+    }
+
+
 class OverfocusUDF(UDF):
     """Project every frame of an overfocused 4D-STEM scan into the specimen plane.
 
@@ -222,21 +250,6 @@ class OverfocusUDF(UDF):
 
     def get_results(self):
         geo = self._geometry()
-        b = self._bin(geo)
-        mid = scan_middle(geo.nav_shape)[None, :]
-        c0 = np.array([[geo.params.cy, geo.params.cx]])
-        total = np.zeros(geo.shape)
-        cov = np.zeros(geo.shape)
-        fsum = np.asarray(self.results.fsum, dtype=float).sum(axis=0)
-        splat_frames(fsum[None], 0, 0, float(b), (b - 1) / 2.0, c0, geo.offsets(mid, c0),
-                     np.ascontiguousarray(geo.A), geo.r_in, geo.r_out, total, cov)
-        acc = np.asarray(self.results.acc).sum(axis=0)
-        shifted_sum, coverage = acc[..., 0], acc[..., 1]
-        return {
-            "point": self.results.point,
-            "selected": np.asarray(self.results.selected_acc)[..., 0],
-            "shifted_sum": shifted_sum,
-            "coverage": coverage,
-            "sum": total,
-            "shifted_sum_normalised": normalised(shifted_sum, coverage),
-        }
+        return pass_images(geo, self._bin(geo), np.asarray(self.results.acc),
+                           np.asarray(self.results.fsum, dtype=float), self.results.point,
+                           np.asarray(self.results.selected_acc))
