@@ -49,6 +49,7 @@ from ophyd.status import Status
 
 from ..plans.calibrate import CALIBRATION_PURPOSE, CHECK_PURPOSE, optics_state
 from ..record import CalibrationRecord
+from ..twin.params import semiconv_for_disk
 from ._uri import local_path
 
 log = logging.getLogger(__name__)
@@ -515,7 +516,9 @@ class CalibrationRecorder:
                             settings: dict, exc: Exception) -> CalibrationRecord:
         sy, sx = data.sig_shape
         d, L = inputs["overfocus"], inputs["camera_length"]
-        semiconv = inputs.get("semiconv") or min(sy, sx) / 4 * inputs["detector_pixel_size"] / abs(d + L)
+        semiconv = inputs.get("semiconv") or semiconv_for_disk(
+            min(sy, sx) / 4, detector_pixel_size=inputs["detector_pixel_size"], overfocus=d,
+            camera_length=L)
         msg = " ".join(str(exc).split())
         return CalibrationRecord(
             acquisition_uid=start["uid"], scan_rotation=0.0, flip_y=False, overfocus=d,

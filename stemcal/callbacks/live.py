@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
-from ..twin.params import OverfocusParams
+from ..twin.params import OverfocusParams, semiconv_for_disk
 from ._uri import local_path
 from .live_figure import LiveFigure
 from .live_projection import LiveProjection
@@ -75,8 +75,9 @@ def live_params(start: Mapping[str, Any], sig_shape: tuple[int, int]) -> Overfoc
         values = {
             "overfocus": overfocus, "camera_length": camera_length, "detector_pixel_size": det_px,
             "scan_pixel_size": float(guess.get("scan_pixel_size", scan["pixel_size"])),
-            "semiconv": float(guess.get("semiconv",
-                                        min(sy, sx) / 4 * det_px / abs(overfocus + camera_length))),
+            "semiconv": float(guess.get("semiconv", semiconv_for_disk(
+                min(sy, sx) / 4, detector_pixel_size=det_px, overfocus=overfocus,
+                camera_length=camera_length))),
             "cy": float(guess.get("cy", sy / 2)), "cx": float(guess.get("cx", sx / 2)),
             "scan_rotation": float(guess.get("scan_rotation", 0.0)),
             "flip_y": bool(guess.get("flip_y", False)),

@@ -174,3 +174,10 @@ def overfocus_from_ratio(ratio: float, *, scan_pixel_size: float, camera_length:
     if ratio == r:
         raise ValueError("magnification ratio equals detector/scan pixel ratio: overfocus infinite")
     return ratio * camera_length / (r - ratio)
+
+
+def semiconv_for_disk(radius_px: float, *, detector_pixel_size: float, overfocus: float,
+                      camera_length: float) -> float:
+    """The convergence semi-angle (rad) whose bright-field disk has ``radius_px`` detector
+    pixels: the inverse of :attr:`OverfocusParams.disk_radius_px`."""
+    return radius_px * detector_pixel_size / abs(overfocus + camera_length)
