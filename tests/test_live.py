@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlparse
 
 import h5py
 import numpy as np
@@ -36,6 +35,7 @@ from stemcal.twin import OverfocusParams, simulate
 
 # The calibration tests' instrument (40x40 scan, 96x96 detector, 5 counts/px).
 from test_calibrate import NAV, SCAN_PIXEL, SIG, SPECIMEN, TRUTH  # noqa: E402  (tests/)
+from test_plans import path_of  # noqa: E402
 
 DWELL = 1e-3  # s per frame on the real clock: 1.6 s per 40x40 scan
 
@@ -53,12 +53,6 @@ def only(docs, name):
     found = [d for n, d, *_ in docs if n == name]
     assert len(found) == 1, f"expected one {name}, got {len(found)}"
     return found[0]
-
-
-def path_of(resource: dict) -> Path:
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    return Path(uri.path)
 
 
 def full_pass(path: Path, dataset: str, params: OverfocusParams, nav: tuple[int, int]):
