@@ -161,6 +161,14 @@ def test_frame_stream_writer_without_frames_leaves_nothing(tmp_path):
     path = w.begin((2, 2, 4, 4), np.uint16)
     assert w.end(complete=False) is None
     assert not path.exists() and list(w.collect_stream_docs()) == []
+    # once its resource was collected, an empty scan keeps its file
+    path = w.begin((2, 2, 4, 4), np.uint16)
+    (name, _), = w.collect_stream_docs()
+    assert name == "stream_resource"
+    assert w.end(complete=False) == path and path.exists()
+    with h5py.File(path, "r") as f:
+        assert int(f["/entry/data/data"].attrs["frames_written"]) == 0
+        assert not bool(f["/entry/data/data"].attrs["complete"])
 
 
 # -- the live plan --------------------------------------------------------------------------

@@ -140,7 +140,12 @@ class FrameStreamWriter(HDF5WriterBase):
             self._written += k
 
     def end(self, complete: bool = True) -> Path | None:
-        """Close the scan's file (attributes final); None, and no file, if no frame came."""
+        """Close the scan's file (attributes final); its path.
+
+        None, and no file, if no frame came and the StreamResource was not
+        collected yet; once collected, the file stays (``frames_written`` 0)
+        so that the document does not point to nothing.
+        """
         with self._lock:
             f, path, self._file = self._file, self._path, None
             if f is None or path is None:
@@ -153,13 +158,14 @@ class FrameStreamWriter(HDF5WriterBase):
                 ds.flush()
             finally:
                 f.close()
-            if self._written == 0:
+            resource = ("stream_resource", self._bundle.stream_resource_doc)
+            if self._written == 0 and resource in self._pending:
+                # nothing written and nothing announced: leave no file and no documents
                 path.unlink(missing_ok=True)
-                self._pending = [(n, d) for n, d in self._pending if n != "stream_resource"
-                                 or d["uid"] != self._bundle.stream_resource_doc["uid"]]
+                self._pending.remove(resource)
                 self._bundle = None
                 return None
-            return path
+            return path  # (an announced resource keeps its file, even an empty one)
 
     def collect_stream_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
         """Yield the queued resource and one datum for the frames written since the last call.
