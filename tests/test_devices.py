@@ -257,8 +257,10 @@ def test_describe_has_external_stream_key(inst):
 
 def test_stage_unstage_idempotent_and_trigger_needs_stage(inst):
     det = inst.detector
-    with pytest.raises(RuntimeError, match="stage"):
+    with pytest.raises(RuntimeError, match=r"trigger\(\) before stage"):
         det.trigger()
+    with pytest.raises(RuntimeError, match=r"kickoff\(\) before stage"):
+        det.kickoff()
     det.stage()
     assert det.stage() == [det]  # a second stage neither raises nor re-stages
     assert det._staged == Staged.yes

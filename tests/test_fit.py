@@ -239,6 +239,23 @@ def test_build_cache_equals_reshape_binning(ctx, bin_, stride):
     assert cache.pix_offset == (bin_ - 1) / 2 and cache.pix_scale == bin_
 
 
+@pytest.mark.parametrize("factor", [2, 3])
+def test_rebinned_sums_whole_blocks(factor):
+    """Integer counts: the float32 block sums are exact, the remainder rows/columns dropped."""
+    rng = np.random.default_rng(factor)
+    data = rng.integers(0, 1000, size=(3, 4, 16, 17)).astype(np.uint16)
+    cache = cache_of(data)
+    re = cache.rebinned(factor)
+    H, W = 16 // factor, 17 // factor
+    ref = data.reshape((-1, 16, 17))[:, :H * factor, :W * factor].astype(np.float64)
+    ref = ref.reshape(-1, H, factor, W, factor).sum(axis=(2, 4))
+    assert re.frames.dtype == np.float32 and re.frames.flags.c_contiguous
+    np.testing.assert_array_equal(re.frames, ref)
+    assert re.bin == factor and re.pix_offset == (factor - 1) / 2
+    assert cache.rebinned(factor) is re and cache.rebinned(1) is cache
+    np.testing.assert_array_equal(re.frame_sum, cache.frame_sum)
+
+
 # -- (d) metrics ---------------------------------------------------------------------------------
 
 def test_contrast_loss_halves_are_unbiased():

@@ -520,10 +520,11 @@ class MerlinDetector(Device):
         ``started`` (live mode) finishes once the writer has begun the file,
         or fails with the error that prevented it.
         """
+        verb = "trigger()" if started is None else "kickoff()"
         if self._staged != Staged.yes:
-            raise RuntimeError(f"{self.name}: trigger() before stage()")
+            raise RuntimeError(f"{self.name}: {verb} before stage()")
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError(f"{self.name}: trigger() while an acquisition is running")
+            raise RuntimeError(f"{self.name}: {verb} while an acquisition is running")
         self._interrupted.clear()
         status = DeviceStatus(self)
 

@@ -111,7 +111,8 @@ def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: floa
 
 def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams,
                                     image: np.ndarray, origin: np.ndarray, upsample: float,
-                                    *, chunk: int = 256) -> np.ndarray:
+                                    *, radius: float | None = None,
+                                    chunk: int = 256) -> np.ndarray:
     """Disk centres of frames divided by the specimen contrast the model predicts.
 
     The specimen's features near the disk edge pull every edge-based centre;
@@ -120,6 +121,11 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
     degree of rotation). With a first geometry and the shifted-sum image
     ``image`` (target grid ``origin``, ``upsample``), each frame's expected
     transmission is predicted and divided out, leaving a flat disk.
+
+    Only a box around the disks of each chunk of frames is predicted and measured:
+    ``radius`` (detector px; default the geometry's disk radius) plus 15 % and 8 binned px,
+    around the beam centres ``params`` predicts. Outside it there is only background,
+    which the centroid's mask leaves out anyway.
     """
     from ..twin.model import beam_centres, specimen_matrix
     from ..twin.simulate import _simulate_kernel
@@ -130,23 +136,32 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
     img = np.maximum(img, floor)
     out = np.full((len(cache.frames), 2), np.nan)
     n, h, w = cache.frames.shape
+    r_b = (params.disk_radius_px if radius is None else float(radius)) / b
+    pad = 1.15 * r_b + 8.0
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         scan = cache.scan_yx[sl]
         centres_b = (beam_centres(params, scan, cache.nav_shape) - cache.pix_offset) / b
-        T = np.empty((len(scan), h, w))
+        y0, x0 = (max(0, int(math.floor(v - pad))) for v in centres_b.min(axis=0))
+        y1, x1 = (min(s, int(math.ceil(v + pad)) + 1)
+                  for v, s in zip(centres_b.max(axis=0), (h, w)))
+        if y1 - y0 < 3 or x1 - x0 < 3:
+            continue  # the disks lie off the detector: no centres
+        T = np.empty((len(scan), y1 - y0, x1 - x0))
+        box_centres = centres_b - (y0, x0)
 
         def predict(t: int, i0: int, i1: int) -> None:
             _simulate_kernel(img, float(origin[0]), float(origin[1]), float(upsample), A_b,
-                             scan[i0:i1], centres_b[i0:i1], 1e12, 1.0, 0.0, T[i0:i1])
+                             scan[i0:i1], box_centres[i0:i1], 1e12, 1.0, 0.0, T[i0:i1])
 
         run_threads(predict, len(scan), _THREADS)
         T /= np.median(T[:, ::3, ::3])  # a scale only: a sub-sample's median will do
-        normed = cache.frames[sl] / T
+        normed = cache.frames[sl, y0:y1, x0:x1] / T
         disk = find_disk(normed.mean(axis=0))
         lv, bg = disk.level, disk.background
         out[sl] = disk_centres(normed, bg + 0.02 * (lv - bg), upper=bg + 0.2 * (lv - bg),
-                               pix_scale=cache.pix_scale, pix_offset=cache.pix_offset)
+                               pix_scale=cache.pix_scale,
+                               pix_offset=cache.pix_offset) + np.array([y0, x0]) * cache.pix_scale
     return out
 
 
@@ -206,7 +221,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     S, C = loss.project(first.params)
     image = filled_image(S.sum(axis=0), C.sum(axis=0))
     centres = transmission_normalised_centres(cache, first.params, image, loss.geometry.origin,
-                                              loss.geometry.upsample)
+                                              loss.geometry.upsample, radius=coarse.disk_radius)
     descan = fit_descan(centres, cache.scan_yx, scan_middle(cache.nav_shape))
     second_start = first.params.replace(descan=descan.matrix, cy=float(descan.offset[0]),
                                         cx=float(descan.offset[1]))

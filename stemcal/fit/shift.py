@@ -29,11 +29,15 @@ def disk_window(shape: tuple[int, int], centre: tuple[float, float], radius: flo
 
 
 def prepare(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Windowed, mean-free frames (float32), ready for correlation."""
+    """Windowed, mean-free frames (float32), ready for correlation (all arithmetic in
+    float32, the window-weighted means summed in float64)."""
     f = np.asarray(frames, dtype=np.float32)
+    w32 = np.asarray(window, dtype=np.float32)
     wsum = float(window.sum())
-    means = (f * window).reshape(len(f), -1).sum(axis=1) / wsum
-    return ((f - means[:, None, None]) * window).astype(np.float32)
+    weighted = f * w32
+    means = weighted.reshape(len(f), -1).sum(axis=1, dtype=np.float64) / wsum
+    weighted -= means.astype(np.float32)[:, None, None] * w32
+    return weighted
 
 
 def _subpixel(c: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
@@ -71,13 +75,27 @@ def mean_shift(prepared: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, *,
     correlation) biases the shift by up to 10 %, none with a low-pass of
     0.15 stays within about 1 %.
     """
-    n, h, w = prepared.shape
-    R = np.zeros((h, w), dtype=np.complex128)
+    return pair_shift(prepared, prepared, idx_a, idx_b, lowpass=lowpass, chunk=chunk,
+                      whiten=whiten)
+
+
+def pair_shift(frames_a: np.ndarray, frames_b: np.ndarray, idx_a: np.ndarray,
+               idx_b: np.ndarray, *, lowpass: float = 0.15, chunk: int = 256,
+               whiten: float = 0.0) -> ShiftMeasurement:
+    """:func:`mean_shift` of pairs ``(frames_a[idx_a[k]], frames_b[idx_b[k]])``.
+
+    The frames (prepared, windowed to zero at their borders) are zero-padded to the
+    next size the FFT handles fast: the correlation is then of the frames themselves,
+    without wrap-around, and a prime side costs no more than its neighbours.
+    """
+    n, h, w = frames_a.shape
+    fh, fw = sfft.next_fast_len(h, real=True), sfft.next_fast_len(w, real=True)
+    R = np.zeros((fh, fw // 2 + 1), dtype=np.complex128)
     for start in range(0, len(idx_a), chunk):
-        a = sfft.rfft2(prepared[idx_a[start:start + chunk]], s=(h, w), workers=_WORKERS)
-        b = sfft.rfft2(prepared[idx_b[start:start + chunk]], s=(h, w), workers=_WORKERS)
-        R[:, : w // 2 + 1] += (np.conj(a) * b).sum(axis=0)
-    R = R[:, : w // 2 + 1]
+        a = sfft.rfft2(frames_a[idx_a[start:start + chunk]], s=(fh, fw), workers=_WORKERS)
+        b = sfft.rfft2(frames_b[idx_b[start:start + chunk]], s=(fh, fw), workers=_WORKERS)
+        R += (np.conj(a) * b).sum(axis=0)
+    h, w = fh, fw
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     g = np.exp(-(fy ** 2 + fx ** 2) / (2 * (0.5 * lowpass) ** 2))
@@ -150,10 +168,7 @@ def tracked_shift(frames: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
     for _ in range(iterations):
         wa = disk_window(shape, tuple(c - shift / 2), radius)
         wb = disk_window(shape, tuple(c + shift / 2), radius)
-        pa = prepare(fa, wa)
-        pb = prepare(fb, wb)
-        both = np.concatenate([pa, pb])
-        m = mean_shift(both, ia, ib + len(ua))
+        m = pair_shift(prepare(fa, wa), prepare(fb, wb), ia, ib)
         change = m.shift - shift
         shift = m.shift
         if np.all(np.abs(change) < tol):
