@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from .kernels import bilinear_cell
+from .kernels import bilinear_cell, splat_interleaved
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -80,25 +80,6 @@ def _splat_checked(acc, uy, ux, value, weight, share):
             wgt = wgy * (wx if dx else 1.0 - wx)
             acc[yy, xx, 0] += wgt * value
             acc[yy, xx, 1] += wgt * share
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _splat_unchecked(acc, uy, ux, value, weight, share):
-    iy, ix, wy, wx = bilinear_cell(uy, ux)
-    w0 = (1.0 - wy) * weight
-    w1 = wy * weight
-    w00 = w0 * (1.0 - wx)
-    w01 = w0 * wx
-    w10 = w1 * (1.0 - wx)
-    w11 = w1 * wx
-    acc[iy, ix, 0] += w00 * value
-    acc[iy, ix, 1] += w00 * share
-    acc[iy, ix + 1, 0] += w01 * value
-    acc[iy, ix + 1, 1] += w01 * share
-    acc[iy + 1, ix, 0] += w10 * value
-    acc[iy + 1, ix, 1] += w10 * share
-    acc[iy + 1, ix + 1, 0] += w11 * value
-    acc[iy + 1, ix + 1, 1] += w11 * share
 
 
 @numba.njit(nogil=True, cache=True)
@@ -275,7 +256,7 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
                         share = share_w
                     else:
                         share = rows * (min(bx * b + b, org_x + w) - max(bx * b, org_x))
-                    _splat_unchecked(acc, base_y + a01 * p, base_x + a11 * p, rowv[bx], wgt, share)
+                    splat_interleaved(acc, base_y + a01 * p, base_x + a11 * p, rowv[bx], wgt, share)
             continue
         for phase in range(stride):
             for bx in range(b_lo + phase, b_hi + 1, stride):

@@ -71,19 +71,26 @@ def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _splat_fast(out, cov, uy, ux, value, weight):
-    """:func:`_splat_sq` without bounds checks (caller guarantees 0 <= uy < H-1, 0 <= ux < W-1)."""
+def splat_interleaved(acc, uy, ux, value, weight, share):
+    """Bilinear splat of ``value`` with ``weight`` at (uy, ux) into ``acc`` (H, W, 2): ``[..., 0]``
+    gets ``weight * value``, ``[..., 1]`` ``weight * share`` (coverage); no bounds checks
+    (the caller guarantees ``0 <= uy < H - 1``, ``0 <= ux < W - 1``). The two channels of a
+    pixel share a cache line, so a splat touches four lines instead of eight."""
     iy, ix, wy, wx = bilinear_cell(uy, ux)
     w0 = (1.0 - wy) * weight
     w1 = wy * weight
-    out[iy, ix] += w0 * (1.0 - wx) * value
-    cov[iy, ix] += w0 * (1.0 - wx)
-    out[iy, ix + 1] += w0 * wx * value
-    cov[iy, ix + 1] += w0 * wx
-    out[iy + 1, ix] += w1 * (1.0 - wx) * value
-    cov[iy + 1, ix] += w1 * (1.0 - wx)
-    out[iy + 1, ix + 1] += w1 * wx * value
-    cov[iy + 1, ix + 1] += w1 * wx
+    w00 = w0 * (1.0 - wx)
+    w01 = w0 * wx
+    w10 = w1 * (1.0 - wx)
+    w11 = w1 * wx
+    acc[iy, ix, 0] += w00 * value
+    acc[iy, ix, 1] += w00 * share
+    acc[iy, ix + 1, 0] += w01 * value
+    acc[iy, ix + 1, 1] += w01 * share
+    acc[iy + 1, ix, 0] += w10 * value
+    acc[iy + 1, ix, 1] += w10 * share
+    acc[iy + 1, ix + 1, 0] += w11 * value
+    acc[iy + 1, ix + 1, 1] += w11 * share
 
 
 @numba.njit(nogil=True, cache=True)
@@ -96,6 +103,12 @@ def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
     a10 = A[1, 0]
     a11 = A[1, 1]
     ro2 = r_out * r_out
+    # Frames whose disk lands wholly inside go into one interleaved accumulator, pixels
+    # of a row in `stride` sweeps: neighbouring pixels land < 1 target px apart and would
+    # update the same target pixels back to back (each waiting for the previous store).
+    acc = np.zeros((H, W, 2))
+    step = pix_scale * math.sqrt(a01 * a01 + a11 * a11)  # target px per pixel along x
+    stride = 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]
@@ -122,17 +135,27 @@ def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
             x1 = min(int(np.ceil((cx + half - pix_offset) / pix_scale)) - sig_origin_x, w - 1)
             base_y = a00 * py + oy
             base_x = a10 * py + ox
+            if fast:
+                for phase in range(stride):
+                    for x in range(x0 + phase, x1 + 1, stride):
+                        px = (sig_origin_x + x) * pix_scale + pix_offset
+                        wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
+                        if wgt <= 0.0:
+                            continue
+                        splat_interleaved(acc, base_y + a01 * px, base_x + a11 * px,
+                                          float(frames[i, y, x]), wgt, 1.0)
+                continue
             for x in range(x0, x1 + 1):
                 px = (sig_origin_x + x) * pix_scale + pix_offset
                 wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
                 if wgt <= 0.0:
                     continue
-                if fast:
-                    _splat_fast(out, cov, base_y + a01 * px, base_x + a11 * px,
-                                float(frames[i, y, x]), wgt)
-                else:
-                    _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,
-                              float(frames[i, y, x]), wgt, want_sq)
+                _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,
+                          float(frames[i, y, x]), wgt, want_sq)
+    for yy in range(H):
+        for xx in range(W):
+            out[yy, xx] += acc[yy, xx, 0]
+            cov[yy, xx] += acc[yy, xx, 1]
 
 
 @numba.njit(nogil=True, cache=True)
