@@ -84,18 +84,17 @@ def pair_shift(frames_a: np.ndarray, frames_b: np.ndarray, idx_a: np.ndarray,
                whiten: float = 0.0) -> ShiftMeasurement:
     """:func:`mean_shift` of pairs ``(frames_a[idx_a[k]], frames_b[idx_b[k]])``.
 
-    The frames (prepared, windowed to zero at their borders) are zero-padded to the
-    next size the FFT handles fast: the correlation is then of the frames themselves,
-    without wrap-around, and a prime side costs no more than its neighbours.
+    The correlation is circular over the frames' own size. (Zero-padding them to a size
+    the FFT handles faster, 134 -> 135 px, left the shifts unchanged but moved the
+    strength of a blank specimen's correlation by 7 %, across the no-features
+    threshold in a test: the strength's calibration belongs to this size.)
     """
     n, h, w = frames_a.shape
-    fh, fw = sfft.next_fast_len(h, real=True), sfft.next_fast_len(w, real=True)
-    R = np.zeros((fh, fw // 2 + 1), dtype=np.complex128)
+    R = np.zeros((h, w // 2 + 1), dtype=np.complex128)
     for start in range(0, len(idx_a), chunk):
-        a = sfft.rfft2(frames_a[idx_a[start:start + chunk]], s=(fh, fw), workers=_WORKERS)
-        b = sfft.rfft2(frames_b[idx_b[start:start + chunk]], s=(fh, fw), workers=_WORKERS)
+        a = sfft.rfft2(frames_a[idx_a[start:start + chunk]], s=(h, w), workers=_WORKERS)
+        b = sfft.rfft2(frames_b[idx_b[start:start + chunk]], s=(h, w), workers=_WORKERS)
         R += (np.conj(a) * b).sum(axis=0)
-    h, w = fh, fw
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     g = np.exp(-(fy ** 2 + fx ** 2) / (2 * (0.5 * lowpass) ** 2))
