@@ -180,20 +180,20 @@ class OverfocusUDF(UDF):
         self._frames_cache = (key, value)
         return value
 
-    def _wait(self) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending:
-            self._pending = None
-            wait_jobs(pending[0])
+    def _wait(self, keep: int = 0) -> None:
+        """Wait for the oldest kernel calls until at most ``keep`` are still running."""
+        pending = self.__dict__.setdefault("_pending", [])
+        while len(pending) > keep:
+            wait_jobs(pending.pop(0)[0])
 
     def _own_copy(self, window: np.ndarray) -> np.ndarray:
-        """``window`` copied into one of two buffers of this UDF, used in turn (the other one
-        may still be read by the previous tile's kernel)."""
+        """``window`` copied into one of three buffers of this UDF, used in turn (the other
+        two may still be read by the kernel calls of the two tiles before)."""
         bufs = getattr(self, "_copy_bufs", None)
         if bufs is None:
-            bufs = self._copy_bufs = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
+            bufs = self._copy_bufs = [np.empty(0, dtype=np.uint8) for _ in range(3)]
             self._copy_turn = 0
-        self._copy_turn ^= 1
+        self._copy_turn = (self._copy_turn + 1) % len(bufs)
         nbytes = window.size * window.dtype.itemsize
         if bufs[self._copy_turn].size < nbytes:
             bufs[self._copy_turn] = np.empty(nbytes, dtype=np.uint8)
@@ -222,13 +222,19 @@ class OverfocusUDF(UDF):
             # view of the file's mmap, kept alive by the reference held here; any other
             # tile's buffer may be refilled by LiberTEM, so its window is copied first.
             # While LiberTEM decodes on this thread, one kernel thread fewer leaves it a core.
-            jobs = acc.shape[0]
+            # With that one thread, two tiles may be queued for it (it takes them in turn, so
+            # they never write the same accumulator at once): decoded tiles are small, and
+            # waiting for each one's kernel before the next decode left both threads idle
+            # in turn. Chunks on a pool of several threads must not overlap: one at a time.
+            jobs, depth = acc.shape[0], 1
             if data.flags.writeable:
                 data = self._own_copy(data)
                 jobs = acc.shape[0] - 1
-            self._wait()
-            self._pending = (start_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in,
-                                        geo.r_out, acc, fsum, threads=jobs), data)
+                depth = 2 if jobs == 1 else 1
+            self._wait(keep=depth - 1)
+            self._pending.append((start_tile(data, oy, ox, b, centres, c0, offsets, A,
+                                             geo.r_in, geo.r_out, acc, fsum, threads=jobs),
+                                  data))
         else:
             project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc, fsum)
         pts = np.zeros(len(data))
