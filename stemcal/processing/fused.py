@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from .kernels import bilinear_cell, splat_interleaved
+from .kernels import _disk_weight, bilinear_cell, bilinear_weights, splat_interleaved
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -198,9 +198,6 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
     a10 = A[1, 0]
     a11 = A[1, 1]
     off = (b - 1) / 2.0
-    ro2 = r_out * r_out
-    ri2 = r_in * r_in
-    taper = r_out - r_in
     st_by0, starts, bxs, cells, weights, ws = st[0], st[1], st[2], st[3], st[4], st[8]
     row_ok, coverage, r0, r1, q0, q1 = tst
     nrows = starts.shape[0] - 1
@@ -247,11 +244,9 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
                     r2 = dy2 + dx * dx
                     p = pxb
                     pxb += dpx
-                    if r2 >= ro2:
+                    wgt = _disk_weight(r2, r_in, r_out)
+                    if wgt <= 0.0:
                         continue
-                    wgt = 1.0
-                    if r2 > ri2:
-                        wgt = (r_out - math.sqrt(r2)) / taper
                     if whole_row:
                         share = share_w
                     else:
@@ -263,11 +258,9 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
                 pxb = bx * b + off
                 dx = pxb - cx
                 r2 = dy2 + dx * dx
-                if r2 >= ro2:
+                wgt = _disk_weight(r2, r_in, r_out)
+                if wgt <= 0.0:
                     continue
-                wgt = 1.0
-                if r2 > ri2:
-                    wgt = (r_out - math.sqrt(r2)) / taper
                 uy = base_y + a01 * pxb
                 ux = base_x + a11 * pxb
                 share = 1.0
@@ -306,9 +299,6 @@ def _build_stencil(b, cy, cx, oy, ox, A, r_in, r_out, nby, nbx, stride):
     a10 = A[1, 0]
     a11 = A[1, 1]
     off = (b - 1) / 2.0
-    ro2 = r_out * r_out
-    ri2 = r_in * r_in
-    taper = r_out - r_in
     by_lo = max(int(math.ceil((cy - r_out - off) / b)), 0)
     by_hi = min(int(math.floor((cy + r_out - off) / b)), nby - 1)
     nrows = max(by_hi - by_lo + 1, 0)
@@ -334,18 +324,15 @@ def _build_stencil(b, cy, cx, oy, ox, A, r_in, r_out, nby, nbx, stride):
                 pxb = bx * b + off
                 dx = pxb - cx
                 r2 = dy2 + dx * dx
-                if r2 >= ro2:
+                wgt = _disk_weight(r2, r_in, r_out)
+                if wgt <= 0.0:
                     continue
-                wgt = 1.0
-                if r2 > ri2:
-                    wgt = (r_out - math.sqrt(r2)) / taper
-                iy, ix, wy, wx = bilinear_cell(base_y + a01 * pxb, base_x + a11 * pxb)
-                w0 = (1.0 - wy) * wgt
-                w1 = wy * wgt
-                weights[n, 0] = w0 * (1.0 - wx)
-                weights[n, 1] = w0 * wx
-                weights[n, 2] = w1 * (1.0 - wx)
-                weights[n, 3] = w1 * wx
+                iy, ix, w00, w01, w10, w11 = bilinear_weights(base_y + a01 * pxb,
+                                                              base_x + a11 * pxb, wgt)
+                weights[n, 0] = w00
+                weights[n, 1] = w01
+                weights[n, 2] = w10
+                weights[n, 3] = w11
                 bxs[n] = bx
                 iys[n] = iy
                 ixs[n] = ix

@@ -71,18 +71,22 @@ def _splat_sq(out, cov, sq, uy, ux, value, weight, want_sq):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def bilinear_weights(uy, ux, weight):
+    """Top-left pixel (iy, ix) of the bilinear cell of (uy, ux) and ``weight`` shared out to
+    its pixels (0, 0), (0, 1), (1, 0), (1, 1): ``(iy, ix, w00, w01, w10, w11)``."""
+    iy, ix, wy, wx = bilinear_cell(uy, ux)
+    w0 = (1.0 - wy) * weight
+    w1 = wy * weight
+    return iy, ix, w0 * (1.0 - wx), w0 * wx, w1 * (1.0 - wx), w1 * wx
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def splat_interleaved(acc, uy, ux, value, weight, share):
     """Bilinear splat of ``value`` with ``weight`` at (uy, ux) into ``acc`` (H, W, 2): ``[..., 0]``
     gets ``weight * value``, ``[..., 1]`` ``weight * share`` (coverage); no bounds checks
     (the caller guarantees ``0 <= uy < H - 1``, ``0 <= ux < W - 1``). The two channels of a
     pixel share a cache line, so a splat touches four lines instead of eight."""
-    iy, ix, wy, wx = bilinear_cell(uy, ux)
-    w0 = (1.0 - wy) * weight
-    w1 = wy * weight
-    w00 = w0 * (1.0 - wx)
-    w01 = w0 * wx
-    w10 = w1 * (1.0 - wx)
-    w11 = w1 * wx
+    iy, ix, w00, w01, w10, w11 = bilinear_weights(uy, ux, weight)
     acc[iy, ix, 0] += w00 * value
     acc[iy, ix, 1] += w00 * share
     acc[iy, ix + 1, 0] += w01 * value
