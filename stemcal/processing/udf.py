@@ -225,16 +225,18 @@ class OverfocusUDF(UDF):
             # With that one thread, two tiles may be queued for it (it takes them in turn, so
             # they never write the same accumulator at once): decoded tiles are small, and
             # waiting for each one's kernel before the next decode left both threads idle
-            # in turn. Chunks on a pool of several threads must not overlap: one at a time.
+            # in turn. Chunks on a pool of several threads must not overlap: one at a time;
+            # so must calls on different pools (each entry keeps its thread count).
             jobs, depth = acc.shape[0], 1
             if data.flags.writeable:
                 data = self._own_copy(data)
                 jobs = acc.shape[0] - 1
                 depth = 2 if jobs == 1 else 1
-            self._wait(keep=depth - 1)
-            self._pending.append((start_tile(data, oy, ox, b, centres, c0, offsets, A,
-                                             geo.r_in, geo.r_out, acc, fsum, threads=jobs),
-                                  data))
+            pending = self.__dict__.setdefault("_pending", [])
+            same_pool = all(entry[2] == jobs for entry in pending)
+            self._wait(keep=depth - 1 if same_pool else 0)
+            pending.append((start_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in,
+                                       geo.r_out, acc, fsum, threads=jobs), data, jobs))
         else:
             project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc, fsum)
         pts = np.zeros(len(data))
