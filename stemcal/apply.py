@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import finite
+
 from .twin.model import detector_to_scan, scan_middle
 
 __all__ = ["geometry_of", "descan_regression", "libertem_com_params", "py4dstem_params"]
@@ -49,10 +51,7 @@ def geometry_of(source: Any) -> dict[str, Any]:
         raise ValueError("no calibration given (None)")
     out: dict[str, Any] = {}
     for key in ("scan_rotation", "cy", "cx"):
-        value = get(key)
-        if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
-            raise ValueError(f"calibration {key} must be a finite number, got {value!r}")
-        out[key] = float(value)
+        out[key] = finite(f"calibration {key}", get(key))
     flip = get("flip_y")
     if not isinstance(flip, (bool, np.bool_)):
         raise ValueError(f"calibration flip_y must be a bool, got {flip!r}")

@@ -16,7 +16,6 @@ local spool (:mod:`stemcal.spool`) for ``stemcal sync``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import warnings
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import is_real
 from .record import CalibrationRecord
 
 log = logging.getLogger(__name__)
@@ -408,10 +408,6 @@ def get_record(client: Any, uid: str) -> CalibrationRecord:
     return found[0]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],
               tolerances: Mapping[str, float]) -> list[str]:
     """Keys of ``tolerances`` whose values differ between ``record`` and ``optics_state``.
@@ -437,7 +433,7 @@ def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],
         old, new = record.optics_state.get(key), optics_state.get(key)
         if old is None or new is None:
             changed.append(key)
-        elif _is_number(old) and _is_number(new):
+        elif is_real(old) and is_real(new):
             if not abs(float(old) - float(new)) <= tol:
                 changed.append(key)
         elif old != new:
@@ -447,7 +443,7 @@ def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],
 
 def _check_tolerances(tolerances: Mapping[str, float]) -> None:
     bad = {k: v for k, v in tolerances.items()
-           if not _is_number(v) or not math.isfinite(v) or v < 0}
+           if not is_real(v) or v < 0}
     if bad:
         raise ValueError(f"tolerances must be finite numbers >= 0, got {bad}")
 
@@ -484,7 +480,7 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
         value = optics_state.get(key)
         if value is None:
             return None  # compared key unknown now: nothing can match
-        if _is_number(value):  # float(): tiled's SQLite casts by the exact Python type
+        if is_real(value):  # float(): tiled's SQLite casts by the exact Python type
             pad = tol + 1e-9 * (abs(float(value)) + tol)  # the exact test is staleness()
             field = Key(f"calibration.optics_state.{key}")
             runs = runs.search(field >= float(value) - pad).search(field <= float(value) + pad)

@@ -22,9 +22,9 @@ Example ``config.toml``::
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any
+
+from .checks import is_integer, port, positive
 
 __all__ = ["DetectorSettings"]
 
@@ -93,15 +93,12 @@ class DetectorSettings:
                 raise _err(key, "a non-empty host name or address", value)
         for key in ("api_port", "data_port"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, numbers.Integral)
-                                      or not 0 < value < 65536):
-                raise _err(key, "an integer port in 1..65535", value)
+            if value is not None:
+                port(f"[detector] {key}", value)
         if self.sig_shape is not None:
             v = self.sig_shape
-            if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(
-                    isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
-                    for n in v)):
+            if not (isinstance(v, (tuple, list)) and len(v) == 2
+                    and all(is_integer(n) and n >= 1 for n in v)):
                 raise _err("sig_shape", "two integers >= 1 (y, x)", v)
             object.__setattr__(self, "sig_shape", (int(v[0]), int(v[1])))
         depths = (1, 6, 12, 24) if self.kind == "merlin" else (8, 16, 32)
@@ -112,9 +109,7 @@ class DetectorSettings:
             value = getattr(self, key)
             if value is None and allow_none:
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
-                    or not math.isfinite(value) or value <= 0:
-                raise _err(key, "a finite number > 0", value)
+            positive(f"[detector] {key}", value)
         if not isinstance(self.keep_mib, bool):
             raise _err("keep_mib", "true or false", self.keep_mib)
         if self.keep_mib and self.kind != "merlin":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 import re
 import tempfile
@@ -17,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .checks import finite, is_integer
 from .detector_config import DetectorSettings
 
 __all__ = ["SimSettings", "Session", "catalog_location", "build_sim_instrument", "make_session",
@@ -30,19 +30,9 @@ SIM_MAX_BYTES = 8 * 2**30  # float64 frames of one acquisition
 SIM_MAX_OVERFOCUS = 0.1    # metres; the simulated camera length is 0.2 m
 
 
-def _number(name: str, v: Any) -> float:
-    try:
-        ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
-    except OverflowError:  # an int beyond float range
-        ok = False
-    if not ok:
-        raise ValueError(f"[simulation] {name} must be a finite number, got {v!r}")
-    return float(v)
-
-
 def _shape2(name: str, v: Any, lo: int) -> tuple[int, int]:
     if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(
-            not isinstance(n, bool) and isinstance(n, numbers.Integral) for n in v)):
+            is_integer(n) for n in v)):
         raise ValueError(f"[simulation] {name} must be two integers (y, x), got {v!r}")
     if not all(lo <= n <= SIM_MAX_SIDE for n in v):
         raise ValueError(f"[simulation] {name} {tuple(v)} out of range: each side must be "
@@ -76,12 +66,12 @@ class SimSettings:
 
     def __post_init__(self) -> None:
         set_ = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731 (frozen)
-        set_("true_scan_rotation", _number("true_scan_rotation", self.true_scan_rotation))
+        set_("true_scan_rotation", finite("[simulation] true_scan_rotation", self.true_scan_rotation))
         if type(self.true_flip_y).__name__ not in ("bool", "bool_"):  # Python or NumPy bool
             raise ValueError(f"[simulation] true_flip_y must be true or false, "
                              f"got {self.true_flip_y!r}")
         for name in ("true_overfocus", "overfocus"):
-            v = _number(name, getattr(self, name))
+            v = finite(f"[simulation] {name}", getattr(self, name))
             if v == 0 or abs(v) > SIM_MAX_OVERFOCUS:
                 raise ValueError(f"[simulation] {name} must be non-zero and within "
                                  f"+-{SIM_MAX_OVERFOCUS} m, got {v!r}")
@@ -95,12 +85,11 @@ class SimSettings:
                              f"the limit of {SIM_MAX_BYTES / 2**30:.3g} GiB")
         set_("nav_shape", nav)
         set_("sig_shape", sig)
-        dose = _number("dose", self.dose)
+        dose = finite("[simulation] dose", self.dose)
         if dose <= 0:
             raise ValueError(f"[simulation] dose must be > 0, got {dose!r}")
         set_("dose", dose)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) \
-                or self.seed < 0:
+        if not is_integer(self.seed) or self.seed < 0:
             raise ValueError(f"[simulation] seed must be an integer >= 0, got {self.seed!r}")
         set_("true_flip_y", bool(self.true_flip_y))
         set_("seed", int(self.seed))

@@ -9,32 +9,13 @@ Subclasses (:class:`~stemcal.devices.live.MerlinLiveBackend`,
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
-
-def check_port(value: Any, what: str) -> int:
-    """``value`` as a TCP port number (1..65535), else ``ValueError`` naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-            or not 0 < int(value) < 65536:
-        raise ValueError(f"{what} must be an integer port in 1..65535, got {value!r}")
-    return int(value)
-
-
-def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
-    """``value`` as a finite float > 0 (``>= 0`` with ``allow_zero``), else ``ValueError``."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok:
-        value = float(value)
-        ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number {bound}, got {value!r}")
-    return value
+from ..checks import is_integer, port, positive
 
 
 class LiveBackend:
@@ -62,11 +43,10 @@ class LiveBackend:
             if not isinstance(host, str) or not host:
                 raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
         self.api_host, self.data_host = api_host, data_host
-        self.api_port = check_port(api_port, "api_port")
-        self.data_port = check_port(data_port, "data_port")
+        self.api_port = port("api_port", api_port)
+        self.data_port = port("data_port", data_port)
         sig = tuple(sig_shape)
-        if len(sig) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool)
-                                    and n >= 1 for n in sig):
+        if len(sig) != 2 or not all(is_integer(n) and n >= 1 for n in sig):
             raise ValueError(f"sig_shape must be two integers >= 1, got {sig_shape!r}")
         self._sig_shape = (int(sig[0]), int(sig[1]))
         if isinstance(depth, bool) or depth not in self.depth_dtypes:
@@ -74,17 +54,15 @@ class LiveBackend:
                              f"got {depth!r}")
         self.bit_depth = int(depth)
         self.dtype = self.depth_dtypes[self.bit_depth]
-        self._pixel_size = check_positive(pixel_size, "pixel_size")
-        self.timeout = check_positive(timeout, "timeout")
-        self.control_timeout = check_positive(control_timeout, "control_timeout")
-        if frames_per_partition is not None and (
-                isinstance(frames_per_partition, bool)
-                or not isinstance(frames_per_partition, (int, np.integer))
-                or frames_per_partition < 1):
+        self._pixel_size = positive("pixel_size", pixel_size)
+        self.timeout = positive("timeout", timeout)
+        self.control_timeout = positive("control_timeout", control_timeout)
+        if frames_per_partition is not None and not (is_integer(frames_per_partition)
+                                                     and frames_per_partition >= 1):
             raise ValueError(f"frames_per_partition must be None or an integer >= 1, "
                              f"got {frames_per_partition!r}")
         self.frames_per_partition = frames_per_partition
-        self.max_bytes = int(check_positive(max_bytes, "max_bytes"))
+        self.max_bytes = int(positive("max_bytes", max_bytes))
         self._prepared = False
         self._lock = threading.Lock()        # one acquisition at a time
         self._abort = threading.Event()      # set by disarm() during an acquisition

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from ._live_base import LiveBackend, check_positive
+from ..checks import positive
+from ._live_base import LiveBackend
 from .merlin import FrameSink
 
 __all__ = ["DectrisLiveBackend"]
@@ -151,14 +152,14 @@ class DectrisLiveBackend(LiveBackend):
         if compression not in (None, "bslz4", "lz4"):
             raise ValueError(f"compression must be None, 'bslz4' or 'lz4', got {compression!r}")
         self.compression = compression
-        self.start_timeout = check_positive(start_timeout, "start_timeout")
-        self.probe_interval = check_positive(probe_interval, "probe_interval")
+        self.start_timeout = positive("start_timeout", start_timeout)
+        self.probe_interval = positive("probe_interval", probe_interval)
         fss_ok = isinstance(frame_stack_size, (int, np.integer)) \
             and not isinstance(frame_stack_size, bool) and frame_stack_size >= 1
         if not fss_ok:
             raise ValueError(f"frame_stack_size must be an integer >= 1, got {frame_stack_size!r}")
         self.frame_stack_size = int(frame_stack_size)
-        self.buffer_size = int(check_positive(buffer_size, "buffer_size"))
+        self.buffer_size = int(positive("buffer_size", buffer_size))
         self._proc: subprocess.Popen | None = None
         self._handle_path: str | None = None  # the receiver's shared-memory socket
         self._events: queue.Queue = queue.Queue()

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 from libertem.udf.base import UDF
 
-from ._live_base import LiveBackend, check_positive
+from ..checks import nonnegative
+from ._live_base import LiveBackend
 
 __all__ = ["MerlinLiveBackend", "DetectorRefusedError"]
 
@@ -240,7 +241,7 @@ class MerlinLiveBackend(LiveBackend):
         if settings is not None and not isinstance(settings, Mapping):
             raise ValueError(f"settings must be a mapping of Merlin parameters, got {settings!r}")
         self.settings = {str(k).upper(): v for k, v in (settings or {}).items()}
-        self.settle_time = check_positive(settle_time, "settle_time", allow_zero=True)
+        self.settle_time = nonnegative("settle_time", settle_time)
         self._ctx = ctx
         self._own_ctx = ctx is None
         self._conn: Any = None

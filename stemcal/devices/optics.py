@@ -6,7 +6,7 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from .signals import SettingSignal, finite_nonzero, finite_positive
+from .signals import SettingSignal, nonzero, positive
 
 __all__ = ["MicroscopeOptics"]
 
@@ -28,13 +28,13 @@ class MicroscopeOptics(Device):
         Nominal magnification (> 0), dimensionless; recorded, not used by the twin.
     """
 
-    overfocus = Cpt(SettingSignal, value=1e-6, validator=finite_nonzero, units="m",
+    overfocus = Cpt(SettingSignal, value=1e-6, validator=nonzero, units="m",
                     kind="normal")
-    camera_length = Cpt(SettingSignal, value=0.2, validator=finite_positive, units="m",
+    camera_length = Cpt(SettingSignal, value=0.2, validator=positive, units="m",
                         kind="normal")
-    high_tension = Cpt(SettingSignal, value=200e3, validator=finite_positive, units="V",
+    high_tension = Cpt(SettingSignal, value=200e3, validator=positive, units="V",
                        kind="normal")
-    magnification = Cpt(SettingSignal, value=1e6, validator=finite_positive, kind="normal")
+    magnification = Cpt(SettingSignal, value=1e6, validator=positive, kind="normal")
 
     def state(self) -> dict[str, Any]:
         """Plain dict of the settings: ``overfocus`` (m), ``camera_length`` (m),

@@ -6,7 +6,7 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from .signals import SettingSignal, finite, finite_positive, positive_int
+from .signals import SettingSignal, finite, positive, positive_int
 
 __all__ = ["ScanGenerator", "MAX_SCAN_SIDE"]
 
@@ -46,9 +46,9 @@ class ScanGenerator(Device):
 
     shape_y = Cpt(SettingSignal, value=32, validator=scan_side, kind="normal")
     shape_x = Cpt(SettingSignal, value=32, validator=scan_side, kind="normal")
-    pixel_size = Cpt(SettingSignal, value=0.5e-9, validator=finite_positive, units="m",
+    pixel_size = Cpt(SettingSignal, value=0.5e-9, validator=positive, units="m",
                      kind="normal")
-    dwell_time = Cpt(SettingSignal, value=1e-3, validator=finite_positive, units="s",
+    dwell_time = Cpt(SettingSignal, value=1e-3, validator=positive, units="s",
                      kind="normal")
     rotation = Cpt(SettingSignal, value=0.0, validator=finite, units="deg", kind="normal")
 

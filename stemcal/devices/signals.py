@@ -11,55 +11,22 @@ Both add ``units`` to their data key in ``describe()``.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from ophyd import Signal
 from ophyd.signal import InternalSignal
 
-__all__ = ["SettingSignal", "ReadbackSignal", "finite", "finite_positive", "finite_nonzero",
-           "positive_int"]
+from ..checks import finite, integer, nonzero, positive
+
+__all__ = ["SettingSignal", "ReadbackSignal", "finite", "positive", "nonzero", "positive_int"]
 
 Validator = Callable[[str, Any], None]
 
 
-def _is_number(value: Any) -> bool:
-    return (not isinstance(value, (bool, np.bool_))
-            and isinstance(value, (int, float, np.integer, np.floating)))
-
-
-def finite(name: str, value: Any) -> None:
-    """Accept a finite real number; raise ``ValueError`` naming ``name`` otherwise."""
-    try:
-        ok = _is_number(value) and math.isfinite(float(value))
-    except OverflowError:  # an int beyond float range
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-def finite_positive(name: str, value: Any) -> None:
-    """Accept a finite number > 0."""
-    finite(name, value)
-    if float(value) <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def finite_nonzero(name: str, value: Any) -> None:
-    """Accept a finite number other than 0."""
-    finite(name, value)
-    if float(value) == 0:
-        raise ValueError(f"{name} must not be 0, got {value!r}")
-
-
 def positive_int(name: str, value: Any) -> None:
     """Accept an integer >= 1 (Python or NumPy integer, not bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if int(value) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    integer(name, value, minimum=1)
 
 
 class _UnitsMixin:

@@ -22,7 +22,6 @@ that acquires from the twin (see :class:`stemcal.devices.MerlinDetector`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import finite, positive
 from ..twin import OverfocusParams, SimulatedSpecimen, simulate, test_specimen
 from ..twin.model import rotation_matrix, scan_middle
 from ..twin.params import ZERO_DESCAN, Matrix2
@@ -76,11 +76,8 @@ class MicroscopeTruth:
     descan: Matrix2 = ZERO_DESCAN
 
     def __post_init__(self) -> None:
-        off = self.overfocus_offset
-        if isinstance(off, bool) or not isinstance(off, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(off)):
-            raise ValueError(f"overfocus_offset must be a finite number, got {off!r}")
-        object.__setattr__(self, "overfocus_offset", float(off))
+        object.__setattr__(self, "overfocus_offset",
+                           finite("overfocus_offset", self.overfocus_offset))
         # OverfocusParams validates every other field (finite, > 0, bool, 2x2 descan).
         probe = OverfocusParams(
             overfocus=1.0, scan_pixel_size=1.0, camera_length=self.camera_length_scale,
@@ -112,8 +109,7 @@ class PhysicalSpecimen:
         img = np.asarray(self.image, dtype=np.float64)
         if img.ndim != 2 or min(img.shape) < 4:
             raise ValueError(f"specimen image must be 2D and at least 4x4, got shape {img.shape}")
-        if not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
-            raise ValueError(f"specimen pixel_size must be finite and > 0, got {self.pixel_size!r}")
+        object.__setattr__(self, "pixel_size", positive("specimen pixel_size", self.pixel_size))
         img.setflags(write=False)
         object.__setattr__(self, "image", img)
 
@@ -233,9 +229,7 @@ class SimulatedMicroscope:
         if len(sig) != 2 or min(sig) < 2:
             raise ValueError(f"sig_shape must be two integers >= 2, got {sig_shape!r}")
         self.sig_shape: tuple[int, int] = (sig[0], sig[1])
-        if dose is not None and not (math.isfinite(dose) and dose > 0):
-            raise ValueError(f"dose must be None or a finite number > 0, got {dose!r}")
-        self.dose = dose
+        self.dose = None if dose is None else positive("dose", dose)
         self.background = float(background)
         self.seed = int(seed)
         self.specimen = specimen if specimen is not None else PhysicalSpecimen.generate(seed=seed)

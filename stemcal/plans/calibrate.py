@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
+from ..checks import is_real
 from ..record import CalibrationRecord
 from .scan import _plain, check_live, overfocus_scan
 
@@ -88,14 +88,6 @@ def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str
 MAX_ATTEMPTS = 100
 
 
-def _real(v: Any) -> bool:
-    """A finite real number (not a bool)."""
-    try:
-        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
 def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
                           timeout: Any) -> None:
     """The checks of :func:`calibrate`'s arguments that need no device (``ValueError``)."""
@@ -105,16 +97,16 @@ def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
     if focus_limits is not None:
         if isinstance(focus_limits, (str, bytes)) or not (
                 hasattr(focus_limits, "__len__") and len(focus_limits) == 2
-                and all(map(_real, focus_limits))):
+                and all(map(is_real, focus_limits))):
             raise ValueError(f"focus_limits must be two finite numbers (min, max) in metres, "
                              f"got {focus_limits!r}")
         lo, hi = focus_limits
         if not lo < hi or lo <= 0 <= hi:
             raise ValueError(f"focus_limits must have min < max, both of one sign "
                              f"(not spanning 0), got {focus_limits!r}")
-    if focus_step is not None and not (_real(focus_step) and focus_step > 0):
+    if focus_step is not None and not (is_real(focus_step) and focus_step > 0):
         raise ValueError(f"focus_step must be a finite number > 0, got {focus_step!r}")
-    if timeout is not None and not (_real(timeout) and timeout > 0):
+    if timeout is not None and not (is_real(timeout) and timeout > 0):
         raise ValueError(f"timeout must be None or a finite number > 0, got {timeout!r}")
 
 
@@ -143,9 +135,9 @@ def focus_schedule(start: float, step: float, limits: tuple[float, float],
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) or lo <= 0 <= hi:
         raise ValueError(f"focus_limits must be finite, min < max, both of one sign "
                          f"(not spanning 0), got {limits!r}")
-    if not (_real(step) and step > 0):
+    if not (is_real(step) and step > 0):
         raise ValueError(f"focus_step must be finite and > 0, got {step!r}")
-    if not _real(start):
+    if not is_real(start):
         raise ValueError(f"the optics overfocus must be a finite number, got {start!r}")
     if not lo <= start <= hi:
         raise ValueError(f"the optics overfocus {start!r} m is outside focus_limits {limits!r}")
@@ -389,7 +381,7 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
     for name, v in (("rotation_step", rotation_step), ("overfocus_step", overfocus_step),
                     ("rotation_tolerance", rotation_tolerance),
                     ("overfocus_tolerance", overfocus_tolerance)):
-        if not (_real(v) and v > 0):
+        if not (is_real(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
@@ -468,7 +460,7 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
     from ..catalog import calibration_history, latest_calibration, staleness
 
     if not isinstance(tolerances, Mapping) or any(
-            not _real(v) or v < 0
+            not is_real(v) or v < 0
             for v in tolerances.values()):
         raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
     unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +10,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import FailedStatus, MsgGenerator
 from bluesky.utils import short_uid as _short_uid
+
+from ..checks import is_real
 
 __all__ = ["overfocus_scan", "acquire_and_read", "fly_and_collect", "INCOMPLETE_STREAM",
            "BASELINE_STREAM", "AcquisitionFailed"]
@@ -40,13 +41,6 @@ _GUESS_KEYS = frozenset(_GUESS_FINITE + ("flip_y", "descan"))
 MAX_ACQUISITION_BYTES = 8 * 2**30
 
 
-def _is_real(v: Any) -> bool:
-    try:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
 def _guess_dict(guess: Any) -> dict[str, Any]:
     """The guess as plain JSON, each value checked against its ``OverfocusParams`` field."""
     if guess is None:
@@ -61,7 +55,7 @@ def _guess_dict(guess: Any) -> dict[str, Any]:
         raise ValueError(f"guess has unknown key(s) {sorted(unknown)}; use OverfocusParams "
                          f"fields {sorted(_GUESS_KEYS)}")
     for key, value in out.items():
-        if key in _GUESS_FINITE and not _is_real(value):
+        if key in _GUESS_FINITE and not is_real(value):
             raise ValueError(f"guess[{key!r}] must be a finite number, got {value!r}")
         if key in _GUESS_POSITIVE and value <= 0:
             raise ValueError(f"guess[{key!r}] must be > 0, got {value!r}")
@@ -70,7 +64,7 @@ def _guess_dict(guess: Any) -> dict[str, Any]:
         if key == "flip_y" and not isinstance(value, bool):
             raise ValueError(f"guess['flip_y'] must be true or false, got {value!r}")
         if key == "descan" and not (isinstance(value, list) and len(value) == 2 and all(
-                isinstance(r, list) and len(r) == 2 and all(map(_is_real, r)) for r in value)):
+                isinstance(r, list) and len(r) == 2 and all(map(is_real, r)) for r in value)):
             raise ValueError(f"guess['descan'] must be a 2x2 matrix of finite numbers, "
                              f"got {value!r}")
     return out
@@ -166,7 +160,7 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     """
     guess_md = _guess_dict(guess)
     check_live(live)
-    if not (_is_real(flush_period) and flush_period > 0):
+    if not (is_real(flush_period) and flush_period > 0):
         raise ValueError(f"flush_period must be a finite number of seconds > 0, got {flush_period!r}")
     _md: dict[str, Any] = {
         "detectors": [detector.name],

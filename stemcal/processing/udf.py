@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from libertem.udf import UDF
 
+from ..checks import nonnegative
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
 from .geometry import ProjectionGeometry
@@ -99,8 +100,7 @@ class OverfocusUDF(UDF):
 
     def __init__(self, params: OverfocusParams, upsample: float = 1.0,
                  disk_fraction: float = 0.95, bin_pitch: float = 0.6, **kwargs):
-        if not (isinstance(bin_pitch, (int, float)) and np.isfinite(bin_pitch) and bin_pitch >= 0):
-            raise ValueError(f"bin_pitch must be a finite number >= 0, got {bin_pitch!r}")
+        nonnegative("bin_pitch", bin_pitch)
         super().__init__(params=params, upsample=upsample, disk_fraction=disk_fraction,
                          bin_pitch=bin_pitch, **kwargs)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import finite
+
 Matrix2 = tuple[tuple[float, float], tuple[float, float]]
 
 ZERO_DESCAN: Matrix2 = ((0.0, 0.0), (0.0, 0.0))
@@ -77,16 +79,7 @@ class OverfocusParams:
     def __post_init__(self) -> None:
         for name in ("overfocus", "scan_pixel_size", "camera_length", "detector_pixel_size",
                      "semiconv", "cy", "cx", "scan_rotation"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            try:
-                finite = math.isfinite(float(value))
-            except OverflowError:  # an int beyond float range
-                finite = False
-            if not finite:
-                raise ValueError(f"{name} must be finite, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, finite(name, getattr(self, name)))
         for name in ("scan_pixel_size", "camera_length", "detector_pixel_size", "semiconv"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

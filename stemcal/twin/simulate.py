@@ -8,6 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ..checks import is_real
 from .model import beam_centres, specimen_matrix
 from .params import OverfocusParams
 from .specimen import test_specimen
@@ -85,10 +86,7 @@ def check_shapes(nav_shape: Any, sig_shape: Any, *, itemsize: int = 8,
     for name, shape, lo in (("nav_shape", nav_shape, 1), ("sig_shape", sig_shape, 2)):
         try:
             vals = tuple(shape)
-            ok = len(vals) == 2 and all(
-                not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer, float,
-                                                                       np.floating))
-                and math.isfinite(v) and float(v).is_integer() for v in vals)
+            ok = len(vals) == 2 and all(is_real(v) and float(v).is_integer() for v in vals)
         except (TypeError, OverflowError):
             ok = False
         if not ok:
@@ -103,15 +101,6 @@ def check_shapes(nav_shape: Any, sig_shape: Any, *, itemsize: int = 8,
                          f"{n_bytes / 2**30:.3g} GiB ({itemsize} bytes/px), over the limit of "
                          f"{limit / 2**30:.3g} GiB")
     return out[0], out[1]
-
-
-def _finite_nonnegative(v: Any) -> bool:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return False
-    try:
-        return math.isfinite(v) and v >= 0
-    except OverflowError:  # an int beyond float range
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +174,7 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
     # absurd shapes before anything is allocated.
     nav_shape, sig_shape = check_shapes(nav_shape, sig_shape)
     for name, v in (("dose", dose), ("intensity", intensity), ("background", background)):
-        if v is not None and not _finite_nonnegative(v):
+        if v is not None and not (is_real(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
