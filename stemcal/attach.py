@@ -54,6 +54,7 @@ from bluesky.preprocessors import plan_mutator
 from bluesky.utils import Msg, MsgGenerator, make_decorator
 
 from .record import CalibrationRecord, jsonable
+from .runs import CALIBRATION_KEY, DEFAULT_TOLERANCES, STATUS_KEY, optics_state
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ __all__ = ["AttachCalibration", "CalibrationRequiredError", "attach_calibration"
            "lookup_calibration", "carried_calibration", "CALIBRATION_KEY", "STATUS_KEY",
            "CALIBRATE_PLAN"]
 
-#: Start-document key of the attached calibration (or None).
-CALIBRATION_KEY = "calibration"
-#: Start-document key of why the calibration is (not) attached.
-STATUS_KEY = "calibration_status"
 #: The plan an error tells the user to run.
 CALIBRATE_PLAN = "calibrate"
 #: Fields of the record copied into the start document.
@@ -95,7 +92,7 @@ def lookup_calibration(client: Any, state: Mapping[str, Any], tolerances: Mappin
     ----------
     client : CatalogOfBlueskyRuns
     state : dict
-        :func:`stemcal.plans.optics_state` of the devices now.
+        :func:`stemcal.runs.optics_state` of the devices now.
     tolerances : dict of str to float
         Absolute tolerance per state key (:func:`stemcal.catalog.staleness`).
 
@@ -163,8 +160,8 @@ class AttachCalibration:
         Read too (``rotation``, ``pixel_size``). None: only the optics keys of
         ``tolerances`` are compared.
     tolerances : dict of str to float, optional
-        Absolute tolerance per :func:`stemcal.plans.optics_state` key; default
-        :data:`stemcal.plans.DEFAULT_TOLERANCES`.
+        Absolute tolerance per :func:`stemcal.runs.optics_state` key; default
+        :data:`stemcal.runs.DEFAULT_TOLERANCES`.
     require : bool
         Refuse to start a run without a calibration that holds
         (:class:`CalibrationRequiredError`, naming the plan ``calibrate``).
@@ -180,7 +177,6 @@ class AttachCalibration:
                  tolerances: Mapping[str, float] | None = None, require: bool = False,
                  timeout: float = 10.0):
         from .catalog import _check_tolerances
-        from .plans import DEFAULT_TOLERANCES
 
         if optics is None:
             raise ValueError("attach_calibration needs the optics device")
@@ -213,8 +209,6 @@ class AttachCalibration:
 
     def _metadata(self, readings: dict[str, Any] | None,
                   problem: str | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        from .plans import optics_state
-
         if readings is None:
             return None, {"status": "optics unavailable", "reason": problem, "changed": [],
                           "newest": None, "optics_state": None,

@@ -27,11 +27,10 @@ import numpy as np
 
 from .checks import is_real
 from .record import CalibrationRecord
+from .runs import RECORD_PLAN_NAME, RECORD_PURPOSE
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "calibration"
-PLAN_NAME = "stemcal_record"
 #: Fitted values stored as scalars in stream ``primary``, with their units.
 SCALARS = {"scan_rotation": "deg", "overfocus": "m", "cy": "px", "cx": "px", "blur": ""}
 _RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
@@ -216,7 +215,7 @@ def write_record(client: Any, record: CalibrationRecord,
         data_keys[name] = {"source": "stemcal", "dtype": "array", "shape": list(arr.shape),
                            "dtype_numpy": arr.dtype.str}
     run = event_model.compose_run(uid=record.uid, time=record.time, metadata={
-        "purpose": PURPOSE, "plan_name": PLAN_NAME, "acquisition_uid": record.acquisition_uid,
+        "purpose": RECORD_PURPOSE, "plan_name": RECORD_PLAN_NAME, "acquisition_uid": record.acquisition_uid,
         "calibration": record.to_dict()})
     desc = run.compose_descriptor(name="primary", data_keys=data_keys)
     event = desc.compose_event(data=data, timestamps={k: record.time for k in data}, time=record.time)
@@ -330,7 +329,7 @@ def _calibrations(client: Any) -> Any:
     """The calibration runs of ``client`` (a tiled search result)."""
     from tiled.queries import Key
 
-    return client.search(Key("purpose") == PURPOSE)
+    return client.search(Key("purpose") == RECORD_PURPOSE)
 
 
 def _records(runs: Iterable[Any]) -> Iterable[CalibrationRecord]:

@@ -552,7 +552,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
     inst = session.instrument
     try:
         result = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
-                                      catalog_client=session.client, callback=session.recorder,
+                                      callback=session.recorder,
                                       max_attempts=args.max_attempts, live=args.live))
     finally:
         session.close()

@@ -20,7 +20,7 @@ from .checks import finite, is_integer
 from .detector_config import DetectorSettings
 
 __all__ = ["SimSettings", "Session", "catalog_location", "build_sim_instrument", "make_session",
-           "load_config", "config_path"]
+           "make_recorder", "load_config", "config_path"]
 
 
 #: Limits of a simulated instrument, checked before anything is built or allocated.
@@ -167,6 +167,18 @@ class Session:
             close_backend()
 
 
+def make_recorder(client: Any, **kwargs: Any) -> Any:
+    """The calibration recorder of ``client`` (:class:`stemcal.callbacks.CalibrationRecorder`).
+
+    What the plans need as their ``callback``; ``kwargs`` are the recorder's
+    (``figure_dir``, ``fit_kwargs``, ``live``, ...). Subscribe it to the
+    RunEngine, or pass ``subscribe=True`` to the plan.
+    """
+    from .callbacks import CalibrationRecorder
+
+    return CalibrationRecorder(client, **kwargs)
+
+
 def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings = SimSettings(),
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
@@ -190,7 +202,6 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     """
     from bluesky import RunEngine
 
-    from .callbacks import CalibrationRecorder
     from .catalog import UnavailableCatalog, open_catalog_or_unavailable
 
     loc, remote = catalog_location(catalog)
@@ -219,7 +230,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     if not remote and not isinstance(client, UnavailableCatalog):
         from bluesky_tiled_plugins import TiledWriter
         RE.subscribe(TiledWriter(client))
-    recorder = CalibrationRecorder(client, figure_dir=figure_dir)
+    recorder = make_recorder(client, figure_dir=figure_dir)
     RE.subscribe(recorder)
     return Session(RE=RE, client=client, instrument=inst, recorder=recorder, data_dir=data,
                    remote=remote)

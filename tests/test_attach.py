@@ -23,7 +23,7 @@ from stemcal.attach import (CalibrationRequiredError, attach_calibration,
                             calibration_summary)
 from stemcal.catalog import open_catalog, write_record
 from stemcal.devices import MicroscopeOptics, ScanGenerator
-from stemcal.plans import DEFAULT_TOLERANCES, optics_state
+from stemcal.runs import DEFAULT_TOLERANCES, optics_state
 from stemcal.record import CalibrationRecord
 
 #: Optics and scan state of freshly made devices (their defaults).

@@ -22,8 +22,10 @@ from stemcal.callbacks import (CalibrationRecorder, CalibrationRun, DocumentOrde
                                RunNotCalibrated)
 from stemcal.catalog import calibration_history, get_record, open_catalog, record_images
 from stemcal.devices import ManualClock, MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
-from stemcal.plans import (calibrate, focus_schedule, optics_state, overfocus_scan,
-                           recalibrate_if_stale, sharpness_offset, verify_calibration)
+from stemcal.plans import (calibrate, focus_schedule, overfocus_scan, recalibrate_if_stale,
+                           sharpness_offset, verify_calibration)
+from stemcal.runs import optics_state
+from stemcal.session import make_recorder
 
 NAV = 40
 SIG = 96
@@ -71,8 +73,8 @@ def session(tmp_path_factory):
     RE.subscribe(TiledWriter(client))
     recorder = CalibrationRecorder(client, figure_dir=d / "figures")
     RE.subscribe(recorder)
-    result = RE(calibrate(inst.detector, inst.scan, inst.optics, catalog_client=client,
-                          callback=recorder, md={"sample": "test specimen"}))
+    result = RE(calibrate(inst.detector, inst.scan, inst.optics, callback=recorder,
+                          md={"sample": "test specimen"}))
     yield SimpleNamespace(dir=d, client=client, inst=inst, RE=RE, docs=docs, recorder=recorder,
                           record=result.plan_result)
     recorder.close()
@@ -191,8 +193,9 @@ def test_blank_specimen_retries_then_records_invalid(session, tmp_path):
     RE = RunEngine({}, call_returns_result=True)
     docs: list = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    # No callback: the plan subscribes a recorder of its own for its duration.
-    rec = RE(calibrate(inst.detector, inst.scan, inst.optics, catalog_client=session.client,
+    # The plan subscribes a recorder of its own for its duration (and closes it).
+    rec = RE(calibrate(inst.detector, inst.scan, inst.optics,
+                       callback=make_recorder(session.client), subscribe=True,
                        max_attempts=3, focus_step=0.2e-6)).plan_result
     assert not rec.valid and rec.quality.startswith("no features")
     assert inst.optics.overfocus.get() == 1e-6  # restored
@@ -316,7 +319,7 @@ def test_sharpness_offset():
 
 def test_plan_arguments_are_validated(session):
     inst = session.inst
-    with pytest.raises(ValueError, match="catalog_client"):
+    with pytest.raises(ValueError, match="give callback"):
         calibrate(inst.detector, inst.scan, inst.optics)
     with pytest.raises(ValueError, match="result_status"):
         calibrate(inst.detector, inst.scan, inst.optics, callback=lambda n, d: None)
@@ -325,7 +328,7 @@ def test_plan_arguments_are_validated(session):
                            callback=session.recorder, rotation_step=0)
     with pytest.raises(ValueError, match="tolerances"):
         recalibrate_if_stale(inst.detector, inst.scan, inst.optics, catalog_client=session.client,
-                             tolerances={"camera_length": -1.0})
+                             tolerances={"camera_length": -1.0}, callback=session.recorder)
     with pytest.raises(ValueError, match="focus_limits"):
         session.RE(calibrate(inst.detector, inst.scan, inst.optics, callback=session.recorder,
                              focus_limits=(-1e-6, 2e-6)))

@@ -23,7 +23,8 @@ from bluesky_tiled_plugins import TiledWriter
 from libertem.api import Context
 
 from stemcal.callbacks import CalibrationRecorder, RunNotCalibrated
-from stemcal.callbacks.live import LiveView, live_params
+from stemcal.callbacks.live import LiveView
+from stemcal.runs import projection_params
 from stemcal.callbacks.live_figure import LiveFigure, has_display
 from stemcal.callbacks.live_projection import LiveProjection
 from stemcal.catalog import open_catalog
@@ -221,7 +222,7 @@ def test_live_arguments_are_checked(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         RE(overfocus_scan(inst.detector, inst.scan, inst.optics, **kwargs))
     with pytest.raises(ValueError, match="live must be"):
-        calibrate(inst.detector, inst.scan, inst.optics, catalog_client=object(), live=1)
+        calibrate(inst.detector, inst.scan, inst.optics, callback=object(), live=1)
 
 
 # -- the recorder on a live scan ------------------------------------------------------------
@@ -277,7 +278,7 @@ def test_live_view_images_equal_a_full_pass(live_session):
     view = s.recorder.live_view(uid)
     start = [d for n, d, _ in s.docs if n == "start" and d["uid"] == uid][0]
     resource = [d for n, d, _ in s.docs if n == "stream_resource" and d["run_start"] == uid][0]
-    params = live_params(start, (SIG, SIG))
+    params = projection_params(start, (SIG, SIG))
     assert params.overfocus == start["guess"]["overfocus"] and params.scan_rotation == 0.0
     ref = full_pass(path_of(resource), resource["parameters"]["dataset"], params, (NAV, NAV))
     assert_images_equal(view.images, ref)
@@ -312,7 +313,7 @@ def test_triggered_scan_gets_a_live_view_too(tmp_path):
         assert view.history[-1][1] == 16 * 16 and view.error is None
         with h5py.File(path_of(resource), "r") as f:  # (1, ny, nx, sy, sx): one event
             frames = f[resource["parameters"]["dataset"]][0]
-        params = live_params(start, (SIG, SIG))
+        params = projection_params(start, (SIG, SIG))
         assert params.scan_rotation == 20.0 and params.flip_y
         ctx = Context.make_with("inline")
         ref = {k: np.asarray(v.data) for k, v in

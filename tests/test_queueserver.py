@@ -236,7 +236,7 @@ def test_calibrate_through_the_queue(manager):
     from bluesky_queueserver_api import BPlan
 
     from stemcal.catalog import calibration_history, latest_calibration, open_catalog
-    from stemcal.plans import DEFAULT_TOLERANCES
+    from stemcal.runs import DEFAULT_TOLERANCES
     from stemcal.session import SimSettings
 
     rm, catalog_dir, log = manager

@@ -47,10 +47,9 @@ from bluesky.callbacks.core import CallbackBase
 from event_model import RunRouter
 from ophyd.status import Status
 
-from ..plans.calibrate import CALIBRATION_PURPOSE, CHECK_PURPOSE, optics_state
 from ..record import CalibrationRecord
-from ..twin.params import semiconv_for_disk
-from ._uri import local_path
+from ..runs import (CALIBRATION_PURPOSE, CHECK_PURPOSE, PRIMARY_STREAM, fit_inputs,
+                    frame_layout, optics_state, read_check, resource_path, starting_geometry)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ class AcquiredData:
 
 def _local_path(uri: str) -> Path:
     try:
-        return local_path(uri)
+        return resource_path(uri)
     except ValueError as exc:
         raise RunNotCalibrated(str(exc)) from None
 
@@ -245,7 +244,7 @@ class CalibrationRun(CallbackBase):
         found: dict[str, list] = {}
         for datum in self._datums:
             desc = self._descriptors[datum["descriptor"]]
-            if desc.get("name") != "primary":
+            if desc.get("name") != PRIMARY_STREAM:
                 continue  # e.g. the 'incomplete' stream of an interrupted acquisition
             res = self._resources[datum["stream_resource"]]
             key = desc["data_keys"].get(res["data_key"], {})
@@ -261,19 +260,15 @@ class CalibrationRun(CallbackBase):
         dataset = (res.get("parameters") or {}).get("dataset")
         if not dataset:
             raise RunNotCalibrated(f"run {uid}: stream resource names no HDF5 dataset")
+        try:
+            nav, sig = frame_layout(shape, self._start)
+        except ValueError as exc:
+            raise RunNotCalibrated(str(exc)) from None
         if len(shape) == 4:
             if len(entries) != 1 or datum["indices"]["stop"] - datum["indices"]["start"] != 1:
                 raise RunNotCalibrated(f"run {uid}: the stream datum covers "
                                        f"{datum['indices']}; expected one acquisition")
-            nav, sig = (shape[0], shape[1]), (shape[2], shape[3])
         else:  # a live scan: frames per index, their datums contiguous from 0
-            try:
-                scan = self._start["scan"]
-                nav = (int(scan["shape_y"]), int(scan["shape_x"]))
-            except (KeyError, TypeError, ValueError):
-                raise RunNotCalibrated(f"run {uid}: frames per index, but the start document "
-                                       "gives no scan shape") from None
-            sig = (shape[0], shape[1])
             ranges = sorted((int(d["indices"]["start"]), int(d["indices"]["stop"]))
                             for _, d, _ in entries)
             covered = 0
@@ -286,23 +281,6 @@ class CalibrationRun(CallbackBase):
                                        "live scan were announced; calibration needs all")
         return AcquiredData(path=_local_path(res["uri"]), dataset=dataset, data_key=res["data_key"],
                             nav_shape=nav, sig_shape=sig)
-
-
-def _fit_inputs(start: Mapping[str, Any]) -> dict[str, Any]:
-    """cold_start's size arguments from an overfocus_scan start document."""
-    try:
-        optics, scan, det = start["optics"], start["scan"], start["detector"]
-        guess = dict(start.get("guess") or {})
-        out = {"scan_pixel_size": float(scan["pixel_size"]),
-               "camera_length": float(optics["camera_length"]),
-               "detector_pixel_size": float(det["pixel_size"]),
-               "overfocus": float(guess.get("overfocus", optics["overfocus"]))}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"start document {start.get('uid')} lacks the optics/scan/detector "
-                         f"settings calibration needs ({exc!r})") from exc
-    if guess.get("semiconv") is not None:
-        out["semiconv"] = float(guess["semiconv"])
-    return out
 
 
 class CalibrationRecorder:
@@ -480,7 +458,7 @@ class CalibrationRecorder:
 
         if self.client is None:
             raise RuntimeError("this recorder has no catalog client: it cannot store calibrations")
-        inputs = _fit_inputs(start)
+        inputs = fit_inputs(start)
         state = optics_state(start["optics"], start["scan"])
         settings: dict[str, Any] = {
             "method": "cold_start", **{f"{k}_input": v for k, v in inputs.items()},
@@ -494,7 +472,7 @@ class CalibrationRecorder:
         try:
             fit = cold_start(dataset, ctx=ctx, **inputs, **self.fit_kwargs)
         except NoFeaturesError as exc:
-            record = self._no_features_record(start, data, inputs, state, settings, exc)
+            record = self._no_features_record(start, data, state, settings, exc)
             write_record_or_spool(self.client, record)
             return record
         settings.update({"metric": fit.metric, "loss": fit.loss, "contrast": fit.contrast,
@@ -512,19 +490,17 @@ class CalibrationRecorder:
         return record
 
     @staticmethod
-    def _no_features_record(start: dict, data: AcquiredData, inputs: dict, state: dict,
-                            settings: dict, exc: Exception) -> CalibrationRecord:
-        sy, sx = data.sig_shape
-        d, L = inputs["overfocus"], inputs["camera_length"]
-        semiconv = inputs.get("semiconv") or semiconv_for_disk(
-            min(sy, sx) / 4, detector_pixel_size=inputs["detector_pixel_size"], overfocus=d,
-            camera_length=L)
+    def _no_features_record(start: dict, data: AcquiredData, state: dict, settings: dict,
+                            exc: Exception) -> CalibrationRecord:
+        """A record of the attempt: its geometry is where the run started, not a measurement."""
+        p = starting_geometry(start, data.sig_shape)
         msg = " ".join(str(exc).split())
         return CalibrationRecord(
-            acquisition_uid=start["uid"], scan_rotation=0.0, flip_y=False, overfocus=d,
-            cy=sy / 2, cx=sx / 2, quality=f"no features: {msg}", optics_state=state,
-            scan_pixel_size=inputs["scan_pixel_size"], camera_length=L,
-            detector_pixel_size=inputs["detector_pixel_size"], semiconv=semiconv,
+            acquisition_uid=start["uid"], scan_rotation=p.scan_rotation, flip_y=p.flip_y,
+            overfocus=p.overfocus, cy=p.cy, cx=p.cx, descan=p.descan,
+            quality=f"no features: {msg}", optics_state=state,
+            scan_pixel_size=p.scan_pixel_size, camera_length=p.camera_length,
+            detector_pixel_size=p.detector_pixel_size, semiconv=p.semiconv,
             uncertainty={"scan_rotation": None, "overfocus": None},
             fit_settings={**settings, "error": type(exc).__name__, "geometry": "not measured"})
 
@@ -532,13 +508,7 @@ class CalibrationRecorder:
         from ..fit.fine import full_pass, image_quality
         from ..twin.params import OverfocusParams
 
-        try:
-            spec = start["calibration_check"]
-            params = OverfocusParams.from_dict(dict(spec["params"]))
-            rot_step, of_step = float(spec["rotation_step"]), float(spec["overfocus_step"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"start document {start['uid']} lacks a valid 'calibration_check' "
-                             f"({exc!r})") from exc
+        params, rot_step, of_step, record_uid = read_check(start)
         ctx = self._context()
         dataset = data.load(ctx)
 
@@ -552,14 +522,14 @@ class CalibrationRecorder:
                for s in (-1, 1)]
         of = [measure(params.replace(overfocus=params.overfocus * (1 + s * of_step)))[1]
               for s in (-1, 1)]
-        result = {"record_uid": spec.get("record_uid"), "acquisition_uid": start["uid"],
+        result = {"record_uid": record_uid, "acquisition_uid": start["uid"],
                   "blur": blur, "contrast": contrast,
                   "stencil": {"scan_rotation": [rot[0], contrast, rot[1]],
                               "overfocus": [of[0], contrast, of[1]]}}
         if self.figure_dir is not None:
             self._figure(f"check_{start['uid'][:8]}.png", images,
                          {**params.to_dict(), "blur": blur}, None,
-                         f"check of record {str(spec.get('record_uid'))[:8]}")
+                         f"check of record {str(record_uid)[:8]}")
         return result
 
     def _figure(self, filename: str, images: Mapping[str, np.ndarray], summary: dict,

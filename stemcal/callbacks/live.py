@@ -16,10 +16,10 @@ Both layouts of :class:`~stemcal.devices.MerlinDetector` work: a live scan
 index, datums every flush period) is shown as it comes; a triggered scan
 (one 4D event, one datum at the end) is processed when that datum arrives.
 
-The images use the geometry the run carries (:func:`live_params`): the
-stored calibration of a check run, else the run's guess, completed by
-neutral values (rotation 0, no flip, the detector middle, a disk of a
-quarter of the detector). With a wrong guess the shifted sum is blurred:
+The images use the geometry the run carries
+(:func:`stemcal.runs.projection_params`): the stored calibration of a check
+run, else the run's guess, completed by neutral values (rotation 0, no flip,
+the detector middle, a disk of a quarter of the detector). With a wrong guess the shifted sum is blurred:
 that is what the live view shows.
 """
 from __future__ import annotations
@@ -28,66 +28,23 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
-from ..twin.params import OverfocusParams, semiconv_for_disk
-from ._uri import local_path
+from ..runs import PRIMARY_STREAM, frame_layout, projection_params, resource_path
 from .live_figure import LiveFigure
 from .live_projection import LiveProjection
 
-__all__ = ["LiveView", "live_params"]
+__all__ = ["LiveView"]
 
 log = logging.getLogger(__name__)
 
 #: Frames read from the file per block (bounds the memory of one read).
 READ_BLOCK = 256
-
-
-def live_params(start: Mapping[str, Any], sig_shape: tuple[int, int]) -> OverfocusParams:
-    """The geometry a run's live images are projected with.
-
-    ``calibration_check.params`` of a check run; else the run's ``guess``
-    over the optics/scan/detector settings of its start document, with
-    rotation 0, no flip, the beam centre at the detector middle and
-    ``semiconv`` giving a disk radius of a quarter of the detector where the
-    guess does not say.
-
-    Raises
-    ------
-    ValueError
-        The start document lacks the settings (it names what is missing).
-    """
-    check = start.get("calibration_check")
-    if isinstance(check, Mapping) and isinstance(check.get("params"), Mapping):
-        return OverfocusParams.from_dict(dict(check["params"]))
-    try:
-        optics, scan, det = start["optics"], start["scan"], start["detector"]
-        guess = dict(start.get("guess") or {})
-        sy, sx = (int(n) for n in sig_shape)
-        overfocus = float(guess.get("overfocus", optics["overfocus"]))
-        camera_length = float(guess.get("camera_length", optics["camera_length"]))
-        det_px = float(guess.get("detector_pixel_size", det["pixel_size"]))
-        values = {
-            "overfocus": overfocus, "camera_length": camera_length, "detector_pixel_size": det_px,
-            "scan_pixel_size": float(guess.get("scan_pixel_size", scan["pixel_size"])),
-            "semiconv": float(guess.get("semiconv", semiconv_for_disk(
-                min(sy, sx) / 4, detector_pixel_size=det_px, overfocus=overfocus,
-                camera_length=camera_length))),
-            "cy": float(guess.get("cy", sy / 2)), "cx": float(guess.get("cx", sx / 2)),
-            "scan_rotation": float(guess.get("scan_rotation", 0.0)),
-            "flip_y": bool(guess.get("flip_y", False)),
-        }
-        if guess.get("descan") is not None:
-            values["descan"] = guess["descan"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"start document {start.get('uid')} lacks the settings a live view "
-                         f"needs ({exc!r})") from exc
-    return OverfocusParams(**values)
 
 
 class LiveView(CallbackBase):
@@ -193,7 +150,7 @@ class LiveView(CallbackBase):
     # -- frames ---------------------------------------------------------------------------
     def _announce(self, datum: dict) -> None:
         desc = self._descriptors.get(datum.get("descriptor"))
-        if desc is None or desc.get("name") != "primary":
+        if desc is None or desc.get("name") != PRIMARY_STREAM:
             return
         res = self._resources[datum["stream_resource"]]
         key = desc["data_keys"].get(res["data_key"], {})
@@ -201,13 +158,9 @@ class LiveView(CallbackBase):
         if len(shape) not in (2, 4):
             return  # not frames
         start = self.start_doc or {}
-        scan = start.get("scan") or {}
-        if len(shape) == 4:
-            nav, sig = (shape[0], shape[1]), (shape[2], shape[3])
-        else:
-            nav, sig = (int(scan["shape_y"]), int(scan["shape_x"])), (shape[0], shape[1])
+        nav, sig = frame_layout(shape, start)
         if self.projection is None:
-            self.projection = LiveProjection(live_params(start, sig), nav, sig)
+            self.projection = LiveProjection(projection_params(start, sig), nav, sig)
             if self._want_figure:
                 uid = str(start.get("uid", ""))[:8]
                 self.figure = LiveFigure(f"live view of run {uid} ({start.get('purpose')})",
@@ -217,7 +170,7 @@ class LiveView(CallbackBase):
             self._worker.start()
         dataset = (res.get("parameters") or {}).get("dataset")
         lo, hi = int(datum["indices"]["start"]), int(datum["indices"]["stop"])
-        self._queue.put((local_path(res["uri"]), dataset, len(shape), lo, hi))
+        self._queue.put((resource_path(res["uri"]), dataset, len(shape), lo, hi))
 
     def _work(self) -> None:
         import h5py

@@ -6,11 +6,9 @@
 * :func:`verify_calibration` -- acquire and check a stored calibration is still sharpest.
 * :func:`recalibrate_if_stale` -- the calibration in force, calibrating only if none holds.
 """
-from .calibrate import (CALIBRATION_PURPOSE, CHECK_PURPOSE, DEFAULT_TOLERANCES, calibrate,
-                        focus_schedule, optics_state, recalibrate_if_stale, sharpness_offset,
+from .calibrate import (calibrate, focus_schedule, recalibrate_if_stale, sharpness_offset,
                         verify_calibration)
 from .scan import overfocus_scan
 
 __all__ = ["overfocus_scan", "calibrate", "verify_calibration", "recalibrate_if_stale",
-           "optics_state", "focus_schedule", "sharpness_offset", "CALIBRATION_PURPOSE",
-           "CHECK_PURPOSE", "DEFAULT_TOLERANCES"]
+           "focus_schedule", "sharpness_offset"]

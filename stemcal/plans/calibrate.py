@@ -9,9 +9,11 @@ catalog. The callback completes an ophyd ``Status`` per run; the plan only
 plan never hands data to the callback, and the callback never moves a device.
 
 The plans depend on the callback only by duck typing
-(``result_status(run_uid)``, see :class:`stemcal.callbacks.CalibrationRecorder`);
-when none is given, :func:`calibrate` and :func:`verify_calibration` build one
-and subscribe it to the RunEngine for their duration.
+(``result_status(run_uid)``, see :class:`stemcal.callbacks.CalibrationRecorder`):
+the caller builds it (:func:`stemcal.session.make_recorder`) and either
+subscribes it to the RunEngine or lets the plan subscribe it for its duration
+(``subscribe=True``). The run-document keys the plans write are those of
+:mod:`stemcal.runs`.
 
 Arguments are checked when a plan is made (``ValueError``); device settings
 are read when the RunEngine runs it.
@@ -27,62 +29,14 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
+from ..catalog import calibration_history, latest_calibration, staleness
 from ..checks import is_real
 from ..record import CalibrationRecord
-from .scan import _plain, check_live, overfocus_scan
+from ..runs import check_request, optics_state, plain
+from .scan import check_live, overfocus_scan
 
-__all__ = ["calibrate", "verify_calibration", "recalibrate_if_stale", "optics_state",
-           "focus_schedule", "sharpness_offset", "CALIBRATION_PURPOSE", "CHECK_PURPOSE",
-           "DEFAULT_TOLERANCES"]
-
-#: ``purpose`` of an acquisition run to calibrate (set by :func:`overfocus_scan`).
-CALIBRATION_PURPOSE = "calibration_data"
-#: ``purpose`` of an acquisition run that checks a stored calibration.
-CHECK_PURPOSE = "calibration_check"
-
-#: Example tolerances for :func:`recalibrate_if_stale` (absolute, in each key's unit).
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "overfocus_setting": 20e-9,     # m
-    "camera_length": 1e-3,          # m
-    "high_tension": 100.0,          # V
-    "scan_rotation_setting": 0.01,  # deg
-    "scan_pixel_size": 1e-13,       # m
-}
-
-
-def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str, Any]:
-    """The microscope state a calibration holds for, from device settings.
-
-    Parameters
-    ----------
-    optics : mapping
-        :meth:`stemcal.devices.MicroscopeOptics.state` (or a start document's
-        ``optics``): ``overfocus`` (m), ``camera_length`` (m), ``high_tension`` (V),
-        ``magnification``.
-    scan : mapping
-        :meth:`stemcal.devices.ScanGenerator.state` (or a start document's ``scan``):
-        ``rotation`` (deg), ``pixel_size`` (m).
-
-    Returns
-    -------
-    dict
-        ``overfocus_setting`` (m; the optics *setting*, not the fitted overfocus),
-        ``camera_length`` (m), ``high_tension`` (V), ``magnification``,
-        ``scan_rotation_setting`` (deg), ``scan_pixel_size`` (m); keys missing
-        from the inputs are left out. These are the keys
-        :func:`stemcal.catalog.staleness` tolerances refer to.
-    """
-    out: dict[str, Any] = {}
-    for key, src, name in (("overfocus_setting", optics, "overfocus"),
-                           ("camera_length", optics, "camera_length"),
-                           ("high_tension", optics, "high_tension"),
-                           ("magnification", optics, "magnification"),
-                           ("scan_rotation_setting", scan, "rotation"),
-                           ("scan_pixel_size", scan, "pixel_size")):
-        if src.get(name) is not None:
-            out[key] = _plain(src[name])
-    return out
-
+__all__ = ["calibrate", "verify_calibration", "recalibrate_if_stale", "focus_schedule",
+           "sharpness_offset"]
 
 #: Most acquisitions one :func:`calibrate` may make.
 MAX_ATTEMPTS = 100
@@ -171,16 +125,14 @@ def _wait_status(status: Any, timeout: float | None, what: str) -> MsgGenerator[
         raise TimeoutError(f"{what} did not finish within {timeout} s") from None
 
 
-def _recorder(callback: Any, catalog_client: Any) -> tuple[Any, bool]:
-    """(callback to use, whether this plan made it and must subscribe/close it)."""
-    if callback is not None:
-        if not callable(getattr(callback, "result_status", None)):
-            raise ValueError(f"callback must have result_status(run_uid) (a "
-                             f"stemcal.callbacks.CalibrationRecorder), got {callback!r}")
-        return callback, False
-    from ..callbacks import CalibrationRecorder  # the one upward import; only as a default
-
-    return CalibrationRecorder(catalog_client), True
+def _check_recorder(callback: Any) -> None:
+    """``ValueError`` unless ``callback`` can report a run's result (``result_status``)."""
+    if callback is None:
+        raise ValueError("give callback: a calibration recorder "
+                         "(stemcal.session.make_recorder(catalog_client))")
+    if not callable(getattr(callback, "result_status", None)):
+        raise ValueError(f"callback must have result_status(run_uid) (a "
+                         f"stemcal.callbacks.CalibrationRecorder), got {callback!r}")
 
 
 def _status_of(recorder: Any, uid: str) -> Any:
@@ -189,11 +141,11 @@ def _status_of(recorder: Any, uid: str) -> Any:
     except KeyError:
         raise RuntimeError(
             f"the calibration callback did not receive run {uid}: subscribe it to the "
-            f"RunEngine (RE.subscribe(recorder)) or pass callback=None") from None
+            f"RunEngine (RE.subscribe(recorder)) or pass subscribe=True") from None
 
 
 def _subscribed(plan: MsgGenerator[Any], recorder: Any, own: bool) -> MsgGenerator[Any]:
-    """Run ``plan`` with ``recorder`` subscribed (and closed afterwards) if the plan owns it."""
+    """Run ``plan`` with ``recorder`` subscribed (and closed afterwards) if ``own``."""
     if not own:
         return (yield from plan)
     token = yield from bps.subscribe("all", recorder)
@@ -205,8 +157,8 @@ def _subscribed(plan: MsgGenerator[Any], recorder: Any, own: bool) -> MsgGenerat
     return (yield from bpp.finalize_wrapper(plan, cleanup))
 
 
-def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = None,
-              callback: Any = None, max_attempts: int = 3,
+def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
+              subscribe: bool = False, max_attempts: int = 3,
               focus_limits: tuple[float, float] | None = None, focus_step: float | None = None,
               timeout: float | None = 600.0, md: Mapping[str, Any] | None = None,
               live: bool = False) -> MsgGenerator[CalibrationRecord]:
@@ -224,12 +176,12 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     ----------
     detector, scan, optics : devices
         As :func:`~stemcal.plans.overfocus_scan`.
-    catalog_client : CatalogOfBlueskyRuns, optional
-        Where records go; needed when ``callback`` is None (if both are given,
-        it must be the callback's ``client``).
-    callback : CalibrationRecorder, optional
-        A recorder the caller has subscribed to the RunEngine. None: the plan
-        builds one on ``catalog_client`` and subscribes it for its duration.
+    callback : CalibrationRecorder
+        The recorder that calibrates the runs and stores the records
+        (:func:`stemcal.session.make_recorder`); required.
+    subscribe : bool
+        Subscribe ``callback`` to the RunEngine for the plan's duration and
+        close it afterwards. False (default): the caller has subscribed it.
     max_attempts : int
         Most acquisitions to make (``1..MAX_ATTEMPTS``). The arguments are
         checked when the plan is made (``ValueError``), before any device moves.
@@ -261,17 +213,13 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
     moves the overfocus back to ``f0``. Acquisition runs get ``plan_name='calibrate'``,
     ``plan_args`` of this plan, ``calibration_attempt`` (1-based) and
     ``max_attempts`` in their start documents. Errors of the fit itself (not
-    "no features") fail the plan. With ``callback=None`` no other recorder
+    "no features") fail the plan. With ``subscribe=True`` no other recorder
     should be subscribed to the RunEngine, or each run is calibrated twice.
     """
     _check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
     check_live(live)
-    if callback is None and catalog_client is None:
-        raise ValueError("give catalog_client (or a subscribed callback)")
-    if callback is not None and catalog_client is not None \
-            and getattr(callback, "client", None) is not catalog_client:
-        raise ValueError("catalog_client is not the callback's client; give one or the other")
-    recorder, own = _recorder(callback, catalog_client)
+    _check_recorder(callback)
+    recorder = callback
 
     def attempts() -> MsgGenerator[CalibrationRecord]:
         f0 = float(optics.overfocus.get())
@@ -309,7 +257,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, catalog_client: Any = No
 
         return (yield from bpp.finalize_wrapper(inner(), restore))
 
-    return _subscribed(attempts(), recorder, own)
+    return _subscribed(attempts(), recorder, bool(subscribe))
 
 
 def sharpness_offset(minus: float, centre: float, plus: float, step: float) -> float:
@@ -335,7 +283,7 @@ def sharpness_offset(minus: float, centre: float, plus: float, step: float) -> f
 
 
 def verify_calibration(detector: Any, scan: Any, optics: Any, record: CalibrationRecord, *,
-                       callback: Any = None, rotation_step: float = 1.0,
+                       callback: Any = None, subscribe: bool = False, rotation_step: float = 1.0,
                        overfocus_step: float = 0.03, rotation_tolerance: float = 0.5,
                        overfocus_tolerance: float = 0.02, timeout: float | None = 600.0,
                        md: Mapping[str, Any] | None = None,
@@ -355,8 +303,10 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
     detector, scan, optics : devices
     record : CalibrationRecord
         The calibration to check (its ``params()`` are used as they are).
-    callback : CalibrationRecorder, optional
-        Subscribed by the caller; None: one is built and subscribed for the plan.
+    callback : CalibrationRecorder
+        As :func:`calibrate` (required).
+    subscribe : bool
+        As :func:`calibrate`.
     rotation_step, overfocus_step : float
         Stencil half-widths, degrees and relative.
     rotation_tolerance, overfocus_tolerance : float
@@ -386,17 +336,15 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
     check_live(live)
-    recorder, own = _recorder(callback, None)
-    check = {"record_uid": record.uid, "params": record.params().to_dict(),
-             "rotation_step": float(rotation_step), "overfocus_step": float(overfocus_step)}
+    _check_recorder(callback)
+    recorder = callback
     _md: dict[str, Any] = {
-        "purpose": CHECK_PURPOSE,
+        **check_request(record.uid, record.params(), rotation_step, overfocus_step),
         "plan_name": "verify_calibration",
         "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
                       "record": record.uid, "rotation_step": rotation_step,
                       "overfocus_step": overfocus_step, "rotation_tolerance": rotation_tolerance,
                       "overfocus_tolerance": overfocus_tolerance, "live": live},
-        "calibration_check": check,
     }
     _md.update(md or {})
 
@@ -422,12 +370,12 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
                 "contrast": m["contrast"], "blur": m["blur"], "record_blur": record.blur,
                 "blur_change": m["blur"] - record.blur, "stencil": st}
 
-    return _subscribed(inner(), recorder, own)
+    return _subscribed(inner(), recorder, bool(subscribe))
 
 
 def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_client: Any,
                          tolerances: Mapping[str, float], callback: Any = None,
-                         md: Mapping[str, Any] | None = None,
+                         subscribe: bool = False, md: Mapping[str, Any] | None = None,
                          **calibrate_kwargs: Any) -> MsgGenerator[CalibrationRecord]:
     """Return the calibration in force; calibrate first if none holds for the current state.
 
@@ -443,7 +391,9 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
         Where records are looked up (and written).
     tolerances : dict of str to float
         Absolute tolerance per :func:`optics_state` key, e.g. :data:`DEFAULT_TOLERANCES`.
-    callback : CalibrationRecorder, optional
+    callback : CalibrationRecorder
+        As :func:`calibrate` (required: a calibration may be needed).
+    subscribe : bool
         As :func:`calibrate`.
     md : dict, optional
         Start-document metadata of the acquisitions, if any.
@@ -457,8 +407,6 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
         The stored record in force, or the new one (which may be invalid:
         check ``valid``).
     """
-    from ..catalog import calibration_history, latest_calibration, staleness
-
     if not isinstance(tolerances, Mapping) or any(
             not is_real(v) or v < 0
             for v in tolerances.values()):
@@ -471,6 +419,7 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
                           calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
                           calibrate_kwargs.get("timeout", 600.0))
     check_live(calibrate_kwargs.get("live", False))
+    _check_recorder(callback)
 
     def inner() -> MsgGenerator[CalibrationRecord]:
         state = optics_state(optics.state(), scan.state())
@@ -483,10 +432,10 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
         _md = {"plan_name": "recalibrate_if_stale",
                "plan_args": {"detector": repr(detector), "scan": repr(scan),
                              "optics": repr(optics), "tolerances": dict(tolerances),
-                             **{k: _plain(v) for k, v in calibrate_kwargs.items()}},
+                             **{k: plain(v) for k, v in calibrate_kwargs.items()}},
                "recalibration_reason": reason}
         _md.update(md or {})
-        return (yield from calibrate(detector, scan, optics, catalog_client=catalog_client,
-                                     callback=callback, md=_md, **calibrate_kwargs))
+        return (yield from calibrate(detector, scan, optics, callback=callback,
+                                     subscribe=subscribe, md=_md, **calibrate_kwargs))
 
     return inner()

@@ -7,11 +7,12 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-import numpy as np
 from bluesky.utils import FailedStatus, MsgGenerator
 from bluesky.utils import short_uid as _short_uid
 
 from ..checks import is_real
+from ..runs import (BASELINE_STREAM, INCOMPLETE_STREAM, PRIMARY_STREAM, acquisition_start,
+                    check_guess)
 
 __all__ = ["overfocus_scan", "acquire_and_read", "fly_and_collect", "INCOMPLETE_STREAM",
            "BASELINE_STREAM", "AcquisitionFailed"]
@@ -19,55 +20,9 @@ __all__ = ["overfocus_scan", "acquire_and_read", "fly_and_collect", "INCOMPLETE_
 logger = logging.getLogger(__name__)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON-able Python (NumPy scalars/arrays, tuples -> lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-#: Guess keys (``OverfocusParams`` fields) and what each must be.
-_GUESS_POSITIVE = ("scan_pixel_size", "camera_length", "detector_pixel_size", "semiconv")
-_GUESS_FINITE = ("overfocus", "cy", "cx", "scan_rotation") + _GUESS_POSITIVE
-_GUESS_KEYS = frozenset(_GUESS_FINITE + ("flip_y", "descan"))
 #: Largest raw acquisition an overfocus_scan starts (frames x bytes per pixel): the
 #: whole scan is held in memory once. Checked before any device is staged.
 MAX_ACQUISITION_BYTES = 8 * 2**30
-
-
-def _guess_dict(guess: Any) -> dict[str, Any]:
-    """The guess as plain JSON, each value checked against its ``OverfocusParams`` field."""
-    if guess is None:
-        return {}
-    if hasattr(guess, "to_dict"):  # an OverfocusParams
-        guess = guess.to_dict()
-    if not isinstance(guess, Mapping):
-        raise ValueError(f"guess must be a dict of calibration parameters or None, got {guess!r}")
-    out = _plain(guess)
-    unknown = set(out) - _GUESS_KEYS
-    if unknown:
-        raise ValueError(f"guess has unknown key(s) {sorted(unknown)}; use OverfocusParams "
-                         f"fields {sorted(_GUESS_KEYS)}")
-    for key, value in out.items():
-        if key in _GUESS_FINITE and not is_real(value):
-            raise ValueError(f"guess[{key!r}] must be a finite number, got {value!r}")
-        if key in _GUESS_POSITIVE and value <= 0:
-            raise ValueError(f"guess[{key!r}] must be > 0, got {value!r}")
-        if key == "overfocus" and value == 0:
-            raise ValueError("guess['overfocus'] must not be 0 (negative means underfocus)")
-        if key == "flip_y" and not isinstance(value, bool):
-            raise ValueError(f"guess['flip_y'] must be true or false, got {value!r}")
-        if key == "descan" and not (isinstance(value, list) and len(value) == 2 and all(
-                isinstance(r, list) and len(r) == 2 and all(map(is_real, r)) for r in value)):
-            raise ValueError(f"guess['descan'] must be a 2x2 matrix of finite numbers, "
-                             f"got {value!r}")
-    return out
 
 
 def _check_acquisition_size(scan: Mapping[str, Any], detector: Mapping[str, Any]) -> None:
@@ -83,14 +38,6 @@ def _check_acquisition_size(scan: Mapping[str, Any], detector: Mapping[str, Any]
         raise ValueError(f"a {ny}x{nx} scan of {sy}x{sx} frames is {n_bytes / 2**30:.3g} GiB, "
                          f"over the acquisition limit of {MAX_ACQUISITION_BYTES / 2**30:.3g} GiB; "
                          f"reduce the scan shape")
-
-
-def _settings(device: Any) -> dict[str, Any]:
-    """``device.state()`` if it has one, else its configuration values by data key."""
-    state = getattr(device, "state", None)
-    if callable(state):
-        return _plain(state())
-    return {k: _plain(v["value"]) for k, v in device.read_configuration().items()}
 
 
 def check_live(live: Any) -> None:
@@ -150,15 +97,15 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
 
     Notes
     -----
-    Start-document keys: ``plan_name='overfocus_scan'``, ``plan_type``,
+    Start-document keys: Bluesky's ``plan_name='overfocus_scan'``, ``plan_type``,
     ``plan_args`` (devices as ``repr``, ``guess``, ``live``), ``detectors``,
-    ``num_points=1``, ``num_intervals=0``, ``hints``,
-    ``purpose='calibration_data'``, ``optics`` (``optics.state()``), ``scan``
-    (``scan.state()``), ``detector`` (``detector.state()``) and ``guess``.
-    The settings are read when the RunEngine starts the plan, not when it is
-    created.
+    ``num_points=1``, ``num_intervals=0``, ``hints``, and the contract's
+    ``purpose``, ``optics``, ``scan``, ``detector``, ``guess`` and ``live``
+    (:func:`stemcal.runs.acquisition_start`; :mod:`stemcal.runs` says what
+    each holds). The settings are read when the RunEngine starts the plan, not
+    when it is created.
     """
-    guess_md = _guess_dict(guess)
+    guess_md = check_guess(guess)
     check_live(live)
     if not (is_real(flush_period) and flush_period > 0):
         raise ValueError(f"flush_period must be a finite number of seconds > 0, got {flush_period!r}")
@@ -170,13 +117,8 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
         "plan_type": "generator",
         "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
                       "guess": guess_md, "live": live},
-        "hints": {"dimensions": [(("time",), "primary")]},
-        "purpose": "calibration_data",
-        "optics": _settings(optics),
-        "scan": _settings(scan),
-        "detector": _settings(detector),
-        "guess": guess_md,
-        "live": live,
+        "hints": {"dimensions": [(("time",), PRIMARY_STREAM)]},
+        **acquisition_start(detector, scan, optics, guess=guess_md, live=live),
     }
     _check_acquisition_size(_md["scan"], _md["detector"])
     _md.update(md or {})
@@ -194,12 +136,8 @@ def overfocus_scan(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str,
     return (yield from inner())
 
 
-#: Stream of the settings read once before a live scan (Bluesky's name for such readings).
-BASELINE_STREAM = "baseline"
-
-
 def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0.25,
-                    name: str = "primary") -> MsgGenerator[None]:
+                    name: str = PRIMARY_STREAM) -> MsgGenerator[None]:
     """Read ``others`` into :data:`BASELINE_STREAM`, then fly ``detector`` into stream ``name``.
 
     The detector is kicked off, and its new frames are announced
@@ -251,12 +189,8 @@ class AcquisitionFailed(FailedStatus):
         return f"{device}: acquisition failed: {type(cause).__name__}: {cause}"
 
 
-#: Event stream of an acquisition that did not end normally (see :func:`acquire_and_read`).
-INCOMPLETE_STREAM = "incomplete"
-
-
 def acquire_and_read(detector: Any, devices: list[Any],
-                     name: str = "primary") -> MsgGenerator[None]:
+                     name: str = PRIMARY_STREAM) -> MsgGenerator[None]:
     """Trigger ``devices``, wait, and read them into one event of stream ``name``.
 
     Like :func:`bluesky.plan_stubs.trigger_and_read`, except when the wait is

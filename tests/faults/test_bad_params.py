@@ -31,7 +31,8 @@ from stemcal.devices import ManualClock, MicroscopeTruth, PhysicalSpecimen, make
 from stemcal.devices.scan import MAX_SCAN_SIDE, ScanGenerator
 from stemcal.plans import calibrate, focus_schedule, overfocus_scan, recalibrate_if_stale
 from stemcal.plans.calibrate import MAX_ATTEMPTS
-from stemcal.plans.scan import MAX_ACQUISITION_BYTES, _guess_dict
+from stemcal.plans.scan import MAX_ACQUISITION_BYTES
+from stemcal.runs import check_guess
 from stemcal.session import SIM_MAX_BYTES, SIM_MAX_SIDE, SimSettings, load_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import MAX_SIDE, MAX_SIMULATION_BYTES, check_shapes
@@ -412,15 +413,15 @@ def test_calibrate_arguments(max_attempts, focus_limits, focus_step, timeout):
                   focus_step=focus_step, timeout=timeout)
     msg = str(info.value)
     assert any(w in msg for w in ("max_attempts", "focus_limits", "focus_step", "timeout",
-                                  "give catalog_client")), msg
+                                  "give callback")), msg
     with pytest.raises(ValueError) as info:
         recalibrate_if_stale(None, None, None, catalog_client=None, tolerances={},
                              max_attempts=max_attempts, focus_limits=focus_limits,
                              focus_step=focus_step, timeout=timeout)
 
 
-def test_calibrate_valid_arguments_reach_the_catalog_check():
-    with pytest.raises(ValueError, match="give catalog_client"):
+def test_calibrate_valid_arguments_reach_the_recorder_check():
+    with pytest.raises(ValueError, match="give callback"):
         calibrate(None, None, None, max_attempts=5, focus_limits=[5e-7, 2e-6], focus_step=1e-7,
                   timeout=30)
     with pytest.raises(ValueError, match="max_attempts must be an int in 1..100"):
@@ -436,7 +437,7 @@ guess_value = json_value | st.sampled_from([1e-6, -1e-6, 0.5e-9, 23.5, True,
                              max_size=4))
 def test_guess_dict(guess):
     try:
-        out = _guess_dict(guess)
+        out = check_guess(guess)
     except ValueError as exc:
         assert any(repr(k) in str(exc) or k in str(exc) for k in guess), str(exc)
         return

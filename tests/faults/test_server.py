@@ -121,7 +121,7 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     inst = session.instrument
     try:
         res = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
-                                   catalog_client=session.client, callback=session.recorder,
+                                   callback=session.recorder,
                                    max_attempts=1))
     finally:
         session.close()

@@ -18,7 +18,8 @@ import inspect as _inspect
 
 import stemcal.plans as _plans
 from stemcal.catalog import calibration_history, get_record, latest_calibration  # noqa: F401
-from stemcal.plans import DEFAULT_TOLERANCES, optics_state  # noqa: F401
+from stemcal.runs import DEFAULT_TOLERANCES, optics_state  # noqa: F401
+from stemcal.session import make_recorder as _make_recorder
 
 
 def _queue_plan(plan, **defaults):
@@ -52,10 +53,13 @@ def _report(plan_name, result):
 
 
 def _session_recorder(callback, catalog_client):
-    """The session's recorder unless the caller gave a callback or another catalog."""
-    if callback is None and (catalog_client is None or catalog_client is catalog):
-        return recorder
-    return callback
+    """(callback, subscribe): the session's recorder, unless the caller gave a callback or
+    another catalog (then a recorder of that catalog, subscribed for the plan's duration)."""
+    if callback is not None:
+        return callback, False
+    if catalog_client is None or catalog_client is catalog:
+        return recorder, False
+    return _make_recorder(catalog_client), True
 
 
 # In this session scans are live by default (live=True): the recorder's live view shows the
@@ -68,9 +72,11 @@ def overfocus_scan(detector, scan, optics, *, live=True, **kwargs):
 
 @_queue_plan(_plans.calibrate, live=True)
 def calibrate(detector, scan, optics, *, catalog_client=None, callback=None, live=True, **kwargs):
+    # catalog_client: another catalog than the session's gets a recorder of its own
+    callback, subscribe = _session_recorder(callback, catalog_client)
+    kwargs.setdefault("subscribe", subscribe)
     return _report("calibrate", (yield from _plans.calibrate(
-        detector, scan, optics, catalog_client=catalog_client,
-        callback=_session_recorder(callback, catalog_client), live=live, **kwargs)))
+        detector, scan, optics, callback=callback, live=live, **kwargs)))
 
 
 @_queue_plan(_plans.verify_calibration, record=None, live=True)
@@ -95,10 +101,12 @@ def recalibrate_if_stale(detector, scan, optics, *, catalog_client=None, toleran
                          callback=None, **kwargs):
     client = catalog if catalog_client is None else catalog_client
     kwargs.setdefault("live", True)  # live scans in this session (see above)
+    callback, subscribe = _session_recorder(callback, catalog_client)
+    kwargs.setdefault("subscribe", subscribe)
     return _report("recalibrate_if_stale", (yield from _plans.recalibrate_if_stale(
         detector, scan, optics, catalog_client=client,
         tolerances=DEFAULT_TOLERANCES if tolerances is None else tolerances,
-        callback=_session_recorder(callback, catalog_client), **kwargs)))
+        callback=callback, **kwargs)))
 
 
 def calibrate_here(**kwargs):
