@@ -176,12 +176,12 @@ class AttachCalibration:
     def __init__(self, catalog: Any, optics: Any, scan: Any = None, *,
                  tolerances: Mapping[str, float] | None = None, require: bool = False,
                  timeout: float = 10.0):
-        from .catalog import _check_tolerances
+        from .catalog import check_tolerances
 
         if optics is None:
             raise ValueError("attach_calibration needs the optics device")
         tol = dict(DEFAULT_TOLERANCES if tolerances is None else tolerances)
-        _check_tolerances(tol)
+        check_tolerances(tol)
         if scan is None:
             tol = {k: v for k, v in tol.items() if not k.startswith("scan_")}
         self.catalog = catalog

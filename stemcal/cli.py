@@ -527,7 +527,7 @@ def _open(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
     except CannotPrompt:
         raise CLIError(f"catalog {loc} needs an API key: set $TILED_API_KEY") from None
     except httpx.HTTPError as exc:  # server down, key refused, ...
-        from .spool import failure_reason
+        from .catalog.spool import failure_reason
         raise CLIError(f"cannot open catalog {loc}: {failure_reason(exc)}") from None
 
 
@@ -692,7 +692,7 @@ def run_show(args: argparse.Namespace):
 
 
 def run_sync(args: argparse.Namespace):
-    from .spool import sync
+    from .catalog import sync
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sync()
@@ -710,7 +710,7 @@ def _print_sync(report) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import serve, server_settings
+    from .catalog.server import serve, server_settings
     from .session import catalog_location, load_config
     host, port = server_settings(load_config())
     loc, remote = catalog_location(args.catalog)
@@ -743,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_json(res)) if args.json else _print_demo(res)
         elif args.command == "calibrate":
             record, truth = run_calibrate(args)
-            from .spool import find as find_spooled
+            from .catalog.spool import find as find_spooled
             spooled = find_spooled(record.uid)
             if args.json:
                 print(_json({**record_summary(record), "spooled": spooled is not None}))

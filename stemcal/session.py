@@ -9,18 +9,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import tempfile
 import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
 
+from . import locations
 from .checks import finite, is_integer
 from .detector_config import DetectorSettings
 
 __all__ = ["SimSettings", "Session", "catalog_location", "build_sim_instrument", "make_session",
-           "make_recorder", "load_config", "config_path"]
+           "make_recorder", "load_config"]
 
 
 #: Limits of a simulated instrument, checked before anything is built or allocated.
@@ -107,12 +107,9 @@ class SimSettings:
 
 
 def catalog_location(location: str | os.PathLike | None) -> tuple[Any, bool]:
-    """(location, is a tiled server URI): ``location``, else ``$STEMCAL_CATALOG``, else the default dir."""
-    from .catalog import default_catalog_dir
-    loc = str(location) if location else os.environ.get("STEMCAL_CATALOG") or str(default_catalog_dir())
-    if re.match(r"https?://", loc):
-        return loc, True
-    return Path(loc).expanduser(), False
+    """(location, is a tiled server URI) of :func:`stemcal.locations.catalog_location`."""
+    loc = locations.catalog_location(location)
+    return loc, locations.is_server_uri(loc)
 
 
 def build_sim_instrument(settings: SimSettings, data_dir: str | os.PathLike,
@@ -236,14 +233,6 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                    remote=remote)
 
 
-def config_path() -> Path:
-    """``$STEMCAL_CONFIG``, else ``$XDG_CONFIG_HOME/stemcal/config.toml`` (~/.config fallback)."""
-    if os.environ.get("STEMCAL_CONFIG"):
-        return Path(os.environ["STEMCAL_CONFIG"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "stemcal" / "config.toml"
-
-
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Read the session configuration (TOML); a missing default file gives ``{}``.
 
@@ -254,7 +243,7 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     ``kind = "merlin" | "arina"``, ``backend = "sim" | "live"``, hosts, ports...).
     Unknown sections raise ``ValueError``.
     """
-    p = Path(path) if path else config_path()
+    p = Path(path) if path else locations.config_path()
     if not p.exists():
         if path:
             raise ValueError(f"no configuration file at {p}")

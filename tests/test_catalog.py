@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stemcal import catalog as cat
-from stemcal.catalog import (calibration_history, default_catalog_dir, get_record,
+from stemcal import runs
+from stemcal.catalog import (calibration_history, get_record,
                              latest_calibration, open_catalog, record_images, staleness,
                              write_record)
 from stemcal.fit.result import FitResult
+from stemcal.locations import catalog_location, default_catalog_dir
 from stemcal.record import CalibrationRecord, software_versions
 from stemcal.twin import OverfocusParams
 
@@ -168,7 +169,7 @@ def test_staleness_names_changed_keys():
 def test_reopen_sees_records_via_env(store, tmp_path, monkeypatch):
     directory, _, recs = store
     monkeypatch.setenv("STEMCAL_CATALOG", str(directory))
-    assert default_catalog_dir() == directory
+    assert catalog_location() == directory
     again = open_catalog(None)
     assert [r.uid for r in calibration_history(again)][:1] == [recs["new"].uid]
     again.context.close()
@@ -214,5 +215,5 @@ def test_server_uri_uses_env_api_key(monkeypatch):
     FakeClient.specs = []
     with pytest.raises(ValueError, match="CatalogOfBlueskyRuns"):
         open_catalog("https://tiled.example")
-    assert cat.PURPOSE == "calibration"
+    assert runs.RECORD_PURPOSE == "calibration"
     assert isinstance(default_catalog_dir(), Path)

@@ -1,6 +1,6 @@
 """A real ``tiled serve`` process: spool while it is down, sync once it is back; API keys.
 
-The server is started by :mod:`stemcal.server` on 127.0.0.1 with a free port,
+The server is started by :mod:`stemcal.catalog.server` on 127.0.0.1 with a free port,
 a writer and a reader key from the environment, and stopped (SIGTERM to its
 process group, SIGKILL after 10 s) by the fixture's finalizer whatever happens.
 Start-up waits poll the port with a bounded timeout.
@@ -22,8 +22,8 @@ import numpy as np
 import psutil
 import pytest
 
-from stemcal import server as srv
-from stemcal import spool
+from stemcal.catalog import server as srv
+from stemcal.catalog import spool
 from stemcal.catalog import (calibration_history, get_record, open_catalog, record_images,
                              write_record, write_record_or_spool)
 from stemcal.record import CalibrationRecord

@@ -1,11 +1,13 @@
 """A durable local spool for calibration records whose catalog could not be written.
 
-When :func:`stemcal.catalog.write_record_or_spool` cannot write a record
+When :func:`stemcal.catalog.delivery.write_record_or_spool` cannot write a record
 (server down, permission denied, disk full, path not creatable), the record,
 its images and the location of the catalog it was meant for go into one file
 per record in ``$XDG_STATE_HOME/stemcal/spool`` (default
-``~/.local/state/stemcal/spool``; ``$STEMCAL_SPOOL`` overrides). :func:`sync`
-(``stemcal sync``) later delivers each to its catalog, exactly once.
+``~/.local/state/stemcal/spool``; ``$STEMCAL_SPOOL`` overrides;
+:func:`stemcal.locations.spool_dir`). :func:`stemcal.catalog.delivery.sync`
+(``stemcal sync``) later delivers each to its catalog, exactly once. This
+module knows the files only, not the catalog.
 
 File format: ``<uid>.npz`` (NumPy ``savez``, no pickles) holding the images
 under their names and, under ``__spool__``, the UTF-8 JSON of
@@ -27,32 +29,19 @@ import re
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .record import CalibrationRecord
+from ..locations import spool_dir
+from ..record import CalibrationRecord
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 _META = "__spool__"
 _UID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
-
-
-def spool_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The spool directory.
-
-    ``$STEMCAL_SPOOL``, else ``$XDG_STATE_HOME/stemcal/spool``, else
-    ``~/.local/state/stemcal/spool``.
-    """
-    env = os.environ if environ is None else environ
-    if env.get("STEMCAL_SPOOL"):
-        return Path(env["STEMCAL_SPOOL"]).expanduser()
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base).expanduser() / "stemcal" / "spool"
 
 
 def redact_location(location: str | os.PathLike) -> str:
@@ -89,7 +78,7 @@ class SpoolEntry:
         return self.record.uid
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
@@ -150,7 +139,7 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(d)
+    fsync_dir(d)
     log.warning("calibration record %s spooled to %s (catalog %s: %s)", record.uid, final,
                 meta["location"], meta["reason"])
     return final
@@ -201,22 +190,8 @@ def find(uid: str, directory: str | os.PathLike | None = None) -> SpoolEntry | N
     return read_entry(p)
 
 
-@dataclasses.dataclass
-class SyncReport:
-    """What :func:`sync` did. Each item is ``(uid, location)`` or ``(uid, location, reason)``."""
-
-    delivered: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
-    already_there: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
-    pending: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"delivered": [{"uid": u, "catalog": loc} for u, loc in self.delivered],
-                "already_there": [{"uid": u, "catalog": loc} for u, loc in self.already_there],
-                "pending": [{"uid": u, "catalog": loc, "reason": r} for u, loc, r in self.pending]}
-
-
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
     """An exclusive lock on the spool, so two syncs cannot deliver one record twice."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(directory / ".lock", "a") as f:
@@ -235,68 +210,5 @@ def failure_reason(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def sync(*, open_catalog: Callable[[str], Any] | None = None,
-         directory: str | os.PathLike | None = None) -> SyncReport:
-    """Deliver every spooled record to its catalog, exactly once.
-
-    Records are idempotent by uid: one whose uid the catalog already holds
-    (e.g. written just before a crash, or by an earlier sync) is not written
-    again; its spool file is removed if the catalog's run is complete (has a
-    stop document), else kept and reported. A record whose catalog cannot be
-    opened or written stays spooled with the reason.
-
-    Parameters
-    ----------
-    open_catalog : callable, optional
-        ``location -> client``; default :func:`stemcal.catalog.open_catalog`.
-    directory : path, optional
-        Spool directory; default :func:`spool_dir`.
-    """
-    from . import catalog as cat
-
-    opener = open_catalog or cat.open_catalog
-    d = Path(directory) if directory is not None else spool_dir()
-    report = SyncReport()
-    if not d.is_dir():
-        return report
-    with _locked(d):
-        clients: dict[str, Any] = {}
-        failed: dict[str, str] = {}
-        for entry in spooled(d):
-            loc = entry.location
-            if loc is None:
-                report.pending.append((entry.uid, None, "no target catalog recorded"))
-                continue
-            if loc in failed:
-                report.pending.append((entry.uid, loc, failed[loc]))
-                continue
-            if loc not in clients:
-                try:
-                    clients[loc] = opener(loc)
-                except Exception as exc:  # noqa: BLE001 - any failure keeps the record spooled
-                    failed[loc] = failure_reason(exc)
-                    report.pending.append((entry.uid, loc, failed[loc]))
-                    continue
-            client = clients[loc]
-            try:
-                state = cat.run_state(client, entry.uid)
-                if state is None:
-                    cat.write_record(client, entry.record, entry.images)
-                    report.delivered.append((entry.uid, loc))
-                elif state == "complete":
-                    report.already_there.append((entry.uid, loc))
-                else:
-                    report.pending.append((entry.uid, loc, "the catalog holds an incomplete run "
-                                           "with this uid (a write was cut off); not rewritten"))
-                    continue
-            except Exception as exc:  # noqa: BLE001
-                report.pending.append((entry.uid, loc, failure_reason(exc)))
-                continue
-            entry.path.unlink()
-            _fsync_dir(d)
-            log.info("spooled record %s is in catalog %s", entry.uid, loc)
-    return report
-
-
-__all__ = ["failure_reason", "spool_dir", "spool_record", "spooled", "find", "read_entry", "sync",
-           "SyncReport", "SpoolEntry", "redact", "redact_location"]
+__all__ = ["failure_reason", "spool_dir", "spool_record", "spooled", "find", "read_entry",
+           "SpoolEntry", "redact", "redact_location", "locked", "fsync_dir"]

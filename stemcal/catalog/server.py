@@ -49,6 +49,8 @@ from typing import Any, Mapping
 
 from tiled.server.protocols import InternalAuthenticator
 
+from ..locations import keys_file_path, server_state_base
+
 log = logging.getLogger(__name__)
 
 WRITER_ENV = "STEMCAL_WRITER_KEY"
@@ -86,15 +88,6 @@ class ServerKeys:
                                  "(e.g. `openssl rand -hex 32`)")
         if self.reader is not None and secrets.compare_digest(self.reader, self.writer):
             raise ValueError("the reader key must differ from the writer key")
-
-
-def keys_file_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$STEMCAL_KEYS_FILE``, else ``$XDG_CONFIG_HOME/stemcal/keys.toml`` (~/.config fallback)."""
-    env = os.environ if environ is None else environ
-    if env.get(KEYS_FILE_ENV):
-        return Path(env[KEYS_FILE_ENV]).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "stemcal" / "keys.toml"
 
 
 def read_keys_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -159,10 +152,8 @@ def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
 
 def state_dir(catalog_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
     """Private (0700) directory of the server for ``catalog_dir``: config and auth database."""
-    env = os.environ if environ is None else environ
-    base = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state").expanduser()
     tag = hashlib.sha256(str(catalog_dir.resolve()).encode()).hexdigest()[:12]
-    d = base / "stemcal" / "server" / tag
+    d = server_state_base(environ) / tag
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
     return d
@@ -227,7 +218,7 @@ def _config_yaml(catalog_dir: Path, auth_db: Path, host: str, port: int) -> str:
         "  allow_anonymous_access: false",
         "  providers:",
         "    - provider: stemcal",
-        "      authenticator: stemcal.server:KeysOnly",
+        "      authenticator: stemcal.catalog.server:KeysOnly",
         "database:",
         f"  uri: {q('sqlite:///' + str(auth_db))}",
         "  init_if_not_exists: false",
@@ -285,7 +276,7 @@ def prepare_server(catalog_dir: str | os.PathLike, keys: ServerKeys, *,
         f.write(_config_yaml(catalog, auth_db, host, int(port)))
     env = {k: v for k, v in (os.environ if environ is None else environ).items()
            if k not in (WRITER_ENV, READER_ENV, "TILED_API_KEY", "TILED_SINGLE_USER_API_KEY")}
-    repo = str(Path(__file__).resolve().parents[1])  # the server imports stemcal.server:KeysOnly
+    repo = str(Path(__file__).resolve().parents[2])  # the server imports stemcal.catalog.server:KeysOnly
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "tiled", "serve", "config", str(cfg)]
     return ServerPlan(argv=argv, env=env, host=host, port=int(port), state_dir=sdir)

@@ -1,0 +1,93 @@
+"""Where stemcal keeps its files by default: catalog, spool, configuration, keys, server state.
+
+Each location follows the XDG base directories and can be moved by an
+environment variable of its own. Standard library only: the CLI, the
+configuration and the catalog all ask here, and nothing here is heavy.
+
+==================  ==========================  ===============================================
+what                overridden by               default
+==================  ==========================  ===============================================
+catalog             ``--catalog``,              ``$XDG_DATA_HOME/stemcal/catalog``
+                    ``$STEMCAL_CATALOG``        (``~/.local/share/stemcal/catalog``)
+spool               ``$STEMCAL_SPOOL``          ``$XDG_STATE_HOME/stemcal/spool``
+configuration       ``$STEMCAL_CONFIG``         ``$XDG_CONFIG_HOME/stemcal/config.toml``
+keys file           ``$STEMCAL_KEYS_FILE``      ``$XDG_CONFIG_HOME/stemcal/keys.toml``
+server state        --                          ``$XDG_STATE_HOME/stemcal/server/<hash>``
+==================  ==========================  ===============================================
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["catalog_location", "is_server_uri", "default_catalog_dir", "spool_dir",
+           "config_path", "keys_file_path", "server_state_base"]
+
+_SERVER_URI = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def _xdg(name: str, fallback: str, environ: Mapping[str, str] | None) -> Path:
+    return Path(_env(environ).get(name) or Path.home() / fallback).expanduser()
+
+
+def is_server_uri(location: str | os.PathLike) -> bool:
+    """Whether a catalog location is a tiled server (``http(s)://...``), not a directory."""
+    return isinstance(location, str) and bool(_SERVER_URI.match(location))
+
+
+def default_catalog_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The embedded catalog's directory when none is given: ``$XDG_DATA_HOME/stemcal/catalog``."""
+    return _xdg("XDG_DATA_HOME", ".local/share", environ) / "stemcal" / "catalog"
+
+
+def catalog_location(location: str | os.PathLike | None = None,
+                     environ: Mapping[str, str] | None = None) -> str | Path:
+    """The catalog to use: ``location``, else ``$STEMCAL_CATALOG``, else the default directory.
+
+    Returns
+    -------
+    str or Path
+        A tiled server URI as given (a ``str``), or a directory (a ``Path``,
+        with ``~`` expanded, not resolved).
+    """
+    loc = location if location not in (None, "") else _env(environ).get("STEMCAL_CATALOG")
+    if not loc:
+        return default_catalog_dir(environ)
+    if is_server_uri(str(loc)):
+        return str(loc)
+    return Path(loc).expanduser()
+
+
+def spool_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The spool directory: ``$STEMCAL_SPOOL``, else ``$XDG_STATE_HOME/stemcal/spool``."""
+    env = _env(environ)
+    if env.get("STEMCAL_SPOOL"):
+        return Path(env["STEMCAL_SPOOL"]).expanduser()
+    return _xdg("XDG_STATE_HOME", ".local/state", environ) / "stemcal" / "spool"
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$STEMCAL_CONFIG``, else ``$XDG_CONFIG_HOME/stemcal/config.toml``."""
+    env = _env(environ)
+    if env.get("STEMCAL_CONFIG"):
+        return Path(env["STEMCAL_CONFIG"]).expanduser()
+    return _xdg("XDG_CONFIG_HOME", ".config", environ) / "stemcal" / "config.toml"
+
+
+def keys_file_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$STEMCAL_KEYS_FILE``, else ``$XDG_CONFIG_HOME/stemcal/keys.toml``."""
+    env = _env(environ)
+    if env.get("STEMCAL_KEYS_FILE"):
+        return Path(env["STEMCAL_KEYS_FILE"]).expanduser()
+    return _xdg("XDG_CONFIG_HOME", ".config", environ) / "stemcal" / "keys.toml"
+
+
+def server_state_base(environ: Mapping[str, str] | None = None) -> Path:
+    """Where ``stemcal serve`` keeps per-catalog state: ``$XDG_STATE_HOME/stemcal/server``."""
+    return _xdg("XDG_STATE_HOME", ".local/state", environ) / "stemcal" / "server"
