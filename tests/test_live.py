@@ -26,7 +26,7 @@ from stemcal.callbacks import CalibrationRecorder, RunNotCalibrated
 from stemcal.callbacks.live import LiveView
 from stemcal.runs import projection_params
 from stemcal.callbacks.live_figure import LiveFigure, has_display
-from stemcal.callbacks.live_projection import LiveProjection
+from stemcal.processing.live_projection import LiveProjection
 from stemcal.catalog import open_catalog
 from stemcal.devices import make_sim_instrument
 from stemcal.devices.frame_stream import FrameStreamWriter

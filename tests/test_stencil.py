@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from stemcal.processing import ProjectionGeometry
-from stemcal.processing.fused import (_build_stencil, _project_frames, _tile_stencil,
-                                      flat_pixels, project_tile)
+from stemcal.processing.pass_kernel import (_build_stencil, _tile_stencil, flat_pixels,
+                                            project_frames)
+from stemcal.processing.tile import project_tile
 from stemcal.processing.geometry import nav_coordinates
 from stemcal.twin import OverfocusParams, simulate
 
@@ -48,7 +49,7 @@ def _stencil_frames(geo, frames, centres, offsets, b, org, shape):
     pix, fs, rs = flat_pixels(tile)
     acc = np.zeros(geo.shape + (2,))
     fsum = np.zeros((-(-SIG[0] // b), -(-SIG[1] // b)))
-    return _project_frames(pix, fs, rs, *tile.shape, oy, ox, b, centres,
+    return project_frames(pix, fs, rs, *tile.shape, oy, ox, b, centres,
                            np.array([geo.params.cy, geo.params.cx]), offsets,
                            np.ascontiguousarray(geo.A), geo.r_in, geo.r_out, acc, fsum, True)
 

@@ -295,7 +295,7 @@ def test_connected_local_cluster(cluster_ctx, data_descan, inline_reference):
 # -- (f) binning on the fly and threads ----------------------------------------------------
 
 def test_choose_bin_from_projected_pitch():
-    from stemcal.processing.fused import choose_bin
+    from stemcal.processing.window import choose_bin
     rot = np.array([[np.cos(0.4), np.sin(0.4)], [-np.sin(0.4), np.cos(0.4)]])
     assert choose_bin(0.55 * rot, (128, 128), 0.6) == 1
     assert choose_bin(0.275 * rot, (256, 256), 0.6) == 2
@@ -318,7 +318,7 @@ def test_binned_pass_equals_numpy_twin_on_binned_frames(ctx, scan_pixel_size, ex
     params = FINE.replace(scan_pixel_size=scan_pixel_size)
     data = simulate(params, nav, sig, dose=40, seed=5)
     geo = ProjectionGeometry(params, nav, sig)
-    from stemcal.processing.fused import choose_bin
+    from stemcal.processing.window import choose_bin
     b = choose_bin(geo.A, sig, 0.6)
     assert b == expected_bin
     frames = data.reshape((-1,) + sig).astype(float)
@@ -427,7 +427,8 @@ def test_pipelined_mib_file_gives_the_same_images(two_threads, data, tmp_path):
 def test_disk_window_holds_every_pixel_read():
     """The kernels on the window of a tile give the same as on the whole tile; pixels outside
     the window do not matter."""
-    from stemcal.processing.fused import disk_extent, disk_window, project_tile
+    from stemcal.processing.tile import project_tile
+    from stemcal.processing.window import disk_extent, disk_window
     from stemcal.processing.kernels import sample_points
     nav, sig = (6, 7), (64, 64)
     params = FINE.replace(scan_pixel_size=1e-9, semiconv=4e-3)

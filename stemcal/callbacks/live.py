@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
+from ..processing.live_projection import LiveProjection
 from ..runs import PRIMARY_STREAM, frame_layout, projection_params, resource_path
 from .live_figure import LiveFigure
-from .live_projection import LiveProjection
 
 __all__ = ["LiveView"]
 

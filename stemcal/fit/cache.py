@@ -13,7 +13,7 @@ import math
 import numpy as np
 from libertem.udf import UDF
 
-from ..processing.fused import run_threads, udf_threads
+from ..processing.threads import run_threads, udf_threads
 from ..processing.kernels import bin_and_sum
 
 log = logging.getLogger(__name__)

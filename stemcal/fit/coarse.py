@@ -22,7 +22,7 @@ import numpy as np
 
 from ..twin.model import decompose_matrix, scan_middle
 from ..twin.params import OverfocusParams, overfocus_from_ratio
-from ..processing.fused import available_cores, run_threads
+from ..processing.threads import available_cores, run_threads
 from .cache import DEFAULT_BUDGET, ReducedCache, build_cache, loss_bin
 from .disk import DescanFit, NoFeaturesError, disk_centres, find_disk, fit_descan
 from ._blur import filled_image

@@ -166,7 +166,7 @@ def disk_centres(frames: np.ndarray, threshold: float, *, upper: float | None = 
     centre as much as it pulls the centre of mass. Frames with an empty mask
     give NaN. Frames are shared out to the machine's cores.
     """
-    from ..processing.fused import available_cores, run_threads
+    from ..processing.threads import available_cores, run_threads
     frames = np.asarray(frames)
     if frames.ndim != 3:
         raise ValueError(f"frames must be (n, h, w), got shape {frames.shape}")

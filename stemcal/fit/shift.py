@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy import fft as sfft
 
-from ..processing.fused import available_cores
+from ..processing.threads import available_cores
 from .disk import NoFeaturesError
 
 #: Threads for the FFTs (SciPy's pocketfft runs them without the GIL).

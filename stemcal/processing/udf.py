@@ -8,47 +8,10 @@ from ..checks import nonnegative
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
 from .geometry import ProjectionGeometry
-from .fused import (choose_bin, disk_extent, disk_window, project_tile, start_tile, udf_threads,
-                    wait_jobs)
-from .kernels import sample_points, splat_frames
-
-
-def normalised(shifted_sum: np.ndarray, coverage: np.ndarray, *, rel_floor: float = 0.05) -> np.ndarray:
-    """Coverage-normalised shifted sum, NaN where coverage < ``rel_floor * max``."""
-    cmax = float(coverage.max()) if coverage.size else 0.0
-    out = np.full(shifted_sum.shape, np.nan)
-    if cmax > 0:
-        ok = coverage >= rel_floor * cmax
-        out[ok] = shifted_sum[ok] / coverage[ok]
-    return out
-
-
-def pass_images(geo: ProjectionGeometry, b: int, acc: np.ndarray, fsum: np.ndarray,
-                point: np.ndarray, selected_acc: np.ndarray) -> dict[str, np.ndarray]:
-    """The images of a pass from its accumulators (see :class:`OverfocusUDF`'s results).
-
-    ``acc`` (T, H, W, 2) and ``fsum`` (T, nby, nbx) are the per-thread
-    accumulators of :func:`~stemcal.processing.fused.project_tile`, ``b`` its
-    bin side, ``point`` the nav image and ``selected_acc`` (H, W, 2) the
-    middle frame's accumulator. The ``sum`` image is the binned frame sum
-    splatted once, as if taken at the scan middle.
-    """
-    mid = scan_middle(geo.nav_shape)[None, :]
-    c0 = np.array([[geo.params.cy, geo.params.cx]])
-    total = np.zeros(geo.shape)
-    cov = np.zeros(geo.shape)
-    splat_frames(fsum.sum(axis=0)[None], 0, 0, float(b), (b - 1) / 2.0, c0, geo.offsets(mid, c0),
-                 np.ascontiguousarray(geo.A), geo.r_in, geo.r_out, total, cov)
-    summed = acc.sum(axis=0)
-    shifted_sum, coverage = summed[..., 0], summed[..., 1]
-    return {
-        "point": point,
-        "selected": selected_acc[..., 0],
-        "shifted_sum": shifted_sum,
-        "coverage": coverage,
-        "sum": total,
-        "shifted_sum_normalised": normalised(shifted_sum, coverage),
-    }
+from .images import pass_images
+from .threads import udf_threads, wait_jobs
+from .tile import add_block, start_tile
+from .window import choose_bin, disk_extent, disk_window
 
 
 class OverfocusUDF(UDF):
@@ -65,7 +28,7 @@ class OverfocusUDF(UDF):
     bin_pitch : float
         Detector pixels are summed in ``b x b`` bins before they are projected,
         with ``b`` the largest side whose bin projects to at most ``bin_pitch``
-        target pixels (:func:`~stemcal.processing.fused.choose_bin`; default 0.6).
+        target pixels (:func:`~stemcal.processing.window.choose_bin`; default 0.6).
         Where the detector oversamples the shadow image (a detector pixel is a
         small fraction of a scan pixel) this saves most of the work and adds a
         box blur narrower than the bilinear footprint. ``0`` projects every
@@ -91,7 +54,7 @@ class OverfocusUDF(UDF):
     -----
     Dataset navigation must be 2D (ny, nx) and the signal 2D (detector y, x).
     Frames are read once, in their native dtype, by
-    :func:`~stemcal.processing.fused.project_tile`; only detector pixels that
+    :func:`~stemcal.processing.tile.project_tile`; only detector pixels that
     can reach an image (those inside the used disk of their own frame or of the
     scan middle) are read. Within a task the frames are shared out to
     LiberTEM's ``threads_per_worker`` Numba threads (both cores inline, one
@@ -237,16 +200,9 @@ class OverfocusUDF(UDF):
             self._wait(keep=depth - 1 if same_pool else 0)
             pending.append((start_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in,
                                        geo.r_out, acc, fsum, threads=jobs), data, jobs))
-        else:
-            project_tile(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc, fsum)
-        pts = np.zeros(len(data))
-        sample_points(data, oy, ox, centres, pts)
-        self.results.point[:] += pts
-        if mid >= 0:
-            scratch = np.zeros((1,) + fsum.shape[1:])
-            project_tile(data[mid:mid + 1], oy, ox, b, centres[mid:mid + 1], c0,
-                         offsets[mid:mid + 1], A, geo.r_in, geo.r_out,
-                         self.results.selected_acc[None], scratch)
+        add_block(data, oy, ox, b, centres, c0, offsets, A, geo.r_in, geo.r_out, acc=acc,
+                  fsum=fsum, points=self.results.point, selected_acc=self.results.selected_acc,
+                  mid=mid, splat=acc.shape[0] == 1)
 
     def postprocess(self):
         # the last tile's kernel of this partition must be done before LiberTEM sends results

@@ -1,6 +1,6 @@
 """The one-pass kernel of :class:`~stemcal.processing.OverfocusUDF`.
 
-:func:`project_tile` reads each frame of a tile once and, in the same loop,
+:func:`~stemcal.processing.tile.project_tile` reads each frame of a tile once and, in the same loop,
 
 * sums ``b x b`` detector blocks ("bins") on the fly,
 * adds the binned values to a binned frame sum (for the ``sum`` image), and
@@ -27,25 +27,19 @@ parts, and each part is splatted at the bin's position with its share of the
 bin's pixels as coverage weight; splatting is linear, so the result is the same
 as for whole bins. (A bin cut by the detector edge keeps its smaller share.)
 
-Frames are shared out to ``T`` threads in contiguous chunks; thread ``t`` adds
-into ``acc[t]`` only, so no two threads write the same memory and the result
-does not depend on scheduling. The UDF takes ``T`` from LiberTEM's
-``threads_per_worker`` (one per core inline, one per dask worker), so a pass
-uses both cores inline without oversubscribing a dask cluster. Plain Python
-threads run the GIL-free kernel: OpenMP worker threads spin while they wait,
-which costs dearly on a machine whose cores are busy with other work.
+The kernels here run on one thread, into one accumulator; :mod:`.tile`
+shares a tile's frames out to threads (:mod:`.threads`).
 """
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
 from .kernels import _disk_weight, bilinear_cell, bilinear_weights, splat_interleaved
+
+__all__ = ["project_frames", "flat_pixels", "STENCIL_TOL"]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -399,9 +393,9 @@ STENCIL_TOL = 1e-11
 
 
 @numba.njit(nogil=True, cache=True)
-def _project_frames(pix, fstride, rstride, n, h, w, org_y, org_x, b, centres, c0, offsets, A,
+def project_frames(pix, fstride, rstride, n, h, w, org_y, org_x, b, centres, c0, offsets, A,
                     r_in, r_out, acc, fsum, stencil):
-    """:func:`project_tile` for one thread: ``n`` frames of ``h`` x ``w`` px into ``acc``
+    """:func:`~stemcal.processing.tile.project_tile` for one thread: ``n`` frames of ``h`` x ``w`` px into ``acc``
     (H, W, 2), ``fsum``; pixel (y, x) of frame i is ``pix[i * fstride + y * rstride + x]``
     (a flat array, so that Numba sees unit steps along the rows and vectorises them).
 
@@ -449,67 +443,6 @@ def _project_frames(pix, fstride, rstride, n, h, w, org_y, org_x, b, centres, c0
     return n_st
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    with _POOLS_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="stemcal-project")
-        return _POOLS[threads]
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def udf_threads(meta) -> int:
-    """Threads a UDF may use in ``process_*``: LiberTEM's ``threads_per_worker`` (1 if unset)."""
-    threads = getattr(meta, "threads_per_worker", None)
-    return max(1, int(threads)) if threads else 1
-
-
-def _chunks(n: int, threads: int) -> list[tuple[int, int, int]]:
-    chunk = -(-n // max(1, threads))
-    return [(t, t * chunk, min(n, (t + 1) * chunk)) for t in range(threads) if t * chunk < n]
-
-
-def run_threads(work, n: int, threads: int) -> None:
-    """Call ``work(t, i0, i1)`` for ``threads`` contiguous chunks ``[i0, i1)`` of ``range(n)``.
-
-    With more than one chunk they run on a shared pool of ``threads`` threads
-    (``work`` must release the GIL to gain anything); exceptions propagate.
-    """
-    jobs = _chunks(n, threads)
-    if len(jobs) <= 1:
-        for job in jobs:
-            work(*job)
-        return
-    wait_jobs([_pool(threads).submit(work, *job) for job in jobs])
-
-
-def start_threads(work, n: int, threads: int) -> list:
-    """:func:`run_threads` without waiting: the chunks' futures (always run on the pool, also
-    a single chunk, so that the caller is free at once). Wait with :func:`wait_jobs`."""
-    return [_pool(max(1, threads)).submit(work, *job) for job in _chunks(n, threads)]
-
-
-def wait_jobs(futures) -> None:
-    """Wait for every future (all of them, even when one fails), then re-raise the first error."""
-    error = None
-    for fut in futures:
-        try:
-            fut.result()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            error = error or exc
-    if error is not None:
-        raise error
-
-
 def flat_pixels(frames: np.ndarray) -> tuple[np.ndarray, int, int]:
     """The pixels of ``frames`` (n, h, w) as one flat array ``pix`` with frame and row strides
     in elements: pixel (y, x) of frame i is ``pix[i * fstride + y * rstride + x]``.
@@ -538,137 +471,3 @@ def flat_pixels(frames: np.ndarray) -> tuple[np.ndarray, int, int]:
     span = (n - 1) * fs + (h - 1) * rs + w
     pix = np.lib.stride_tricks.as_strided(frames, shape=(span,), strides=(isz,), writeable=False)
     return pix, fs, rs
-
-
-def _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum, stencil):
-    def work(t: int, i0: int, i1: int) -> None:
-        part = frames[i0:i1]
-        pix, fs, rs = flat_pixels(part)
-        _project_frames(pix, fs, rs, part.shape[0], part.shape[1], part.shape[2], org_y, org_x,
-                        int(b), centres[i0:i1], c0, offsets[i0:i1], A, float(r_in),
-                        float(r_out), acc[t], fsum[t], bool(stencil))
-    return work
-
-
-def project_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum, *,
-                 stencil: bool = True):
-    """Bin, sum and splat a tile of frames in one read (see the module docstring).
-
-    Parameters
-    ----------
-    frames : (n, h, w) array, any numeric dtype
-        The tile; its top-left detector pixel is ``(org_y, org_x)``.
-    org_y, org_x : int
-        Detector index of the tile's first row and column.
-    b : int
-        Bin side, detector px (1: no binning).
-    centres : (n, 2) float64
-        Beam centre of each frame, detector px.
-    c0 : (2,) float64
-        Reference beam centre of the ``sum`` image, detector px.
-    offsets : (n, 2) float64
-        A detector point ``p`` (px) of frame ``i`` lands at target px ``A @ p + offsets[i]``.
-    A : (2, 2) float64
-        Target px per detector px.
-    r_in, r_out : float
-        Disk weight radii, detector px; a bin is weighted at its centre.
-    acc : (T, H, W, 2) float64
-        Per-thread accumulators; ``[..., 0]`` weighted intensity, ``[..., 1]`` weight
-        (coverage). Added to.
-    fsum : (T, nby, nbx) float64
-        Per-thread binned frame sums (bins within ``r_out`` of ``c0`` are complete,
-        others partial). Added to.
-    stencil : bool
-        Splat frames that share the first frame's beam centre and sub-pixel offset through
-        one precomputed stencil (default); False splats every bin on its own. Both give
-        the same images up to rounding.
-
-    Notes
-    -----
-    ``T > 1`` runs the chunks in a thread pool of ``T`` threads (the kernel
-    releases the GIL); ``T == 1`` runs in the calling thread.
-    """
-    work = _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum,
-                      stencil)
-    run_threads(work, frames.shape[0], acc.shape[0])
-
-
-def start_tile(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum,
-               threads: int | None = None, *, stencil: bool = True) -> list:
-    """:func:`project_tile` on the pool without waiting, in ``threads`` chunks (default and at
-    most ``T``); returns the futures (see :func:`wait_jobs`). ``frames`` must stay unchanged
-    until they are done."""
-    work = _tile_work(frames, org_y, org_x, b, centres, c0, offsets, A, r_in, r_out, acc, fsum,
-                      stencil)
-    T = acc.shape[0] if threads is None else max(1, min(int(threads), acc.shape[0]))
-    return start_threads(work, frames.shape[0], T)
-
-
-def disk_extent(centres, c0) -> tuple[float, float, float, float] | None:
-    """``(ymin, ymax, xmin, xmax)`` of the beam centres and ``c0``, for :func:`disk_window`;
-    None when one is not finite."""
-    c = np.asarray(centres, dtype=float).reshape(-1, 2)
-    ys = [float(c0[0])]
-    xs = [float(c0[1])]
-    if c.size:
-        ys += [float(c[:, 0].min()), float(c[:, 0].max())]
-        xs += [float(c[:, 1].min()), float(c[:, 1].max())]
-    ext = (min(ys), max(ys), min(xs), max(xs))
-    return ext if all(math.isfinite(v) for v in ext) else None
-
-
-def disk_window(extent, r_out: float, b: int, org: tuple[int, int],
-                shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The part ``[y0:y1, x0:x1]`` of a tile (top-left detector pixel ``org``, ``shape``) that
-    holds every pixel :func:`project_tile` and
-    :func:`~stemcal.processing.kernels.sample_points` read for its frames.
-
-    ``extent`` is :func:`disk_extent` of the frames' beam centres and the reference centre.
-    The window is the whole bins (bin grid from detector pixel 0) within ``r_out``, plus one
-    bin, of any of them, cut to the tile. The kernels give bit for bit the same on this
-    window (with its own origin) as on the whole tile. ``y0 >= y1`` or ``x0 >= x1`` when no
-    pixel of the tile is needed; the whole tile when ``extent`` is None or ``r_out`` is not
-    finite.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if extent is None or not math.isfinite(r_out):
-        return 0, h, 0, w
-    off = (b - 1) / 2.0
-
-    def span(lo: float, hi: float, o: int, n: int) -> tuple[int, int]:
-        first = (math.floor((lo - r_out - off) / b) - 1) * b
-        last = (math.ceil((hi + r_out - off) / b) + 2) * b
-        return max(first - o, 0), min(last - o, n)
-
-    y0, y1 = span(extent[0], extent[1], int(org[0]), h)
-    x0, x1 = span(extent[2], extent[3], int(org[1]), w)
-    return y0, y1, x0, x1
-
-
-def choose_bin(A: np.ndarray, sig_shape: tuple[int, int], max_pitch: float) -> int:
-    """Largest bin side ``b`` whose binned pixel projects to at most ``max_pitch`` target px.
-
-    The pitch is the longer of the projected detector-pixel steps along y and x
-    (the columns of ``A``). Among sides up to that bound, one dividing both
-    detector dimensions is preferred (no partial bins at the detector edge).
-    ``max_pitch <= 0`` disables binning (returns 1).
-
-    Parameters
-    ----------
-    A : (2, 2) array
-        Target px per detector px.
-    sig_shape : (int, int)
-        Detector shape.
-    max_pitch : float
-        Largest accepted projected pitch of a bin, target px.
-    """
-    if not max_pitch > 0:
-        return 1
-    step = float(max(np.hypot(*np.asarray(A)[:, 0]), np.hypot(*np.asarray(A)[:, 1])))
-    if step <= 0 or not math.isfinite(step):
-        return 1
-    bmax = max(1, min(int(max_pitch / step), min(sig_shape) // 4 or 1))
-    for b in range(bmax, 0, -1):
-        if sig_shape[0] % b == 0 and sig_shape[1] % b == 0:
-            return b if b * 2 > bmax else bmax  # a divisor close to the bound, else the bound
-    return bmax

@@ -2,7 +2,7 @@
 
 :class:`LiveProjection` runs the same pass kernels as
 :class:`stemcal.processing.OverfocusUDF` (bin on the fly, frame sum,
-bilinear splat; :func:`stemcal.processing.fused.project_tile`) on blocks of
+bilinear splat; :func:`stemcal.processing.tile.add_block`) on blocks of
 frames at known flat scan positions, so that a live callback can show the
 images while a scan is being taken. Once every frame has been added, its
 :meth:`~LiveProjection.images` equal a full OverfocusUDF pass with the same
@@ -14,12 +14,13 @@ import threading
 
 import numpy as np
 
-from ..processing.fused import available_cores, choose_bin, project_tile
-from ..processing.geometry import ProjectionGeometry, nav_coordinates
-from ..processing.kernels import sample_points
-from ..processing.udf import pass_images
 from ..twin.model import scan_middle
 from ..twin.params import OverfocusParams
+from .geometry import ProjectionGeometry, nav_coordinates
+from .images import pass_images
+from .threads import available_cores
+from .tile import add_block
+from .window import choose_bin
 
 __all__ = ["LiveProjection"]
 
@@ -104,22 +105,16 @@ class LiveProjection:
         offsets = geo.offsets(scan_yx, centres)
         acc = np.zeros_like(self._acc)
         fsum = np.zeros_like(self._fsum)
-        project_tile(frames, 0, 0, self.bin, centres, self._c0, offsets, self._A, geo.r_in,
-                     geo.r_out, acc, fsum)
         pts = np.zeros(k)
-        sample_points(frames, 0, 0, centres, pts)
-        selected = None
-        if start <= self._mid < start + k:
-            i = self._mid - start
-            selected = np.zeros_like(self._selected)
-            project_tile(frames[i:i + 1], 0, 0, self.bin, centres[i:i + 1], self._c0,
-                         offsets[i:i + 1], self._A, geo.r_in, geo.r_out, selected[None],
-                         np.zeros((1,) + self._fsum.shape[1:]))
+        selected = np.zeros_like(self._selected)
+        mid = self._mid - start if start <= self._mid < start + k else -1
+        add_block(frames, 0, 0, self.bin, centres, self._c0, offsets, self._A, geo.r_in,
+                  geo.r_out, acc=acc, fsum=fsum, points=pts, selected_acc=selected, mid=mid)
         with self._lock:  # readers see whole blocks only
             self._acc += acc
             self._fsum += fsum
             self._point.flat[idx] = pts
-            if selected is not None:
+            if mid >= 0:
                 self._selected += selected
             self._seen[idx] = True
 
