@@ -282,7 +282,7 @@ def test_live_view_images_equal_a_full_pass(live_session):
     assert params.overfocus == start["guess"]["overfocus"] and params.scan_rotation == 0.0
     ref = full_pass(path_of(resource), resource["parameters"]["dataset"], params, (NAV, NAV))
     assert_images_equal(view.images, ref)
-    from stemcal.fit.fine import image_quality
+    from stemcal.fit.passes import image_quality
     assert view.blur == pytest.approx(image_quality(ref)[0], rel=1e-9)
 
 

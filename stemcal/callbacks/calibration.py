@@ -505,7 +505,7 @@ class CalibrationRecorder:
             fit_settings={**settings, "error": type(exc).__name__, "geometry": "not measured"})
 
     def _check(self, start: dict, data: AcquiredData) -> dict[str, Any]:
-        from ..fit.fine import full_pass, image_quality
+        from ..fit.passes import full_pass, image_quality
         from ..twin.params import OverfocusParams
 
         params, rot_step, of_step, record_uid = read_check(start)

@@ -230,7 +230,7 @@ class LiveView(CallbackBase):
         done = self.projection.frames_done
         if not force and (now - self._last_draw < self.redraw_period or done == self._drawn):
             return
-        from ..fit.fine import image_quality
+        from ..fit.passes import image_quality
 
         self.images = self.projection.images()
         try:

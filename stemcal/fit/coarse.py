@@ -25,8 +25,9 @@ from ..twin.params import OverfocusParams, overfocus_from_ratio
 from ..processing.threads import available_cores, run_threads
 from .cache import DEFAULT_BUDGET, ReducedCache, build_cache, loss_bin
 from .disk import DescanFit, NoFeaturesError, disk_centres, find_disk, fit_descan
-from ._blur import filled_image
-from .fine import as_dataset, refine
+from .metrics import filled_image
+from .fine import refine
+from .passes import as_dataset
 from .loss import BlurLoss
 from .result import FitResult
 from .shift import MotionFit, measure_motion
@@ -128,7 +129,7 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
     which the centroid's mask leaves out anyway.
     """
     from ..twin.model import beam_centres, specimen_matrix
-    from ..twin.simulate import _simulate_kernel
+    from ..twin.simulate import render_shadow_frames
     b = cache.bin
     A_b = specimen_matrix(params) * b
     img = np.ascontiguousarray(image, dtype=np.float64)
@@ -151,7 +152,7 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
         box_centres = centres_b - (y0, x0)
 
         def predict(t: int, i0: int, i1: int) -> None:
-            _simulate_kernel(img, float(origin[0]), float(origin[1]), float(upsample), A_b,
+            render_shadow_frames(img, float(origin[0]), float(origin[1]), float(upsample), A_b,
                              scan[i0:i1], box_centres[i0:i1], 1e12, 1.0, 0.0, T[i0:i1])
 
         run_threads(predict, len(scan), _THREADS)

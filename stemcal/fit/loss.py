@@ -10,7 +10,7 @@ import numpy as np
 from ..processing.geometry import ProjectionGeometry
 from ..processing.kernels import splat_frames, splat_frames_moments
 from ..twin.params import OverfocusParams
-from ._blur import METRICS
+from .metrics import METRICS
 from .cache import ReducedCache
 
 _POOL: ThreadPoolExecutor | None = None

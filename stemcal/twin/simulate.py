@@ -15,8 +15,18 @@ from .specimen import test_specimen
 
 
 @numba.njit(nogil=True, cache=True)
-def _simulate_kernel(specimen, spec_origin_y, spec_origin_x, spec_per_scan, A,
-                     scan_yx, centres, radius, dose, background, out):
+def render_shadow_frames(specimen, spec_origin_y, spec_origin_x, spec_per_scan, A,
+                         scan_yx, centres, radius, dose, background, out):
+    """Render frames of a disk filled with the shadow image of ``specimen`` (into ``out``).
+
+    Frame ``i`` (``out[i]``, ``(h, w)``) holds ``background`` outside a disk of
+    ``radius`` detector px around ``centres[i]`` (y, x) and ``background + dose
+    * edge * t`` inside, with ``edge`` a one-pixel linear rim and ``t`` the
+    specimen bilinearly sampled at ``A @ (p - centre) + scan_yx[i]`` scan px,
+    i.e. specimen pixel ``(that - spec_origin) * spec_per_scan``. Outside the
+    specimen image ``t = 1``. The geometric model of :mod:`stemcal.twin.model`;
+    the cold start also uses it to predict each frame's transmission.
+    """
     n = scan_yx.shape[0]
     h, w = out.shape[1], out.shape[2]
     sh, sw = specimen.shape
@@ -191,7 +201,7 @@ def simulate(params: OverfocusParams, nav_shape: tuple[int, int], sig_shape: tup
     centres = beam_centres(params, scan_yx, nav_shape)
     level = float(dose if dose is not None else intensity)
     out = np.empty((len(scan_yx),) + sig_shape, dtype=np.float64)
-    _simulate_kernel(np.ascontiguousarray(specimen.image, dtype=np.float64),
+    render_shadow_frames(np.ascontiguousarray(specimen.image, dtype=np.float64),
                      float(specimen.origin[0]), float(specimen.origin[1]),
                      float(specimen.pixels_per_scan_px), specimen_matrix(params), scan_yx,
                      centres, params.disk_radius_px, level, float(background), out)

@@ -1,0 +1,34 @@
+"""Full-resolution passes over the raw data, and the quality of their images."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..twin.params import OverfocusParams
+from .metrics import contrast_loss, crete_blur, filled_image
+
+__all__ = ["as_dataset", "full_pass", "image_quality"]
+
+
+def as_dataset(ctx, dataset):
+    """A LiberTEM context and dataset for ``dataset`` (a DataSet or a 4D array)."""
+    if ctx is None:
+        from libertem.api import Context
+        ctx = Context.make_with("inline")
+    if isinstance(dataset, np.ndarray):
+        if dataset.ndim != 4:
+            raise ValueError(f"need a 4D array (ny, nx, sy, sx), got shape {dataset.shape}")
+        dataset = ctx.load("memory", data=dataset, num_partitions=max(1, min(8, dataset.shape[0])))
+    return ctx, dataset
+
+
+def full_pass(ctx, dataset, params: OverfocusParams, *, progress: bool = False) -> dict[str, np.ndarray]:
+    """One OverfocusUDF pass over the raw data; the images as NumPy arrays."""
+    from ..processing import OverfocusUDF
+    res = ctx.run_udf(dataset=dataset, udf=OverfocusUDF(params), progress=progress)
+    return {k: np.asarray(v.data) for k, v in res.items()}
+
+
+def image_quality(images: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(Crete blur, contrast) of a full pass's normalised shifted sum."""
+    S, C = images["shifted_sum"], images["coverage"]
+    return crete_blur(filled_image(S, C)), -contrast_loss(S, C)
