@@ -77,7 +77,7 @@ def generate(directory: str, name: str, nav: tuple[int, int], sig: tuple[int, in
              descan, formats: tuple[str, ...]) -> dict[str, str]:
     """Simulate one dataset and write it in ``formats``; runs in the generator process."""
     from stemcal.twin.simulate import simulate
-    from stemcal.twin.writers import write_mib, write_npy
+    from stemcal.formats import write_mib, write_npy
     data = simulate(geometry(sig, descan), nav, sig, dose=dose, dtype="uint16")
     out = {}
     for fmt in formats:
@@ -116,7 +116,7 @@ def rss_pass(path: str, sig: tuple[int, int]) -> tuple[float, float]:
     """One inline OverfocusUDF pass in a fresh process: (seconds, peak RSS of that process, GB)."""
     from libertem.api import Context
 
-    from stemcal.io import open_dataset
+    from stemcal.formats import open_dataset
     ctx = Context.make_with("inline")
     ds = open_dataset(ctx, path)
     t0 = time.perf_counter()
@@ -241,7 +241,7 @@ def peak_rss_gb(who) -> float:
 # -- the benchmarks ---------------------------------------------------------------------------
 
 def bench_passes(cases, files, executors, contexts, repeat):
-    from stemcal.io import open_dataset
+    from stemcal.formats import open_dataset
     rows = []
     load_before = load_average()
     for fmt, nav, sig in cases:
@@ -290,7 +290,7 @@ def warmup_fit():
 def bench_fit(path, nav, sig, ctx):
     from stemcal.fit import refine
     from stemcal.fit.coarse import cold_start
-    from stemcal.io import open_dataset
+    from stemcal.formats import open_dataset
     truth = geometry(sig, FIT_DESCAN)
     warmup_fit()
     baseline_pass(frames_memmap(path, "npy"))  # a warm page cache, as for the passes
@@ -336,7 +336,7 @@ def bench_rss(path: str, sig: tuple[int, int], nbytes: int) -> None:
 
 
 def bench_scaling(paths, ctx, repeat):
-    from stemcal.io import open_dataset
+    from stemcal.formats import open_dataset
     times = []
     for nav, path in zip(SCALING_NAVS, paths):
         ds = open_dataset(ctx, path)

@@ -290,7 +290,7 @@ def _missing_guesses(args: argparse.Namespace) -> list[str]:
 
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     from .executors import make_context
-    from .io import describe, open_dataset
+    from .formats import describe, open_dataset
 
     if args.refine_only and _missing_guesses(args):
         raise CLIError("--refine-only needs a starting guess: give "
@@ -320,7 +320,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         summary = _summary(fit, info, str(args.dataset))
         if args.report:
             from .report import write_report
-            from .twin.writers import atomic_output
+            from .formats import atomic_output
             with atomic_output(args.report) as tmp:  # no half-written figure on failure
                 write_report(tmp, fit.images, summary, frame_sum=fit.extra.get("frame_sum"))
             summary["report"] = str(args.report)
@@ -346,7 +346,7 @@ def _check_report(path: str) -> None:
     """A ``--report`` name that matplotlib can write, in a place that can be written."""
     from matplotlib.figure import Figure
 
-    from .twin.writers import check_destination
+    from .formats import check_destination
     try:
         check_destination([Path(path)])
     except ValueError as exc:
@@ -429,7 +429,7 @@ def _print_fit(summary: dict[str, Any]) -> None:
 
 def run_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from .twin import OverfocusParams, simulate
-    from .twin.writers import check_destination, dataset_files, write_dataset, write_text
+    from .formats import check_destination, dataset_files, write_dataset, write_text
     truth_path = Path(args.out).with_suffix(".truth.json")
     files = dataset_files(args.out)  # unknown suffix: refused before the simulation
     check_destination([*files, truth_path])
@@ -729,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.filterwarnings("ignore", "Loading compressed HDF5", RuntimeWarning)  # LiberTEM noise
     from .fit.disk import NoFeaturesError
-    from .io import DatasetError
+    from .formats import DatasetError
     try:
         if args.command == "fit":
             res = run_fit(args)

@@ -162,7 +162,7 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
     """Every fit that must fail cleanly, run as one batch."""
     from stemcal.twin import OverfocusParams, simulate
     from stemcal.twin.simulate import SimulatedSpecimen
-    from stemcal.twin.writers import write_npy
+    from stemcal.formats import write_npy
 
     good = Path(one_json(sims["npy"])["dataset"])
     d = workdir / "bad"

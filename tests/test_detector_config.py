@@ -24,7 +24,7 @@ from stemcal.devices import (ArinaDetector, DectrisLiveBackend, MerlinDetector, 
                              MIBKeepingWriter, SimBackend, make_sim_instrument)
 from stemcal.session import load_config, session_from_config
 from stemcal.twin import OverfocusParams, simulate
-from stemcal.twin.writers import write_mib
+from stemcal.formats import write_mib
 
 from simulators import MIB_SIM, MibSim  # tests/simulators.py
 

@@ -10,8 +10,8 @@ from libertem.api import Context
 from libertem.io.dataset.base import DataSetException
 from libertem.udf.raw import PickUDF
 
-from stemcal.io import DatasetError, describe, open_dataset
-from stemcal.twin.writers import write_hdf5, write_mib, write_npy
+from stemcal.formats import DatasetError, describe, open_dataset
+from stemcal.formats import write_hdf5, write_mib, write_npy
 
 SHAPE = (8, 8, 32, 32)
 

@@ -1,7 +1,7 @@
 """MerlinLiveBackend against LiberTEM-live's Merlin simulator (``libertem-live-mib-sim``).
 
 Every server here listens on 127.0.0.1 on free ports chosen at run time. The
-simulator replays a MIB file written by :func:`stemcal.twin.writers.write_mib`;
+simulator replays a MIB file written by :func:`stemcal.formats.mib.write_mib`;
 the frames that reach the HDF5 files through a bluesky RunEngine must be
 bit-identical to the written data.
 """
@@ -23,7 +23,7 @@ from stemcal.devices import MerlinDetector, MicroscopeOptics, ScanGenerator
 from stemcal.devices.live import MerlinLiveBackend
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
-from stemcal.twin.writers import write_mib
+from stemcal.formats import write_mib
 from simulators import HOST, MIB_SIM, MibSim, free_ports  # tests/simulators.py
 
 NAV = (16, 16)

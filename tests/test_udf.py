@@ -395,10 +395,10 @@ def test_pipelined_writeable_tiles_give_the_same_images(two_threads, data_descan
 
 
 def test_pipelined_npy_file_gives_the_same_images(two_threads, data, tmp_path):
-    """An .npy file through stemcal.io: LiberTEM's tiles are read-only views of the file's
+    """An .npy file through stemcal.formats: LiberTEM's tiles are read-only views of the file's
     mmap, worked on without a copy while the next tile is read (the last one waited for in
     postprocess); the images are those of the in-memory data."""
-    from stemcal.io import open_dataset
+    from stemcal.formats import open_dataset
     path = tmp_path / "scan.npy"
     np.save(path, data)
     ds = open_dataset(two_threads, str(path))
@@ -413,8 +413,8 @@ def test_pipelined_mib_file_gives_the_same_images(two_threads, data, tmp_path):
     """A Merlin .mib file: LiberTEM decodes its big-endian frames into one buffer that it
     refills for every tile (at most 1 MiB), so each tile's window is copied before the
     deferred kernel works on it."""
-    from stemcal.io import open_dataset
-    from stemcal.twin.writers import write_mib
+    from stemcal.formats import open_dataset
+    from stemcal.formats import write_mib
     hdr = write_mib(tmp_path / "scan.mib", data)
     ds = open_dataset(two_threads, str(hdr))
     _TileFlagsUDF.seen = []

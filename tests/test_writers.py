@@ -11,8 +11,8 @@ import pytest
 from libertem.api import Context
 from libertem.udf.raw import PickUDF
 
-from stemcal.twin import writers
-from stemcal.twin.writers import write_dataset, write_hdf5, write_mib, write_npy
+from stemcal.formats import dectris, mib, npy
+from stemcal.formats import write_dataset, write_hdf5, write_mib, write_npy
 
 SHAPE = (8, 8, 32, 32)
 
@@ -162,7 +162,7 @@ def test_npy_failure_keeps_old_file(data, tmp_path, monkeypatch):
         fh.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(writers.np, "save", broken_save)
+    monkeypatch.setattr(npy.np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         write_npy(path, data[::-1])
     assert path.read_bytes() == before and leftovers(tmp_path) == []
@@ -172,14 +172,14 @@ def test_mib_failure_leaves_nothing(data, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(writers, "_mib_hdr_text", broken)
+    monkeypatch.setattr(mib, "_mib_hdr_text", broken)
     with pytest.raises(OSError):
         write_mib(tmp_path / "scan.mib", data)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_hdf5_failure_leaves_nothing(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(writers, "_DECTRIS_SPECIFIC", "entry/data/data/not-a-group")
+    monkeypatch.setattr(dectris, "DECTRIS_SPECIFIC", "entry/data/data/not-a-group")
     with pytest.raises(Exception):
         write_hdf5(tmp_path / "scan.h5", data)
     assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,7 @@ format. So :class:`MIBKeepingWriter` writes each acquisition twice: the HDF5
 file the catalog serves (exactly as :class:`~stemcal.devices.HDF5StreamWriter`,
 same StreamResource/StreamDatum documents) and, next to it with the same
 stem, a ``.mib`` + ``.hdr`` pair in the format of
-:func:`stemcal.twin.writers.write_mib` (what ``libertem-live-mib-sim`` serves
+:func:`stemcal.formats.mib.write_mib` (what ``libertem-live-mib-sim`` serves
 and ``ctx.load('mib', path=...hdr)`` reads). The HDF5 dataset's attributes
 ``raw_file`` (the ``.hdr`` path) and ``raw_format`` (``"MIB"``) point to the
 copy, and the detector's data key in the event descriptor gets
@@ -58,12 +58,12 @@ class MIBKeepingWriter(_KeepsMIB, HDF5StreamWriter):
 
     Parameters are those of :class:`~stemcal.devices.HDF5StreamWriter`.
     Frames must be ``uint8`` or ``uint16`` (Merlin counter depths 1/6/12),
-    as :func:`~stemcal.twin.writers.write_mib` writes.
+    as :func:`~stemcal.formats.mib.write_mib` writes.
     """
 
     def end(self, complete: bool = True) -> Path | None:
         """Write the MIB copy of a complete acquisition, then close its HDF5 file as usual."""
-        from ..twin.writers import write_mib
+        from ..formats import write_mib
 
         with self._lock:
             f, path = self._file, self._path
@@ -95,7 +95,7 @@ class MIBKeepingFrameWriter(_KeepsMIB, FrameStreamWriter):
 
     def end(self, complete: bool = True) -> Path | None:
         """Write the MIB copy of a complete scan, then close its HDF5 file as usual."""
-        from ..twin.writers import write_mib
+        from ..formats import write_mib
 
         with self._lock:
             f, path, shape = self._file, self._path, self._shape

@@ -36,9 +36,9 @@ from libertem.api import Context
 
 from stemcal.cli import main
 from stemcal.fit.cache import BinFramesUDF
-from stemcal.io import MAX_SIDE, DatasetError, open_dataset
+from stemcal.formats import MAX_SIDE, DatasetError, open_dataset
 from stemcal.twin import OverfocusParams, simulate
-from stemcal.twin.writers import write_hdf5, write_mib, write_npy
+from stemcal.formats import write_hdf5, write_mib, write_npy
 
 REPO = Path(__file__).resolve().parents[2]
 NAV, SIG = (24, 24), (48, 48)
@@ -396,7 +396,7 @@ def test_simulate_bad_destination(capsys, tmp_path, out, words):
 
 def test_simulate_truth_failure_removes_the_dataset(capsys, tmp_path, monkeypatch):
     """If the truth JSON cannot be written after the data, the data go too (no half pair)."""
-    import stemcal.twin.writers as writers
+    import stemcal.formats as writers
 
     def broken(path, text):
         raise OSError(28, "No space left on device", str(path))

@@ -35,7 +35,7 @@ from stemcal.devices.live import DetectorRefusedError, MerlinLiveBackend
 from stemcal.plans import calibrate, overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import SimulatedSpecimen
-from stemcal.twin.writers import write_mib
+from stemcal.formats import write_mib
 from simulators import HOST, MIB_SIM, MibSim  # tests/simulators.py
 
 NAV = (24, 24)
