@@ -2,7 +2,7 @@
 
 Standard library only (the CLI reads configurations without importing the
 devices). :class:`DetectorSettings` validates the table;
-:func:`stemcal.devices.factory.make_live_detector` builds a real-protocol
+:func:`stemcal.devices.factory.make_hardware_detector` builds a hardware
 detector (Merlin over TCP or a DECTRIS ARINA over SIMPLON + zmq, both through
 LiberTEM-live). A simulated detector
 (``backend = "sim"``) is built with the twin by
@@ -12,7 +12,7 @@ Example ``config.toml``::
 
     [detector]
     kind = "merlin"          # or "arina"
-    backend = "live"         # or "sim" (the default)
+    backend = "hardware"     # or "sim" (the default)
     api_host = "127.0.0.1"   # control (Merlin) / SIMPLON REST (ARINA)
     api_port = 6341          # default 6341 (Merlin) / 80 (ARINA)
     data_host = "127.0.0.1"  # data (Merlin) / zmq stream (ARINA)
@@ -29,7 +29,9 @@ from .checks import is_integer, port, positive
 __all__ = ["DetectorSettings"]
 
 _KINDS = ("merlin", "arina")
-_BACKENDS = ("sim", "live")
+_BACKENDS = ("sim", "hardware")
+#: Older spelling of ``backend = "hardware"``, still read.
+_OLD_BACKENDS = {"live": "hardware"}
 #: Per kind: (api_port, data_port, sig_shape, bit depth, pixel size in m).
 _DEFAULTS = {"merlin": (6341, 6342, (256, 256), 12, 55e-6),
              "arina": (80, 9999, (192, 192), 16, 100e-6)}
@@ -47,9 +49,10 @@ class DetectorSettings:
     ----------
     kind : {'merlin', 'arina'}
         Detector model; also the device's name in the session and profile.
-    backend : {'sim', 'live'}
-        ``sim``: the digital twin (``[simulation]``); ``live``: the real
-        protocol through LiberTEM-live.
+    backend : {'sim', 'hardware'}
+        ``sim``: the digital twin (``[simulation]``); ``hardware``: the
+        detector's own protocol through LiberTEM-live (the real detector or
+        its simulator). ``"live"``, the older spelling, is read as ``"hardware"``.
     api_host, api_port : str, int or None
         Merlin control port / DECTRIS SIMPLON REST API (live only); ports
         default to 6341 (Merlin) and 80 (ARINA).
@@ -85,6 +88,8 @@ class DetectorSettings:
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise _err("kind", f"one of {list(_KINDS)}", self.kind)
+        if self.backend in _OLD_BACKENDS:
+            object.__setattr__(self, "backend", _OLD_BACKENDS[self.backend])
         if self.backend not in _BACKENDS:
             raise _err("backend", f"one of {list(_BACKENDS)}", self.backend)
         for key in ("api_host", "data_host"):
@@ -127,9 +132,9 @@ class DetectorSettings:
         return cls(**d)
 
     @property
-    def is_live(self) -> bool:
-        """Whether the detector is a real-protocol one."""
-        return self.backend == "live"
+    def is_hardware(self) -> bool:
+        """Whether the detector is driven through its own protocol (not the twin)."""
+        return self.backend == "hardware"
 
     def resolved(self) -> dict[str, Any]:
         """Ports, shape, bit depth and pixel size with the kind's defaults filled in."""

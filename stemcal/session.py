@@ -189,7 +189,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
 
     ``detector`` (the ``[detector]`` table, :class:`~stemcal.detector_config.
     DetectorSettings`) picks the detector: by default the simulated Merlin;
-    ``backend = "live"`` replaces the simulated detector with the real one
+    ``backend = "hardware"`` replaces the simulated detector with the real one
     (scan generator and optics stay those of the twin).
 
     Acquisition runs go into a local catalog through ``TiledWriter`` (a tiled
@@ -220,9 +220,9 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
         client = open_catalog_or_unavailable(loc, readable_storage=() if remote else (data,))
     det_cfg = detector if detector is not None else DetectorSettings()
     inst = build_sim_instrument(sim, data, detector=det_cfg.kind)
-    if det_cfg.is_live:
-        from .devices.factory import make_live_detector
-        inst = inst._replace(detector=make_live_detector(det_cfg, inst.scan, data))
+    if det_cfg.is_hardware:
+        from .devices.factory import make_hardware_detector
+        inst = inst._replace(detector=make_hardware_detector(det_cfg, inst.scan, data))
     RE = RunEngine({}, call_returns_result=bool(call_returns_result))
     if not remote and not isinstance(client, UnavailableCatalog):
         from bluesky_tiled_plugins import TiledWriter
@@ -240,7 +240,7 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     (fields of :class:`SimSettings`), ``[paths] data_dir``, ``figure_dir``,
     ``[server] host``, ``port`` (``stemcal serve``; keys never go here),
     ``[detector]`` (fields of :class:`~stemcal.detector_config.DetectorSettings`:
-    ``kind = "merlin" | "arina"``, ``backend = "sim" | "live"``, hosts, ports...).
+    ``kind = "merlin" | "arina"``, ``backend = "sim" | "hardware"``, hosts, ports...).
     Unknown sections raise ``ValueError``.
     """
     p = Path(path) if path else locations.config_path()

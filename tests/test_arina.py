@@ -1,4 +1,4 @@
-"""ArinaDetector + DectrisLiveBackend against LiberTEM-live's DECTRIS simulator.
+"""ArinaDetector + DectrisHardwareBackend against LiberTEM-live's DECTRIS simulator.
 
 ``libertem-live-dectris-sim`` replays a dump of DECTRIS stream messages
 (SIMPLON REST on one port, the zmq stream on another, both on 127.0.0.1 and
@@ -30,7 +30,7 @@ import pytest
 from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
-from stemcal.devices import (ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector, DectrisLiveBackend,
+from stemcal.devices import (ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector, DectrisHardwareBackend,
                              MicroscopeOptics, ScanGenerator, SimBackend, make_sim_instrument)
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
@@ -213,11 +213,11 @@ def optics():
 
 @pytest.fixture
 def make_detector(scan, tmp_path):
-    made: list[DectrisLiveBackend] = []
+    made: list[DectrisHardwareBackend] = []
 
     def make(server: DectrisSim, **kw) -> ArinaDetector:
         kw.setdefault("timeout", 5.0)
-        backend = DectrisLiveBackend(scan, api_host=HOST, api_port=server.api_port,
+        backend = DectrisHardwareBackend(scan, api_host=HOST, api_port=server.api_port,
                                      data_host=HOST, data_port=server.data_port, **kw)
         made.append(backend)
         return ArinaDetector("arina", backend=backend, write_dir=tmp_path / "raw")
@@ -336,20 +336,20 @@ def test_unreachable_detector_is_reported_quickly(scan, sim):
     api, data = (s.getsockname()[1] for s in socks)
     for s in socks:
         s.close()
-    backend = DectrisLiveBackend(scan, api_port=api, data_port=data)
+    backend = DectrisHardwareBackend(scan, api_port=api, data_port=data)
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match=f"SIMPLON API at {HOST}:{api}"):
         backend.prepare()
     assert time.monotonic() - t0 < 2.0
     # REST up, zmq stream down
-    backend = DectrisLiveBackend(scan, api_port=sim.api_port, data_port=data)
+    backend = DectrisHardwareBackend(scan, api_port=sim.api_port, data_port=data)
     with pytest.raises(ConnectionError, match=f"data stream at {HOST}:{data}"):
         backend.prepare()
     assert not backend.is_connected
 
 
 def test_wrong_detector_shape_fails_loudly(scan, sim):
-    backend = DectrisLiveBackend(scan, api_port=sim.api_port, data_port=sim.data_port,
+    backend = DectrisHardwareBackend(scan, api_port=sim.api_port, data_port=sim.data_port,
                                  sig_shape=(96, 96))
     with pytest.raises(RuntimeError, match=r"\(192, 192\) at bit depth 16.*\(96, 96\)"):
         backend.prepare()
@@ -433,11 +433,11 @@ def test_disarm_aborts_a_running_acquisition(slow_sim, make_detector):
 ])
 def test_invalid_configuration(scan, kw, match):
     with pytest.raises(ValueError, match=match):
-        DectrisLiveBackend(scan, **kw)
+        DectrisHardwareBackend(scan, **kw)
 
 
 def test_configuration_without_io(scan):
-    backend = DectrisLiveBackend(scan, api_port=1, data_port=2)
+    backend = DectrisHardwareBackend(scan, api_port=1, data_port=2)
     assert backend.sig_shape == (192, 192) and backend.pixel_size == 100e-6
     assert backend.bit_depth == 16 and backend.dtype == np.uint16
     assert backend.frame_shape() == (*NAV, 192, 192)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from stemcal.detector_config import DetectorSettings
-from stemcal.devices import (ArinaDetector, DectrisLiveBackend, MerlinDetector, MerlinLiveBackend,
+from stemcal.devices import (ArinaDetector, DectrisHardwareBackend, MerlinDetector, MerlinHardwareBackend,
                              MIBKeepingWriter, SimBackend, make_sim_instrument)
 from stemcal.session import load_config, session_from_config
 from stemcal.twin import OverfocusParams, simulate
@@ -43,7 +43,7 @@ def h5_path(resource: dict) -> Path:
 def load_mib(hdr: Path) -> np.ndarray:
     from libertem.api import Context
 
-    from stemcal.devices.live import FrameCollectorUDF
+    from stemcal.devices.hardware.merlin import FrameCollectorUDF
 
     ctx = Context.make_with("inline")
     ds = ctx.load("mib", path=str(hdr))
@@ -75,14 +75,14 @@ def test_config_selects_the_live_merlin(tmp_path, served):
     try:
         cfg = load_config(write_config(
             tmp_path / "config.toml", tmp_path / "catalog",
-            f'kind = "merlin"\nbackend = "live"\napi_port = {server.control_port}\n'
+            f'kind = "merlin"\nbackend = "hardware"\napi_port = {server.control_port}\n'
             f'data_port = {server.data_port}\nsig_shape = [{SIG[0]}, {SIG[1]}]\n'
             'timeout = 5.0\nkeep_mib = true\n'))
         session = session_from_config(cfg)
         try:
             det = session.instrument.detector
             assert type(det) is MerlinDetector and det.name == "merlin"
-            assert isinstance(det.backend, MerlinLiveBackend)
+            assert isinstance(det.backend, MerlinHardwareBackend)
             assert (det.backend.api_port, det.backend.data_port) == (server.control_port,
                                                                      server.data_port)
             assert isinstance(det.writer, MIBKeepingWriter)
@@ -114,7 +114,7 @@ def test_config_selects_the_live_merlin(tmp_path, served):
 
 
 def test_config_selects_the_live_arina(tmp_path):
-    """``kind = "arina"``, ``backend = "live"`` against ``libertem-live-dectris-sim``."""
+    """``kind = "arina"``, ``backend = "hardware"`` against ``libertem-live-dectris-sim``."""
     arina = pytest.importorskip("test_arina")  # skips without lz4/flask/the simulator
     if arina.SIM is None:
         pytest.skip("libertem-live-dectris-sim not installed")
@@ -127,13 +127,13 @@ def test_config_selects_the_live_arina(tmp_path):
     try:
         cfg = load_config(write_config(
             tmp_path / "config.toml", tmp_path / "catalog",
-            f'kind = "arina"\nbackend = "live"\napi_port = {server.api_port}\n'
+            f'kind = "arina"\nbackend = "hardware"\napi_port = {server.api_port}\n'
             f'data_port = {server.data_port}\ntimeout = 5.0\n'))
         session = session_from_config(cfg)
         try:
             det = session.instrument.detector
             assert isinstance(det, ArinaDetector) and det.name == "arina"
-            assert isinstance(det.backend, DectrisLiveBackend)
+            assert isinstance(det.backend, DectrisHardwareBackend)
             assert det.state() == {"pixel_size": 100e-6, "sig_shape": [192, 192],
                                    "bit_depth": 16}
             uid = session.RE(bp.count([det])).plan_result  # see the Merlin test
@@ -166,7 +166,7 @@ def test_mib_keeping_writer_with_the_simulated_merlin(RE, docs, tmp_path):
 
 
 def test_mib_keeping_frame_writer_in_a_live_scan(RE, docs, tmp_path):
-    from stemcal.devices.mib_writer import MIBKeepingFrameWriter
+    from stemcal.devices.writers.mib_copy import MIBKeepingFrameWriter
     from stemcal.plans import overfocus_scan
     inst = make_sim_instrument(tmp_path / "x", sig_shape=(24, 32), sleep=lambda s: None)
     det = MerlinDetector("merlin", backend=SimBackend(inst.microscope), write_dir=tmp_path / "raw",
@@ -206,11 +206,12 @@ def test_config_selects_the_simulated_arina(tmp_path):
 
 def test_default_detector_is_the_simulated_merlin():
     d = DetectorSettings()
-    assert (d.kind, d.backend, d.is_live) == ("merlin", "sim", False)
-    assert DetectorSettings(kind="arina", backend="live").resolved() == {
+    assert (d.kind, d.backend, d.is_hardware) == ("merlin", "sim", False)
+    assert DetectorSettings(kind="arina", backend="hardware").resolved() == {
         "api_host": "127.0.0.1", "data_host": "127.0.0.1", "api_port": 80, "data_port": 9999,
         "sig_shape": (192, 192), "bit_depth": 16, "pixel_size": 100e-6}
-    assert DetectorSettings(backend="live", data_port=7000).resolved()["data_port"] == 7000
+    assert DetectorSettings(backend="hardware", data_port=7000).resolved()["data_port"] == 7000
+    assert DetectorSettings(backend="live").backend == "hardware"  # the older spelling
 
 
 @pytest.mark.parametrize("table, match", [

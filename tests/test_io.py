@@ -226,7 +226,7 @@ def test_libertem_errors_are_wrapped(data, tmp_path):
 
 def test_open_detector_event_file(ctx, data, tmp_path):
     """HDF5StreamWriter's (1, ny, nx, sy, sx) files open as 4D: the event axis is dropped."""
-    from stemcal.devices.merlin import HDF5StreamWriter
+    from stemcal.devices.writers.scan_file import HDF5StreamWriter
 
     writer = HDF5StreamWriter(tmp_path, compression="bslz4")
     writer.open("merlin", "merlin_image")

@@ -29,7 +29,7 @@ from stemcal.callbacks.live_figure import LiveFigure, has_display
 from stemcal.processing.live_projection import LiveProjection
 from stemcal.catalog import open_catalog
 from stemcal.devices import make_sim_instrument
-from stemcal.devices.frame_stream import FrameStreamWriter
+from stemcal.devices.writers.frame_stream import FrameStreamWriter
 from stemcal.plans import calibrate, overfocus_scan
 from stemcal.processing import OverfocusUDF
 from stemcal.twin import OverfocusParams, simulate

@@ -1,4 +1,4 @@
-"""MerlinLiveBackend against LiberTEM-live's Merlin simulator (``libertem-live-mib-sim``).
+"""MerlinHardwareBackend against LiberTEM-live's Merlin simulator (``libertem-live-mib-sim``).
 
 Every server here listens on 127.0.0.1 on free ports chosen at run time. The
 simulator replays a MIB file written by :func:`stemcal.formats.mib.write_mib`;
@@ -20,7 +20,7 @@ from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
 from stemcal.devices import MerlinDetector, MicroscopeOptics, ScanGenerator
-from stemcal.devices.live import MerlinLiveBackend
+from stemcal.devices.hardware.merlin import MerlinHardwareBackend
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.formats import write_mib
@@ -78,11 +78,11 @@ def optics():
 
 @pytest.fixture
 def make_detector(scan, tmp_path):
-    made: list[MerlinLiveBackend] = []
+    made: list[MerlinHardwareBackend] = []
 
     def make(server: MibSim, **kw) -> MerlinDetector:
         kw.setdefault("timeout", 3.0)
-        backend = MerlinLiveBackend(scan, api_host=HOST, api_port=server.control_port,
+        backend = MerlinHardwareBackend(scan, api_host=HOST, api_port=server.control_port,
                                     data_host=HOST, data_port=server.data_port, sig_shape=SIG,
                                     **kw)
         made.append(backend)
@@ -206,7 +206,7 @@ def test_backend_acquires_directly(sim, served, make_detector):
 
 def test_wrong_detector_shape_or_frame_count_fails_loudly(sim, make_detector, scan):
     det = make_detector(sim)
-    wrong = MerlinLiveBackend(scan, api_port=sim.control_port, data_port=sim.data_port,
+    wrong = MerlinHardwareBackend(scan, api_port=sim.control_port, data_port=sim.data_port,
                               sig_shape=(32, 32))
     with pytest.raises(RuntimeError, match=r"\(64, 64\).*\(32, 32\)"):
         wrong.prepare()
@@ -219,13 +219,13 @@ def test_wrong_detector_shape_or_frame_count_fails_loudly(sim, make_detector, sc
 
 def test_connection_refused_is_reported_quickly(scan, sim):
     control, data = free_ports(2)  # nothing listens there
-    backend = MerlinLiveBackend(scan, api_port=control, data_port=data, sig_shape=SIG)
+    backend = MerlinHardwareBackend(scan, api_port=control, data_port=data, sig_shape=SIG)
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match=f"control server at {HOST}:{control}"):
         backend.prepare()
     assert time.monotonic() - t0 < 2.0
     # control port up, data port down
-    backend = MerlinLiveBackend(scan, api_port=sim.control_port, data_port=data, sig_shape=SIG)
+    backend = MerlinHardwareBackend(scan, api_port=sim.control_port, data_port=data, sig_shape=SIG)
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match=f"data server at {HOST}:{data}"):
         backend.prepare()
@@ -296,18 +296,18 @@ def test_stalled_simulator_times_out_and_recovers(RE, docs, slow_sim, served, ma
 ])
 def test_invalid_configuration(scan, kw, match):
     with pytest.raises(ValueError, match=match):
-        MerlinLiveBackend(scan, **kw)
+        MerlinHardwareBackend(scan, **kw)
 
 
 def test_configuration_without_io(scan):
-    backend = MerlinLiveBackend(scan, api_port=1, data_port=2, counter_depth=6, pixel_size=75e-6,
+    backend = MerlinHardwareBackend(scan, api_port=1, data_port=2, counter_depth=6, pixel_size=75e-6,
                                 sig_shape=(128, 256))
     assert backend.dtype == np.uint8 and backend.bit_depth == 6
     assert backend.sig_shape == (128, 256) and backend.pixel_size == 75e-6
     assert backend.frame_shape() == (*NAV, 128, 256)
     assert not backend.is_connected
     with pytest.raises(ValueError, match="nav_shape"):
-        MerlinLiveBackend(object())
+        MerlinHardwareBackend(object())
     det = MerlinDetector("m", backend=backend, write_dir="unused")
     assert det.state() == {"pixel_size": 75e-6, "sig_shape": [128, 256], "bit_depth": 6}
 

@@ -1,4 +1,4 @@
-"""Build the real-protocol detector a ``[detector]`` table describes.
+"""Build the hardware detector a ``[detector]`` table describes.
 
 See :class:`stemcal.detector_config.DetectorSettings` for the table. A
 simulated detector (``backend = "sim"``) is built with the twin by
@@ -12,13 +12,14 @@ from typing import Any
 
 from ..detector_config import DetectorSettings
 
-__all__ = ["DetectorSettings", "make_live_detector"]
+__all__ = ["make_hardware_detector"]
 
 
-def make_live_detector(settings: DetectorSettings, scan: Any,
+def make_hardware_detector(settings: DetectorSettings, scan: Any,
                        write_dir: str | os.PathLike) -> Any:
     """A :class:`~stemcal.devices.MerlinDetector` or :class:`~stemcal.devices.ArinaDetector`
-    with its real-protocol backend, named after ``settings.kind``.
+    with its hardware backend (:mod:`stemcal.devices.hardware`), named after
+    ``settings.kind``.
 
     Nothing is contacted here: the backend checks the detector when the
     device is staged.
@@ -26,31 +27,32 @@ def make_live_detector(settings: DetectorSettings, scan: Any,
     Parameters
     ----------
     settings : DetectorSettings
-        With ``backend = "live"``.
+        With ``backend = "hardware"``.
     scan : ScanGenerator
         The scan generator whose ``nav_shape`` each acquisition uses.
     write_dir : path
         Where the files go.
     """
     from .arina import ArinaDetector
-    from .dectris_live import DectrisLiveBackend
-    from .live import MerlinLiveBackend
+    from .hardware.dectris import DectrisHardwareBackend
+    from .hardware.merlin import MerlinHardwareBackend
     from .merlin import MerlinDetector
-    from .mib_writer import MIBKeepingFrameWriter, MIBKeepingWriter
+    from .writers.mib_copy import MIBKeepingFrameWriter, MIBKeepingWriter
 
-    if not settings.is_live:
-        raise ValueError(f"make_live_detector needs backend = 'live', got {settings.backend!r}")
+    if not settings.is_hardware:
+        raise ValueError(f"make_hardware_detector needs backend = 'hardware', "
+                         f"got {settings.backend!r}")
     r = settings.resolved()
     common = dict(api_host=r["api_host"], api_port=r["api_port"], data_host=r["data_host"],
                   data_port=r["data_port"], sig_shape=r["sig_shape"],
                   pixel_size=r["pixel_size"], timeout=settings.timeout)
     if settings.kind == "merlin":
-        backend = MerlinLiveBackend(scan, counter_depth=r["bit_depth"], **common)
+        backend = MerlinHardwareBackend(scan, counter_depth=r["bit_depth"], **common)
         if settings.keep_mib:
             writer, stream_writer = MIBKeepingWriter(write_dir), MIBKeepingFrameWriter(write_dir)
         else:
             writer = stream_writer = None
         return MerlinDetector("merlin", backend=backend, write_dir=Path(write_dir), writer=writer,
                               stream_writer=stream_writer)
-    backend = DectrisLiveBackend(scan, bit_depth=r["bit_depth"], **common)
+    backend = DectrisHardwareBackend(scan, bit_depth=r["bit_depth"], **common)
     return ArinaDetector("arina", backend=backend, write_dir=Path(write_dir))

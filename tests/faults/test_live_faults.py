@@ -31,7 +31,7 @@ from ophyd.device import Staged
 from stemcal.callbacks import CalibrationRecorder, RunNotCalibrated
 from stemcal.catalog import calibration_history, open_catalog
 from stemcal.devices import MerlinDetector, MicroscopeOptics, ScanGenerator
-from stemcal.devices.live import DetectorRefusedError, MerlinLiveBackend
+from stemcal.devices.hardware.merlin import DetectorRefusedError, MerlinHardwareBackend
 from stemcal.plans import calibrate, overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import SimulatedSpecimen
@@ -79,7 +79,7 @@ def devices(tmp_path):
 
     def detector(server: MibSim, **kw) -> MerlinDetector:
         kw.setdefault("timeout", 3.0)
-        backend = MerlinLiveBackend(scan, api_host=HOST, api_port=server.control_port,
+        backend = MerlinHardwareBackend(scan, api_host=HOST, api_port=server.control_port,
                                     data_host=HOST, data_port=server.data_port, sig_shape=SIG,
                                     **kw)
         made.append(backend)

@@ -1,5 +1,5 @@
 # Devices of the instrument (simulated unless configured otherwise; see [detector] in the
-# configuration: kind = "merlin" | "arina", backend = "sim" | "live").
+# configuration: kind = "merlin" | "arina", backend = "sim" | "hardware").
 from stemcal.devices import ArinaDetector as _ArinaDetector
 
 microscope = session.instrument.microscope

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ...formats import write_mib
 from .frame_stream import FrameStreamWriter
-from .merlin import HDF5StreamWriter
+from .scan_file import HDF5StreamWriter
 
 __all__ = ["MIBKeepingWriter", "MIBKeepingFrameWriter"]
 
@@ -63,8 +64,6 @@ class MIBKeepingWriter(_KeepsMIB, HDF5StreamWriter):
 
     def end(self, complete: bool = True) -> Path | None:
         """Write the MIB copy of a complete acquisition, then close its HDF5 file as usual."""
-        from ..formats import write_mib
-
         with self._lock:
             f, path = self._file, self._path
             try:
@@ -95,8 +94,6 @@ class MIBKeepingFrameWriter(_KeepsMIB, FrameStreamWriter):
 
     def end(self, complete: bool = True) -> Path | None:
         """Write the MIB copy of a complete scan, then close its HDF5 file as usual."""
-        from ..formats import write_mib
-
         with self._lock:
             f, path, shape = self._file, self._path, self._shape
             try:

@@ -1,4 +1,4 @@
-"""Receiver process of :class:`stemcal.devices.dectris_live.DectrisLiveBackend`.
+"""Receiver process of :class:`stemcal.devices.dectris_live.DectrisHardwareBackend`.
 
 Run as a script (``python _dectris_receiver.py CONFIG_JSON``), not imported:
 it holds one LiberTEM-live DECTRIS connection (SIMPLON REST + zmq stream)

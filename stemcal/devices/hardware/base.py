@@ -1,8 +1,8 @@
 """What the real-protocol detector backends share: settings checks, fixed properties, and
 the guarded ``acquire`` (one at a time, after ``prepare``, abortable, size-bounded).
 
-Subclasses (:class:`~stemcal.devices.live.MerlinLiveBackend`,
-:class:`~stemcal.devices.dectris_live.DectrisLiveBackend`) set :attr:`scheme`,
+Subclasses (:class:`~stemcal.devices.hardware.merlin.MerlinHardwareBackend`,
+:class:`~stemcal.devices.hardware.dectris.DectrisHardwareBackend`) set :attr:`scheme`,
 :attr:`depth_name` and :attr:`depth_dtypes`, call :meth:`_init_common` from their
 ``__init__`` and implement ``prepare``, ``_acquire(ny, nx, on_frames)``,
 ``_after_failed_acquire()`` and ``close``.
@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..checks import is_integer, port, positive
+from ...checks import is_integer, port, positive
 
 
-class LiveBackend:
+class HardwareBackend:
     """Base of the detector controllers that talk to a real (or simulated) detector."""
 
     #: Data-key source scheme, e.g. ``"merlin"`` (source ``merlin://host:port``).

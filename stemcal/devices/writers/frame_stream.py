@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from event_model import StreamRange, compose_stream_resource
 
-from ._writer_base import HDF5WriterBase, scan_shape
+from .base import HDF5WriterBase, scan_shape
 
 __all__ = ["FrameStreamWriter", "FRAME_DIMS"]
 

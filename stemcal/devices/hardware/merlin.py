@@ -1,6 +1,6 @@
 """Real-protocol detector controllers built on LiberTEM-live.
 
-:class:`MerlinLiveBackend` is the controller half of
+:class:`MerlinHardwareBackend` is the controller half of
 :class:`stemcal.devices.MerlinDetector` for a Quantum Detectors Merlin (or
 ``libertem-live-mib-sim``): the same interface as
 :class:`stemcal.devices.SimBackend`, but the frames come over the Merlin TCP
@@ -18,8 +18,8 @@ One acquisition, one whole scan of the scan generator's ``nav_shape``:
    pending acquisition, with a watchdog that fails the acquisition when no
    block of frames arrives for ``timeout`` seconds.
 
-The data connection stays open from :meth:`MerlinLiveBackend.prepare` to
-:meth:`MerlinLiveBackend.close` (or to the next failure), and acquisitions
+The data connection stays open from :meth:`MerlinHardwareBackend.prepare` to
+:meth:`MerlinHardwareBackend.close` (or to the next failure), and acquisitions
 reuse it (LiberTEM-live's *passive* mode). Notes of the class explain why:
 LiberTEM-live's active mode closes and reopens the data connection around
 every acquisition, which makes a single-client server such as the simulator
@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 from libertem.udf.base import UDF
 
-from ..checks import nonnegative
-from ._live_base import LiveBackend
+from ...checks import nonnegative
+from .base import HardwareBackend
 
-__all__ = ["MerlinLiveBackend", "DetectorRefusedError"]
+__all__ = ["MerlinHardwareBackend", "DetectorRefusedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _control_class() -> type:
     return _BoundedMerlinControl
 
 
-class MerlinLiveBackend(LiveBackend):
+class MerlinHardwareBackend(HardwareBackend):
     """Detector controller that acquires from a Merlin over its TCP protocol (LiberTEM-live).
 
     Implements the controller half of :class:`stemcal.devices.MerlinDetector`

@@ -1,6 +1,6 @@
 """DECTRIS detectors (ARINA) over SIMPLON REST + zmq, through LiberTEM-live.
 
-:class:`DectrisLiveBackend` is the controller half of
+:class:`DectrisHardwareBackend` is the controller half of
 :class:`stemcal.devices.ArinaDetector` (or any
 :class:`~stemcal.devices.MerlinDetector`-style device) for a DECTRIS detector
 control unit -- or ``libertem-live-dectris-sim``: the same interface as
@@ -13,7 +13,7 @@ per scan-generator trigger) and ``ntrigger = ny*nx`` over REST, arms the
 detector and collects the frames from the stream.
 
 The receive runs in a child process (``_dectris_receiver.py``), started at
-:meth:`DectrisLiveBackend.prepare` and kept for later acquisitions: LiberTEM-
+:meth:`DectrisHardwareBackend.prepare` and kept for later acquisitions: LiberTEM-
 live's zmq receive has no timeout and cannot be interrupted from another
 thread (a stopped or killed detector leaves it blocked for good, and a thread
 left blocked there aborts the interpreter at exit). A child process can be
@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import positive
-from ._live_base import LiveBackend
-from .merlin import FrameSink
+from ...checks import positive
+from .base import HardwareBackend
+from ..detector import FrameSink
 
-__all__ = ["DectrisLiveBackend"]
+__all__ = ["DectrisHardwareBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ _TRIGGER_MODES = ("exte", "exts", "inte", "ints")
 _RECEIVER = Path(__file__).with_name("_dectris_receiver.py")
 
 
-class DectrisLiveBackend(LiveBackend):
+class DectrisHardwareBackend(HardwareBackend):
     """Detector controller for a DECTRIS DCU (SIMPLON REST + zmq) through LiberTEM-live.
 
     Implements the controller half of :class:`stemcal.devices.MerlinDetector`
