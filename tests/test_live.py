@@ -23,7 +23,7 @@ from bluesky_tiled_plugins import TiledWriter
 from libertem.api import Context
 
 from stemcal.callbacks import CalibrationRecorder, RunNotCalibrated
-from stemcal.callbacks.live import LiveView
+from stemcal.callbacks.live_view import LiveView
 from stemcal.runs import projection_params
 from stemcal.callbacks.live_figure import LiveFigure, has_display
 from stemcal.processing.live_projection import LiveProjection

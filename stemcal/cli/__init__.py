@@ -1,0 +1,14 @@
+"""The command line, as a package: commands by group, shared argument types, one printer.
+
+* :mod:`.main` -- the parser and the entry point (:func:`main`);
+* :mod:`.args` -- the parser class, number and shape types, exit statuses;
+* :mod:`.output` -- JSON and the printed record;
+* :mod:`.offline` -- ``fit``, ``simulate``, ``demo``;
+* :mod:`.acquire` -- ``calibrate``;
+* :mod:`.records` -- ``history``, ``show``, ``export``, ``sync``;
+* :mod:`.serve` -- ``serve``.
+"""
+from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError
+from .main import build_parser, main
+
+__all__ = ["main", "build_parser", "CLIError", "EXIT_BAD_INPUT", "EXIT_NO_FEATURES"]

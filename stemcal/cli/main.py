@@ -1,0 +1,59 @@
+"""The ``stemcal`` entry point: one parser for every command, one way out for every error.
+
+The CLI only parses, wires objects and prints; the work is in the package.
+Bad input ends with one line ``stemcal: error: ...`` on stderr and exit
+status 2 (3 when the data hold nothing to calibrate on, or ``calibrate``
+ends without a trusted record), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from . import acquire, offline, records, serve
+from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``handler(args) -> exit status``."""
+    from .. import __version__
+    parser = Parser(prog="stemcal", description=(
+        "Calibrate scan rotation, flip, overfocus, beam centre and descan of overfocused "
+        "4D-STEM data."))
+    parser.add_argument("--version", action="version", version=f"stemcal {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (offline, acquire, records, serve):
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    warnings.filterwarnings("ignore", "Loading compressed HDF5", RuntimeWarning)  # LiberTEM noise
+    from ..fit.disk import NoFeaturesError
+    from ..formats import DatasetError
+    try:
+        return args.handler(args)
+    except CLIError as exc:
+        print(f"stemcal: error: {exc}", file=sys.stderr)
+        return exc.status
+    except NoFeaturesError as exc:
+        print(f"stemcal: error: nothing to calibrate on: {exc}", file=sys.stderr)
+        return EXIT_NO_FEATURES
+    except (DatasetError, ValueError, OSError) as exc:
+        msg = " ".join(str(exc).split())
+        print(f"stemcal: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError:  # a last resort: absurd sizes are meant to be refused before this
+        print("stemcal: error: out of memory (the data or the requested shapes are too large)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,33 @@
+"""``stemcal serve``: the catalog as a tiled server with writer and reader keys."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .args import CLIError, integer
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``serve`` subcommand."""
+    srv = sub.add_parser("serve", help="serve a catalog directory with tiled (API keys from "
+                                       "$STEMCAL_WRITER_KEY/$STEMCAL_READER_KEY or the keys file)")
+    srv.add_argument("catalog", nargs="?", metavar="DIR",
+                     help="catalog directory (default $STEMCAL_CATALOG, else the default one)")
+    srv.add_argument("--host", help="interface to bind (default [server] host of the "
+                                    "configuration, else 127.0.0.1)")
+    srv.add_argument("--port", type=integer("--port"),
+                     help="port (default [server] port, else 8000)")
+    srv.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..catalog.server import serve, server_settings
+    from ..session import catalog_location, load_config
+    host, port = server_settings(load_config())
+    loc, remote = catalog_location(args.catalog)
+    if remote:
+        raise CLIError(f"serve needs a catalog directory, not a URI ({loc})")
+    serve(loc, host=args.host or host, port=args.port or port)  # exec: becomes the server
+    return 0
