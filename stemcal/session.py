@@ -2,7 +2,7 @@
 
 Used by ``stemcal calibrate`` and by the IPython profile, which only build
 and connect objects; a facility's instrument is described by a TOML file
-(:func:`load_config`) and simulated by default.
+(:func:`stemcal.config.load_config`) and simulated by default.
 """
 from __future__ import annotations
 
@@ -10,100 +10,15 @@ import dataclasses
 import math
 import os
 import tempfile
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
 
 from . import locations
-from .checks import finite, is_integer
-from .detector_config import DetectorSettings
+from .config import DetectorSettings, SimSettings
 
-__all__ = ["SimSettings", "Session", "catalog_location", "build_sim_instrument", "make_session",
-           "make_recorder", "load_config"]
-
-
-#: Limits of a simulated instrument, checked before anything is built or allocated.
-#: They mirror :func:`stemcal.twin.simulate.check_shapes` (not imported here: it pulls numba).
-SIM_MAX_SIDE = 65536
-SIM_MAX_BYTES = 8 * 2**30  # float64 frames of one acquisition
-SIM_MAX_OVERFOCUS = 0.1    # metres; the simulated camera length is 0.2 m
-
-
-def _shape2(name: str, v: Any, lo: int) -> tuple[int, int]:
-    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(
-            is_integer(n) for n in v)):
-        raise ValueError(f"[simulation] {name} must be two integers (y, x), got {v!r}")
-    if not all(lo <= n <= SIM_MAX_SIDE for n in v):
-        raise ValueError(f"[simulation] {name} {tuple(v)} out of range: each side must be "
-                         f"{lo}..{SIM_MAX_SIDE}")
-    return (int(v[0]), int(v[1]))
-
-
-@dataclasses.dataclass(frozen=True)
-class SimSettings:
-    """The simulated microscope's truth and settings (sizes as the tests use).
-
-    ``true_overfocus`` is the overfocus the beam really has at the optics
-    setting ``overfocus``; detector pixel 55 um, camera length 0.2 m, scan
-    step ``0.5 nm * sy / 128``, disk radius 0.3 of the detector.
-
-    Every field is checked on construction (``ValueError`` naming it): angles
-    and lengths finite, overfocus values non-zero and within
-    :data:`SIM_MAX_OVERFOCUS` m, shapes two integers per side in
-    ``1..SIM_MAX_SIDE`` (detector ``>= 8``) whose float64 frames fit
-    :data:`SIM_MAX_BYTES`, dose finite > 0, seed an integer >= 0.
-    """
-
-    true_scan_rotation: float = 23.5
-    true_flip_y: bool = True
-    true_overfocus: float = 1.05e-6
-    overfocus: float = 1e-6
-    nav_shape: tuple[int, int] = (40, 40)
-    sig_shape: tuple[int, int] = (96, 96)
-    dose: float = 5.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        set_ = lambda name, v: object.__setattr__(self, name, v)  # noqa: E731 (frozen)
-        set_("true_scan_rotation", finite("[simulation] true_scan_rotation", self.true_scan_rotation))
-        if type(self.true_flip_y).__name__ not in ("bool", "bool_"):  # Python or NumPy bool
-            raise ValueError(f"[simulation] true_flip_y must be true or false, "
-                             f"got {self.true_flip_y!r}")
-        for name in ("true_overfocus", "overfocus"):
-            v = finite(f"[simulation] {name}", getattr(self, name))
-            if v == 0 or abs(v) > SIM_MAX_OVERFOCUS:
-                raise ValueError(f"[simulation] {name} must be non-zero and within "
-                                 f"+-{SIM_MAX_OVERFOCUS} m, got {v!r}")
-            set_(name, v)
-        nav = _shape2("nav_shape", self.nav_shape, 1)
-        sig = _shape2("sig_shape", self.sig_shape, 8)
-        n_bytes = nav[0] * nav[1] * sig[0] * sig[1] * 8
-        if n_bytes > SIM_MAX_BYTES:
-            raise ValueError(f"[simulation] a {nav[0]}x{nav[1]} scan of {sig[0]}x{sig[1]} frames "
-                             f"needs {n_bytes / 2**30:.3g} GiB of float64 per acquisition, over "
-                             f"the limit of {SIM_MAX_BYTES / 2**30:.3g} GiB")
-        set_("nav_shape", nav)
-        set_("sig_shape", sig)
-        dose = finite("[simulation] dose", self.dose)
-        if dose <= 0:
-            raise ValueError(f"[simulation] dose must be > 0, got {dose!r}")
-        set_("dose", dose)
-        if not is_integer(self.seed) or self.seed < 0:
-            raise ValueError(f"[simulation] seed must be an integer >= 0, got {self.seed!r}")
-        set_("true_flip_y", bool(self.true_flip_y))
-        set_("seed", int(self.seed))
-
-    @classmethod
-    def from_mapping(cls, d: dict[str, Any]) -> "SimSettings":
-        """Settings from a ``[simulation]`` table; unknown keys or bad values raise ``ValueError``."""
-        if not isinstance(d, dict):
-            raise ValueError(f"[simulation] must be a table, got {d!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown [simulation] setting(s): {sorted(unknown)}")
-        return cls(**d)
+__all__ = ["Session", "catalog_location", "build_sim_instrument", "make_session",
+           "make_recorder", "session_from_config"]
 
 
 def catalog_location(location: str | os.PathLike | None) -> tuple[Any, bool]:
@@ -187,8 +102,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     the plan's return value, e.g. the calibration record); False: the run
     uids, bluesky's default (what the queue server's RE Worker needs).
 
-    ``detector`` (the ``[detector]`` table, :class:`~stemcal.detector_config.
-    DetectorSettings`) picks the detector: by default the simulated Merlin;
+    ``detector`` (the ``[detector]`` table, :class:`~stemcal.config.DetectorSettings`) picks the detector: by default the simulated Merlin;
     ``backend = "hardware"`` replaces the simulated detector with the real one
     (scan generator and optics stay those of the twin).
 
@@ -233,58 +147,8 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                    remote=remote)
 
 
-def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read the session configuration (TOML); a missing default file gives ``{}``.
-
-    Sections: ``[catalog] location = "DIR or http(s)://..."``, ``[simulation]``
-    (fields of :class:`SimSettings`), ``[paths] data_dir``, ``figure_dir``,
-    ``[server] host``, ``port`` (``stemcal serve``; keys never go here),
-    ``[detector]`` (fields of :class:`~stemcal.detector_config.DetectorSettings`:
-    ``kind = "merlin" | "arina"``, ``backend = "sim" | "hardware"``, hosts, ports...).
-    Unknown sections raise ``ValueError``.
-    """
-    p = Path(path) if path else locations.config_path()
-    if not p.exists():
-        if path:
-            raise ValueError(f"no configuration file at {p}")
-        return {}
-    with open(p, "rb") as f:
-        try:
-            cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{p}: {exc}") from None
-    unknown = set(cfg) - {"catalog", "simulation", "paths", "server", "detector"}
-    if unknown:
-        raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}")
-    _check_config(p, cfg)
-    return cfg
-
-
-def _check_config(p: Path, cfg: dict[str, Any]) -> None:
-    """Validate the ``[catalog]``, ``[paths]`` and ``[simulation]`` tables (``ValueError``)."""
-    for section, keys in (("catalog", {"location"}), ("paths", {"data_dir", "figure_dir"})):
-        table = cfg.get(section, {})
-        if not isinstance(table, dict):
-            raise ValueError(f"{p}: [{section}] must be a table")
-        unknown = set(table) - keys
-        if unknown:
-            raise ValueError(f"{p}: unknown [{section}] key(s) {sorted(unknown)}")
-        for key, value in table.items():
-            if not isinstance(value, str) or not value.strip() or "\0" in value:
-                raise ValueError(f"{p}: [{section}] {key} must be a non-empty string, "
-                                 f"got {value!r}")
-    try:
-        SimSettings.from_mapping(cfg.get("simulation", {}))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{p}: {exc}") from None
-    try:
-        DetectorSettings.from_mapping(cfg.get("detector", {}))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{p}: {exc}") from None
-
-
 def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:
-    """:func:`make_session` from a :func:`load_config` dictionary."""
+    """:func:`make_session` from a :func:`stemcal.config.load_config` dictionary."""
     paths = cfg.get("paths", {})
     return make_session(cfg.get("catalog", {}).get("location"),
                         sim=SimSettings.from_mapping(cfg.get("simulation", {})),

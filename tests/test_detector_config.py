@@ -19,10 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
-from stemcal.detector_config import DetectorSettings
+from stemcal.config import DetectorSettings, load_config
 from stemcal.devices import (ArinaDetector, DectrisHardwareBackend, MerlinDetector, MerlinHardwareBackend,
                              MIBKeepingWriter, SimBackend, make_sim_instrument)
-from stemcal.session import load_config, session_from_config
+from stemcal.session import session_from_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.formats import write_mib
 

@@ -57,7 +57,7 @@ def test_profile_starts_and_calibrates(tmp_path):
 
 
 def test_bad_config_is_refused(tmp_path):
-    from stemcal.session import load_config
+    from stemcal.config import load_config
     bad = tmp_path / "bad.toml"
     bad.write_text("[detectors]\nbackend = 'nonsense'\n")
     import pytest

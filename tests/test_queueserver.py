@@ -237,7 +237,7 @@ def test_calibrate_through_the_queue(manager):
 
     from stemcal.catalog import calibration_history, latest_calibration, open_catalog
     from stemcal.runs import DEFAULT_TOLERANCES
-    from stemcal.session import SimSettings
+    from stemcal.config import SimSettings
 
     rm, catalog_dir, log = manager
     _open_environment(rm, log)

@@ -49,6 +49,7 @@ from typing import Any, Mapping
 
 from tiled.server.protocols import InternalAuthenticator
 
+from ..config import DEFAULT_HOST, DEFAULT_PORT
 from ..locations import keys_file_path, server_state_base
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 WRITER_ENV = "STEMCAL_WRITER_KEY"
 READER_ENV = "STEMCAL_READER_KEY"
 KEYS_FILE_ENV = "STEMCAL_KEYS_FILE"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 #: Scopes of the reader key: it can list, read metadata and read arrays, nothing else.
 READER_SCOPES = ["read:metadata", "read:data"]
 _HEX_KEY = re.compile(r"[0-9a-f]{32,}")
@@ -311,20 +310,6 @@ def wait_until_up(host: str, port: int, timeout: float = 60.0,
     raise TimeoutError(f"no server on {host}:{port} after {timeout} s")
 
 
-def server_settings(cfg: Mapping[str, Any] | None) -> tuple[str, int]:
-    """(host, port) from a configuration's ``[server]`` section; defaults 127.0.0.1:8000."""
-    section = dict((cfg or {}).get("server") or {})
-    unknown = set(section) - {"host", "port"}
-    if unknown:
-        raise ValueError(f"unknown [server] setting(s): {sorted(unknown)} (keys do not belong "
-                         "in the configuration; use the environment or the keys file)")
-    host = str(section.get("host", DEFAULT_HOST))
-    port = section.get("port", DEFAULT_PORT)
-    if not isinstance(port, int) or isinstance(port, bool):
-        raise ValueError(f"[server] port must be an integer, got {port!r}")
-    return host, port
-
-
 def serve(catalog_dir: str | os.PathLike, *, host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT) -> None:
     """Become the tiled server for ``catalog_dir`` (``exec``: signals reach tiled directly).
@@ -340,4 +325,4 @@ def serve(catalog_dir: str | os.PathLike, *, host: str = DEFAULT_HOST,
 
 __all__ = ["KeysOnly", "ServerKeys", "ServerPlan", "load_server_keys", "client_api_key",
            "keys_file_path", "read_keys_file", "prepare_server", "start_server", "wait_until_up",
-           "server_settings", "serve", "READER_SCOPES"]
+           "serve", "READER_SCOPES"]

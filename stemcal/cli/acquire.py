@@ -54,7 +54,8 @@ def add_parsers(sub: Any) -> None:
 def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
     """Run the calibrate plan on the simulated microscope; (record, true geometry)."""
     from ..plans import calibrate
-    from ..session import SimSettings, catalog_location, make_session
+    from ..config import SimSettings
+    from ..session import catalog_location, make_session
 
     loc, _ = catalog_location(args.catalog)
     sim = SimSettings(true_scan_rotation=args.true_scan_rotation, true_flip_y=args.true_flip_y,

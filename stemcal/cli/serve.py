@@ -23,8 +23,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..catalog.server import serve, server_settings
-    from ..session import catalog_location, load_config
+    from ..catalog.server import serve
+    from ..config import load_config, server_settings
+    from ..session import catalog_location
     host, port = server_settings(load_config())
     loc, remote = catalog_location(args.catalog)
     if remote:

@@ -12,7 +12,7 @@
   127.0.0.1.
 * :func:`make_sim_instrument` -- the simulated instrument wired together;
   :func:`make_hardware_detector` -- the detector a ``[detector]`` table
-  (:class:`stemcal.detector_config.DetectorSettings`) describes.
+  (:class:`stemcal.config.DetectorSettings`) describes.
 * :class:`MIBKeepingWriter` -- HDF5 for the catalog plus a MIB copy of each scan.
 """
 from .arina import ARINA_BIT_DEPTH, ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector

@@ -1,6 +1,6 @@
 """Build the hardware detector a ``[detector]`` table describes.
 
-See :class:`stemcal.detector_config.DetectorSettings` for the table. A
+See :class:`stemcal.config.DetectorSettings` for the table. A
 simulated detector (``backend = "sim"``) is built with the twin by
 :func:`stemcal.devices.make_sim_instrument` instead.
 """
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..detector_config import DetectorSettings
+from ..config import DetectorSettings
 
 __all__ = ["make_hardware_detector"]
 

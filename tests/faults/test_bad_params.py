@@ -33,7 +33,7 @@ from stemcal.plans import calibrate, focus_schedule, overfocus_scan, recalibrate
 from stemcal.plans.calibrate import MAX_ATTEMPTS
 from stemcal.plans.scan import MAX_ACQUISITION_BYTES
 from stemcal.runs import check_guess
-from stemcal.session import SIM_MAX_BYTES, SIM_MAX_SIDE, SimSettings, load_config
+from stemcal.config import SIM_MAX_BYTES, SIM_MAX_SIDE, SimSettings, load_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import MAX_SIDE, MAX_SIMULATION_BYTES, check_shapes
 

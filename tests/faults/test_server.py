@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from stemcal.catalog import server as srv
+from stemcal.config import server_settings
 from stemcal.catalog import spool
 from stemcal.catalog import (calibration_history, get_record, open_catalog, record_images,
                              write_record, write_record_or_spool)
@@ -105,7 +106,8 @@ def stemcal(*args, key: str | None, timeout: float = 300) -> subprocess.Complete
 
 def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatch, tmp_path):
     from stemcal.plans import calibrate
-    from stemcal.session import SimSettings, make_session
+    from stemcal.config import SimSettings
+    from stemcal.session import make_session
 
     monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
     sim = SimSettings(nav_shape=(32, 32), sig_shape=(64, 64))
@@ -267,7 +269,7 @@ def test_keys_come_from_env_or_private_file_only(tmp_path, monkeypatch):
 
 
 def test_server_host_comes_from_configuration():
-    assert srv.server_settings({}) == ("127.0.0.1", 8000)
-    assert srv.server_settings({"server": {"host": "10.0.0.5", "port": 8123}}) == ("10.0.0.5", 8123)
+    assert server_settings({}) == ("127.0.0.1", 8000)
+    assert server_settings({"server": {"host": "10.0.0.5", "port": 8123}}) == ("10.0.0.5", 8123)
     with pytest.raises(ValueError, match="keys do not belong"):
-        srv.server_settings({"server": {"api_key": "x"}})
+        server_settings({"server": {"api_key": "x"}})

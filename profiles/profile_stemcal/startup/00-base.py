@@ -5,7 +5,8 @@
 import bluesky.plan_stubs as bps  # noqa: F401
 import bluesky.plans as bp  # noqa: F401
 
-from stemcal.session import load_config, session_from_config
+from stemcal.config import load_config
+from stemcal.session import session_from_config
 
 try:
     from bluesky_queueserver import is_re_worker_active as _is_re_worker_active
