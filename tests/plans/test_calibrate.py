@@ -21,24 +21,15 @@ from bluesky_tiled_plugins import TiledWriter
 from stemcal.callbacks import (CalibrationRecorder, CalibrationRun, DocumentOrderError,
                                RunNotCalibrated)
 from stemcal.catalog import calibration_history, get_record, open_catalog, record_images
-from stemcal.devices import ManualClock, MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
+from stemcal.devices import ManualClock, MicroscopeTruth, make_sim_instrument
 from stemcal.plans import (calibrate, focus_schedule, overfocus_scan, recalibrate_if_stale,
                            sharpness_offset, verify_calibration)
 from stemcal.runs import optics_state
 from stemcal.session import make_recorder
 
-NAV = 40
-SIG = 96
-DET_PIXEL = 55e-6
-CAMERA_LENGTH = 0.2
-SCAN_PIXEL = 0.5e-9 * SIG / 128
-SEMICONV = 0.3 * SIG * DET_PIXEL / CAMERA_LENGTH
-TRUTH = MicroscopeTruth(scan_rotation=23.5, flip_y=True, overfocus_offset=0.05e-6,
-                        detector_pixel_size=DET_PIXEL, semiconv=SEMICONV,
-                        cy=SIG / 2 + 2.3, cx=SIG / 2 - 1.7)
-SPECIMEN = PhysicalSpecimen.generate((256, 256), pixel_size=0.5 * SCAN_PIXEL,
-                                     feature_size=0.8 * SCAN_PIXEL, seed=1)
-BLANK = PhysicalSpecimen(np.ones((64, 64)), 0.5 * SCAN_PIXEL)
+from twin_setup import (BLANK, CAMERA_LENGTH, DET_PIXEL, NAV, SCAN_PIXEL, SEMICONV,  # noqa: E402
+                        SIG, SPECIMEN, TRUTH)
+
 TOLERANCES = {"overfocus_setting": 20e-9, "camera_length": 1e-3}
 
 

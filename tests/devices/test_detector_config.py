@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import bluesky.plans as bp
 import h5py
@@ -26,18 +25,12 @@ from stemcal.session import session_from_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.formats import write_mib
 
-from simulators import MIB_SIM, MibSim  # tests/simulators.py
+from peers import DECTRIS_SIM, MIB_SIM, DectrisSim, MibSim, write_dectris_dump  # tests/peers.py
 
-PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_stemcal"
+PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_stemcal"
+
+from documents import of, path_of  # tests/documents.py
 NAV, SIG = (12, 10), (48, 48)
-
-
-def of(docs, name):
-    return [d for n, d in docs if n == name]
-
-
-def h5_path(resource: dict) -> Path:
-    return Path(urlparse(resource["uri"]).path)
 
 
 def load_mib(hdr: Path) -> np.ndarray:
@@ -99,7 +92,7 @@ def test_config_selects_the_live_merlin(tmp_path, served):
             np.testing.assert_array_equal(np.asarray(image)[0], data)
             # and the MIB copy is kept, referenced from the descriptor and the HDF5 file
             assert of(docs, "descriptor")[0]["data_keys"]["merlin_image"]["raw_format"] == "MIB"
-            path = h5_path(of(docs, "stream_resource")[0])
+            path = path_of(of(docs, "stream_resource")[0])
             with h5py.File(path, "r") as f:
                 attrs = dict(f["/entry/data/data"].attrs)
             assert attrs["raw_format"] == "MIB" and bool(attrs["complete"])
@@ -115,14 +108,15 @@ def test_config_selects_the_live_merlin(tmp_path, served):
 
 def test_config_selects_the_live_arina(tmp_path):
     """``kind = "arina"``, ``backend = "hardware"`` against ``libertem-live-dectris-sim``."""
-    arina = pytest.importorskip("test_arina")  # skips without lz4/flask/the simulator
-    if arina.SIM is None:
+    pytest.importorskip("lz4.block")
+    pytest.importorskip("flask")  # the simulator's REST server
+    if DECTRIS_SIM is None:
         pytest.skip("libertem-live-dectris-sim not installed")
     params = OverfocusParams(overfocus=1e-6, scan_pixel_size=1e-9, camera_length=0.2,
                              detector_pixel_size=100e-6, semiconv=30 * 100e-6 / 0.2,
                              cy=90.0, cx=100.0, scan_rotation=60.0)
     data = simulate(params, NAV, (192, 192), dose=200.0, seed=5, dtype="uint16")
-    server = arina.DectrisSim(arina.write_dectris_dump(tmp_path / "a.dump", data),
+    server = DectrisSim(write_dectris_dump(tmp_path / "a.dump", data),
                               tmp_path / "sim.log")
     try:
         cfg = load_config(write_config(
@@ -156,13 +150,13 @@ def test_mib_keeping_writer_with_the_simulated_merlin(RE, docs, tmp_path):
     resources = of(docs, "stream_resource")
     assert [r["mimetype"] for r in resources] == ["application/x-hdf5"] * 2  # what tiled serves
     for resource in resources:
-        path = h5_path(resource)
+        path = path_of(resource)
         with h5py.File(path, "r") as f:
             frames = f["/entry/data/data"][0]
             assert f["/entry/data/data"].attrs["raw_file"] == str(path.with_suffix(".hdr"))
         assert frames.shape == (3, 4, 24, 32) and frames.max() > 0
         np.testing.assert_array_equal(load_mib(path.with_suffix(".hdr")), frames)
-    assert det.writer.last_raw_file == h5_path(resources[-1]).with_suffix(".hdr")
+    assert det.writer.last_raw_file == path_of(resources[-1]).with_suffix(".hdr")
 
 
 def test_mib_keeping_frame_writer_in_a_live_scan(RE, docs, tmp_path):
@@ -177,7 +171,7 @@ def test_mib_keeping_frame_writer_in_a_live_scan(RE, docs, tmp_path):
     (resource,) = of(docs, "stream_resource")
     primary = [d for d in of(docs, "descriptor") if d["name"] == "primary"][0]
     assert primary["data_keys"]["merlin_image"]["raw_format"] == "MIB"
-    path = h5_path(resource)
+    path = path_of(resource)
     with h5py.File(path, "r") as f:
         ds = f["/entry/data/data"]
         frames = ds[()]

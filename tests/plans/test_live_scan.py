@@ -35,8 +35,8 @@ from stemcal.processing import OverfocusUDF
 from stemcal.twin import OverfocusParams, simulate
 
 # The calibration tests' instrument (40x40 scan, 96x96 detector, 5 counts/px).
-from test_calibrate import NAV, SCAN_PIXEL, SIG, SPECIMEN, TRUTH  # noqa: E402  (tests/)
-from test_plans import path_of  # noqa: E402
+from twin_setup import NAV, SCAN_PIXEL, SIG, SPECIMEN, TRUTH  # noqa: E402  (tests/plans/)
+from documents import path_of  # noqa: E402  (tests/documents.py)
 
 DWELL = 1e-3  # s per frame on the real clock: 1.6 s per 40x40 scan
 

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import h5py
 import numpy as np
@@ -19,12 +18,14 @@ import pytest
 from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
-from stemcal.devices import MerlinDetector, MicroscopeOptics, ScanGenerator
+from stemcal.devices import MerlinDetector
 from stemcal.devices.hardware.merlin import MerlinHardwareBackend
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.formats import write_mib
-from simulators import HOST, MIB_SIM, MibSim, free_ports  # tests/simulators.py
+
+from documents import of, path_of  # tests/documents.py
+from peers import HOST, MIB_SIM, MibSim, free_ports  # tests/peers.py
 
 NAV = (16, 16)
 SIG = (64, 64)
@@ -64,19 +65,6 @@ def slow_sim(served, tmp_path):
 
 # -- devices --------------------------------------------------------------------------------
 @pytest.fixture
-def scan():
-    s = ScanGenerator(name="scan")
-    s.shape_y.set(NAV[0]).wait(timeout=5)
-    s.shape_x.set(NAV[1]).wait(timeout=5)
-    return s
-
-
-@pytest.fixture
-def optics():
-    return MicroscopeOptics(name="optics")
-
-
-@pytest.fixture
 def make_detector(scan, tmp_path):
     made: list[MerlinHardwareBackend] = []
 
@@ -93,14 +81,8 @@ def make_detector(scan, tmp_path):
         backend.close()
 
 
-def of(docs, name):
-    return [d for n, d in docs if n == name]
-
-
 def read_resource(resource: dict) -> np.ndarray:
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    with h5py.File(uri.path, "r") as f:
+    with h5py.File(path_of(resource), "r") as f:
         return f[resource["parameters"]["dataset"]][()]
 
 

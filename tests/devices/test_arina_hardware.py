@@ -10,152 +10,37 @@ bit-identical to it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import bluesky.plans as bp
 import h5py
 import numpy as np
-import psutil
 import pytest
 from bluesky.utils import FailedStatus
 from ophyd.device import Staged
 
 from stemcal.devices import (ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector, DectrisHardwareBackend,
-                             MicroscopeOptics, ScanGenerator, SimBackend, make_sim_instrument)
+                             SimBackend, make_sim_instrument)
 from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 
-lz4_block = pytest.importorskip("lz4.block")
+from peers import DECTRIS_SIM as SIM  # tests/peers.py
+
+from documents import of, path_of  # tests/documents.py
+from peers import DectrisSim, write_dectris_dump
+
+pytest.importorskip("lz4.block")
 pytest.importorskip("flask")  # the simulator's REST server
 
 NAV = (6, 8)           # non-square: a swapped axis would show
 SIG = ARINA_SIG_SHAPE  # 192 x 192
 HOST = "127.0.0.1"
-SIM = shutil.which("libertem-live-dectris-sim", path=str(Path(sys.executable).parent)) \
-    or shutil.which("libertem-live-dectris-sim")
 
 pytestmark = pytest.mark.skipif(SIM is None, reason="libertem-live-dectris-sim not installed")
-
-
-# -- the dump and the simulator -----------------------------------------------------------
-def bslz4_chunks(frames: np.ndarray) -> list[bytes]:
-    """Each frame bitshuffle-LZ4 encoded, as the HDF5 filter stores a chunk.
-
-    That is DECTRIS's ``bs16-lz4<`` stream encoding too: big-endian uint64
-    size, uint32 block size, then the LZ4-compressed bitshuffled blocks.
-    """
-    import io
-
-    import hdf5plugin
-
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        ds = f.create_dataset("frames", data=frames, chunks=(1, *frames.shape[1:]),
-                              **hdf5plugin.Bitshuffle(cname="lz4"))
-        return [bytes(ds.id.read_direct_chunk((i, 0, 0))[1]) for i in range(len(frames))]
-
-
-def write_dectris_dump(path: Path, data: np.ndarray, *, encoding: str = "bslz4",
-                       series: int = 1) -> Path:
-    """Write ``data`` (ny, nx, sy, sx) uint16 as the simulator's dump: one 'exte' series.
-
-    Each message is an int64 little-endian length, then the bytes: the
-    ``dheader-1.0`` and detector-config JSON, per frame ``dimage-1.0`` (with
-    the blob's md5 ``hash``), ``dimage_d-1.0`` (``shape`` [x, y], encoding
-    ``bs16-lz4<`` for ``encoding='bslz4'`` -- ARINA's default -- or ``lz4<``),
-    the encoded frame and ``dconfig-1.0``; finally ``dseries_end-1.0``. The
-    config allows what LiberTEM-live's active mode sets: ``trigger_mode``
-    exte, ``nimages`` 1 and ``ntrigger`` ny*nx.
-    """
-    ny, nx, sy, sx = data.shape
-    n = ny * nx
-    flat = np.ascontiguousarray(data.reshape(n, sy, sx), "<u2")
-    if encoding == "bslz4":
-        blobs, tag = bslz4_chunks(flat), "bs16-lz4<"
-    elif encoding == "lz4":
-        blobs, tag = [lz4_block.compress(f.tobytes(), store_size=False) for f in flat], "lz4<"
-    else:
-        raise ValueError(f"encoding must be 'bslz4' or 'lz4', got {encoding!r}")
-
-    def message(f, payload) -> None:
-        if not isinstance(payload, bytes):
-            payload = json.dumps(payload).encode()
-        f.write(np.int64(len(payload)).tobytes())
-        f.write(payload)
-
-    with open(path, "wb") as f:
-        message(f, {"htype": "dheader-1.0", "header_detail": "basic", "series": series})
-        message(f, {"nimages": 1, "ntrigger": n, "trigger_mode": "exte",
-                    "x_pixels_in_detector": sx, "y_pixels_in_detector": sy,
-                    "bit_depth_image": 16, "compression": encoding, "count_time": 0.001,
-                    "frame_time": 0.001})
-        for i, blob in enumerate(blobs):
-            message(f, {"htype": "dimage-1.0", "series": series, "frame": i,
-                        "hash": hashlib.md5(blob).hexdigest()})
-            message(f, {"htype": "dimage_d-1.0", "shape": [sx, sy], "type": "uint16",
-                        "encoding": tag, "size": len(blob)})
-            message(f, blob)
-            message(f, {"htype": "dconfig-1.0", "start_time": i * 1000,
-                        "stop_time": i * 1000 + 900, "real_time": 900})
-        message(f, {"htype": "dseries_end-1.0", "series": series})
-    return path
-
-
-class DectrisSim:
-    """A ``libertem-live-dectris-sim`` on 127.0.0.1 with ports it picked itself.
-
-    The simulator is two processes: the main one (zmq stream) and a child
-    serving the REST API; :meth:`kill_stream` kills the main one only (the
-    stream dies mid-scan), :meth:`stop` both.
-    """
-
-    def __init__(self, dump: Path, log: Path, *extra: str) -> None:
-        self.log = log
-        self.proc = subprocess.Popen([SIM, str(dump), "--port", "0", "--zmqport", "0", *extra],
-                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-        self.children: list[psutil.Process] = []
-        deadline = time.monotonic() + 60
-        while True:
-            text = self.text()
-            api = re.search(r"API server listening on \('[\d.]+', (\d+)\)", text)
-            zmq = re.search(r"RustedReplay listening on tcp://[\d.]+:(\d+)", text)
-            if api and zmq:
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"simulator did not start:\n{text}")
-            time.sleep(0.05)
-        self.api_port, self.data_port = int(api.group(1)), int(zmq.group(1))
-        self.children = psutil.Process(self.proc.pid).children(recursive=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill_stream(self) -> None:
-        self.proc.kill()
-
-    def stop(self) -> None:
-        for p in [psutil.Process(self.proc.pid)] if self.proc.poll() is None else []:
-            p.send_signal(signal.SIGCONT)  # in case a test stopped it
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for child in self.children:
-            try:
-                child.kill()
-                child.wait(10)
-            except psutil.NoSuchProcess:
-                pass
 
 
 @pytest.fixture(scope="module")
@@ -199,19 +84,6 @@ def slow_sim(served_lz4, tmp_path):
 
 
 @pytest.fixture
-def scan():
-    s = ScanGenerator(name="scan")
-    s.shape_y.set(NAV[0]).wait(timeout=5)
-    s.shape_x.set(NAV[1]).wait(timeout=5)
-    return s
-
-
-@pytest.fixture
-def optics():
-    return MicroscopeOptics(name="optics")
-
-
-@pytest.fixture
 def make_detector(scan, tmp_path):
     made: list[DectrisHardwareBackend] = []
 
@@ -225,16 +97,6 @@ def make_detector(scan, tmp_path):
     yield make
     for backend in made:
         backend.close()
-
-
-def of(docs, name):
-    return [d for n, d in docs if n == name]
-
-
-def resource_path(resource: dict) -> str:
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    return uri.path
 
 
 def when_logged(server: DectrisSim, needle: str, action, delay: float) -> None:
@@ -262,7 +124,7 @@ def test_live_scan_through_simplon_and_zmq(RE, docs, sim, served, make_detector,
     assert bounds[0][0] == 0 and bounds[-1][1] == NAV[0] * NAV[1]
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     (resource,) = of(docs, "stream_resource")
-    with h5py.File(resource_path(resource), "r") as f:
+    with h5py.File(path_of(resource), "r") as f:
         written = f[resource["parameters"]["dataset"]][()]
     np.testing.assert_array_equal(written, data.reshape(-1, *SIG))
 
@@ -285,14 +147,14 @@ def test_overfocus_scan_writes_the_served_frames(RE, docs, sim, served, make_det
     resource = of(docs, "stream_resource")[0]
     assert resource["mimetype"] == "application/x-hdf5" and resource["data_key"] == "arina_image"
     assert of(docs, "stream_datum")[0]["stream_resource"] == resource["uid"]
-    path = resource_path(resource)
+    path = path_of(resource)
     with h5py.File(path, "r") as f:
         written = f[resource["parameters"]["dataset"]][()]
     assert written.dtype == np.uint16 and written.shape == (1, *NAV, *SIG)
     np.testing.assert_array_equal(written[0], data)
     # LiberTEM reads the file with the scan's shape
     ctx = Context.make_with("inline")
-    ds = ctx.load("hdf5", path=path, ds_path=resource["parameters"]["dataset"], nav_shape=NAV)
+    ds = ctx.load("hdf5", path=str(path), ds_path=resource["parameters"]["dataset"], nav_shape=NAV)
     assert tuple(ds.shape) == (*NAV, *SIG)
     frame = ctx.run(ctx.create_pick_analysis(ds, y=NAV[0] - 1, x=2))
     np.testing.assert_array_equal(frame["intensity"].raw_data, data[NAV[0] - 1, 2])
@@ -310,7 +172,7 @@ def test_count_twice_reuses_the_receiver(RE, docs, sim, served, make_detector):
     resources = of(docs, "stream_resource")
     assert len(resources) == 2 and len({r["uri"] for r in resources}) == 2
     for resource in resources:
-        with h5py.File(resource_path(resource), "r") as f:
+        with h5py.File(path_of(resource), "r") as f:
             np.testing.assert_array_equal(f["/entry/data/data"][0], data)
     pid = det.backend._proc.pid
     det.stage()
@@ -457,7 +319,7 @@ def test_simulated_arina(RE, docs, tmp_path):
     assert RE(bp.count([det])).exit_status == "success"
     key = of(docs, "descriptor")[0]["data_keys"]["arina_image"]
     assert key["shape"] == [4, 5, 192, 192]
-    with h5py.File(resource_path(of(docs, "stream_resource")[0]), "r") as f:
+    with h5py.File(path_of(of(docs, "stream_resource")[0]), "r") as f:
         frames = f["/entry/data/data"][0]
     np.testing.assert_array_equal(
         frames, inst.microscope.frames(inst.scan.state(), inst.optics.state(), seed=0))

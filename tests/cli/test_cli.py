@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NAV = (48, 48)
 SIG = (96, 96)
 CAMERA_LENGTH = 0.2

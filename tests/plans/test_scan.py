@@ -1,8 +1,6 @@
 """The overfocus_scan plan through a real bluesky RunEngine and the simulated instrument."""
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlparse
 
 import bluesky.plan_stubs as bps
 import h5py
@@ -16,6 +14,8 @@ from stemcal.plans import overfocus_scan
 from stemcal.twin import OverfocusParams
 
 NAV = (24, 24)
+
+from documents import path_of  # tests/documents.py
 SIG = (64, 64)
 TRUTH = MicroscopeTruth(scan_rotation=-12.0, flip_y=True, overfocus_offset=0.1e-6,
                         semiconv=6e-3)
@@ -37,12 +37,6 @@ def only(docs, name):
     found = [d for n, d in docs if n == name]
     assert len(found) == 1, f"expected one {name}, got {len(found)}"
     return found[0]
-
-
-def path_of(resource: dict) -> Path:
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    return Path(uri.path)
 
 
 def test_run_documents(RE, docs, inst):

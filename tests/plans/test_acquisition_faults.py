@@ -22,7 +22,6 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlparse
 
 import h5py
 import numpy as np
@@ -37,6 +36,8 @@ from stemcal.devices import ManualClock, MicroscopeTruth, PhysicalSpecimen, make
 from stemcal.plans import calibrate, overfocus_scan
 
 NAV = 12           # scan NAV x NAV
+
+from documents import path_of, runs  # tests/documents.py
 SIG = 32           # detector SIG x SIG
 ROW = 5            # the fault comes while row ROW (0-based) of the second acquisition is taken
 BLANK = PhysicalSpecimen(np.ones((64, 64)), 0.25e-9)
@@ -121,31 +122,6 @@ def when_reached(s, action) -> threading.Thread:
 def ctrl_c() -> None:
     """SIGINT to the main thread, where the RunEngine waits (as a terminal's Ctrl-C)."""
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-
-def runs(docs):
-    """Per run: start, stop, and the names of its documents by stream."""
-    out: dict[str, dict] = {}
-    names = {}
-    for name, doc in docs:
-        if name == "start":
-            out[doc["uid"]] = {"start": doc, "stop": None, "resources": [], "streams": {}}
-        elif name == "descriptor":
-            names[doc["uid"]] = (doc["run_start"], doc["name"])
-        elif name == "event":
-            uid, stream = names[doc["descriptor"]]
-            out[uid]["streams"].setdefault(stream, []).append(doc)
-        elif name == "stream_resource":
-            out[doc["run_start"]]["resources"].append(doc)
-        elif name == "stop":
-            out[doc["run_start"]]["stop"] = doc
-    return list(out.values())
-
-
-def path_of(resource: dict) -> Path:
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    return Path(uri.path)
 
 
 def expected_frames(s, overfocus: float, n: int) -> np.ndarray:

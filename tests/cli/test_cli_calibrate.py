@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 300
 SUMMARY = {"uid", "acquisition_uid", "time", "scan_rotation", "flip_y", "overfocus", "cy", "cx",
            "quality", "valid"}

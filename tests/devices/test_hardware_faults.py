@@ -36,7 +36,9 @@ from stemcal.plans import calibrate, overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import SimulatedSpecimen
 from stemcal.formats import write_mib
-from simulators import HOST, MIB_SIM, MibSim  # tests/simulators.py
+
+from documents import path_of, runs  # tests/documents.py
+from peers import HOST, MIB_SIM, MibSim  # tests/peers.py
 
 NAV = (24, 24)
 N = NAV[0] * NAV[1]
@@ -98,28 +100,8 @@ def recorder(RE):
     rec.close()
 
 
-def runs(docs):
-    out: dict[str, dict] = {}
-    names = {}
-    for name, doc in docs:
-        if name == "start":
-            out[doc["uid"]] = {"start": doc, "stop": None, "resources": [], "streams": {}}
-        elif name == "descriptor":
-            names[doc["uid"]] = (doc["run_start"], doc["name"])
-        elif name == "event":
-            uid, stream = names[doc["descriptor"]]
-            out[uid]["streams"].setdefault(stream, []).append(doc)
-        elif name == "stream_resource":
-            out[doc["run_start"]]["resources"].append(doc)
-        elif name == "stop":
-            out[doc["run_start"]]["stop"] = doc
-    return list(out.values())
-
-
 def read_file(resource: dict):
-    uri = urlparse(resource["uri"])
-    assert uri.scheme == "file" and uri.netloc == "localhost"
-    with h5py.File(uri.path, "r") as f:
+    with h5py.File(path_of(resource), "r") as f:
         ds = f[resource["parameters"]["dataset"]]
         return ds[0], dict(ds.attrs)
 
