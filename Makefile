@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/stemcal demo --out out
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -ra
 
 bench: $(STAMP)

@@ -64,28 +64,31 @@ def catalog_location(location: str | os.PathLike | None = None,
     return Path(loc).expanduser()
 
 
+def _overridable(var: str, xdg: str, fallback: str, *parts: str,
+                 environ: Mapping[str, str] | None) -> Path:
+    """``$var`` if set, else ``$xdg/stemcal/parts...`` (``~/fallback`` for an unset ``$xdg``)."""
+    env = _env(environ)
+    if env.get(var):
+        return Path(env[var]).expanduser()
+    return _xdg(xdg, fallback, environ).joinpath("stemcal", *parts)
+
+
 def spool_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The spool directory: ``$STEMCAL_SPOOL``, else ``$XDG_STATE_HOME/stemcal/spool``."""
-    env = _env(environ)
-    if env.get("STEMCAL_SPOOL"):
-        return Path(env["STEMCAL_SPOOL"]).expanduser()
-    return _xdg("XDG_STATE_HOME", ".local/state", environ) / "stemcal" / "spool"
+    return _overridable("STEMCAL_SPOOL", "XDG_STATE_HOME", ".local/state", "spool",
+                        environ=environ)
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$STEMCAL_CONFIG``, else ``$XDG_CONFIG_HOME/stemcal/config.toml``."""
-    env = _env(environ)
-    if env.get("STEMCAL_CONFIG"):
-        return Path(env["STEMCAL_CONFIG"]).expanduser()
-    return _xdg("XDG_CONFIG_HOME", ".config", environ) / "stemcal" / "config.toml"
+    return _overridable("STEMCAL_CONFIG", "XDG_CONFIG_HOME", ".config", "config.toml",
+                        environ=environ)
 
 
 def keys_file_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$STEMCAL_KEYS_FILE``, else ``$XDG_CONFIG_HOME/stemcal/keys.toml``."""
-    env = _env(environ)
-    if env.get("STEMCAL_KEYS_FILE"):
-        return Path(env["STEMCAL_KEYS_FILE"]).expanduser()
-    return _xdg("XDG_CONFIG_HOME", ".config", environ) / "stemcal" / "keys.toml"
+    return _overridable("STEMCAL_KEYS_FILE", "XDG_CONFIG_HOME", ".config", "keys.toml",
+                        environ=environ)
 
 
 def server_state_base(environ: Mapping[str, str] | None = None) -> Path:

@@ -239,15 +239,16 @@ def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str
 
 
 def fit_inputs(start: Mapping[str, Any]) -> dict[str, Any]:
-    """The sizes and overfocus guess a calibration starts from, from a start document.
+    """The sizes and overfocus a calibration starts from, from a start document.
+
+    Each is the run's ``guess`` where it gives one, else the device setting.
 
     Returns
     -------
     dict
-        ``scan_pixel_size``, ``camera_length``, ``detector_pixel_size`` (m, the
-        device settings), ``overfocus`` (m, the guess, else the optics setting)
-        and ``semiconv`` (rad) where the guess gives it: the size arguments of
-        :func:`stemcal.fit.coarse.cold_start`.
+        ``scan_pixel_size``, ``camera_length``, ``detector_pixel_size`` (m),
+        ``overfocus`` (m) and ``semiconv`` (rad) where the guess gives it: the
+        size arguments of :func:`stemcal.fit.coarse.cold_start`.
 
     Raises
     ------
@@ -257,54 +258,47 @@ def fit_inputs(start: Mapping[str, Any]) -> dict[str, Any]:
     try:
         optics, scan, det = start["optics"], start["scan"], start["detector"]
         guess = dict(start.get("guess") or {})
-        out = {"scan_pixel_size": float(scan["pixel_size"]),
-               "camera_length": float(optics["camera_length"]),
-               "detector_pixel_size": float(det["pixel_size"]),
+        out = {"scan_pixel_size": float(guess.get("scan_pixel_size", scan["pixel_size"])),
+               "camera_length": float(guess.get("camera_length", optics["camera_length"])),
+               "detector_pixel_size": float(guess.get("detector_pixel_size", det["pixel_size"])),
                "overfocus": float(guess.get("overfocus", optics["overfocus"]))}
+        if guess.get("semiconv") is not None:
+            out["semiconv"] = float(guess["semiconv"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"start document {start.get('uid')} lacks the optics/scan/detector "
                          f"settings calibration needs ({exc!r})") from exc
-    if guess.get("semiconv") is not None:
-        out["semiconv"] = float(guess["semiconv"])
     return out
 
 
 def starting_geometry(start: Mapping[str, Any], sig_shape: tuple[int, int]) -> OverfocusParams:
     """The geometry an acquisition run starts from: its ``guess`` over its settings.
 
-    Where the guess says nothing the values are neutral: rotation 0, no flip,
-    the beam centre at the detector middle ``(sy / 2, sx / 2)`` and
-    ``semiconv`` giving a disk radius of a quarter of the smaller detector
-    side. This is what a live view projects with, and what a record that
-    measured nothing (no features) reports.
+    The sizes are :func:`fit_inputs`. Where the guess says nothing else the
+    values are neutral: rotation 0, no flip, the beam centre at the detector
+    middle ``(sy / 2, sx / 2)`` and ``semiconv`` giving a disk radius of a
+    quarter of the smaller detector side. This is what a live view projects
+    with, and what a record that measured nothing (no features) reports.
 
     Raises
     ------
     ValueError
         The start document lacks the settings (naming what is missing).
     """
+    values = fit_inputs(start)
+    guess = dict(start.get("guess") or {})
+    sy, sx = (int(n) for n in sig_shape)
+    if "semiconv" not in values:
+        values["semiconv"] = semiconv_for_disk(
+            min(sy, sx) / 4, detector_pixel_size=values["detector_pixel_size"],
+            overfocus=values["overfocus"], camera_length=values["camera_length"])
     try:
-        optics, scan, det = start["optics"], start["scan"], start["detector"]
-        guess = dict(start.get("guess") or {})
-        sy, sx = (int(n) for n in sig_shape)
-        overfocus = float(guess.get("overfocus", optics["overfocus"]))
-        camera_length = float(guess.get("camera_length", optics["camera_length"]))
-        det_px = float(guess.get("detector_pixel_size", det["pixel_size"]))
-        values = {
-            "overfocus": overfocus, "camera_length": camera_length, "detector_pixel_size": det_px,
-            "scan_pixel_size": float(guess.get("scan_pixel_size", scan["pixel_size"])),
-            "semiconv": float(guess.get("semiconv", semiconv_for_disk(
-                min(sy, sx) / 4, detector_pixel_size=det_px, overfocus=overfocus,
-                camera_length=camera_length))),
-            "cy": float(guess.get("cy", sy / 2)), "cx": float(guess.get("cx", sx / 2)),
-            "scan_rotation": float(guess.get("scan_rotation", 0.0)),
-            "flip_y": bool(guess.get("flip_y", False)),
-        }
-        if guess.get("descan") is not None:
-            values["descan"] = guess["descan"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"start document {start.get('uid')} lacks the settings of its "
-                         f"starting geometry ({exc!r})") from exc
+        values.update(cy=float(guess.get("cy", sy / 2)), cx=float(guess.get("cx", sx / 2)),
+                      scan_rotation=float(guess.get("scan_rotation", 0.0)),
+                      flip_y=bool(guess.get("flip_y", False)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"start document {start.get('uid')} has an invalid guess ({exc!r})") from exc
+    if guess.get("descan") is not None:
+        values["descan"] = guess["descan"]
     return OverfocusParams(**values)
 
 

@@ -143,45 +143,49 @@ class CalibrationRun(CallbackBase):
         self._start = doc
         return doc
 
+    def _check_owner(self, what: str, doc: dict, *, optional: bool = False) -> None:
+        """``doc`` names this run as its ``run_start`` (or none, where ``optional``)."""
+        owner = doc.get("run_start")
+        if owner != self._start["uid"] and not (optional and owner is None):
+            raise DocumentOrderError(f"{what} {doc.get('uid')} belongs to run {owner}, "
+                                     f"not {self._start['uid']}")
+
+    @staticmethod
+    def _check_after(what: str, doc: dict, key: str, seen: dict, name: str) -> None:
+        """The document ``doc[key]`` refers to (a ``name``) arrived before ``doc``."""
+        if doc.get(key) not in seen:
+            raise DocumentOrderError(f"{what} before its {name} {doc.get(key)}")
+
     def descriptor(self, doc: dict) -> dict:
         self._check("descriptor")
-        if doc.get("run_start") != self._start["uid"]:
-            raise DocumentOrderError(f"descriptor {doc.get('uid')} belongs to run "
-                                     f"{doc.get('run_start')}, not {self._start['uid']}")
+        self._check_owner("descriptor", doc)
         self._descriptors[doc["uid"]] = doc
         return doc
 
     def event(self, doc: dict) -> dict:
         self._check("event")
-        if doc.get("descriptor") not in self._descriptors:
-            raise DocumentOrderError(f"event {doc.get('uid')} before its descriptor "
-                                     f"{doc.get('descriptor')}")
+        self._check_after(f"event {doc.get('uid')}", doc, "descriptor", self._descriptors,
+                          "descriptor")
         self._events += 1
         return doc
 
     def event_page(self, doc: dict) -> dict:
         self._check("event_page")
-        if doc.get("descriptor") not in self._descriptors:
-            raise DocumentOrderError(f"event page before its descriptor {doc.get('descriptor')}")
+        self._check_after("event page", doc, "descriptor", self._descriptors, "descriptor")
         self._events += len(doc.get("seq_num", ()))
         return doc
 
     def stream_resource(self, doc: dict) -> dict:
         self._check("stream_resource")
-        if doc.get("run_start") not in (None, self._start["uid"]):
-            raise DocumentOrderError(f"stream resource {doc.get('uid')} belongs to run "
-                                     f"{doc.get('run_start')}, not {self._start['uid']}")
+        self._check_owner("stream resource", doc, optional=True)
         self._resources[doc["uid"]] = doc
         return doc
 
     def stream_datum(self, doc: dict) -> dict:
         self._check("stream_datum")
-        if doc.get("stream_resource") not in self._resources:
-            raise DocumentOrderError(f"stream datum {doc.get('uid')} before its stream resource "
-                                     f"{doc.get('stream_resource')}")
-        if doc.get("descriptor") not in self._descriptors:
-            raise DocumentOrderError(f"stream datum {doc.get('uid')} before its descriptor "
-                                     f"{doc.get('descriptor')}")
+        what = f"stream datum {doc.get('uid')}"
+        self._check_after(what, doc, "stream_resource", self._resources, "stream resource")
+        self._check_after(what, doc, "descriptor", self._descriptors, "descriptor")
         self._datums.append(doc)
         return doc
 

@@ -239,14 +239,8 @@ def sample_points(frames, sig_origin_y, sig_origin_x, centres, out):
     """
     n, h, w = frames.shape
     for i in range(n):
-        uy = centres[i, 0] - sig_origin_y
-        ux = centres[i, 1] - sig_origin_x
-        fy = np.floor(uy)
-        fx = np.floor(ux)
-        iy = int(fy)
-        ix = int(fx)
-        wy = uy - fy
-        wx = ux - fx
+        iy, ix, wy, wx = bilinear_cell(centres[i, 0] - sig_origin_y,
+                                       centres[i, 1] - sig_origin_x)
         acc = 0.0
         for dy in range(2):
             yy = iy + dy

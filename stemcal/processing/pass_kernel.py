@@ -58,6 +58,15 @@ def _bin_range(pyb, cy, cx, r_out, b, nbx):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
+def _bin_weight(bx, b, off, cx, dy2, r_in, r_out):
+    """Column ``pxb`` of the centre of bin ``bx`` (detector px) and its disk weight, for a bin
+    row ``dy2`` (squared y distance) from the beam centre (cy, ``cx``)."""
+    pxb = bx * b + off
+    dx = pxb - cx
+    return pxb, _disk_weight(dy2 + dx * dx, r_in, r_out)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _splat_checked(acc, uy, ux, value, weight, share):
     H = acc.shape[0]
     W = acc.shape[1]
@@ -249,10 +258,7 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
             continue
         for phase in range(stride):
             for bx in range(b_lo + phase, b_hi + 1, stride):
-                pxb = bx * b + off
-                dx = pxb - cx
-                r2 = dy2 + dx * dx
-                wgt = _disk_weight(r2, r_in, r_out)
+                pxb, wgt = _bin_weight(bx, b, off, cx, dy2, r_in, r_out)
                 if wgt <= 0.0:
                     continue
                 uy = base_y + a01 * pxb
@@ -315,10 +321,7 @@ def _build_stencil(b, cy, cx, oy, ox, A, r_in, r_out, nby, nbx, stride):
         base_x = a10 * pyb + ox
         for phase in range(stride):
             for bx in range(lo + phase, hi + 1, stride):
-                pxb = bx * b + off
-                dx = pxb - cx
-                r2 = dy2 + dx * dx
-                wgt = _disk_weight(r2, r_in, r_out)
+                pxb, wgt = _bin_weight(bx, b, off, cx, dy2, r_in, r_out)
                 if wgt <= 0.0:
                     continue
                 iy, ix, w00, w01, w10, w11 = bilinear_weights(base_y + a01 * pxb,

@@ -233,14 +233,8 @@ def linearised_map(params: OverfocusParams, nav_shape: tuple[int, int],
     ``q = q0 + Q_s ds + Q_u u``; eliminating the slope,
     ``u = P_u^-1 (p - p0 - P_s ds)``, yields ``q = A p + B s + t`` with
     ``A = Q_u P_u^-1``, ``B = Q_s - A P_s`` and ``t = q0 - A p0 - B s_mid``.
-    The twin is linear, so this is exact (to rounding) everywhere.
-
-    Parameters
-    ----------
-    params : OverfocusParams
-        Geometry.
-    nav_shape, sig_shape : (int, int)
-        Scan and detector shape.
+    The twin is linear, so this is exact (to rounding) everywhere. ``params``,
+    ``nav_shape`` and ``sig_shape`` are as for :func:`trace`.
 
     Returns
     -------

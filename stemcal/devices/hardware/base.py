@@ -9,6 +9,7 @@ Subclasses (:class:`~stemcal.devices.hardware.merlin.MerlinHardwareBackend`,
 """
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -19,7 +20,12 @@ from ...checks import is_integer, port, positive
 
 
 class HardwareBackend:
-    """Base of the detector controllers that talk to a real (or simulated) detector."""
+    """Base of the detector controllers that talk to a real (or simulated) detector.
+
+    ``scan`` is anything with a ``nav_shape`` ``(ny, nx)`` property, read at
+    every acquisition. Every parameter is checked at construction
+    (``ValueError`` naming it); nothing is contacted before ``prepare()``.
+    """
 
     #: Data-key source scheme, e.g. ``"merlin"`` (source ``merlin://host:port``).
     scheme: ClassVar[str] = ""
@@ -151,6 +157,24 @@ class HardwareBackend:
             self._abort.set()
 
     # -- for subclasses -------------------------------------------------------------------
+    def _probe_data_port(self, what: str) -> None:
+        """``ConnectionError`` unless the data port accepts a TCP connection (within
+        ``control_timeout``); ``what`` names the server in the message."""
+        try:
+            socket.create_connection((self.data_host, self.data_port),
+                                     timeout=self.control_timeout).close()
+        except OSError as exc:
+            raise ConnectionError(f"cannot reach the {what} at "
+                                  f"{self.data_host}:{self.data_port}: {exc}") from exc
+
+    def _check_detector(self, what: str, shape: tuple[int, int], depth: int) -> None:
+        """``RuntimeError`` unless the detector's frame shape and depth are the configured ones."""
+        if tuple(shape) != self._sig_shape or depth != self.bit_depth:
+            raise RuntimeError(
+                f"{what} at {self.api_host}:{self.api_port} has frames {tuple(shape)} at "
+                f"{self.depth_name.replace('_', ' ')} {depth}; this backend is configured for "
+                f"{self._sig_shape} at {self.bit_depth}")
+
     def _acquire(self, ny: int, nx: int,
                  on_frames: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
         raise NotImplementedError

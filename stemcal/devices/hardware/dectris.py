@@ -28,7 +28,6 @@ import logging
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -66,8 +65,7 @@ class DectrisHardwareBackend(HardwareBackend):
     Parameters
     ----------
     scan : ScanGenerator
-        Anything with a ``nav_shape`` ``(ny, nx)`` property; read at every
-        acquisition.
+        Whose ``nav_shape`` each acquisition takes (:class:`~.base.HardwareBackend`).
     api_host, api_port : str, int
         SIMPLON REST API of the DCU (``libertem-live-dectris-sim --port``).
     data_host, data_port : str, int
@@ -109,11 +107,6 @@ class DectrisHardwareBackend(HardwareBackend):
         Largest scan, in bytes of frames, that :meth:`acquire` accepts.
     buffer_size : int
         Receive buffer (shared memory) of the receiver, MiB.
-
-    Raises
-    ------
-    ValueError
-        For an invalid parameter (checked at construction).
 
     Notes
     -----
@@ -187,13 +180,8 @@ class DectrisHardwareBackend(HardwareBackend):
         """
         shape = (int(self._config("y_pixels_in_detector")),
                  int(self._config("x_pixels_in_detector")))
-        depth = int(self._config("bit_depth_image"))
-        if shape != self._sig_shape or depth != self.bit_depth:
-            raise RuntimeError(
-                f"DECTRIS detector at {self.api_host}:{self.api_port} has frames {shape} at "
-                f"bit depth {depth}; this backend is configured for {self._sig_shape} at "
-                f"{self.bit_depth}")
-        self._probe_data_port()
+        self._check_detector("DECTRIS detector", shape, int(self._config("bit_depth_image")))
+        self._probe_data_port("DECTRIS data stream")
         self._ensure_receiver()
         self._abort.clear()
         self._prepared = True
@@ -241,15 +229,6 @@ class DectrisHardwareBackend(HardwareBackend):
             self._request("PUT", "/detector/api/1.8.0/command/disarm")
         except Exception as exc:  # the detector may be gone
             logger.info("DECTRIS disarm failed: %s", exc)
-
-    def _probe_data_port(self) -> None:
-        """``ConnectionError`` unless the zmq data port accepts a TCP connection."""
-        try:
-            socket.create_connection((self.data_host, self.data_port),
-                                     timeout=self.control_timeout).close()
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach the DECTRIS data stream at "
-                                  f"{self.data_host}:{self.data_port}: {exc}") from exc
 
     # -- the receiver process -------------------------------------------------------------
     def _ensure_receiver(self) -> None:
@@ -385,7 +364,7 @@ class DectrisHardwareBackend(HardwareBackend):
             if now >= next_probe:
                 next_probe = now + self.probe_interval
                 try:
-                    self._probe_data_port()
+                    self._probe_data_port("DECTRIS data stream")
                 except ConnectionError as exc:
                     raise ConnectionError(f"{where}: connection lost ({progress}): "
                                           f"{exc}") from exc

@@ -144,8 +144,7 @@ class MerlinHardwareBackend(HardwareBackend):
     Parameters
     ----------
     scan : ScanGenerator
-        Anything with a ``nav_shape`` ``(ny, nx)`` property; read at every
-        acquisition.
+        Whose ``nav_shape`` each acquisition takes (:class:`~.base.HardwareBackend`).
     api_host, api_port : str, int
         Merlin control server (``libertem-live-mib-sim --control-port``).
     data_host, data_port : str, int
@@ -184,11 +183,6 @@ class MerlinHardwareBackend(HardwareBackend):
         The context to run on; default a ``LiveContext`` with an inline
         executor, made at the first :meth:`prepare` and closed by
         :meth:`close`.
-
-    Raises
-    ------
-    ValueError
-        For an invalid parameter (checked at construction).
 
     Notes
     -----
@@ -266,12 +260,7 @@ class MerlinHardwareBackend(HardwareBackend):
         """
         with self._control() as c:
             shape = (int(c.get("IMAGEY")), int(c.get("IMAGEX")))
-            depth = int(c.get("COUNTERDEPTH"))
-            if shape != self._sig_shape or depth != self.bit_depth:
-                raise RuntimeError(
-                    f"Merlin at {self.api_host}:{self.api_port} has frames {shape} at counter "
-                    f"depth {depth}; this backend is configured for {self._sig_shape} at "
-                    f"{self.bit_depth}")
+            self._check_detector("Merlin", shape, int(c.get("COUNTERDEPTH")))
             for key, value in self.settings.items():
                 c.set(key, value)
         self._ensure_connection()
@@ -325,12 +314,7 @@ class MerlinHardwareBackend(HardwareBackend):
             self._drop_connection()  # mid-acquisition state: start afresh
         # Probe first: LiberTEM-live's connect waits forever (and cannot be closed)
         # when nothing listens on the data port.
-        try:
-            socket.create_connection((self.data_host, self.data_port),
-                                     timeout=self.control_timeout).close()
-        except OSError as exc:
-            raise ConnectionError(f"cannot reach the Merlin data server at "
-                                  f"{self.data_host}:{self.data_port}: {exc}") from exc
+        self._probe_data_port("Merlin data server")
         self._conn = self._context().make_connection("merlin").open(
             api_host=self.api_host, api_port=self.api_port,
             data_host=self.data_host, data_port=self.data_port)

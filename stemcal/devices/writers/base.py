@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["HDF5WriterBase", "scan_shape"]
 
 
@@ -73,6 +75,35 @@ class HDF5WriterBase:
         self._count += 1
         return (self.write_dir
                 / f"{self._name}_{tag}{self._count:05d}_{secrets.token_hex(4)}.h5").resolve()
+
+    def _check_frames(self, start: int, frames: np.ndarray) -> int:
+        """How many frames ``frames`` ``(k, sy, sx)`` at flat position ``start`` hold, after
+        checking they fit the open acquisition (call with the lock held)."""
+        if self._file is None or self._shape is None:
+            raise RuntimeError("write_frames() outside begin()/end()")
+        ny, nx, sy, sx = self._shape
+        k = frames.shape[0] if frames.ndim == 3 else -1
+        if frames.shape[1:] != (sy, sx) or k < 0 or not 0 <= start <= ny * nx - k:
+            raise ValueError(f"frames {frames.shape} at {start} do not fit a scan "
+                             f"{ny}x{nx} of {sy}x{sx} frames")
+        return k
+
+    def _close_file(self, complete: bool) -> Path | None:
+        """Close the acquisition's file with its final attributes (``frames_written``;
+        ``complete`` only if every frame came); its path, or None if none was open (call with
+        the lock held)."""
+        f, path, self._file = self._file, self._path, None
+        if f is None or path is None:
+            return None
+        try:
+            ds = f[self.dataset]
+            ds.attrs["frames_written"] = self._written
+            ds.attrs["complete"] = bool(complete
+                                        and self._written == int(ds.attrs["frames_expected"]))
+            ds.flush()
+        finally:
+            f.close()
+        return path
 
     def _check_can_begin(self) -> None:
         """``RuntimeError`` before :meth:`open`, or while an acquisition's file is open."""

@@ -46,12 +46,7 @@ FRAME_DIMS = ("frame", "detector_y", "detector_x")
 class FrameStreamWriter(HDF5WriterBase):
     """Write a scan frame by frame into an SWMR HDF5 file and announce frames as they land.
 
-    Parameters
-    ----------
-    write_dir : path
-        Directory of the files (created at :meth:`open`).
-    dataset : str
-        Dataset path inside each file.
+    ``write_dir`` and ``dataset`` are as for :class:`~.scan_file.HDF5StreamWriter`.
     """
 
     def __init__(self, write_dir: str | os.PathLike, *, dataset: str = "/entry/data/data") -> None:
@@ -76,12 +71,7 @@ class FrameStreamWriter(HDF5WriterBase):
     def begin(self, shape: tuple[int, int, int, int], dtype: Any) -> Path:
         """Create the file of one scan of ``shape`` ``(ny, nx, sy, sx)``; queue its resource.
 
-        Raises
-        ------
-        RuntimeError
-            Before :meth:`open`, or while another scan's file is open.
-        ValueError
-            ``shape`` is not four positive integers.
+        Raises as :meth:`HDF5StreamWriter.begin <stemcal.devices.HDF5StreamWriter.begin>`.
         """
         import h5py
 
@@ -124,13 +114,7 @@ class FrameStreamWriter(HDF5WriterBase):
         """
         frames = np.asarray(frames)
         with self._lock:
-            if self._file is None or self._shape is None:
-                raise RuntimeError("write_frames() outside begin()/end()")
-            ny, nx, sy, sx = self._shape
-            k = frames.shape[0] if frames.ndim == 3 else -1
-            if frames.shape[1:] != (sy, sx) or k < 0 or start + k > ny * nx:
-                raise ValueError(f"frames {frames.shape} at {start} do not fit a scan "
-                                 f"{ny}x{nx} of {sy}x{sx} frames")
+            k = self._check_frames(start, frames)
             if start != self._written:
                 raise ValueError(f"frames must arrive in scan order: got position {start}, "
                                  f"expected {self._written}")
@@ -147,17 +131,9 @@ class FrameStreamWriter(HDF5WriterBase):
         so that the document does not point to nothing.
         """
         with self._lock:
-            f, path, self._file = self._file, self._path, None
-            if f is None or path is None:
+            path = self._close_file(complete)
+            if path is None:
                 return None
-            try:
-                ds = f[self.dataset]
-                ds.attrs["frames_written"] = self._written
-                ds.attrs["complete"] = bool(complete
-                                            and self._written == int(ds.attrs["frames_expected"]))
-                ds.flush()
-            finally:
-                f.close()
             resource = ("stream_resource", self._bundle.stream_resource_doc)
             if self._written == 0 and resource in self._pending:
                 # nothing written and nothing announced: leave no file and no documents

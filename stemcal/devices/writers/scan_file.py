@@ -88,13 +88,8 @@ class HDF5StreamWriter(HDF5WriterBase):
         """Write ``frames`` ``(k, sy, sx)`` at flat scan positions ``start .. start + k - 1``."""
         frames = np.asarray(frames)
         with self._lock:
-            if self._file is None or self._shape is None:
-                raise RuntimeError("write_frames() outside begin()/end()")
-            ny, nx, sy, sx = self._shape
-            k = frames.shape[0] if frames.ndim == 3 else -1
-            if frames.shape[1:] != (sy, sx) or not 0 <= start <= ny * nx - k:
-                raise ValueError(f"frames {frames.shape} at {start} do not fit a scan "
-                                 f"{ny}x{nx} of {sy}x{sx} frames")
+            k = self._check_frames(start, frames)
+            nx = self._shape[1]
             ds = self._file[self.dataset]
             i = 0
             while i < k:  # one contiguous piece of a scan row at a time
@@ -120,17 +115,10 @@ class HDF5StreamWriter(HDF5WriterBase):
             written (or no acquisition was begun).
         """
         with self._lock:
-            f, path, self._file = self._file, self._path, None
-            if f is None or path is None:
+            path = self._close_file(complete)
+            if path is None:
                 return None
             tmp = self._tmp(path)
-            try:
-                ds = f[self.dataset]
-                ds.attrs["frames_written"] = self._written
-                ds.attrs["complete"] = bool(complete
-                                            and self._written == int(ds.attrs["frames_expected"]))
-            finally:
-                f.close()
             if self._written == 0:
                 tmp.unlink(missing_ok=True)
                 return None
