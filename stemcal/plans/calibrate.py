@@ -1,4 +1,4 @@
-"""Calibration plans: calibrate, verify a stored calibration, recalibrate when stale.
+"""The calibrate plan: acquire and calibrate, at other focus settings until the record is trusted.
 
 Data flow (one way): the plan acquires with :func:`~stemcal.plans.overfocus_scan`;
 the RunEngine emits the run's documents; a calibration callback
@@ -20,7 +20,6 @@ are read when the RunEngine runs it.
 """
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -29,20 +28,19 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-from ..catalog import calibration_history, latest_calibration, staleness
 from ..checks import is_real
 from ..record import CalibrationRecord
-from ..runs import check_request, optics_state, plain
+from .recorder_wait import check_recorder, status_of, subscribed, wait_status
 from .scan import check_live, overfocus_scan
 
-__all__ = ["calibrate", "verify_calibration", "recalibrate_if_stale", "focus_schedule",
-           "sharpness_offset"]
+__all__ = ["calibrate", "focus_schedule", "check_calibrate_args", "MAX_ATTEMPTS"]
+
 
 #: Most acquisitions one :func:`calibrate` may make.
 MAX_ATTEMPTS = 100
 
 
-def _check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
+def check_calibrate_args(max_attempts: Any, focus_limits: Any, focus_step: Any,
                           timeout: Any) -> None:
     """The checks of :func:`calibrate`'s arguments that need no device (``ValueError``)."""
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
@@ -105,58 +103,6 @@ def focus_schedule(start: float, step: float, limits: tuple[float, float],
     return out
 
 
-def _wait_status(status: Any, timeout: float | None, what: str) -> MsgGenerator[None]:
-    """Wait (through the RunEngine, not blocking its loop) for an ophyd status to finish."""
-
-    def future() -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def finish() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        status.add_callback(lambda _st: loop.call_soon_threadsafe(finish))
-        return fut
-
-    try:
-        yield from bps.wait_for([future], timeout=timeout)
-    except TimeoutError:  # the RunEngine's WaitForTimeoutError
-        raise TimeoutError(f"{what} did not finish within {timeout} s") from None
-
-
-def _check_recorder(callback: Any) -> None:
-    """``ValueError`` unless ``callback`` can report a run's result (``result_status``)."""
-    if callback is None:
-        raise ValueError("give callback: a calibration recorder "
-                         "(stemcal.session.make_recorder(catalog_client))")
-    if not callable(getattr(callback, "result_status", None)):
-        raise ValueError(f"callback must have result_status(run_uid) (a "
-                         f"stemcal.callbacks.CalibrationRecorder), got {callback!r}")
-
-
-def _status_of(recorder: Any, uid: str) -> Any:
-    try:
-        return recorder.result_status(uid)
-    except KeyError:
-        raise RuntimeError(
-            f"the calibration callback did not receive run {uid}: subscribe it to the "
-            f"RunEngine (RE.subscribe(recorder)) or pass subscribe=True") from None
-
-
-def _subscribed(plan: MsgGenerator[Any], recorder: Any, own: bool) -> MsgGenerator[Any]:
-    """Run ``plan`` with ``recorder`` subscribed (and closed afterwards) if ``own``."""
-    if not own:
-        return (yield from plan)
-    token = yield from bps.subscribe("all", recorder)
-
-    def cleanup() -> MsgGenerator[None]:
-        yield from bps.unsubscribe(token)
-        recorder.close()
-
-    return (yield from bpp.finalize_wrapper(plan, cleanup))
-
-
 def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
               subscribe: bool = False, max_attempts: int = 3,
               focus_limits: tuple[float, float] | None = None, focus_step: float | None = None,
@@ -216,9 +162,9 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
     "no features") fail the plan. With ``subscribe=True`` no other recorder
     should be subscribed to the RunEngine, or each run is calibrated twice.
     """
-    _check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
+    check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
     check_live(live)
-    _check_recorder(callback)
+    check_recorder(callback)
     recorder = callback
 
     def attempts() -> MsgGenerator[CalibrationRecord]:
@@ -247,8 +193,8 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
                 uid = yield from overfocus_scan(detector, scan, optics, guess={"overfocus": focus},
                                                 md={**_md, "calibration_attempt": k, **(md or {})},
                                                 live=live)
-                status = _status_of(recorder, uid)
-                yield from _wait_status(status, timeout, f"the calibration of run {uid}")
+                status = status_of(recorder, uid)
+                yield from wait_status(status, timeout, f"the calibration of run {uid}")
                 record = status.result
                 if record.valid:
                     keep["focus"] = True
@@ -257,185 +203,4 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
 
         return (yield from bpp.finalize_wrapper(inner(), restore))
 
-    return _subscribed(attempts(), recorder, bool(subscribe))
-
-
-def sharpness_offset(minus: float, centre: float, plus: float, step: float) -> float:
-    """Where a parabola through three sharpness values peaks, relative to the centre.
-
-    Parameters
-    ----------
-    minus, centre, plus : float
-        Sharpness (higher is sharper) at ``-step``, 0 and ``+step``.
-    step : float
-        Stencil half-width, in the unit of the result.
-
-    Returns
-    -------
-    float
-        Offset of the maximum from the centre; NaN where the three values are not
-        concave (no maximum near the centre).
-    """
-    curv = plus + minus - 2 * centre
-    if not (curv < 0):
-        return math.nan
-    return step * (minus - plus) / (2 * curv)
-
-
-def verify_calibration(detector: Any, scan: Any, optics: Any, record: CalibrationRecord, *,
-                       callback: Any = None, subscribe: bool = False, rotation_step: float = 1.0,
-                       overfocus_step: float = 0.03, rotation_tolerance: float = 0.5,
-                       overfocus_tolerance: float = 0.02, timeout: float | None = 600.0,
-                       md: Mapping[str, Any] | None = None,
-                       live: bool = False) -> MsgGenerator[dict[str, Any]]:
-    """Acquire and check that ``record`` still gives the sharpest shifted sum.
-
-    One :func:`~stemcal.plans.overfocus_scan` run with ``purpose='calibration_check'``;
-    the callback projects it (:class:`stemcal.processing.OverfocusUDF`) with
-    the record's geometry and with the rotation changed by ``+-rotation_step``
-    and the overfocus by ``+-overfocus_step`` (relative), and measures the
-    contrast and Crete blur of each shifted sum. A parabola through each
-    triple locates the sharpest setting; the record passes when that lies
-    within the tolerances of the record's values.
-
-    Parameters
-    ----------
-    detector, scan, optics : devices
-    record : CalibrationRecord
-        The calibration to check (its ``params()`` are used as they are).
-    callback : CalibrationRecorder
-        As :func:`calibrate` (required).
-    subscribe : bool
-        As :func:`calibrate`.
-    rotation_step, overfocus_step : float
-        Stencil half-widths, degrees and relative.
-    rotation_tolerance, overfocus_tolerance : float
-        Largest accepted offset of the sharpest setting, degrees and relative.
-    timeout : float or None
-        Seconds to wait for the check.
-    md : dict, optional
-        Start-document metadata; it wins over the plan's keys.
-    live : bool
-        Take the scan as a live scan (see :func:`calibrate`).
-
-    Returns
-    -------
-    dict
-        ``passed`` (bool), ``reason`` (str), ``record_uid``, ``acquisition_uid``,
-        ``scan_rotation_offset`` (deg) and ``overfocus_offset`` (relative) of the
-        sharpest setting (NaN: no maximum near the record), ``contrast`` and
-        ``blur`` at the record's geometry, ``record_blur`` and ``blur_change``
-        (now minus recorded; informative only, it depends on the specimen area
-        and dose), and the ``stencil`` of contrast values.
-    """
-    for name, v in (("rotation_step", rotation_step), ("overfocus_step", overfocus_step),
-                    ("rotation_tolerance", rotation_tolerance),
-                    ("overfocus_tolerance", overfocus_tolerance)):
-        if not (is_real(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    if not isinstance(record, CalibrationRecord):
-        raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
-    check_live(live)
-    _check_recorder(callback)
-    recorder = callback
-    _md: dict[str, Any] = {
-        **check_request(record.uid, record.params(), rotation_step, overfocus_step),
-        "plan_name": "verify_calibration",
-        "plan_args": {"detector": repr(detector), "scan": repr(scan), "optics": repr(optics),
-                      "record": record.uid, "rotation_step": rotation_step,
-                      "overfocus_step": overfocus_step, "rotation_tolerance": rotation_tolerance,
-                      "overfocus_tolerance": overfocus_tolerance, "live": live},
-    }
-    _md.update(md or {})
-
-    def inner() -> MsgGenerator[dict[str, Any]]:
-        uid = yield from overfocus_scan(detector, scan, optics, guess=record.params(), md=_md,
-                                        live=live)
-        status = _status_of(recorder, uid)
-        yield from _wait_status(status, timeout, f"the check of run {uid}")
-        m = status.result
-        st = m["stencil"]
-        rot = sharpness_offset(*st["scan_rotation"], rotation_step)
-        of = sharpness_offset(*st["overfocus"], overfocus_step)
-        if math.isnan(rot) or math.isnan(of):
-            passed, reason = False, "the record's geometry is not at a sharpness maximum"
-        elif abs(rot) > rotation_tolerance:
-            passed, reason = False, f"sharpest {rot:+.2f} deg from the recorded rotation"
-        elif abs(of) > overfocus_tolerance:
-            passed, reason = False, f"sharpest {100 * of:+.1f} % from the recorded overfocus"
-        else:
-            passed, reason = True, "ok"
-        return {"passed": passed, "reason": reason, "record_uid": record.uid,
-                "acquisition_uid": uid, "scan_rotation_offset": rot, "overfocus_offset": of,
-                "contrast": m["contrast"], "blur": m["blur"], "record_blur": record.blur,
-                "blur_change": m["blur"] - record.blur, "stencil": st}
-
-    return _subscribed(inner(), recorder, bool(subscribe))
-
-
-def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_client: Any,
-                         tolerances: Mapping[str, float], callback: Any = None,
-                         subscribe: bool = False, md: Mapping[str, Any] | None = None,
-                         **calibrate_kwargs: Any) -> MsgGenerator[CalibrationRecord]:
-    """Return the calibration in force; calibrate first if none holds for the current state.
-
-    The current state is :func:`optics_state` of ``optics.state()`` and
-    ``scan.state()`` when the plan runs; the record in force is
-    :func:`stemcal.catalog.latest_calibration` for it. Only without one does the
-    plan run :func:`calibrate`.
-
-    Parameters
-    ----------
-    detector, scan, optics : devices
-    catalog_client : CatalogOfBlueskyRuns
-        Where records are looked up (and written).
-    tolerances : dict of str to float
-        Absolute tolerance per :func:`optics_state` key, e.g. :data:`DEFAULT_TOLERANCES`.
-    callback : CalibrationRecorder
-        As :func:`calibrate` (required: a calibration may be needed).
-    subscribe : bool
-        As :func:`calibrate`.
-    md : dict, optional
-        Start-document metadata of the acquisitions, if any.
-    **calibrate_kwargs
-        ``max_attempts``, ``focus_limits``, ``focus_step``, ``timeout``, ``live`` of
-        :func:`calibrate`.
-
-    Returns
-    -------
-    CalibrationRecord
-        The stored record in force, or the new one (which may be invalid:
-        check ``valid``).
-    """
-    if not isinstance(tolerances, Mapping) or any(
-            not is_real(v) or v < 0
-            for v in tolerances.values()):
-        raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
-    unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout",
-                                       "live"}
-    if unknown:
-        raise ValueError(f"unknown calibrate argument(s): {sorted(unknown)}")
-    _check_calibrate_args(calibrate_kwargs.get("max_attempts", 3),
-                          calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
-                          calibrate_kwargs.get("timeout", 600.0))
-    check_live(calibrate_kwargs.get("live", False))
-    _check_recorder(callback)
-
-    def inner() -> MsgGenerator[CalibrationRecord]:
-        state = optics_state(optics.state(), scan.state())
-        record = latest_calibration(catalog_client, state, tolerances)
-        if record is not None:
-            return record
-        newest = calibration_history(catalog_client, limit=1, valid_only=True)
-        reason = ({"changed": staleness(newest[0], state, tolerances), "record": newest[0].uid}
-                  if newest else {"changed": [], "record": None})
-        _md = {"plan_name": "recalibrate_if_stale",
-               "plan_args": {"detector": repr(detector), "scan": repr(scan),
-                             "optics": repr(optics), "tolerances": dict(tolerances),
-                             **{k: plain(v) for k, v in calibrate_kwargs.items()}},
-               "recalibration_reason": reason}
-        _md.update(md or {})
-        return (yield from calibrate(detector, scan, optics, callback=callback,
-                                     subscribe=subscribe, md=_md, **calibrate_kwargs))
-
-    return inner()
+    return subscribed(attempts(), recorder, bool(subscribe))
