@@ -135,7 +135,7 @@ class PixelatedDetector(Device):
         interrupted acquisition to end.
     stream_writer : FrameStreamWriter, optional
         The writer of live (fly) acquisitions, default
-        :class:`~stemcal.devices.frame_stream.FrameStreamWriter` in the
+        :class:`~stemcal.devices.writers.frame_stream.FrameStreamWriter` in the
         writer's directory.
 
     Components

@@ -1,4 +1,4 @@
-"""Receiver process of :class:`stemcal.devices.dectris_live.DectrisHardwareBackend`.
+"""Receiver process of :class:`stemcal.devices.hardware.dectris.DectrisHardwareBackend`.
 
 Run as a script (``python _dectris_receiver.py CONFIG_JSON``), not imported:
 it holds one LiberTEM-live DECTRIS connection (SIMPLON REST + zmq stream)
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     from libertem_live.api import LiveContext
 
     class Frames(UDF):
-        """Every frame in its native dtype (as ``stemcal.devices.live.FrameCollectorUDF``)."""
+        """Every frame in its native dtype (as ``stemcal.devices.hardware.merlin.FrameCollectorUDF``)."""
 
         def get_result_buffers(self) -> dict[str, Any]:
             return {"frames": self.buffer(kind="nav", dtype=self.meta.input_dtype,

@@ -13,7 +13,7 @@ copy, and the detector's data key in the event descriptor gets
 ``raw_format: "MIB"`` (see :meth:`MIBKeepingWriter.data_key_info`).
 
 :class:`MIBKeepingFrameWriter` does the same for live scans
-(:class:`~stemcal.devices.frame_stream.FrameStreamWriter`): the copy is
+(:class:`~stemcal.devices.writers.frame_stream.FrameStreamWriter`): the copy is
 written when the scan ends, and ``raw_file`` is a fixed-size attribute made
 before SWMR writing starts (which cannot create attributes), filled then.
 
@@ -80,7 +80,7 @@ class MIBKeepingWriter(_KeepsMIB, HDF5StreamWriter):
 
 
 class MIBKeepingFrameWriter(_KeepsMIB, FrameStreamWriter):
-    """:class:`~stemcal.devices.frame_stream.FrameStreamWriter` that also keeps each complete
+    """:class:`~stemcal.devices.writers.frame_stream.FrameStreamWriter` that also keeps each complete
     scan as ``.mib`` + ``.hdr`` (frames ``uint8``/``uint16``).
 
     The dataset's ``raw_file`` attribute (the ``.hdr`` path, as bytes padded
