@@ -9,7 +9,8 @@ whole app, with their progress in the page.
 
 Model names (for tests and scripts): the controls'
 (:mod:`stemcal.app.controls`); the buttons ``auto``, ``refine``, ``record``;
-``operator`` (who adjusts); ``progress`` and ``status``; ``blur`` (the text
+``operator`` (who adjusts); ``progress`` and ``status``; ``jobs`` (hidden: JSON of the
+job running, the number finished and how the last one ended); ``blur`` (the text
 ``blur: 0.2527``) and ``contrast``; ``drawn`` (hidden: JSON of the page values the final
 images on show were made with, and their blur); ``recorded`` (hidden: the uid
 of the last record made here); ``source`` (what is loaded); the image
@@ -58,6 +59,9 @@ class AdjustTab:
         self.contrast = Div(name="contrast", text="")
         self.drawn = Div(name="drawn", text="", visible=False)
         self.recorded = Div(name="recorded", text="", visible=False)
+        self.jobs = Div(name="jobs", text=json.dumps({"running": None, "finished": 0}),
+                        visible=False)
+        self._finished = 0
         self.status = Div(name="status", text="", width=700)
         self.progress = Progress(name="progress", value=0, min=0, max=100, width=300)
         self.operator = TextInput(name="operator", title="adjusted by", value=app.operator,
@@ -76,7 +80,7 @@ class AdjustTab:
             self.source, self.images.layout,
             row(self.controls.layout,
                 column(self.blur, self.contrast, row(*self.buttons.values()), self.operator,
-                       self.progress, self.status, self.drawn, self.recorded)))
+                       self.progress, self.status, self.drawn, self.recorded, self.jobs)))
         self._enable()
 
     # -- what is loaded ---------------------------------------------------------------------
@@ -99,7 +103,7 @@ class AdjustTab:
             self.show_loaded(loaded, "record")
             self.status.text = f"opened {loaded.source.label}"
         self._job(actions.LOAD_STAGES,
-                  lambda progress: self.app.load_record(record, progress=progress), done)
+                  lambda progress: self.app.load_record(record, progress=progress), done, "open")
 
     # -- redraws ----------------------------------------------------------------------------
     def _changed(self, preview: bool) -> None:
@@ -146,11 +150,12 @@ class AdjustTab:
 
     # -- jobs -------------------------------------------------------------------------------
     def _job(self, stages: tuple[Stage, ...], work: Callable[[StagedProgress], Any],
-             done: Callable[[Any], None]) -> None:
+             done: Callable[[Any], None], name: str) -> None:
         if self.busy:
             return
         self.busy = True
         self._enable()
+        self._job_state(name)
         self.status.text = stages[0].label
         progress = StagedProgress(stages, self._progress)
 
@@ -163,14 +168,23 @@ class AdjustTab:
             self.busy = False
             self._enable()
             done(result)
+            self._job_state(None, name, True)
 
         def failed(exc: BaseException) -> None:
             self.busy = False
             self._enable()
             self.progress.value = 0
-            self.status.text = f"{stages[0].label.split(':')[0]} failed: {one_line(exc)}"
+            self.status.text = f"{name} failed: {one_line(exc)}"
+            self._job_state(None, name, False)
 
-        run_then(self.doc, run, finished, failed)
+        run_then(self.doc, run, finished, failed, name=f"stemcal-app-{name}")
+
+    def _job_state(self, running: str | None, last: str | None = None, ok: bool = True) -> None:
+        """The hidden ``jobs`` marker: the job running, and the last one finished."""
+        if running is None:
+            self._finished += 1
+        self.jobs.text = json.dumps({"running": running, "finished": self._finished,
+                                     "last": last, "ok": ok})
 
     def _show_progress(self, view: ProgressView) -> None:
         self.progress.value = int(round(100 * view.fraction))
@@ -185,7 +199,8 @@ class AdjustTab:
         def done(fit: Any) -> None:
             self._fitted(fit, "auto", f"Auto (cold start) in {fit.seconds:.1f} s")
         self._job(actions.AUTO_STAGES,
-                  lambda progress: actions.auto(self.app.ctx, loaded.source, progress), done)
+                  lambda progress: actions.auto(self.app.ctx, loaded.source, progress), done,
+                  "auto")
 
     def _refine(self) -> None:
         if self.loaded is None:
@@ -203,7 +218,7 @@ class AdjustTab:
 
         def done(fit: Any) -> None:
             self._fitted(fit, "refine", f"refined in {fit.seconds:.1f} s, {fit.nfev} evaluations")
-        self._job(actions.REFINE_STAGES, work, done)
+        self._job(actions.REFINE_STAGES, work, done, "refine")
 
     def _fitted(self, fit: Any, step: str, what: str) -> None:
         assert self.loaded is not None
@@ -240,7 +255,7 @@ class AdjustTab:
             self.status.text = f"recorded {record.uid} ({where})"
             self.recorded.text = record.uid
             self.app.records_changed()
-        self._job(actions.RECORD_STAGES, work, done)
+        self._job(actions.RECORD_STAGES, work, done, "record")
 
     def _enable(self) -> None:
         ready = self.loaded is not None and not self.busy

@@ -17,6 +17,7 @@ import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (Button, ColumnDataSource, DataTable, Div, NumberFormatter,
                           TableColumn)
@@ -33,7 +34,7 @@ __all__ = ["HistoryTab", "HISTORY_IMAGES"]
 #: The images stored with a record (:data:`stemcal.callbacks.recorder.IMAGE_NAMES`).
 HISTORY_IMAGES = ("point", "selected", "shifted_sum_normalised", "sum")
 
-_COLUMNS = (("uid", "uid", None, 90), ("time", "time", None, 150),
+_COLUMNS = (("uid", "uid", None, 90), ("time", "time", None, 170),
             ("scan_rotation", "rotation (deg)", "0.000", 100), ("flip_y", "flip y", None, 60),
             ("overfocus_nm", "overfocus (nm)", "0.0", 110), ("cy", "cy (px)", "0.00", 70),
             ("cx", "cx (px)", "0.00", 70), ("quality", "quality", None, 160),
@@ -53,7 +54,8 @@ class HistoryTab:
                                **({"formatter": NumberFormatter(format=fmt)} if fmt else {}))
                    for name, title, fmt, width in _COLUMNS]
         self.table = DataTable(source=self.table_source, columns=columns, width=980, height=260,
-                               index_position=None, name="history_table_view")
+                               index_position=None, reorderable=False,
+                               name="history_table_view")
         self.table_source.selected.on_change("indices", self._selected)
         self.images = ImageRow("history", HISTORY_IMAGES, size=220)
         self.details = Div(name="history_details", text="", width=980)
@@ -97,7 +99,7 @@ class HistoryTab:
         self.table_source.selected.indices = []
         self.table_source.data = rows
         self.adjust_button.disabled = True
-        self.status.text = f"{len(records)} records"
+        self.status.text = f"{len(records)} record{'' if len(records) == 1 else 's'}"
 
     def _selected(self, attr: str, old: list[int], new: list[int]) -> None:
         if not new or new[0] >= len(self.records):
@@ -110,7 +112,12 @@ class HistoryTab:
                  self._failed_images, name="stemcal-app-record-images")
 
     def _show_images(self, images: dict[str, Any]) -> None:
-        self.images.show({k: v for k, v in images.items() if k in HISTORY_IMAGES})
+        shown = {k: v for k, v in images.items() if k in HISTORY_IMAGES}
+        if "shifted_sum_normalised" in shown:  # stored with 0 where nothing was projected
+            img = np.array(shown["shifted_sum_normalised"], dtype=np.float32)
+            img[img == 0] = np.nan
+            shown["shifted_sum_normalised"] = img
+        self.images.show(shown)
 
     def _failed_images(self, exc: BaseException) -> None:
         self.status.text = f"cannot read the record's images: {one_line(exc)}"

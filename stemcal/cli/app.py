@@ -40,11 +40,14 @@ def add_parsers(sub: Any) -> None:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from ..app import Sizes, StemcalApp, serve
     from ..session import catalog_location
     if args.dataset and args.record:
         raise CLIError("give a DATASET or --record UID, not both")
+    missing = ["--" + name.replace("_", "-") for name in _SIZES if getattr(args, name) is None]
+    if args.dataset and missing:
+        raise CLIError("DATASET needs the sizes and an overfocus guess: give " + ", ".join(missing))
     catalog: Any = catalog_location(args.catalog)[0]
+    record = None
     if args.record:
         from ..catalog import get_record
         from .records import open_for
@@ -53,14 +56,11 @@ def _app(args: argparse.Namespace) -> int:
             record = get_record(catalog, args.record)
         except KeyError as exc:
             raise CLIError(str(exc.args[0]) if exc.args else f"no record {args.record!r}") from None
+    from ..app import Sizes, StemcalApp, serve
     app = StemcalApp(catalog=catalog, operator=args.operator)
-    if args.record:
+    if record is not None:
         app.load_record(record)
     elif args.dataset:
-        missing = ["--" + name.replace("_", "-") for name in _SIZES if getattr(args, name) is None]
-        if missing:
-            raise CLIError("DATASET needs the sizes and an overfocus guess: give "
-                           + ", ".join(missing))
         sizes = Sizes(**{name: getattr(args, name) for name in _SIZES}, semiconv=args.semiconv)
         app.open_file(args.dataset, sizes,
                       nav_shape=tuple(args.nav_shape) if args.nav_shape else None)
