@@ -97,6 +97,7 @@ class GeometryControls:
     def __init__(self, on_change: Callable[[bool], None], *, width: int = 330) -> None:
         self._on_change = on_change
         self._quiet = False
+        self._ranged: set[str] = set()  # sliders whose range was set around a value
         self.values: dict[str, float] = {}
         self.sliders: dict[str, Slider] = {}
         self.fields: dict[str, NumericInput] = {}
@@ -143,9 +144,11 @@ class GeometryControls:
                     value = (value + 180.0) % 360.0 - 180.0
                 slider = self.sliders[spec.name]
                 lo, hi = slider.start, slider.end
-                if not (lo <= value <= hi) or (spec.relative and value * lo <= 0):
+                if (spec.name not in self._ranged or not lo <= value <= hi
+                        or (spec.relative and value * lo <= 0)):
                     lo, hi = spec.range_around(value)
                     slider.update(start=min(lo, hi), end=max(lo, hi))
+                    self._ranged.add(spec.name)
                 slider.value = value
                 self.fields[spec.name].value = value
                 self.values[spec.name] = value
