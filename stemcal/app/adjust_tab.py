@@ -12,7 +12,8 @@ Model names (for tests and scripts): the controls'
 ``operator`` (who adjusts); ``progress`` and ``status``; ``jobs`` (hidden: JSON of the
 job running, the number finished and how the last one ended); ``blur`` (the text
 ``blur: 0.2527``) and ``contrast``; ``drawn`` (hidden: JSON of the page values the final
-images on show were made with, and their blur); ``recorded`` (hidden: the uid
+images on show were made with, their blur and contrast, and how many previews were shown
+before them); ``recorded`` (hidden: the uid
 of the last record made here); ``source`` (what is loaded); the image
 sources ``adjust_point``, ``adjust_selected``, ``adjust_shifted_sum``, ``adjust_sum``.
 """
@@ -50,6 +51,7 @@ class AdjustTab:
         self.loaded: Loaded | None = None
         self.steps: list[str] = []
         self.busy = False
+        self._previews = 0  # previews shown since the last final image
         #: (params, preview, seconds) of every projection shown, for measurements
         self.shown: list[tuple[Any, bool, float]] = []
         self.images = ImageRow("adjust", IMAGE_ORDER)
@@ -138,6 +140,7 @@ class AdjustTab:
             return
         self.images.show(result.images)
         self.shown.append((result.params, result.preview, result.seconds))
+        self._previews += result.preview
         note = " (preview: a quarter of the frames)" if result.preview else ""
         self.blur.text = f"blur: {result.blur:.4f}{note}"
         self.contrast.text = (f"contrast: {result.contrast:.3g} (the fit's measure; higher is "
@@ -146,7 +149,9 @@ class AdjustTab:
             values = {spec.name: spec.get(result.params) for spec in PARAMETERS}
             values["scan_rotation"] = (values["scan_rotation"] + 180.0) % 360.0 - 180.0
             self.drawn.text = json.dumps({**values, "flip_y": result.params.flip_y,
-                                          "blur": result.blur, "contrast": result.contrast})
+                                          "blur": result.blur, "contrast": result.contrast,
+                                          "previews": self._previews})
+            self._previews = 0
 
     # -- jobs -------------------------------------------------------------------------------
     def _job(self, stages: tuple[Stage, ...], work: Callable[[StagedProgress], Any],

@@ -1,9 +1,10 @@
 """The geometry's sliders and fields, as Bokeh models.
 
-Each adjustable number has a slider and a numeric field, linked in the
-browser (no round trip). The app is told of every change: a slider being
-dragged (``value``) asks for a preview, a slider released (``value_throttled``)
-or a field typed in asks for the final images. Model names (for tests and
+Each adjustable number has a slider and a numeric field; each follows the
+other through the server (a link in the browser would send a slider's drag to
+the server as a typed value too). The app is told of every change: a slider
+being dragged (``value``) asks for a preview, a slider released
+(``value_throttled``) or a field typed in asks for the final images. Model names (for tests and
 scripts): ``{name}`` for the slider, ``{name}_field`` for the field, with
 ``name`` from :data:`PARAMETERS`; the handedness is the checkbox ``flip_y``.
 
@@ -107,23 +108,27 @@ class GeometryControls:
                             value=0, step=spec.step, format=spec.format, width=width)
             field = NumericInput(name=f"{spec.name}_field", value=0, mode="float",
                                  format=spec.format, width=110)
-            slider.js_link("value", field, "value")
-            field.js_link("value", slider, "value")
-            slider.on_change("value", self._changed(spec.name, True))
-            slider.on_change("value_throttled", self._changed(spec.name, False))
-            field.on_change("value", self._changed(spec.name, False))
+            slider.on_change("value", self._changed(spec.name, field, True))
+            slider.on_change("value_throttled", self._changed(spec.name, field, False))
+            field.on_change("value", self._changed(spec.name, slider, False))
             self.sliders[spec.name], self.fields[spec.name] = slider, field
             rows.append(row(slider, field))
         self.flip = Checkbox(name="flip_y", label="flip y (handedness)", active=False)
         self.flip.on_change("active", lambda attr, old, new: self._notify(False))
         self.layout = column(Div(text="<b>geometry</b>"), *rows, self.flip)
 
-    def _changed(self, name: str, preview: bool):
+    def _changed(self, name: str, other: Slider | NumericInput, preview: bool):
+        """A callback: a slider or field of ``name`` changed; the ``other`` one follows."""
         def callback(attr, old, new) -> None:
-            if new is None:
+            if new is None or self._quiet:
                 return
             self.values[name] = float(new)
-            self._notify(preview)
+            self._quiet = True  # the other's own callback must not ask again
+            try:
+                other.value = float(new)
+            finally:
+                self._quiet = False
+            self._on_change(preview)
         return callback
 
     def _notify(self, preview: bool) -> None:

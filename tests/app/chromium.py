@@ -46,13 +46,16 @@ def wait_ready(page, timeout_ms: int = 60_000) -> None:
 
 
 def wait_drawn(page, timeout_ms: int = 60_000) -> dict:
-    """Wait until the final images on show were made for the rotation slider's value; the
-    values and blur they were made with (the app's hidden ``drawn`` marker)."""
+    """Wait until the final images on show were made for the rotation on the page (its slider
+    and its field, which follow each other through the server) and the flip; the values,
+    blur and contrast they were made with (the app's hidden ``drawn`` marker)."""
     page.wait_for_function("""() => { const d = Bokeh.documents[0];
         const t = d.get_model_by_name('drawn').text;
-        return t !== '' && JSON.parse(t).scan_rotation == d.get_model_by_name('scan_rotation').value
-            && JSON.parse(t).flip_y == d.get_model_by_name('flip_y').active; }""",
-                           timeout=timeout_ms)
+        if (t === '') return false;
+        const drawn = JSON.parse(t);
+        return drawn.scan_rotation == d.get_model_by_name('scan_rotation').value
+            && drawn.scan_rotation == d.get_model_by_name('scan_rotation_field').value
+            && drawn.flip_y == d.get_model_by_name('flip_y').active; }""", timeout=timeout_ms)
     return json.loads(model(page, "drawn", "text"))
 
 

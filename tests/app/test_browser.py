@@ -13,6 +13,7 @@ lists it. A screenshot of each step is kept under the test's output directory
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -90,6 +91,7 @@ def test_load_auto_rotate_record_in_chromium(served, browser, tmp_path, capsys):
         blurred = blur_on_page(page)
         shots.take(page, "rotated")
         assert moved["scan_rotation"] > auto["scan_rotation"] + 5  # 12 px of a 360 deg slider
+        assert moved["previews"] >= 1  # while the handle moved: previews from a quarter
         assert float(model(page, "scan_rotation_field", "value")) == moved["scan_rotation"]
         assert blurred > sharp + 0.05, (sharp, blurred)
 
@@ -136,8 +138,10 @@ def test_bad_command_lines_are_one_line_errors(tmp_path):
         "no catalog": (["app", "--record", "0123456789", "--catalog", tmp_path / "none"],
                        "no catalog"),
     }
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two cores
+        procs = dict(zip(cases, pool.map(lambda case: run(*case[0]), cases.values())))
     for name, (args, words) in cases.items():
-        proc = run(*args)
+        proc = procs[name]
         assert proc.returncode == 2, (name, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("stemcal: error:"), (name, proc.stderr)
