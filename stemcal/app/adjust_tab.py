@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div, Progress, TextInput
@@ -33,10 +33,8 @@ from .controls import PARAMETERS, GeometryControls
 from .figures import ImageRow
 from .progress import ProgressView, Stage, StagedProgress
 from .projection import IMAGE_ORDER, Projection
+from .services import AppServices, Loaded
 from .worker import LatestRequestWorker
-
-if TYPE_CHECKING:
-    from .application import Loaded, StemcalApp
 
 __all__ = ["AdjustTab"]
 
@@ -46,7 +44,7 @@ log = logging.getLogger(__name__)
 class AdjustTab:
     """The Adjust tab of one page (Bokeh document) of ``app``."""
 
-    def __init__(self, app: "StemcalApp", doc: Any) -> None:
+    def __init__(self, app: AppServices, doc: Any) -> None:
         self.app, self.doc = app, doc
         self.loaded: Loaded | None = None
         self.steps: list[str] = []
@@ -86,7 +84,7 @@ class AdjustTab:
         self._enable()
 
     # -- what is loaded ---------------------------------------------------------------------
-    def show_loaded(self, loaded: "Loaded", step: str) -> None:
+    def show_loaded(self, loaded: Loaded, step: str) -> None:
         """Adjust ``loaded`` from its start geometry (document thread)."""
         self.loaded = loaded
         self.steps = [step]
@@ -101,7 +99,7 @@ class AdjustTab:
 
     def open_record(self, record: Any) -> None:
         """Load a record's frames and values (from the History or Live tab)."""
-        def done(loaded: "Loaded") -> None:
+        def done(loaded: Loaded) -> None:
             self.show_loaded(loaded, "record")
             self.status.text = f"opened {loaded.source.label}"
         self._job(actions.LOAD_STAGES,
@@ -116,13 +114,8 @@ class AdjustTab:
         self._request(preview)
 
     def _request(self, preview: bool) -> None:
-        assert self.loaded is not None
-        try:
-            params = self.controls.params(self.loaded.base)
-        except ValueError as exc:
-            self.status.text = f"not a geometry: {one_line(exc)}"
-            return
-        self.worker.request(params, preview=preview)
+        if (page := self._on_page()) is not None:
+            self.worker.request(page[1], preview=preview)
 
     def _project(self, params: Any, preview: bool) -> Projection | Exception:
         loaded = self.loaded
@@ -207,15 +200,20 @@ class AdjustTab:
                   lambda progress: actions.auto(self.app.ctx, loaded.source, progress), done,
                   "auto")
 
-    def _refine(self) -> None:
+    def _on_page(self) -> tuple[Loaded, Any] | None:
+        """What is loaded and the geometry on the page, or None (said in the status line)."""
         if self.loaded is None:
-            return
-        loaded = self.loaded
+            return None
         try:
-            here = self.controls.params(loaded.base)
+            return self.loaded, self.controls.params(self.loaded.base)
         except ValueError as exc:
             self.status.text = f"not a geometry: {one_line(exc)}"
+            return None
+
+    def _refine(self) -> None:
+        if (page := self._on_page()) is None:
             return
+        loaded, here = page
 
         def work(progress: StagedProgress) -> Any:
             return actions.refine_from(self.app.ctx, loaded.source, loaded.projector.cache,
@@ -238,14 +236,9 @@ class AdjustTab:
         self._request(preview=False)
 
     def _record(self) -> None:
-        if self.loaded is None:
+        if (page := self._on_page()) is None:
             return
-        loaded = self.loaded
-        try:
-            params = self.controls.params(loaded.base)
-        except ValueError as exc:
-            self.status.text = f"not a geometry: {one_line(exc)}"
-            return
+        loaded, params = page
         who, steps = self.operator.value or "", list(self.steps)
 
         def work(progress: StagedProgress) -> Any:

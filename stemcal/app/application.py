@@ -29,20 +29,10 @@ from .adjust_tab import AdjustTab
 from .history_tab import HistoryTab
 from .live_tab import LiveTab
 from .projection import CacheProjector
+from .services import Loaded
 from .sources import Sizes, Source, initial_geometry, neutral_geometry, open_file, open_record
 
-__all__ = ["StemcalApp", "Loaded", "Page"]
-
-
-@dataclasses.dataclass
-class Loaded:
-    """A dataset ready to adjust: its source, its cache's projector, the geometry shown first
-    and ``base``, which gives what the page does not set (the sizes, the semi-angle)."""
-
-    source: Source
-    projector: CacheProjector
-    start: OverfocusParams
-    base: OverfocusParams
+__all__ = ["StemcalApp", "Page"]
 
 
 @dataclasses.dataclass

@@ -15,19 +15,17 @@ from __future__ import annotations
 import datetime
 import html
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (Button, ColumnDataSource, DataTable, Div, NumberFormatter,
                           TableColumn)
 
+from ..record import CalibrationRecord
 from .background import one_line, on_document, run_then
 from .figures import ImageRow
-
-if TYPE_CHECKING:
-    from ..record import CalibrationRecord
-    from .application import StemcalApp
+from .services import AppServices
 
 __all__ = ["HistoryTab", "HISTORY_IMAGES"]
 
@@ -44,8 +42,8 @@ _COLUMNS = (("uid", "uid", None, 90), ("time", "time", None, 170),
 class HistoryTab:
     """The History tab of one page; ``on_adjust(record)`` opens a record for adjusting."""
 
-    def __init__(self, app: "StemcalApp", doc: Any,
-                 on_adjust: Callable[["CalibrationRecord"], None]) -> None:
+    def __init__(self, app: AppServices, doc: Any,
+                 on_adjust: Callable[[CalibrationRecord], None]) -> None:
         self.app, self.doc, self._on_adjust = app, doc, on_adjust
         self.records: list[CalibrationRecord] = []
         self.table_source = ColumnDataSource(data={name: [] for name, *_ in _COLUMNS},
@@ -80,7 +78,7 @@ class HistoryTab:
     def _failed(self, exc: BaseException) -> None:
         self.status.text = f"cannot read the history: {one_line(exc)}"
 
-    def _show_records(self, records: list["CalibrationRecord"]) -> None:
+    def _show_records(self, records: list[CalibrationRecord]) -> None:
         self.records = records
         rows = {name: [] for name, *_ in _COLUMNS}
         for r in records:
@@ -128,7 +126,7 @@ class HistoryTab:
             self._on_adjust(self.records[idx[0]])
 
 
-def _details(r: "CalibrationRecord") -> str:
+def _details(r: CalibrationRecord) -> str:
     """A record's values and provenance as a line of HTML."""
     s = r.fit_settings
     parts = [f"<b>{r.uid}</b>", f"rotation {r.scan_rotation:.3f} deg", f"flip y {r.flip_y}",

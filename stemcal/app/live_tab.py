@@ -14,7 +14,7 @@ Model names: ``live_status``, ``live_adjust`` and the image sources
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bokeh.layouts import column, row
 from bokeh.models import Button, Div
@@ -23,9 +23,7 @@ from ..record import CalibrationRecord
 from .background import one_line
 from .figures import ImageRow
 from .history_tab import HISTORY_IMAGES
-
-if TYPE_CHECKING:
-    from .application import StemcalApp
+from .services import AppServices
 
 __all__ = ["LiveTab", "POLL_MS"]
 
@@ -36,7 +34,7 @@ POLL_MS = 500
 class LiveTab:
     """The Live run tab of one page; ``on_adjust(record)`` opens a record for adjusting."""
 
-    def __init__(self, app: "StemcalApp", doc: Any,
+    def __init__(self, app: AppServices, doc: Any,
                  on_adjust: Callable[[CalibrationRecord], None]) -> None:
         self.app, self.doc, self._on_adjust = app, doc, on_adjust
         self.images = ImageRow("live", HISTORY_IMAGES)
