@@ -77,25 +77,25 @@ class LiveTab:
                             f"{'; ' + outcome if outcome else ''}")
 
     def _outcome(self, uid: str) -> str:
-        """What the recorder made of the run so far ('' while it works)."""
-        self.record = None
-        self.adjust_button.disabled = True
+        """What the recorder made of the run so far ('' while it works); keeps its record."""
+        self.record, text = None, ""
         try:
             status = self.app.recorder.result_status(uid)
         except KeyError:
-            return ""
-        if not status.done:
-            return ""
-        try:
-            result = status.result
-        except Exception as exc:  # noqa: BLE001 - the run was not calibrated: say why
-            return f"not calibrated: {one_line(exc)}"
-        if isinstance(result, CalibrationRecord):
-            self.record = result
-            self.adjust_button.disabled = False
-            return (f"record {result.uid[:8]}: rotation {result.scan_rotation:.3f} deg, "
-                    f"quality {result.quality}")
-        return "checked"
+            status = None
+        if status is not None and status.done:
+            try:
+                result = status.result
+            except Exception as exc:  # noqa: BLE001 - the run was not calibrated: say why
+                result, text = None, f"not calibrated: {one_line(exc)}"
+            if isinstance(result, CalibrationRecord):
+                self.record = result
+                text = (f"record {result.uid[:8]}: rotation {result.scan_rotation:.3f} deg, "
+                        f"quality {result.quality}")
+            elif result is not None:
+                text = "checked"
+        self.adjust_button.disabled = self.record is None
+        return text
 
     def _adjust(self) -> None:
         if self.record is not None:

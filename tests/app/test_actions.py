@@ -14,7 +14,7 @@ from stemcal.catalog import (UnavailableCatalog, calibration_history, get_record
 from stemcal.catalog.spool import spooled
 from stemcal.fit.passes import full_pass, image_quality
 
-from conftest import SIZES
+from scan_setup import SIZES
 
 
 def angle_error(a: float, b: float) -> float:

@@ -1,8 +1,8 @@
 """The app end to end in a real headless Chromium: ``stemcal app DATASET`` as a user runs it.
 
-A simulated 48x48 scan of 96x96 frames (``stemcal simulate``: rotation 23.5 deg,
-flipped, descan, 3 counts/px) is served by ``stemcal app`` with only the sizes and
-an overfocus guess 30 % off. In the page: it loads; *Auto* finds the geometry
+A simulated 40x40 scan of 96x96 frames (rotation 23.5 deg, flipped, descan, 5
+counts/px; ``tests/app/scan_setup.py``) is served by ``stemcal app`` with only the
+sizes and an overfocus guess 30 % off. In the page: it loads; *Auto* finds the geometry
 (checked against the simulation's truth) and the page's blur is that of the
 sharpened image; dragging the rotation slider's handle moves the rotation and
 the blur grows; *Record* writes a manual record, which ``stemcal history
@@ -21,23 +21,19 @@ from playwright.sync_api import sync_playwright
 from app_process import AppProcess, run, run_json
 from chromium import Screenshots, blur_on_page, launch, model, press, wait_drawn, wait_ready
 
-NAV, SIG = 48, 96
 GUESS = 1.3  # the overfocus guess, times the truth
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(small_scan, tmp_path_factory):
+    path, truth = small_scan
     d = tmp_path_factory.mktemp("app")
-    truth = run_json("simulate", d / "scan.npy", "--nav-shape", NAV, NAV, "--sig-shape", SIG, SIG,
-                     "--scan-pixel-size", 0.5e-9 * SIG / 128, "--semiconv", 0.3 * SIG * 55e-6 / 0.2,
-                     "--descan", 0.03, -0.02, 0.01, 0.04, "--dose", 3, "--json")
-    tp = truth["params"]
-    app = AppProcess(d / "scan.npy", "--scan-pixel-size", tp["scan_pixel_size"],
-                     "--camera-length", tp["camera_length"],
-                     "--detector-pixel-size", tp["detector_pixel_size"],
-                     "--overfocus", tp["overfocus"] * GUESS, "--catalog", d / "catalog",
+    app = AppProcess(path, "--scan-pixel-size", truth.scan_pixel_size,
+                     "--camera-length", truth.camera_length,
+                     "--detector-pixel-size", truth.detector_pixel_size,
+                     "--overfocus", truth.overfocus * GUESS, "--catalog", d / "catalog",
                      "--operator", "tester")
-    yield app, tp, d
+    yield app, truth.to_dict(), d
     assert app.stop() == 0, "".join(app.stderr)[-3000:]
 
 
@@ -63,7 +59,7 @@ def test_load_auto_rotate_record_in_chromium(served, browser, tmp_path, capsys):
         wait_ready(page)
         first = wait_drawn(page)
         shots.take(page, "loaded")
-        assert "scan.npy" in model(page, "source", "text")
+        assert "small.npy" in model(page, "source", "text")
         assert first["scan_rotation"] == 0 and first["flip_y"] is False
         assert first["overfocus"] == pytest.approx(truth["overfocus"] * GUESS * 1e9)
 
@@ -124,7 +120,7 @@ def test_load_auto_rotate_record_in_chromium(served, browser, tmp_path, capsys):
     assert settings["method"] == "manual" and settings["adjusted_by"] == "tester"
     assert settings["from_record"] is None and shown["supersedes"] is None
     assert settings["steps"] == ["file", "auto", "hand"]
-    assert settings["data"]["uri"].endswith("scan.npy")
+    assert settings["data"]["uri"].endswith("small.npy")
     assert shown["blur"] == pytest.approx(blurred, abs=0.03)  # full pass vs the cache
 
 

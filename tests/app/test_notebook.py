@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright
 
 from app_process import REPO
 from chromium import Screenshots, blur_on_page, launch, model, wait_drawn, wait_ready
-from conftest import SIZES
+from scan_setup import SIZES
 from stemcal.app.server import free_port
 
 CELL = """

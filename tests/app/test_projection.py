@@ -10,7 +10,7 @@ from stemcal.app.sources import initial_geometry
 from stemcal.fit.passes import full_pass
 from stemcal.formats import open_dataset
 
-from conftest import SIZES
+from scan_setup import SIZES
 
 
 @pytest.fixture(scope="module")
