@@ -39,8 +39,9 @@ def run_then(doc: Any, work: Callable[[], Any], done: Callable[[Any], None],
     def run() -> None:
         try:
             result = work()
-        except Exception as exc:  # reported on the page, one line
-            log.warning("%s failed: %s", name, one_line(exc), exc_info=True)
+        except Exception as exc:  # reported on the page, one line (the traceback at debug)
+            log.info("%s failed: %s", name, one_line(exc))
+            log.debug("%s failed", name, exc_info=True)
             on_document(doc, failed, exc)
         else:
             on_document(doc, done, result)
