@@ -118,14 +118,15 @@ def in_the_page(app, truth, repeat: int, raw: float) -> list[list[str]]:
                 data, painted, server_ms = [], [], []
                 for k in range(repeat + 1):
                     value = round(truth.scan_rotation + (0.21 if preview else -0.19) * (k + 1), 2)
-                    before = len(adjust.shown)
+                    before = adjust.shown_count
                     t_data, t_paint = page.evaluate(JS_TIMED_CHANGE, [name, "value", value, watch])
                     adjust.worker.wait_idle(30)
                     if k == 0:
                         continue  # the first change of each kind is a warm-up
                     data.append(t_data)
                     painted.append(t_paint)
-                    server_ms += [1e3 * s for _, _, s in adjust.shown[before:]]
+                    new = adjust.shown_count - before
+                    server_ms += [1e3 * s for _, _, s in list(adjust.shown)[-new:]] if new else []
                 rows.append(["preview (slider dragged)" if preview
                              else "all frames (field typed)",
                              *stats(server_ms), *stats(data), *stats(painted),

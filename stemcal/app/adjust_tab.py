@@ -19,8 +19,9 @@ sources ``adjust_point``, ``adjust_selected``, ``adjust_shifted_sum``, ``adjust_
 """
 from __future__ import annotations
 
+import html
 import json
-import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -38,9 +39,6 @@ from .worker import LatestRequestWorker
 
 __all__ = ["AdjustTab"]
 
-log = logging.getLogger(__name__)
-
-
 class AdjustTab:
     """The Adjust tab of one page (Bokeh document) of ``app``."""
 
@@ -50,8 +48,9 @@ class AdjustTab:
         self.steps: list[str] = []
         self.busy = False
         self._previews = 0  # previews shown since the last final image
-        #: (params, preview, seconds) of every projection shown, for measurements
-        self.shown: list[tuple[Any, bool, float]] = []
+        #: (params, preview, seconds) of the newest projections shown, for measurements
+        self.shown: deque[tuple[Any, bool, float]] = deque(maxlen=1000)
+        self.shown_count = 0  # projections shown in all
         self.images = ImageRow("adjust", IMAGE_ORDER)
         self.controls = GeometryControls(self._changed)
         self.source = Div(name="source", text="no dataset: open a record in the History tab")
@@ -90,9 +89,9 @@ class AdjustTab:
         self.steps = [step]
         src, cache = loaded.source, loaded.projector.cache
         (ny, nx), (sy, sx) = src.nav_shape, src.sig_shape
-        self.source.text = (f"<b>{src.label}</b>: {ny}x{nx} scan of {sy}x{sx} frames; cache of "
-                            f"{len(cache.frames)} frames (scan stride {cache.stride}, "
-                            f"detector bin {cache.bin})")
+        self.source.text = (f"<b>{html.escape(src.label)}</b>: {ny}x{nx} scan of {sy}x{sx} "
+                            f"frames; cache of {len(cache.frames)} frames (scan stride "
+                            f"{cache.stride}, detector bin {cache.bin})")
         self.controls.set(loaded.start)
         self._enable()
         self._request(preview=False)
@@ -133,6 +132,7 @@ class AdjustTab:
             return
         self.images.show(result.images)
         self.shown.append((result.params, result.preview, result.seconds))
+        self.shown_count += 1
         self._previews += result.preview
         note = " (preview: a quarter of the frames)" if result.preview else ""
         self.blur.text = f"blur: {result.blur:.4f}{note}"

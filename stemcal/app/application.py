@@ -24,7 +24,6 @@ from bokeh.models import TabPanel, Tabs
 from ..catalog import (UnavailableCatalog, calibration_history, open_catalog_or_unavailable,
                        record_images)
 from ..record import CalibrationRecord
-from ..twin.params import OverfocusParams
 from .adjust_tab import AdjustTab
 from .history_tab import HistoryTab
 from .live_tab import LiveTab
