@@ -2,12 +2,13 @@
 #   make demo  - the main job: the calibrate plan on the simulated microscope into the embedded
 #                local catalog (stemcal calibrate), then an offline cold-start fit of a simulated
 #                dataset file with a report PNG (stemcal demo --out out)
-#   make test  - run the test suite (what .ci/run calls)
+#   make test  - run the test suite (what .ci/run calls); installs Debian's chromium for the
+#                browser tests of the app where it is missing (make chromium)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.stemcal-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,12 +20,18 @@ demo: $(STAMP)
 	$(VENV)/bin/stemcal calibrate
 	$(VENV)/bin/stemcal demo --out out
 
-test: $(STAMP)
+# Debian's Chromium, which tests/app/ drive with Playwright: apt-get as root (or password-less
+# sudo) where it is missing, else a message saying what to run; nothing to do when installed.
+chromium:
+	sh scripts/install_chromium.sh
+
+test: $(STAMP) chromium
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -ra
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
+	$(VENV)/bin/python benchmarks/app_redraw.py
 
 clean:
 	rm -rf $(VENV) out

@@ -30,7 +30,19 @@ print("RESULT " + json.dumps({
     "in_catalog": [r.uid for r in hist] == [rec.uid],
     "names": sorted(n for n in ("RE", "catalog", "scan", "optics", "merlin", "bp", "bps",
                                 "calibrate", "verify_calibration", "recalibrate_if_stale",
-                                "overfocus_scan") if n in globals())}))
+                                "overfocus_scan") if n in globals()),
+    "app": app_check()}))
+"""
+
+# startup/40-app.py: the app on the session's catalog and recorder, served from a thread
+APP_CHECK = r"""
+import urllib.request
+def app_check():
+    server = serve_app()
+    page = urllib.request.urlopen(server.url, timeout=30).read().decode()
+    server.stop()
+    return {"url": server.url, "bokeh": "Bokeh" in page,
+            "wired": stemcal_app.recorder is recorder and stemcal_app.catalog() is catalog}
 """
 
 
@@ -42,13 +54,16 @@ def test_profile_starts_and_calibrates(tmp_path):
     env = dict(os.environ, STEMCAL_CONFIG=str(config), MPLBACKEND="Agg",
                IPYTHONDIR=str(tmp_path / "ipython"))
     proc = subprocess.run([sys.executable, "-m", "IPython", "--profile-dir", str(PROFILE),
-                           "--no-banner", "--HistoryManager.enabled=False", "-c", SCRIPT],
+                           "--no-banner", "--HistoryManager.enabled=False", "-c",
+                           APP_CHECK + SCRIPT],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads(line[0][len("RESULT "):])
     assert res["flip_right"] and res["valid"] and res["in_catalog"]
+    assert res["app"]["url"].startswith("http://127.0.0.1:") and res["app"]["bokeh"]
+    assert res["app"]["wired"] and f"stemcal app: {res['app']['url']}" in proc.stdout
     assert abs(res["rotation_error"]) <= 0.1
     assert abs(res["overfocus_error"]) <= 0.005
     assert len(res["names"]) == 11

@@ -182,6 +182,15 @@ class CalibrationRecorder:
             except KeyError:
                 raise KeyError(f"no live view of run {run_uid}") from None
 
+    def newest_live_view(self) -> tuple[str, Any] | None:
+        """``(run_uid, LiveView)`` of the newest run with a live view, or None (e.g. for
+        the app's *Live run* tab, which follows the session's runs)."""
+        with self._lock:
+            if not self._live_views:
+                return None
+            uid = next(reversed(self._live_views))
+            return uid, self._live_views[uid]
+
     def handles(self, run_uid: str) -> bool:
         """Whether this recorder received the start of run ``run_uid`` and handles it."""
         with self._lock:

@@ -6,7 +6,8 @@
 * :mod:`.offline` -- ``fit``, ``simulate``, ``demo``;
 * :mod:`.acquire` -- ``calibrate``;
 * :mod:`.records` -- ``history``, ``show``, ``export``, ``sync``;
-* :mod:`.serve` -- ``serve``.
+* :mod:`.serve` -- ``serve``;
+* :mod:`.app` -- ``app`` (the browser app, :mod:`stemcal.app`).
 """
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError
 from .main import build_parser, main

@@ -95,10 +95,11 @@ def shape(text: str) -> int:
     return v
 
 
-def add_geometry(p: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """The sizes and the overfocus (required for ``fit``, with defaults for ``simulate``)."""
+def add_geometry(p: argparse.ArgumentParser, *, defaults: bool, required: bool | None = None) -> None:
+    """The sizes and the overfocus (required for ``fit``, with defaults for ``simulate``;
+    ``required=False``: optional without defaults, for a command that checks them itself)."""
     d = (lambda v: v) if defaults else (lambda v: None)
-    req = not defaults
+    req = (not defaults) if required is None else required
     p.add_argument("--scan-pixel-size", type=number("--scan-pixel-size", "positive"),
                    required=req, default=d(0.5e-9), metavar="M", help="scan step, metres")
     p.add_argument("--camera-length", type=number("--camera-length", "positive"), required=req,

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import acquire, offline, records, serve
+from . import acquire, app, offline, records, serve
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stemcal {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (offline, acquire, records, serve):
+    for group in (offline, acquire, records, serve, app):
         group.add_parsers(sub)
     return parser
 
