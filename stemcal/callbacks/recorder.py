@@ -131,15 +131,16 @@ class CalibrationRecorder:
         """RunRouter factory: a :class:`CalibrationRun` for runs this recorder handles."""
         purpose = start.get("purpose")
         if purpose == CALIBRATION_PURPOSE:
-            work = self._calibrate
+            work, what = self._calibrate, "calibration"
         elif purpose == CHECK_PURPOSE:
-            work = self._check
+            work, what = self._check, "check"
         else:
             return [], []
         with self._lock:
             if start["uid"] in self._statuses:
                 raise DocumentOrderError(f"run {start['uid']} started twice")
-            self._statuses[start["uid"]] = status = ResultStatus(obj=start["uid"])
+            self._statuses[start["uid"]] = status = ResultStatus(
+                obj=start["uid"], name=f"{what} of run {start['uid'][:8]}")
 
         def on_stop(start: dict, stop: dict, data: AcquiredData | None,
                     reason: str | None = None) -> None:
@@ -202,8 +203,10 @@ class CalibrationRecorder:
                 raise KeyError(f"run {run_uid} is not handled by this recorder") from None
 
     # -- work -----------------------------------------------------------------------------
-    def _submit(self, status: ResultStatus, work: Callable[[dict, AcquiredData], Any],
+    def _submit(self, status: ResultStatus, work: Callable[..., Any],
                 start: dict, data: AcquiredData) -> None:
+        """Run ``work(start, data, report)`` in the worker; ``report(stage, fraction)`` is
+        the status's :meth:`~ResultStatus.report_progress`."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
@@ -211,7 +214,7 @@ class CalibrationRecorder:
 
         def job() -> None:
             try:
-                result = work(start, data)
+                result = work(start, data, status.report_progress)
             except BaseException as exc:  # reported through the status
                 log.exception("handling run %s failed", start["uid"])
                 status.set_exception(exc)
@@ -227,10 +230,12 @@ class CalibrationRecorder:
             self._ctx = Context.make_with("inline")
         return self._ctx
 
-    def _calibrate(self, start: dict, data: AcquiredData) -> CalibrationRecord:
+    def _calibrate(self, start: dict, data: AcquiredData,
+                   report: Callable[[str, float], None]) -> CalibrationRecord:
         from ..catalog import write_record_or_spool  # spools if the catalog fails
         from ..fit.coarse import cold_start
         from ..fit.disk import NoFeaturesError
+        from ..fit.progress import FitProgress
 
         if self.client is None:
             raise RuntimeError("this recorder has no catalog client: it cannot store calibrations")
@@ -243,10 +248,13 @@ class CalibrationRecorder:
                      "nav_shape": list(data.nav_shape), "sig_shape": list(data.sig_shape)},
             "acquisition_plan": start.get("plan_name"),
         }
+        report("opening the data", 0.0)
         ctx = self._context()
         dataset = data.load(ctx)
+        progress = FitProgress(report)
         try:
-            fit = cold_start(dataset, ctx=ctx, **inputs, **self.fit_kwargs)
+            fit = cold_start(dataset, ctx=ctx, **inputs,
+                             **{"progress": progress, "on_stage": progress.stage, **self.fit_kwargs})
         except NoFeaturesError as exc:
             record = self._no_features_record(start, data, state, settings, exc)
             write_record_or_spool(self.client, record)
@@ -280,7 +288,8 @@ class CalibrationRecorder:
             uncertainty={"scan_rotation": None, "overfocus": None},
             fit_settings={**settings, "error": type(exc).__name__, "geometry": "not measured"})
 
-    def _check(self, start: dict, data: AcquiredData) -> dict[str, Any]:
+    def _check(self, start: dict, data: AcquiredData,
+               report: Callable[[str, float], None]) -> dict[str, Any]:
         from ..fit.passes import full_pass, image_quality
         from ..twin.params import OverfocusParams
 
@@ -288,7 +297,10 @@ class CalibrationRecorder:
         ctx = self._context()
         dataset = data.load(ctx)
 
+        passes = iter(range(5))
+
         def measure(p: OverfocusParams) -> tuple[float, float, dict[str, np.ndarray]]:
+            report("projecting", next(passes) / 5)
             images = full_pass(ctx, dataset, p)
             blur, contrast = image_quality(images)
             return blur, contrast, images

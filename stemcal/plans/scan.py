@@ -160,6 +160,9 @@ def _fly(detector: Any, flush_period: float, name: str) -> MsgGenerator[None]:
         # Poll the acquisition's own status rather than a wait group: a pause cancels a
         # wait (its group is gone on resume), but this loop picks the scan up again.
         status = yield from bps.complete(detector, group=_short_uid("complete"))
+        if status is None:  # no RunEngine (summarize_plan, a simulator): nothing to poll
+            yield from bps.collect(detector, name=name)
+            return
         while not status.done:
             yield from bps.sleep(flush_period)
             yield from bps.collect(detector, name=name)
