@@ -150,14 +150,42 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         _check_finite_images(fit)
         summary = _summary(fit, info, str(args.dataset))
         if args.report:
-            from ..formats import atomic_output
-            from ..report import write_report
-            with atomic_output(args.report) as tmp:  # no half-written figure on failure
-                write_report(tmp, fit.images, summary, frame_sum=fit.extra.get("frame_sum"))
+            _write_report(args, ctx, ds, fit, summary)
             summary["report"] = str(args.report)
         return summary
     finally:
         ctx.close()
+
+
+def guess_params(args: argparse.Namespace, fitted: Any, sig_shape: Any) -> Any:
+    """The geometry the fit started from, as far as the user gave it: the guesses, else
+    rotation 0, no flip, the detector middle and no descan (sizes and semiconv as fitted
+    where not given)."""
+    sy, sx = (int(n) for n in sig_shape)
+    return fitted.replace(
+        scan_rotation=args.scan_rotation if args.scan_rotation is not None else 0.0,
+        flip_y=bool(args.flip_y), overfocus=args.overfocus,
+        cy=args.cy if args.cy is not None else sy / 2,
+        cx=args.cx if args.cx is not None else sx / 2, descan=((0.0, 0.0), (0.0, 0.0)))
+
+
+def _write_report(args: argparse.Namespace, ctx: Any, ds: Any, fit: Any,
+                  summary: dict[str, Any]) -> None:
+    """``--report``: the fit beside one more pass over the data, projected with the guess."""
+    from ..fit.passes import full_pass
+    from ..formats import atomic_output
+    from ..report import write_report
+
+    guess = guess_params(args, fit.params, ds.shape.sig)
+    try:
+        before = full_pass(ctx, ds, guess)["shifted_sum_normalised"]
+    except (ValueError, OSError) as exc:  # e.g. a guess that projects outside every limit
+        log.warning("no projection with the guess for the report: %s", exc)
+        before = None
+    with atomic_output(args.report) as tmp:  # no half-written figure on failure
+        write_report(tmp, fit.images, summary, params=fit.params, before=before, guess=guess,
+                     frame_sum=fit.extra.get("frame_sum"),
+                     title=f"stemcal fit of {Path(args.dataset).name}")
 
 
 def _check_finite_images(fit: Any) -> None:
@@ -180,6 +208,8 @@ def _check_report(path: str) -> None:
 
     from ..formats import check_destination
     parent = Path(path).parent
+    if parent.exists() and not parent.is_dir():
+        raise CLIError(f"--report {path}: {parent} is not a directory")
     if not parent.is_dir():
         raise CLIError(f"--report {path}: the directory {parent} does not exist")
     try:

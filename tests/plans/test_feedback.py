@@ -71,16 +71,26 @@ def calibrated(tmp_path_factory):
     bec = BestEffortCallback()
     bec.disable_plots()
     RE.subscribe(bec)
-    recorder = CalibrationRecorder(client, live=False)
+    recorder = CalibrationRecorder(client, figure_dir=d / "figures")
     RE.subscribe(recorder)
+    at_stop = {}  # what each live view said when its run stopped (before the fit)
+
+    def probe(name, doc):
+        if name == "stop" and recorder.handles(doc["run_start"]):
+            view = recorder.live_view(doc["run_start"])
+            at_stop[doc["run_start"]] = (view.geometry, view.figure.figure._suptitle.get_text(),
+                                         view.blur)
+
+    RE.subscribe(probe)
     RecordingBar.updates = []
     RE.waiting_hook = ProgressBarManager(lambda objs: RecordingBar(objs, delay_draw=0))
     with contextlib.redirect_stdout(out):  # the table and the bars
         record = RE(calibrate(inst.detector, inst.scan, inst.optics,
                               callback=recorder)).plan_result
+    view = recorder.live_view(record.acquisition_uid)
     recorder.close()
     yield SimpleNamespace(record=record, updates=list(RecordingBar.updates), table=out.getvalue(),
-                          inst=inst)
+                          inst=inst, figures=d / "figures", at_stop=at_stop, view=view)
 
 
 def test_progress_bar_manager_receives_the_fit_progress(calibrated):
@@ -108,6 +118,22 @@ def test_the_result_row_shows_the_fitted_values(calibrated):
     assert float(overfocus[-1]) == pytest.approx(rec.overfocus * 1e9, abs=0.01)
     assert 1000 < float(overfocus[-1]) < 1100  # nm: 1.05 um, readable
     assert table(calibrated.table, "fit_valid")[-1] == "True"
+
+
+def test_figures_are_named_by_the_record_and_the_live_view_says_what_it_shows(calibrated):
+    rec, view = calibrated.record, calibrated.view
+    names = sorted(p.name for p in calibrated.figures.iterdir())
+    assert names == [f"calibration_{rec.uid[:8]}.png", f"live_{rec.acquisition_uid[:8]}.png"]
+    geometry, title, blur = calibrated.at_stop[rec.acquisition_uid]
+    assert geometry.startswith("projected with the guess (rotation 0.00 deg, no flip, "
+                               "overfocus 1000.0 nm)") and geometry.endswith("until the fit is in")
+    assert geometry in title
+    # redrawn with the fit once it was in, and saved again
+    assert view.geometry == (f"projected with the fit: rotation {rec.scan_rotation:.2f} deg, "
+                             f"flip, overfocus {rec.overfocus * 1e9:.1f} nm")
+    assert view.geometry in view.figure.figure._suptitle.get_text()
+    assert view.blur == pytest.approx(rec.blur) and view.blur < blur  # sharper than the guess
+    assert view.guess_images  # the report's "before" came from the live view
 
 
 def test_best_effort_table_shows_the_overfocus_in_nm():
