@@ -8,6 +8,7 @@ in percent with its name (``calibration of run 1a2b3c4d: refinement``).
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from collections.abc import Iterable
@@ -54,10 +55,11 @@ class TqdmProgressBar(ProgressBarBase):
             if self._closed:
                 return
             bar = self._bars.get(pos)
-            if bar is None:
+            if bar is None:  # (a terminal that reports no size gets 80x24, not no bar)
+                size = shutil.get_terminal_size((80, 24))
                 bar = self._bars[pos] = self._tqdm(
                     total=float(target) - float(initial), unit=unit, file=self._file,
-                    position=pos, leave=False, dynamic_ncols=True,
+                    position=pos, leave=False, ncols=size.columns, nrows=size.lines,
                     bar_format="{desc} {bar} {n:.0f}{unit} [{elapsed}<{remaining}]")
             bar.set_description_str(name or "", refresh=False)
             bar.n = float(current) - float(initial)
