@@ -4,7 +4,8 @@ bluesky's own :class:`~bluesky.utils.TerminalProgressBar` writes to stdout,
 where ``stemcal calibrate --json`` prints its one JSON object; these bars go
 to stderr. Each status the RunEngine waits on that has ``watch`` (ophyd's
 progress interface, e.g. :class:`stemcal.callbacks.ResultStatus`) gets a bar
-in percent with its name (``calibration of run 1a2b3c4d: refinement``).
+with its name and unit: ``calibration of run 1a2b3c4d: refinement`` in percent,
+``merlin: acquisition`` in frames.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class TqdmProgressBar(ProgressBarBase):
                precision: Any = None, fraction: Any = None, time_elapsed: float | None = None,
                time_remaining: float | None = None) -> None:
         """Called by the status's ``watch``: move the bar of ``pos`` to ``current``."""
-        if current is None or target is None:
+        if current is None:
             return
         initial = initial or 0
         with self._lock:
@@ -58,9 +59,12 @@ class TqdmProgressBar(ProgressBarBase):
             if bar is None:  # (a terminal that reports no size gets 80x24, not no bar)
                 size = shutil.get_terminal_size((80, 24))
                 bar = self._bars[pos] = self._tqdm(
-                    total=float(target) - float(initial), unit=unit, file=self._file,
+                    total=None if target is None else float(target) - float(initial),
+                    unit=unit, file=self._file,
                     position=pos, leave=False, ncols=size.columns, nrows=size.lines,
-                    bar_format="{desc} {bar} {n:.0f}{unit} [{elapsed}<{remaining}]")
+                    bar_format="{desc} {bar} {n:.0f} {unit} [{elapsed}<{remaining}]")
+            if target is not None and bar.total != float(target) - float(initial):
+                bar.total = float(target) - float(initial)
             bar.set_description_str(name or "", refresh=False)
             bar.n = float(current) - float(initial)
             bar.refresh()

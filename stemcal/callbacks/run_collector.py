@@ -9,9 +9,6 @@ finds the run's frames (:class:`AcquiredData`) by the contract of
 from __future__ import annotations
 
 import dataclasses
-import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +16,8 @@ from typing import Any
 from bluesky.callbacks.core import CallbackBase
 from ophyd.status import Status
 
+from ..devices.status import WatchMixin
 from ..runs import PRIMARY_STREAM, frame_layout, resource_path
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CalibrationRun", "ResultStatus", "AcquiredData", "DocumentOrderError",
            "RunNotCalibrated"]
@@ -35,34 +31,27 @@ class RunNotCalibrated(RuntimeError):
     """The run was not calibrated (it did not end successfully, or held no 4D data)."""
 
 
-class ResultStatus(Status):
+class ResultStatus(WatchMixin, Status):
     """An ophyd :class:`~ophyd.status.Status` that carries a result and reports progress.
 
     :meth:`set_result` stores the value and finishes the status; :attr:`result`
     returns it, or raises the exception the status failed with.
 
-    :meth:`watch` is ophyd's progress interface (as ``MoveStatus.watch``),
-    which bluesky's :class:`~bluesky.utils.ProgressBarManager` uses when a
-    plan waits on the status: each watcher gets ``name`` (what is being done,
-    e.g. ``"calibration of run 1a2b3c4d: refinement"``), ``current``,
-    ``initial`` and ``target`` (percent, 0..100), ``unit`` (``"%"``),
-    ``precision``, ``fraction`` (the fraction *left*, ophyd's convention),
-    ``time_elapsed`` and ``time_remaining`` (seconds; None until known).
-    :meth:`report_progress` feeds it.
+    ``watch`` (:class:`~stemcal.devices.status.WatchMixin`) is ophyd's progress
+    interface, which bluesky's :class:`~bluesky.utils.ProgressBarManager`
+    uses when a plan waits on the status: the name says what is done (e.g.
+    ``"calibration of run 1a2b3c4d: refinement"``), the progress is in
+    percent. :meth:`report_progress` feeds it.
     """
 
     _unset = object()
 
     def __init__(self, obj: Any = None, *, name: str | None = None, **kwargs: Any) -> None:
         self._result: Any = self._unset
-        self._watchers: list[Callable[..., None]] = []
-        self._what = name if name is not None else f"run {str(obj)[:8]}"
-        self._stage = "waiting"
-        self._done_fraction = 0.0
-        self._started = time.monotonic()
-        self._watch_lock = threading.Lock()
+        self._init_watch(name if name is not None else f"run {str(obj)[:8]}")
+        self._label = "waiting"
         super().__init__(obj=obj, **kwargs)
-        self.add_callback(lambda _st: self._notify())
+        self._after_init_watch()
 
     def set_result(self, value: Any) -> None:
         """Store ``value`` and mark the status finished (successfully)."""
@@ -88,42 +77,9 @@ class ResultStatus(Status):
             raise exc
         return self._result
 
-    # -- progress ---------------------------------------------------------------------------
-    def watch(self, func: Callable[..., None]) -> None:
-        """Call ``func(**progress)`` at every change of progress (and once now)."""
-        with self._watch_lock:
-            self._watchers.append(func)
-        self._call(func, self._progress())
-
     def report_progress(self, stage: str, fraction: float) -> None:
         """The work has reached ``stage`` with ``fraction`` (0..1) of it done; tell the watchers."""
-        with self._watch_lock:
-            self._stage = str(stage)
-            self._done_fraction = min(1.0, max(self._done_fraction, float(fraction)))
-        self._notify()
-
-    def _progress(self) -> dict[str, Any]:
-        with self._watch_lock:
-            done, stage = self._done_fraction, self._stage
-        elapsed = time.monotonic() - self._started
-        remaining = elapsed * (1 - done) / done if 0.05 < done < 1 else None
-        return {"name": f"{self._what}: {stage}", "current": round(100 * done, 1), "initial": 0.0,
-                "target": 100.0, "unit": "%", "precision": 1, "fraction": 1.0 - done,
-                "time_elapsed": elapsed, "time_remaining": remaining}
-
-    def _notify(self) -> None:
-        progress = self._progress()
-        with self._watch_lock:
-            watchers = list(self._watchers)
-        for func in watchers:
-            self._call(func, progress)
-
-    @staticmethod
-    def _call(func: Callable[..., None], progress: dict[str, Any]) -> None:
-        try:
-            func(**progress)
-        except Exception:  # a display's fault is never the calibration's
-            logger.exception("progress watcher %r failed", func)
+        self.set_progress(100 * float(fraction), label=stage)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,6 +109,13 @@ def test_progress_bar_manager_receives_the_fit_progress(calibrated):
     assert len({u["current"] for u in fit if u["name"].endswith("cache pass")}) >= 2
 
 
+def test_progress_bar_manager_receives_the_acquisition_progress(calibrated):
+    acq = [u for u in calibrated.updates if u.get("name") == "merlin: acquisition"]
+    assert acq and all(u["unit"] == "frames" for u in acq)
+    assert acq[-1]["current"] == acq[-1]["target"] == NAV * NAV
+    assert [u["current"] for u in acq] == sorted(u["current"] for u in acq)
+
+
 def test_the_result_row_shows_the_fitted_values(calibrated):
     rec = calibrated.record
     rotation = table(calibrated.table, "fit_scan_rotation")
@@ -187,7 +194,7 @@ def test_tqdm_bars_go_to_the_given_stream():
     manager(None)
     assert manager.pbar is None
     assert "calibration of run abcdef01: refinement" in err.getvalue()
-    assert re.search(r"\b50%", err.getvalue()), err.getvalue()
+    assert re.search(r"\b50 %", err.getvalue()), err.getvalue()
 
 
 def test_calibrate_can_be_summarized(tmp_path, capsys):
