@@ -25,6 +25,8 @@ import pytest
 from stemcal.cli import build_parser, main
 from stemcal.cli.args import RANGES
 
+from parsing import parse  # tests/parsing.py
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: Valid values of the options some subcommands require.
@@ -50,16 +52,6 @@ def numeric_options() -> list[tuple[str, str, argparse.Action]]:
                     "number", "integer", "shape"):
                 out.append((name, action.option_strings[0], action))
     return out
-
-
-def parse(argv: list[str]) -> tuple[argparse.Namespace | None, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            return build_parser().parse_args(argv), err.getvalue()
-        except SystemExit as exc:
-            assert exc.code == 2, exc.code
-            return None, err.getvalue()
 
 
 def base_argv(name: str, p: argparse.ArgumentParser, skip: str) -> list[str]:
