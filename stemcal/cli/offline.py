@@ -130,6 +130,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         _check_report(args.report)  # before the work, not after it
     ctx = make_context(args.executor, args.cluster)
     try:
+        size = _size(args.dataset)
         ds = open_dataset(ctx, args.dataset, nav_shape=tuple(args.nav_shape) if args.nav_shape else None)
         info = describe(ds)
         progress = (not args.no_progress) and sys.stderr.isatty()
@@ -147,6 +148,12 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:  # a damaged block found while reading (e.g. an HDF5 chunk)
             raise CLIError(f"{args.dataset}: cannot read the data "
                            f"({' '.join(str(exc).split())})") from None
+        except AssertionError:  # a reader's short read: the file changed under it?
+            now = _size(args.dataset)
+            if now != size:
+                raise CLIError(f"{args.dataset}: the file changed while it was read "
+                               f"({size} -> {now} bytes)") from None
+            raise
         _check_finite_images(fit)
         summary = _summary(fit, info, str(args.dataset))
         if args.report:
@@ -155,6 +162,14 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         return summary
     finally:
         ctx.close()
+
+
+def _size(path: str) -> int | None:
+    """Bytes of ``path`` now (None where it cannot be read)."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
 
 
 def guess_params(args: argparse.Namespace, fitted: Any, sig_shape: Any) -> Any:
