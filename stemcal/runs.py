@@ -44,6 +44,13 @@ Any run
 :mod:`stemcal.attach` adds :data:`CALIBRATION_KEY` (the calibration in force)
 and :data:`STATUS_KEY` (why it is or is not there) to every run's start.
 
+Result runs (``purpose`` :data:`RESULT_PURPOSE`)
+------------------------------------------------
+One event in ``primary``: an attempt's fitted values, read from a
+:class:`~stemcal.devices.CalibrationReadout`; start ``record_uid``,
+``acquisition_uid``, ``calibration_attempt``. Nothing reads them back: they
+are there for tables (BestEffortCallback) and the eye.
+
 Record runs (``purpose`` :data:`RECORD_PURPOSE`)
 -----------------------------------------------
 A calibration record is a run of its own (:mod:`stemcal.catalog`): start
@@ -62,7 +69,8 @@ import numpy as np
 from .checks import is_real
 from .twin.params import OverfocusParams, semiconv_for_disk
 
-__all__ = ["CALIBRATION_PURPOSE", "CHECK_PURPOSE", "RECORD_PURPOSE", "RECORD_PLAN_NAME",
+__all__ = ["CALIBRATION_PURPOSE", "CHECK_PURPOSE", "RECORD_PURPOSE", "RESULT_PURPOSE",
+           "RECORD_PLAN_NAME",
            "CALIBRATION_KEY", "STATUS_KEY", "PRIMARY_STREAM", "BASELINE_STREAM",
            "INCOMPLETE_STREAM", "DEFAULT_TOLERANCES", "GUESS_KEYS", "plain", "check_guess",
            "device_settings", "acquisition_start", "check_request", "read_check", "optics_state", "fit_inputs",
@@ -74,6 +82,9 @@ CALIBRATION_PURPOSE = "calibration_data"
 CHECK_PURPOSE = "calibration_check"
 #: ``purpose`` of a calibration record's own run.
 RECORD_PURPOSE = "calibration"
+#: ``purpose`` of the short run in which :func:`stemcal.plans.calibrate` reads an attempt's
+#: fitted values (:class:`stemcal.devices.CalibrationReadout`) for tables.
+RESULT_PURPOSE = "calibration_result"
 #: ``plan_name`` of a calibration record's own run.
 RECORD_PLAN_NAME = "stemcal_record"
 #: Start-document key of the calibration attached to a run (or None).

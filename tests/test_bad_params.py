@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stemcal.cli import build_parser, main
+from stemcal.cli import main
 from stemcal.devices import ManualClock, MicroscopeTruth, PhysicalSpecimen, make_sim_instrument
 from stemcal.devices.scan import MAX_SCAN_SIDE, ScanGenerator
 from stemcal.plans import calibrate, focus_schedule, overfocus_scan, recalibrate_if_stale
@@ -36,6 +36,8 @@ from stemcal.runs import check_guess
 from stemcal.config import SIM_MAX_BYTES, SIM_MAX_SIDE, SimSettings, load_config
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.simulate import MAX_SIDE, MAX_SIMULATION_BYTES, check_shapes
+
+from parsing import parse  # tests/parsing.py
 
 PROPS = settings(max_examples=40, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -161,17 +163,6 @@ def test_from_dict_and_replace_name_the_keys():
 
 
 # -- 2. CLI options, through the real parser ------------------------------------------------------
-
-def parse(argv: list[str]):
-    """(namespace or None, stderr) of parsing ``argv`` with stemcal's parser."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            return build_parser().parse_args(argv), err.getvalue()
-        except SystemExit as exc:
-            assert exc.code == 2, exc.code
-            return None, err.getvalue()
-
 
 def finite(v):
     return isinstance(v, float) and math.isfinite(v)

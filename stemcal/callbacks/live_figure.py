@@ -1,7 +1,9 @@
 """A matplotlib figure of the live OverfocusUDF images: point, selected, shifted sum, sum.
 
-:class:`LiveFigure` shows the four images of a scan being taken, with the
-frames done and the blur metric in the title. With an interactive
+:class:`LiveFigure` shows the four images of a scan being taken.
+Its title says which run it shows, what the images are projected with (the
+guess until the fit is in, then the fit) and how many frames are done, with the
+blur metric. With an interactive
 matplotlib backend (a display) it is a pyplot window redrawn in place; with
 none (``Agg``, no ``DISPLAY``) it is an off-screen figure that can be saved
 as PNG. Like every GUI object it must be used from one thread: the
@@ -81,10 +83,12 @@ class LiveFigure:
             ax.set_axis_off()
         self.updates = 0
         self.summary = ""
+        self.geometry = ""
 
     def update(self, images: dict[str, np.ndarray], frames_done: int, frames_total: int,
-               blur: float | None = None) -> None:
-        """Show ``images`` (as from :meth:`LiveProjection.images`) and the progress."""
+               blur: float | None = None, geometry: str = "") -> None:
+        """Show ``images`` (as from :meth:`LiveProjection.images`) and the progress;
+        ``geometry`` says what they are projected with (a line of the title)."""
         for ax, (name, _) in zip(self.axes, PANELS):
             img = images.get(name)
             if img is None:
@@ -99,7 +103,9 @@ class LiveFigure:
             artist.set_clim(*_limits(img))
         blur_text = "" if blur is None or not np.isfinite(blur) else f", blur {blur:.4f}"
         self.summary = f"{frames_done}/{frames_total} frames{blur_text}"
-        self.figure.suptitle(f"{self.title}\n{self.summary}")
+        self.geometry = geometry
+        lines = [self.title, geometry, self.summary] if geometry else [self.title, self.summary]
+        self.figure.suptitle("\n".join(lines))
         self.updates += 1
         if self.on_screen:
             self.figure.canvas.draw_idle()

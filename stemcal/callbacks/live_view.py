@@ -20,7 +20,10 @@ The images use the geometry the run carries
 (:func:`stemcal.runs.projection_params`): the stored calibration of a check
 run, else the run's guess, completed by neutral values (rotation 0, no flip,
 the detector middle, a disk of a quarter of the detector). With a wrong guess the shifted sum is blurred:
-that is what the live view shows.
+that is what the live view shows, and its title says so ("projected with the
+guess ... until the fit is in"). When the recorder's fit of the run is in
+(:meth:`LiveView.show_fit`), the view is redrawn with the fit's images
+(:meth:`LiveView.redraw_fit`, on the RunEngine thread) and saved again.
 """
 from __future__ import annotations
 
@@ -78,6 +81,11 @@ class LiveView(CallbackBase):
     error : str or None
         Why the view stopped early (bad metadata, unreadable file); the
         run itself is not affected.
+    guess_images : dict
+        The images of all frames projected with the run's geometry (set at
+        ``stop`` when every frame was projected; empty otherwise).
+    geometry : str
+        What the images are projected with, as the title says it.
     """
 
     def __init__(self, *, figure: bool = True, figure_dir: str | Path | None = None,
@@ -98,6 +106,9 @@ class LiveView(CallbackBase):
         self.blur: float | None = None
         self.error: str | None = None
         self.figure_path: Path | None = None
+        self.guess_images: dict[str, np.ndarray] = {}
+        self.geometry = ""
+        self._fit: tuple[dict[str, np.ndarray], Any] | None = None
         self._descriptors: dict[str, dict] = {}
         self._resources: dict[str, dict] = {}
         self._queue: queue.Queue = queue.Queue()
@@ -138,6 +149,13 @@ class LiveView(CallbackBase):
             if self._worker.is_alive():
                 self._fail(f"frames still being processed after {self.timeout:g} s")
         self._maybe_redraw(force=True)
+        p = self.projection
+        if p is not None and self.error is None and p.frames_done == p.n_frames:
+            self.guess_images = dict(self.images)
+        self._save()
+        return doc
+
+    def _save(self) -> None:
         if self.figure is not None and self.figure_dir is not None and self.start_doc:
             try:
                 self.figure_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +163,34 @@ class LiveView(CallbackBase):
                     self.figure_dir / f"live_{self.start_doc['uid'][:8]}.png")
             except Exception:  # a figure is never worth losing a calibration
                 log.exception("could not write the live figure")
-        return doc
+
+    # -- the fit (from the recorder) --------------------------------------------------------
+    def show_fit(self, images: dict[str, np.ndarray], params: Any) -> None:
+        """The run's fit is in: its images (OverfocusUDF's, with the fitted geometry
+        ``params``) replace the guess's at the next :meth:`redraw_fit`. Any thread."""
+        self._fit = (dict(images), params)
+
+    def redraw_fit(self) -> None:
+        """Redraw (and save again) with the fit given to :meth:`show_fit`; on the thread
+        that owns the figure (the RunEngine's). Nothing happens before :meth:`show_fit`."""
+        from ..fit.passes import image_quality
+
+        if self._fit is None:
+            return
+        images, params = self._fit
+        self.images = images
+        try:
+            self.blur = float(image_quality(images)[0])
+        except Exception:  # noqa: BLE001 - a live view never breaks the run
+            self.blur = None
+        self.geometry = f"projected with the fit: {_geometry_words(params)}"
+        if self.figure is not None and self.projection is not None:
+            try:
+                n = self.projection.n_frames
+                self.figure.update(images, n, n, self.blur, geometry=self.geometry)
+            except Exception:
+                log.exception("could not redraw the live figure with the fit")
+            self._save()
 
     # -- frames ---------------------------------------------------------------------------
     def _announce(self, datum: dict) -> None:
@@ -160,7 +205,14 @@ class LiveView(CallbackBase):
         start = self.start_doc or {}
         nav, sig = frame_layout(shape, start)
         if self.projection is None:
-            self.projection = LiveProjection(projection_params(start, sig), nav, sig)
+            params = projection_params(start, sig)
+            self.projection = LiveProjection(params, nav, sig)
+            if isinstance(start.get("calibration_check"), dict):
+                self.geometry = (f"projected with the calibration being checked: "
+                                 f"{_geometry_words(params)}")
+            else:
+                self.geometry = (f"projected with the guess ({_geometry_words(params)}) "
+                                 "until the fit is in")
             if self._want_figure:
                 uid = str(start.get("uid", ""))[:8]
                 self.figure = LiveFigure(f"live view of run {uid} ({start.get('purpose')})",
@@ -240,6 +292,13 @@ class LiveView(CallbackBase):
         self._last_draw, self._drawn = now, done
         if self.figure is not None:
             try:
-                self.figure.update(self.images, done, self.projection.n_frames, self.blur)
+                self.figure.update(self.images, done, self.projection.n_frames, self.blur,
+                                   geometry=self.geometry)
             except Exception:
                 log.exception("could not redraw the live figure")
+
+
+def _geometry_words(params: Any) -> str:
+    """A projection geometry in a few words: rotation, flip, overfocus."""
+    return (f"rotation {params.scan_rotation:.2f} deg, {'flip' if params.flip_y else 'no flip'}, "
+            f"overfocus {params.overfocus * 1e9:.1f} nm")

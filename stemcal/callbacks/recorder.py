@@ -72,8 +72,10 @@ class CalibrationRecorder:
         Runs the passes over the data; default an inline context made on first
         use (and closed by :meth:`close`).
     figure_dir : path, optional
-        Write a PNG of the projected images per handled run there
-        (``calibration_<uid8>.png`` / ``check_<uid8>.png``; matplotlib, no display needed).
+        Write the report figure of each record there (``calibration_<record
+        uid8>.png``, see :mod:`stemcal.callbacks.figures`; of a check
+        ``check_<record uid8>_run_<run uid8>.png``; matplotlib, no display
+        needed), and each live view (``live_<run uid8>.png``).
     fit_kwargs : dict, optional
         Further keyword arguments of :func:`stemcal.fit.coarse.cold_start`
         (``budget``, ``rotation_bound``, ...); recorded in ``fit_settings``.
@@ -85,7 +87,9 @@ class CalibrationRecorder:
         :meth:`live_view` returns a run's view.
     live_kwargs : dict, optional
         Further keyword arguments of :class:`~stemcal.callbacks.live_view.LiveView`
-        (``redraw_period``, ``on_screen``, ...).
+        (``redraw_period``, ``on_screen``, ...). A live view shows the guess
+        until the run's fit is in, then is redrawn with the fit (on the
+        RunEngine thread, at the next document or at :meth:`close`).
 
     Notes
     -----
@@ -112,6 +116,7 @@ class CalibrationRecorder:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._statuses: dict[str, ResultStatus] = {}
+        self._fitted_views: list[Any] = []  # live views to redraw with their fit
         self._router = RunRouter([self.factory])
 
     def __repr__(self) -> str:
@@ -120,6 +125,8 @@ class CalibrationRecorder:
     # -- documents ------------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:
         """Route one document (the RunEngine subscription signature)."""
+        if self._fitted_views:
+            self.redraw_fitted()
         try:
             self._router(name, doc)
         except KeyError as exc:  # the RunRouter's lookups of runs/descriptors/resources
@@ -131,15 +138,16 @@ class CalibrationRecorder:
         """RunRouter factory: a :class:`CalibrationRun` for runs this recorder handles."""
         purpose = start.get("purpose")
         if purpose == CALIBRATION_PURPOSE:
-            work = self._calibrate
+            work, what = self._calibrate, "calibration"
         elif purpose == CHECK_PURPOSE:
-            work = self._check
+            work, what = self._check, "check"
         else:
             return [], []
         with self._lock:
             if start["uid"] in self._statuses:
                 raise DocumentOrderError(f"run {start['uid']} started twice")
-            self._statuses[start["uid"]] = status = ResultStatus(obj=start["uid"])
+            self._statuses[start["uid"]] = status = ResultStatus(
+                obj=start["uid"], name=f"{what} of run {start['uid'][:8]}")
 
         def on_stop(start: dict, stop: dict, data: AcquiredData | None,
                     reason: str | None = None) -> None:
@@ -211,8 +219,10 @@ class CalibrationRecorder:
                 raise KeyError(f"run {run_uid} is not handled by this recorder") from None
 
     # -- work -----------------------------------------------------------------------------
-    def _submit(self, status: ResultStatus, work: Callable[[dict, AcquiredData], Any],
+    def _submit(self, status: ResultStatus, work: Callable[..., Any],
                 start: dict, data: AcquiredData) -> None:
+        """Run ``work(start, data, report)`` in the worker; ``report(stage, fraction)`` is
+        the status's :meth:`~ResultStatus.report_progress`."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
@@ -220,7 +230,7 @@ class CalibrationRecorder:
 
         def job() -> None:
             try:
-                result = work(start, data)
+                result = work(start, data, status.report_progress)
             except BaseException as exc:  # reported through the status
                 log.exception("handling run %s failed", start["uid"])
                 status.set_exception(exc)
@@ -236,10 +246,12 @@ class CalibrationRecorder:
             self._ctx = Context.make_with("inline")
         return self._ctx
 
-    def _calibrate(self, start: dict, data: AcquiredData) -> CalibrationRecord:
+    def _calibrate(self, start: dict, data: AcquiredData,
+                   report: Callable[[str, float], None]) -> CalibrationRecord:
         from ..catalog import write_record_or_spool  # spools if the catalog fails
         from ..fit.coarse import cold_start
         from ..fit.disk import NoFeaturesError
+        from ..fit.progress import FitProgress
 
         if self.client is None:
             raise RuntimeError("this recorder has no catalog client: it cannot store calibrations")
@@ -252,10 +264,13 @@ class CalibrationRecorder:
                      "nav_shape": list(data.nav_shape), "sig_shape": list(data.sig_shape)},
             "acquisition_plan": start.get("plan_name"),
         }
+        report("opening the data", 0.0)
         ctx = self._context()
         dataset = data.load(ctx)
+        progress = FitProgress(report)
         try:
-            fit = cold_start(dataset, ctx=ctx, **inputs, **self.fit_kwargs)
+            fit = cold_start(dataset, ctx=ctx, **inputs,
+                             **{"progress": progress, "on_stage": progress.stage, **self.fit_kwargs})
         except NoFeaturesError as exc:
             record = self._no_features_record(start, data, state, settings, exc)
             write_record_or_spool(self.client, record)
@@ -268,10 +283,17 @@ class CalibrationRecorder:
                                             fit_settings=settings)
         images = {k: fit.images[k] for k in IMAGE_NAMES if k in fit.images}
         write_record_or_spool(self.client, record, images)
+        view = self._view_of(start["uid"])
+        if view is not None:  # redrawn on the RunEngine thread (next document, or close)
+            view.show_fit(fit.images, record.params())
+            with self._lock:
+                self._fitted_views.append(view)
         if self.figure_dir is not None:
-            self._figure(f"calibration_{start['uid'][:8]}.png", images,
-                         {**record.to_dict(), "passes": fit.passes, "seconds": fit.seconds},
-                         fit.extra.get("frame_sum"), f"calibration of run {start['uid'][:8]}")
+            from .figures import calibration_figure, guess_projection
+            before, guess = guess_projection(view, ctx, dataset, start, data.sig_shape)
+            calibration_figure(self.figure_dir, record, images,
+                               {"passes": fit.passes, "seconds": fit.seconds,
+                                "frame_sum": fit.extra.get("frame_sum")}, before, guess)
         return record
 
     @staticmethod
@@ -289,7 +311,8 @@ class CalibrationRecorder:
             uncertainty={"scan_rotation": None, "overfocus": None},
             fit_settings={**settings, "error": type(exc).__name__, "geometry": "not measured"})
 
-    def _check(self, start: dict, data: AcquiredData) -> dict[str, Any]:
+    def _check(self, start: dict, data: AcquiredData,
+               report: Callable[[str, float], None]) -> dict[str, Any]:
         from ..fit.passes import full_pass, image_quality
         from ..twin.params import OverfocusParams
 
@@ -297,7 +320,10 @@ class CalibrationRecorder:
         ctx = self._context()
         dataset = data.load(ctx)
 
+        passes = iter(range(5))
+
         def measure(p: OverfocusParams) -> tuple[float, float, dict[str, np.ndarray]]:
+            report("projecting", next(passes) / 5)
             images = full_pass(ctx, dataset, p)
             blur, contrast = image_quality(images)
             return blur, contrast, images
@@ -312,24 +338,24 @@ class CalibrationRecorder:
                   "stencil": {"scan_rotation": [rot[0], contrast, rot[1]],
                               "overfocus": [of[0], contrast, of[1]]}}
         if self.figure_dir is not None:
-            self._figure(f"check_{start['uid'][:8]}.png", images,
-                         {**params.to_dict(), "blur": blur}, None,
-                         f"check of record {str(record_uid)[:8]}")
+            from .figures import check_figure
+            check_figure(self.figure_dir, str(record_uid), start["uid"], params, images, blur)
         return result
 
-    def _figure(self, filename: str, images: Mapping[str, np.ndarray], summary: dict,
-                frame_sum: np.ndarray | None, title: str) -> None:
-        from ..report import write_report
+    def _view_of(self, run_uid: str) -> Any:
+        with self._lock:
+            return self._live_views.get(run_uid)
 
-        assert self.figure_dir is not None
-        if isinstance(summary.get("descan"), list):  # write_report wants {"matrix": ...}
-            summary = {**summary, "descan": {"matrix": summary["descan"]}}
-        try:
-            self.figure_dir.mkdir(parents=True, exist_ok=True)
-            write_report(self.figure_dir / filename, dict(images), summary, frame_sum=frame_sum,
-                         title=title)
-        except Exception:  # a figure is never worth losing a calibration
-            log.exception("could not write figure %s", filename)
+    def redraw_fitted(self) -> None:
+        """Redraw the live views whose fit is in (on the calling thread: call it on the
+        RunEngine's, where the figures live). Done at every document and at :meth:`close`."""
+        with self._lock:
+            views, self._fitted_views = self._fitted_views, []
+        for view in views:
+            try:
+                view.redraw_fit()
+            except Exception:  # a live view never breaks the run
+                log.exception("could not redraw a live view with its fit")
 
     # -- life cycle -----------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> None:
@@ -348,6 +374,7 @@ class CalibrationRecorder:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self.redraw_fitted()
         if self._own_ctx and self._ctx is not None:
             self._ctx.close()
             self._ctx = None

@@ -16,6 +16,7 @@ from typing import Any
 from bluesky.callbacks.core import CallbackBase
 from ophyd.status import Status
 
+from ..devices.status import WatchMixin
 from ..runs import PRIMARY_STREAM, frame_layout, resource_path
 
 __all__ = ["CalibrationRun", "ResultStatus", "AcquiredData", "DocumentOrderError",
@@ -30,22 +31,32 @@ class RunNotCalibrated(RuntimeError):
     """The run was not calibrated (it did not end successfully, or held no 4D data)."""
 
 
-class ResultStatus(Status):
-    """An ophyd :class:`~ophyd.status.Status` that carries a result.
+class ResultStatus(WatchMixin, Status):
+    """An ophyd :class:`~ophyd.status.Status` that carries a result and reports progress.
 
     :meth:`set_result` stores the value and finishes the status; :attr:`result`
     returns it, or raises the exception the status failed with.
+
+    ``watch`` (:class:`~stemcal.devices.status.WatchMixin`) is ophyd's progress
+    interface, which bluesky's :class:`~bluesky.utils.ProgressBarManager`
+    uses when a plan waits on the status: the name says what is done (e.g.
+    ``"calibration of run 1a2b3c4d: refinement"``), the progress is in
+    percent. :meth:`report_progress` feeds it.
     """
 
     _unset = object()
 
-    def __init__(self, obj: Any = None, **kwargs: Any) -> None:
+    def __init__(self, obj: Any = None, *, name: str | None = None, **kwargs: Any) -> None:
         self._result: Any = self._unset
+        self._init_watch(name if name is not None else f"run {str(obj)[:8]}")
+        self._label = "waiting"
         super().__init__(obj=obj, **kwargs)
+        self._after_init_watch()
 
     def set_result(self, value: Any) -> None:
         """Store ``value`` and mark the status finished (successfully)."""
         self._result = value
+        self.report_progress("done", 1.0)
         self.set_finished()
 
     @property
@@ -65,6 +76,10 @@ class ResultStatus(Status):
         if exc is not None:
             raise exc
         return self._result
+
+    def report_progress(self, stage: str, fraction: float) -> None:
+        """The work has reached ``stage`` with ``fraction`` (0..1) of it done; tell the watchers."""
+        self.set_progress(100 * float(fraction), label=stage)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,75 +1,136 @@
-"""``stemcal calibrate``: the calibrate plan on the simulated microscope, into a catalog."""
+"""``stemcal calibrate``: the calibrate plan on the configured microscope, into a catalog.
+
+The detector is that of the configuration's ``[detector]`` table
+(:func:`stemcal.config.load_config`, as in the IPython profile): by default
+the simulated Merlin of the digital twin, whose true state the ``--true-*``
+options set; with ``backend = "hardware"`` the real detector (or its
+simulator) through its own protocol, and then the twin's options are refused.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Any
 
-from .args import EXIT_NO_FEATURES, add_catalog, integer, number, shape
+from .args import CLIError, EXIT_NO_FEATURES, add_catalog, integer, number, shape
 from .output import record_summary, to_json
 from .records import print_record
 
-__all__ = ["add_parsers", "run_calibrate"]
+__all__ = ["add_parsers", "run_calibrate", "SIM_ONLY"]
+
+#: Options that describe the simulated detector and the twin's truth, with their defaults
+#: (``None`` in the parser, so that an option given can be told from a default).
+SIM_ONLY: dict[str, tuple[str, Any]] = {
+    "true_scan_rotation": ("--true-scan-rotation", 23.5),
+    "true_flip_y": ("--true-flip-y/--no-true-flip-y", True),
+    "true_overfocus": ("--true-overfocus", 1.05e-6),
+    "sig_shape": ("--sig-shape", (96, 96)),
+    "dose": ("--dose", 5.0),
+    "seed": ("--seed", 0),
+}
 
 
 def add_parsers(sub: Any) -> None:
     """The ``calibrate`` subcommand."""
-    cal = sub.add_parser("calibrate", help="run the calibrate plan on the simulated microscope "
-                                           "and store the record in a catalog")
+    cal = sub.add_parser(
+        "calibrate", help="run the calibrate plan on the configured microscope (by default the "
+                          "simulated one) and store the record in a catalog",
+        description="Run the calibrate plan: acquire, calibrate, record; retry at other focus "
+                    "settings until the record is trusted. The detector is the configuration's "
+                    "[detector] ($STEMCAL_CONFIG or ~/.config/stemcal/config.toml), by default "
+                    "the simulated one; the options marked 'simulated detector only' set the "
+                    "digital twin and are refused for a hardware detector.")
     add_catalog(cal)
     cal.add_argument("--json", action="store_true", help="print one JSON object")
-    cal.add_argument("--true-scan-rotation", type=number("--true-scan-rotation"), default=23.5,
-                     metavar="DEG", help="the simulator's true scan rotation (default 23.5)")
+    cal.add_argument("--true-scan-rotation", type=number("--true-scan-rotation"), default=None,
+                     metavar="DEG", help="simulated detector only: the twin's true scan "
+                                         "rotation, degrees (default: 23.5)")
     tflip = cal.add_mutually_exclusive_group()
-    tflip.add_argument("--true-flip-y", dest="true_flip_y", action="store_true", default=True,
-                       help="the simulated detector is flipped (default)")
-    tflip.add_argument("--no-true-flip-y", dest="true_flip_y", action="store_false")
-    cal.add_argument("--true-overfocus", type=number("--true-overfocus", "nonzero"),
-                     default=1.05e-6, metavar="M",
-                     help="the simulator's true overfocus at the optics setting --overfocus "
-                          "(default 1.05e-6)")
-    cal.add_argument("--overfocus", type=number("--overfocus", "nonzero"), default=1e-6,
-                     metavar="M", help="optics overfocus setting (default 1e-6)")
-    cal.add_argument("--nav-shape", type=shape, nargs=2, default=(40, 40), metavar=("NY", "NX"))
-    cal.add_argument("--sig-shape", type=shape, nargs=2, default=(96, 96), metavar=("SY", "SX"))
-    cal.add_argument("--dose", type=number("--dose", "positive"), default=5.0,
-                     help="mean counts per pixel in the disk (default 5)")
-    cal.add_argument("--seed", type=integer("--seed", minimum=0), default=0)
+    tflip.add_argument("--true-flip-y", dest="true_flip_y", action="store_true", default=None,
+                       help="simulated detector only: the twin's detector is flipped (default)")
+    tflip.add_argument("--no-true-flip-y", dest="true_flip_y", action="store_false",
+                       help="simulated detector only: the twin's detector is not flipped")
+    cal.add_argument("--true-overfocus", type=number("--true-overfocus", "nonzero", "overfocus"),
+                     default=None, metavar="M",
+                     help="simulated detector only: the twin's true overfocus at the optics "
+                          "setting --overfocus, metres (default: 1.05e-6)")
+    cal.add_argument("--overfocus", type=number("--overfocus", "nonzero", "overfocus"),
+                     default=1e-6, metavar="M",
+                     help="optics overfocus setting, metres; negative: underfocus")
+    cal.add_argument("--nav-shape", type=shape, nargs=2, default=(40, 40), metavar=("NY", "NX"),
+                     help="scan shape, scan px")
+    cal.add_argument("--sig-shape", type=shape, nargs=2, default=None, metavar=("SY", "SX"),
+                     help="simulated detector only: detector shape, px (default: 96 96)")
+    cal.add_argument("--dose", type=number("--dose", "positive", "dose"), default=None,
+                     metavar="COUNTS", help="simulated detector only: mean counts per pixel "
+                                            "in the disk (default: 5)")
+    cal.add_argument("--seed", type=integer("--seed", minimum=0), default=None, metavar="N",
+                     help="simulated detector only: random seed of specimen and noise "
+                          "(default: 0)")
     cal.add_argument("--max-attempts", type=integer("--max-attempts", maximum=100), default=3,
-                     metavar="N", help="most acquisitions, each at another focus (default 3)")
+                     metavar="N", help="most acquisitions, each at another focus")
     cal.add_argument("--data-dir", metavar="DIR",
-                     help="where the detector writes (default CATALOG/raw; a temporary "
+                     help="where the detector writes (default: CATALOG/raw; a temporary "
                           "directory for a tiled server)")
-    cal.add_argument("--figures", metavar="DIR", help="write a PNG of the images per run "
-                                                     "(and of the live view, live_<uid8>.png)")
+    cal.add_argument("--figures", metavar="DIR",
+                     help="write the report figure of each calibration "
+                          "(calibration_<record uid8>.png) and the live view (live_<run uid8>.png)")
     live = cal.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=True,
                       help="live scans: frames are streamed and projected while they arrive "
                            "(default)")
     live.add_argument("--no-live", dest="live", action="store_false",
                       help="triggered scans: one 4D event per scan, processed at its end")
+    cal.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (they are drawn on stderr when it is a terminal)")
     cal.set_defaults(handler=_calibrate)
 
 
-def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Run the calibrate plan on the simulated microscope; (record, true geometry)."""
-    from ..plans import calibrate
+def _detector_settings() -> Any:
+    """The configuration's ``[detector]`` (:class:`~stemcal.config.DetectorSettings`)."""
+    from ..config import DetectorSettings, load_config
+    return DetectorSettings.from_mapping(load_config().get("detector", {}))
+
+
+def _sim_settings(args: argparse.Namespace, hardware: bool) -> Any:
+    """The twin's settings; the simulated-detector options refused for a hardware detector."""
     from ..config import SimSettings
+    given = [opt for key, (opt, _) in SIM_ONLY.items() if getattr(args, key) is not None]
+    if hardware and given:
+        raise CLIError(f"{', '.join(given)}: the configured detector is a hardware detector "
+                       "([detector] backend = \"hardware\"); these options set the simulated "
+                       "one only")
+    values = {key: default if getattr(args, key) is None else getattr(args, key)
+              for key, (_, default) in SIM_ONLY.items()}
+    return SimSettings(overfocus=args.overfocus, nav_shape=tuple(args.nav_shape),
+                       **{**values, "sig_shape": tuple(values["sig_shape"])})
+
+
+def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Run the calibrate plan on the configured microscope; (record, true geometry or None).
+
+    The true geometry is the twin's, for the simulated detector; None for a hardware one.
+    """
+    from ..plans import calibrate
     from ..session import catalog_location, make_session
 
+    detector = _detector_settings()
+    sim = _sim_settings(args, detector.is_hardware)
     loc, _ = catalog_location(args.catalog)
-    sim = SimSettings(true_scan_rotation=args.true_scan_rotation, true_flip_y=args.true_flip_y,
-                      true_overfocus=args.true_overfocus, overfocus=args.overfocus,
-                      nav_shape=tuple(args.nav_shape), sig_shape=tuple(args.sig_shape),
-                      dose=args.dose, seed=args.seed)
-    session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures)
+    session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
+                           detector=detector)
     inst = session.instrument
+    if not args.no_progress and sys.stderr.isatty():
+        from ..callbacks.progress import progress_bars
+        session.RE.waiting_hook = progress_bars()
     try:
         result = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
                                       callback=session.recorder,
                                       max_attempts=args.max_attempts, live=args.live))
     finally:
         session.close()
+    if detector.is_hardware:
+        return result.plan_result, None
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
     return result.plan_result, truth
 

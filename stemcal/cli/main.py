@@ -3,7 +3,10 @@
 The CLI only parses, wires objects and prints; the work is in the package.
 Bad input ends with one line ``stemcal: error: ...`` on stderr and exit
 status 2 (3 when the data hold nothing to calibrate on, or ``calibrate``
-ends without a trusted record), never a traceback.
+ends without a trusted record), never a traceback. An error nobody
+foresaw is reported the same way, with its type, and status 2; ``-vv``
+logs its traceback as well. Ctrl-C ends with ``stemcal: interrupted`` and
+status 130.
 """
 from __future__ import annotations
 
@@ -16,7 +19,12 @@ from collections.abc import Sequence
 from . import acquire, app, offline, records, serve
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "EXIT_INTERRUPTED"]
+
+log = logging.getLogger("stemcal")
+
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,5 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except MemoryError:  # a last resort: absurd sizes are meant to be refused before this
         print("stemcal: error: out of memory (the data or the requested shapes are too large)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("stemcal: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        log.debug("uncaught error", exc_info=True)
+        msg = " ".join(str(exc).split()) or "(no message)"
+        print(f"stemcal: error: {type(exc).__name__}: {msg} (run with -vv for the traceback)",
               file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,52 +19,77 @@ log = logging.getLogger("stemcal")
 
 def add_parsers(sub: Any) -> None:
     """The ``fit``, ``simulate`` and ``demo`` subcommands."""
-    fit = sub.add_parser("fit", help="calibrate a dataset file")
+    fit = sub.add_parser("fit", help="calibrate a dataset file",
+                         description="Calibrate a dataset file from a cold start (or refine "
+                                     "given guesses with --refine-only).")
     fit.add_argument("dataset", help=".npy (4D), .hdr/.mib or .h5/.hdf5")
     add_geometry(fit, defaults=False)
     fit.add_argument("--scan-rotation", type=number("--scan-rotation"), metavar="DEG",
                      help="rotation guess, degrees (LiberTEM convention)")
     flip = fit.add_mutually_exclusive_group()
-    flip.add_argument("--flip-y", dest="flip_y", action="store_true", default=None)
-    flip.add_argument("--no-flip-y", dest="flip_y", action="store_false")
-    fit.add_argument("--cy", type=number("--cy"), metavar="PX", help="beam centre y guess, px")
-    fit.add_argument("--cx", type=number("--cx"), metavar="PX", help="beam centre x guess, px")
-    fit.add_argument("--nav-shape", type=shape, nargs=2, metavar=("NY", "NX"))
+    flip.add_argument("--flip-y", dest="flip_y", action="store_true", default=None,
+                      help="guess: the detector is flipped")
+    flip.add_argument("--no-flip-y", dest="flip_y", action="store_false",
+                      help="guess: the detector is not flipped")
+    fit.add_argument("--cy", type=number("--cy", span="centre"), metavar="PX",
+                     help="beam centre y guess, detector px")
+    fit.add_argument("--cx", type=number("--cx", span="centre"), metavar="PX",
+                     help="beam centre x guess, detector px")
+    fit.add_argument("--nav-shape", type=shape, nargs=2, metavar=("NY", "NX"),
+                     help="scan shape, scan px (where the file does not tell it)")
     fit.add_argument("--refine-only", action="store_true",
                      help="skip the cold start: refine rotation and overfocus from the guesses "
                           "(needs --scan-rotation, --flip-y/--no-flip-y, --cy, --cx)")
     fit.add_argument("--json", action="store_true", help="print one JSON object")
-    fit.add_argument("--report", metavar="PNG", help="write a report figure")
-    fit.add_argument("--executor", choices=("inline", "dask"), default="inline")
+    fit.add_argument("--report", metavar="PNG",
+                     help="write a report figure (its directory must exist; .png, .pdf, .svg...)")
+    fit.add_argument("--executor", choices=("inline", "dask"), default="inline",
+                     help="where the passes run: this process, or a local dask cluster")
     fit.add_argument("--cluster", metavar="tcp://HOST:PORT",
                      help="run the passes on a running dask.distributed cluster")
-    fit.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fit.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (they are drawn on stderr when it is a terminal)")
     fit.set_defaults(handler=_fit)
 
-    sim = sub.add_parser("simulate", help="write a simulated overfocused dataset and its truth")
-    sim.add_argument("out", help="output file: .npy, .mib/.hdr or .h5")
+    sim = sub.add_parser("simulate", help="write a simulated overfocused dataset and its truth",
+                         description="Write a simulated overfocused 4D-STEM dataset (ray-traced "
+                                     "digital twin, Poisson noise) and OUT.truth.json.")
+    sim.add_argument("out", help="output file: .npy, .mib/.hdr or .h5 (missing directories "
+                                 "are created)")
     add_geometry(sim, defaults=True)
-    sim.add_argument("--scan-rotation", type=number("--scan-rotation"), default=23.5)
+    sim.add_argument("--scan-rotation", type=number("--scan-rotation"), default=23.5,
+                     metavar="DEG", help="scan rotation, degrees (LiberTEM convention)")
     sflip = sim.add_mutually_exclusive_group()
-    sflip.add_argument("--flip-y", dest="flip_y", action="store_true", default=True)
-    sflip.add_argument("--no-flip-y", dest="flip_y", action="store_false")
-    sim.add_argument("--cy", type=number("--cy"), default=None, help="default: detector middle + 3.3")
-    sim.add_argument("--cx", type=number("--cx"), default=None, help="default: detector middle - 2.7")
-    sim.add_argument("--descan", type=number("--descan"), nargs=4,
+    sflip.add_argument("--flip-y", dest="flip_y", action="store_true", default=True,
+                       help="the detector is flipped (default)")
+    sflip.add_argument("--no-flip-y", dest="flip_y", action="store_false",
+                       help="the detector is not flipped")
+    sim.add_argument("--cy", type=number("--cy", span="centre"), default=None, metavar="PX",
+                     help="beam centre y, detector px (default: detector middle + 3.3)")
+    sim.add_argument("--cx", type=number("--cx", span="centre"), default=None, metavar="PX",
+                     help="beam centre x, detector px (default: detector middle - 2.7)")
+    sim.add_argument("--descan", type=number("--descan", span="descan"), nargs=4,
                      metavar=("DYY", "DYX", "DXY", "DXX"), default=(0.0, 0.0, 0.0, 0.0),
-                     help="descan matrix, detector px per scan px")
-    sim.add_argument("--nav-shape", type=shape, nargs=2, default=(64, 64), metavar=("NY", "NX"))
-    sim.add_argument("--sig-shape", type=shape, nargs=2, default=(128, 128), metavar=("SY", "SX"))
-    sim.add_argument("--dose", type=number("--dose", "positive"), default=5.0,
-                     help="mean counts per pixel in the disk (Poisson noise)")
-    sim.add_argument("--background", type=number("--background", "nonnegative"), default=0.0)
-    sim.add_argument("--seed", type=integer("--seed", minimum=0), default=0)
-    sim.add_argument("--json", action="store_true")
+                     help="descan matrix, detector px per scan px (each at most 10 in magnitude)")
+    sim.add_argument("--nav-shape", type=shape, nargs=2, default=(64, 64), metavar=("NY", "NX"),
+                     help="scan shape, scan px")
+    sim.add_argument("--sig-shape", type=shape, nargs=2, default=(128, 128), metavar=("SY", "SX"),
+                     help="detector shape, px")
+    sim.add_argument("--dose", type=number("--dose", "positive", "dose"), default=5.0,
+                     metavar="COUNTS",
+                     help="mean counts per pixel in the disk, Poisson noise (1e-06..1e+06)")
+    sim.add_argument("--background", type=number("--background", "nonnegative", "background"),
+                     default=0.0, metavar="COUNTS",
+                     help="mean counts per pixel outside the disk (0..1e+06)")
+    sim.add_argument("--seed", type=integer("--seed", minimum=0), default=0, metavar="N",
+                     help="random seed of the specimen and the noise")
+    sim.add_argument("--json", action="store_true", help="print the truth as one JSON object")
     sim.set_defaults(handler=_simulate)
 
     demo = sub.add_parser("demo", help="simulate, calibrate from a cold start, report")
-    demo.add_argument("--out", default="out", help="output directory (default ./out)")
-    demo.add_argument("--json", action="store_true")
+    demo.add_argument("--out", default="out", metavar="DIR",
+                      help="output directory (created if missing)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(handler=_demo)
 
 
@@ -105,6 +130,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         _check_report(args.report)  # before the work, not after it
     ctx = make_context(args.executor, args.cluster)
     try:
+        size = _size(args.dataset)
         ds = open_dataset(ctx, args.dataset, nav_shape=tuple(args.nav_shape) if args.nav_shape else None)
         info = describe(ds)
         progress = (not args.no_progress) and sys.stderr.isatty()
@@ -122,17 +148,59 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:  # a damaged block found while reading (e.g. an HDF5 chunk)
             raise CLIError(f"{args.dataset}: cannot read the data "
                            f"({' '.join(str(exc).split())})") from None
+        except AssertionError:  # a reader's short read: the file changed under it?
+            now = _size(args.dataset)
+            if now != size:
+                raise CLIError(f"{args.dataset}: the file changed while it was read "
+                               f"({size} -> {now} bytes)") from None
+            raise
         _check_finite_images(fit)
         summary = _summary(fit, info, str(args.dataset))
         if args.report:
-            from ..formats import atomic_output
-            from ..report import write_report
-            with atomic_output(args.report) as tmp:  # no half-written figure on failure
-                write_report(tmp, fit.images, summary, frame_sum=fit.extra.get("frame_sum"))
+            _write_report(args, ctx, ds, fit, summary)
             summary["report"] = str(args.report)
         return summary
     finally:
         ctx.close()
+
+
+def _size(path: str) -> int | None:
+    """Bytes of ``path`` now (None where it cannot be read)."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
+
+
+def guess_params(args: argparse.Namespace, fitted: Any, sig_shape: Any) -> Any:
+    """The geometry the fit started from, as far as the user gave it: the guesses, else
+    rotation 0, no flip, the detector middle and no descan (sizes and semiconv as fitted
+    where not given)."""
+    sy, sx = (int(n) for n in sig_shape)
+    return fitted.replace(
+        scan_rotation=args.scan_rotation if args.scan_rotation is not None else 0.0,
+        flip_y=bool(args.flip_y), overfocus=args.overfocus,
+        cy=args.cy if args.cy is not None else sy / 2,
+        cx=args.cx if args.cx is not None else sx / 2, descan=((0.0, 0.0), (0.0, 0.0)))
+
+
+def _write_report(args: argparse.Namespace, ctx: Any, ds: Any, fit: Any,
+                  summary: dict[str, Any]) -> None:
+    """``--report``: the fit beside one more pass over the data, projected with the guess."""
+    from ..fit.passes import full_pass
+    from ..formats import atomic_output
+    from ..report import write_report
+
+    guess = guess_params(args, fit.params, ds.shape.sig)
+    try:
+        before = full_pass(ctx, ds, guess)["shifted_sum_normalised"]
+    except (ValueError, OSError) as exc:  # e.g. a guess that projects outside every limit
+        log.warning("no projection with the guess for the report: %s", exc)
+        before = None
+    with atomic_output(args.report) as tmp:  # no half-written figure on failure
+        write_report(tmp, fit.images, summary, params=fit.params, before=before, guess=guess,
+                     frame_sum=fit.extra.get("frame_sum"),
+                     title=f"stemcal fit of {Path(args.dataset).name}")
 
 
 def _check_finite_images(fit: Any) -> None:
@@ -149,10 +217,16 @@ def _check_finite_images(fit: Any) -> None:
 
 
 def _check_report(path: str) -> None:
-    """A ``--report`` name that matplotlib can write, in a place that can be written."""
+    """A ``--report`` name that matplotlib can write, in an existing directory that can be
+    written (a typo in the directory is an error, not a new directory tree)."""
     from matplotlib.figure import Figure
 
     from ..formats import check_destination
+    parent = Path(path).parent
+    if parent.exists() and not parent.is_dir():
+        raise CLIError(f"--report {path}: {parent} is not a directory")
+    if not parent.is_dir():
+        raise CLIError(f"--report {path}: the directory {parent} does not exist")
     try:
         check_destination([Path(path)])
     except ValueError as exc:

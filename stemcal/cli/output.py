@@ -42,7 +42,8 @@ def when(t: float) -> str:
 
 def geometry_lines(values: Mapping[str, Any],
                    uncertainty: Mapping[str, Any] | None = None) -> list[str]:
-    """The calibration's values, one per line, with units and 1-sigma uncertainties.
+    """The calibration's values, one per line, with 1-sigma uncertainties and their units
+    (``23.445 +- 0.029 deg``).
 
     ``values``: ``scan_rotation`` (deg), ``flip_y``, ``overfocus`` (m), ``cy``,
     ``cx`` (px) and ``descan`` (2x2, px per scan px); ``uncertainty`` may hold
@@ -55,9 +56,9 @@ def geometry_lines(values: Mapping[str, Any],
         return f" +- {v:.2g}" if v is not None and math.isfinite(v) else ""
 
     m = values["descan"]
-    return [f"scan_rotation  {values['scan_rotation']:.3f} deg{pm('scan_rotation')}",
+    return [f"scan_rotation  {values['scan_rotation']:.3f}{pm('scan_rotation')} deg",
             f"flip_y         {values['flip_y']}",
-            f"overfocus      {values['overfocus']:.6g} m{pm('overfocus')}",
+            f"overfocus      {values['overfocus']:.6g}{pm('overfocus')} m",
             f"centre (y, x)  {values['cy']:.2f}, {values['cx']:.2f} px",
             f"descan         [[{m[0][0]:+.4f}, {m[0][1]:+.4f}], [{m[1][0]:+.4f}, "
             f"{m[1][1]:+.4f}]] px/scan px"]

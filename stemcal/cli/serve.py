@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import CLIError, integer
+from .args import CLIError, add_catalog, integer
 
 __all__ = ["add_parsers"]
 
@@ -13,12 +13,13 @@ def add_parsers(sub: Any) -> None:
     """The ``serve`` subcommand."""
     srv = sub.add_parser("serve", help="serve a catalog directory with tiled (API keys from "
                                        "$STEMCAL_WRITER_KEY/$STEMCAL_READER_KEY or the keys file)")
-    srv.add_argument("catalog", nargs="?", metavar="DIR",
-                     help="catalog directory (default $STEMCAL_CATALOG, else the default one)")
-    srv.add_argument("--host", help="interface to bind (default [server] host of the "
+    add_catalog(srv)
+    srv.add_argument("directory", nargs="?", metavar="DIR",
+                     help="the catalog directory, the older spelling of --catalog DIR")
+    srv.add_argument("--host", help="interface to bind (default: [server] host of the "
                                     "configuration, else 127.0.0.1)")
-    srv.add_argument("--port", type=integer("--port"),
-                     help="port (default [server] port, else 8000)")
+    srv.add_argument("--port", type=integer("--port", maximum=65535),
+                     help="TCP port (default: [server] port of the configuration, else 8000)")
     srv.set_defaults(handler=_serve)
 
 
@@ -26,8 +27,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ..catalog.server import serve
     from ..config import load_config, server_settings
     from ..session import catalog_location
+    if args.directory is not None and args.catalog is not None:
+        raise CLIError("give the catalog once: --catalog DIR (DIR alone is the older spelling)")
     host, port = server_settings(load_config())
-    loc, remote = catalog_location(args.catalog)
+    loc, remote = catalog_location(args.catalog if args.catalog is not None else args.directory)
     if remote:
         raise CLIError(f"serve needs a catalog directory, not a URI ({loc})")
     serve(loc, host=args.host or host, port=args.port or port)  # exec: becomes the server

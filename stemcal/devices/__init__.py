@@ -14,6 +14,7 @@
   :func:`make_hardware_detector` -- the detector a ``[detector]`` table
   (:class:`stemcal.config.DetectorSettings`) describes.
 * :class:`MIBKeepingWriter` -- HDF5 for the catalog plus a MIB copy of each scan.
+* :class:`CalibrationReadout` -- a calibration's fitted values as a readable row.
 """
 from .arina import ARINA_BIT_DEPTH, ARINA_PIXEL_SIZE, ARINA_SIG_SHAPE, ArinaDetector
 from .detector import DetectorController, DetectorWriter, PixelatedDetector
@@ -22,6 +23,7 @@ from .hardware import DectrisHardwareBackend, MerlinHardwareBackend
 from .instrument import DETECTOR_KINDS, SimInstrument, make_sim_instrument
 from .merlin import MerlinDetector
 from .optics import MicroscopeOptics
+from .readout import CalibrationReadout
 from .scan import ScanGenerator
 from .signals import ReadbackSignal, SettingSignal
 from .sim import ManualClock, MicroscopeTruth, PhysicalSpecimen, SimBackend, SimulatedMicroscope
@@ -35,4 +37,5 @@ __all__ = [
     "SimInstrument", "make_sim_instrument", "SettingSignal", "ReadbackSignal",
     "MerlinHardwareBackend", "DectrisHardwareBackend", "ARINA_SIG_SHAPE", "ARINA_PIXEL_SIZE",
     "ARINA_BIT_DEPTH", "DETECTOR_KINDS", "MIBKeepingWriter", "make_hardware_detector",
+    "CalibrationReadout",
 ]

@@ -40,6 +40,7 @@ from ophyd import Device, DeviceStatus
 from ophyd.device import Staged
 
 from .signals import ReadbackSignal
+from .status import AcquisitionStatus
 from .writers.frame_stream import FRAME_DIMS, FrameStreamWriter
 from .writers.scan_file import IMAGE_DIMS, HDF5StreamWriter
 
@@ -307,8 +308,9 @@ class PixelatedDetector(Device):
             raise RuntimeError(f"{self.name}: complete() before kickoff()")
         return self._complete_status
 
-    def _launch(self, writer: Any, started: DeviceStatus | None) -> DeviceStatus:
-        """Run one acquisition into ``writer`` on a thread; its status.
+    def _launch(self, writer: Any, started: DeviceStatus | None) -> AcquisitionStatus:
+        """Run one acquisition into ``writer`` on a thread; its status, which reports the
+        frames written so far (``watch``: bluesky's progress bars show them).
 
         ``started`` (live mode) finishes once the writer has begun the file,
         or fails with the error that prevented it.
@@ -319,7 +321,11 @@ class PixelatedDetector(Device):
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(f"{self.name}: {verb} while an acquisition is running")
         self._interrupted.clear()
-        status = DeviceStatus(self)
+        status = AcquisitionStatus(self)
+
+        def written(start: int, frames: np.ndarray) -> None:  # the writer's sink, counted
+            writer.write_frames(start, frames)
+            status.set_progress(start + len(frames))
 
         def acquire() -> None:
             try:
@@ -335,14 +341,15 @@ class PixelatedDetector(Device):
                 shape = tuple(int(n) for n in self.backend.frame_shape())
                 writer.begin(shape, self.backend.dtype)  # type: ignore[arg-type]
                 self._last_shape = shape  # type: ignore[assignment]
+                status.set_progress(0, target=shape[0] * shape[1])
                 if started is not None:
                     started.set_finished()
                 try:
                     if _takes_on_frames(self.backend):
-                        self.backend.acquire(on_frames=writer.write_frames)
+                        self.backend.acquire(on_frames=written)
                     else:  # a controller that returns the whole scan only
                         frames = np.asarray(self.backend.acquire())
-                        writer.write_frames(0, frames.reshape((-1,) + frames.shape[-2:]))
+                        written(0, frames.reshape((-1,) + frames.shape[-2:]))
                 except BaseException:
                     path = writer.end(complete=False)
                     if path is not None:
@@ -361,7 +368,7 @@ class PixelatedDetector(Device):
         self._thread.start()
         return status
 
-    def _finish(self, status: DeviceStatus, exc: Exception | None) -> None:
+    def _finish(self, status: AcquisitionStatus, exc: Exception | None) -> None:
         """End a trigger: release the detector, then finish ``status``."""
         self._busy.release()
         if exc is None:

@@ -6,7 +6,7 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from .signals import SettingSignal, nonzero, positive
+from .signals import ScaledReadback, SettingSignal, nonzero, positive
 
 __all__ = ["MicroscopeOptics"]
 
@@ -20,6 +20,9 @@ class MicroscopeOptics(Device):
         Focus setting as the microscope reports it: crossover distance above the
         specimen, metres; positive is overfocus. Non-finite values and 0 raise
         ``ValueError``. The true overfocus may differ by an instrument offset.
+    overfocus_nm : float (read-only, hinted)
+        The same setting in nanometres, for tables (bluesky's
+        BestEffortCallback shows the hinted fields with their precision).
     camera_length : float
         Nominal specimen-to-detector distance, metres (> 0).
     high_tension : float
@@ -30,8 +33,10 @@ class MicroscopeOptics(Device):
 
     overfocus = Cpt(SettingSignal, value=1e-6, validator=nonzero, units="m",
                     kind="normal")
-    camera_length = Cpt(SettingSignal, value=0.2, validator=positive, units="m",
-                        kind="normal")
+    overfocus_nm = Cpt(ScaledReadback, "overfocus", scale=1e9, units="nm", precision=1,
+                       kind="hinted")
+    camera_length = Cpt(SettingSignal, value=0.2, validator=positive, units="m", precision=3,
+                        kind="hinted")
     high_tension = Cpt(SettingSignal, value=200e3, validator=positive, units="V",
                        kind="normal")
     magnification = Cpt(SettingSignal, value=1e6, validator=positive, kind="normal")

@@ -6,7 +6,7 @@ from typing import Any
 from ophyd import Component as Cpt
 from ophyd import Device
 
-from .signals import SettingSignal, finite, positive, positive_int
+from .signals import ScaledReadback, SettingSignal, finite, positive, positive_int
 
 __all__ = ["ScanGenerator", "MAX_SCAN_SIDE"]
 
@@ -32,9 +32,11 @@ class ScanGenerator(Device):
         row, ``(y, x)``.
     pixel_size : float
         Scan step, metres per scan pixel (> 0).
+    pixel_size_nm : float (read-only, hinted)
+        The same in nanometres, for tables.
     dwell_time : float
         Time per scan position, seconds (> 0).
-    rotation : float
+    rotation : float (hinted)
         Scan rotation set on the scan generator, degrees. It adds to the
         instrument's (unknown) detector-to-scan rotation.
 
@@ -50,7 +52,10 @@ class ScanGenerator(Device):
                      kind="normal")
     dwell_time = Cpt(SettingSignal, value=1e-3, validator=positive, units="s",
                      kind="normal")
-    rotation = Cpt(SettingSignal, value=0.0, validator=finite, units="deg", kind="normal")
+    pixel_size_nm = Cpt(ScaledReadback, "pixel_size", scale=1e9, units="nm", precision=4,
+                        kind="hinted")
+    rotation = Cpt(SettingSignal, value=0.0, validator=finite, units="deg", precision=2,
+                   kind="hinted")
 
     @property
     def nav_shape(self) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -169,8 +170,8 @@ def transmission_normalised_centres(cache: ReducedCache, params: OverfocusParams
 def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detector_pixel_size: float,
                overfocus: float, semiconv: float | None = None, ctx=None,
                budget: int = DEFAULT_BUDGET, rotation_bound: float = 5.0,
-               overfocus_bound: float = 0.12, confirm: bool = True, progress: bool = False,
-               **refine_kwargs) -> FitResult:
+               overfocus_bound: float = 0.12, confirm: bool = True, progress: bool | object = False,
+               on_stage: Callable[[str], None] | None = None, **refine_kwargs) -> FitResult:
     """Calibrate from a cold start: only sizes and a signed overfocus guess needed.
 
     Parameters
@@ -185,6 +186,13 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
         Radians; measured from the disk radius when not given.
     rotation_bound, overfocus_bound : float
         Refinement box around the coarse estimate (degrees, relative).
+    progress : bool or libertem.common.progress.ProgressReporter
+        LiberTEM's progress of the passes over the raw data (True: tqdm).
+    on_stage : callable ``(stage: str) -> None``, optional
+        Called as the fit reaches each stage: ``"cache pass"``, ``"coarse
+        estimate"``, ``"refinement"``, ``"descan"``, ``"polish"`` (which
+        ends with the confirming pass) and ``"done"``
+        (:class:`stemcal.fit.progress.FitProgress` takes both).
 
     Returns
     -------
@@ -198,12 +206,15 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
         Nothing to calibrate on: no beam, blank or uniform specimen.
     """
     t0 = time.perf_counter()
+    stage = on_stage or (lambda name: None)
     ctx, dataset = as_dataset(ctx, dataset)
+    stage("cache pass")
     # Bounded by memory only: the refinement sub-samples for its coarse search
     # itself, and its final polish needs every frame (the rotation error at
     # 3 counts/px doubles with a quarter of them).
     cache = build_cache(ctx, dataset, budget=budget, work=2**62, progress=progress)
     log.info("cache built in %.2f s", time.perf_counter() - t0)
+    stage("coarse estimate")
     coarse = estimate(cache, scan_pixel_size=scan_pixel_size, camera_length=camera_length,
                       detector_pixel_size=detector_pixel_size, overfocus=overfocus,
                       semiconv=semiconv)
@@ -212,12 +223,14 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     # refine); the disk and descan estimates keep the cache's full resolution.
     fcache = cache.rebinned(loss_bin(coarse.params.magnification_ratio * cache.bin,
                                      cache.frames.shape[1:]))
+    stage("refinement")
     first = refine(dataset, coarse.params, ctx=ctx, cache=fcache, rotation_bound=rotation_bound,
                    overfocus_bound=overfocus_bound, confirm=False, polish=False,
                    coarse_tolerance=0.03,  # the polish below finishes the job
                    progress=progress, **refine_kwargs)
     # Second round: descan from frames with the specimen's contrast divided out
     # (the blur loss fixes only D - A^-1, so D's error goes into the rotation).
+    stage("descan")
     loss = BlurLoss(fcache, first.params)
     S, C = loss.project(first.params)
     image = filled_image(S.sum(axis=0), C.sum(axis=0))
@@ -227,6 +240,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     second_start = first.params.replace(descan=descan.matrix, cy=float(descan.offset[0]),
                                         cx=float(descan.offset[1]))
     log.info("descan re-estimated after %.2f s", time.perf_counter() - t0)
+    stage("polish")
     fit = refine(dataset, second_start, ctx=ctx, cache=fcache, rotation_bound=1.0,
                  overfocus_bound=0.03, method="none", confirm=confirm, progress=progress,
                  **refine_kwargs)
@@ -242,4 +256,5 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     fit.extra["descan"] = {"matrix": coarse.descan.matrix.tolist(),
                            "offset": coarse.descan.offset.tolist(),
                            "residual_px": coarse.descan.residual}
+    stage("done")
     return fit

@@ -5,8 +5,13 @@ the RunEngine emits the run's documents; a calibration callback
 (:class:`stemcal.callbacks.CalibrationRecorder`) collects them, fits in a
 worker thread and writes a :class:`~stemcal.record.CalibrationRecord` to the
 catalog. The callback completes an ophyd ``Status`` per run; the plan only
-*waits* on that status (``Msg('wait_for', ...)``) and reads its result. The
-plan never hands data to the callback, and the callback never moves a device.
+*waits* on that status (in a wait group of its own, so that ``RE.waiting_hook``
+shows its progress, see :func:`~stemcal.plans.recorder_wait.wait_status`)
+and reads its result. The plan never hands data to the callback, and the
+callback never moves a device. After each attempt the plan reads the fitted
+values into a short run of their own (``purpose='calibration_result'``,
+:class:`~stemcal.devices.CalibrationReadout`), a row in BestEffortCallback's
+table.
 
 The plans depend on the callback only by duck typing
 (``result_status(run_uid)``, see :class:`stemcal.callbacks.CalibrationRecorder`):
@@ -30,10 +35,11 @@ from bluesky.utils import MsgGenerator
 
 from ..checks import is_real
 from ..record import CalibrationRecord
+from ..runs import RESULT_PURPOSE, PRIMARY_STREAM
 from .recorder_wait import check_recorder, status_of, subscribed, wait_status
 from .scan import check_live, overfocus_scan
 
-__all__ = ["calibrate", "focus_schedule", "check_calibrate_args", "MAX_ATTEMPTS"]
+__all__ = ["calibrate", "focus_schedule", "check_calibrate_args", "read_result", "MAX_ATTEMPTS"]
 
 
 #: Most acquisitions one :func:`calibrate` may make.
@@ -107,7 +113,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
               subscribe: bool = False, max_attempts: int = 3,
               focus_limits: tuple[float, float] | None = None, focus_step: float | None = None,
               timeout: float | None = 600.0, md: Mapping[str, Any] | None = None,
-              live: bool = False) -> MsgGenerator[CalibrationRecord]:
+              live: bool = False, result_runs: bool = True) -> MsgGenerator[CalibrationRecord]:
     """Acquire and calibrate; on an untrusted result change the focus and try again.
 
     Each attempt is one :func:`~stemcal.plans.overfocus_scan` run, calibrated
@@ -145,6 +151,10 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
         they arrive (``overfocus_scan(live=True)``): the recorder's live view
         shows them during the scan. A pause then lets the scan go on, and
         resuming collects the same scan.
+    result_runs : bool
+        After each attempt, read its fitted values into a short run of their
+        own (:func:`read_result`): one readable row per attempt in a
+        BestEffortCallback's table. False: no such runs.
 
     Returns
     -------
@@ -164,6 +174,8 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
     """
     check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
     check_live(live)
+    if not isinstance(result_runs, bool):
+        raise ValueError(f"result_runs must be true or false, got {result_runs!r}")
     check_recorder(callback)
     recorder = callback
 
@@ -193,9 +205,14 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
                 uid = yield from overfocus_scan(detector, scan, optics, guess={"overfocus": focus},
                                                 md={**_md, "calibration_attempt": k, **(md or {})},
                                                 live=live)
+                if uid is None:  # no RunEngine (summarize_plan, a simulator): no run, no fit
+                    return None
                 status = status_of(recorder, uid)
-                yield from wait_status(status, timeout, f"the calibration of run {uid}")
+                yield from wait_status(status, timeout, f"calibration of run {uid[:8]}")
                 record = status.result
+                if result_runs:
+                    yield from read_result(record, md={"calibration_attempt": k,
+                                                       "max_attempts": len(schedule), **(md or {})})
                 if record.valid:
                     keep["focus"] = True
                     break
@@ -204,3 +221,33 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
         return (yield from bpp.finalize_wrapper(inner(), restore))
 
     return subscribed(attempts(), recorder, bool(subscribe))
+
+
+def read_result(record: CalibrationRecord, *, name: str = "fit",
+                md: Mapping[str, Any] | None = None) -> MsgGenerator[str]:
+    """Read a record's fitted values into a run of their own: one event, one table row.
+
+    The run's start has ``purpose`` :data:`~stemcal.runs.RESULT_PURPOSE`,
+    ``plan_name='calibrate'``, ``record_uid``, ``acquisition_uid`` and
+    ``quality``; its ``primary`` stream one reading of a
+    :class:`~stemcal.devices.CalibrationReadout` named ``name`` (hinted:
+    rotation in deg, flip, overfocus in nm, centre in px, blur, valid).
+    Returns the run's uid.
+    """
+    from ..devices import CalibrationReadout
+
+    readout = CalibrationReadout(name=name)
+    readout.show(record.to_dict())
+    _md = {"purpose": RESULT_PURPOSE, "plan_name": "calibrate", "plan_type": "generator",
+           "record_uid": record.uid, "acquisition_uid": record.acquisition_uid,
+           "quality": record.quality, "detectors": [name], "num_points": 1,
+           "num_intervals": 0, "hints": {"dimensions": [(("time",), PRIMARY_STREAM)]},
+           **(md or {})}
+
+    @bpp.run_decorator(md=_md)
+    def inner() -> MsgGenerator[None]:
+        yield from bps.create(PRIMARY_STREAM)
+        yield from bps.read(readout)
+        yield from bps.save()
+
+    return (yield from inner())

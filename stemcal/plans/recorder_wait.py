@@ -7,32 +7,57 @@ RunEngine or lets the plan subscribe it for its duration (``subscribe=True``).
 """
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import MsgGenerator
+from bluesky.utils import FailedStatus, MsgGenerator, short_uid
 
 __all__ = ["wait_status", "check_recorder", "status_of", "subscribed"]
 
 
+class _Awaited:
+    """A status to wait on, in the shape of something a plan triggers.
+
+    The RunEngine hands the statuses of a wait group (``Msg('wait', group)``)
+    to ``RE.waiting_hook`` -- where bluesky's
+    :class:`~bluesky.utils.ProgressBarManager` draws their progress -- but a
+    status joins a group only as what a message like ``trigger`` returns. The
+    recorder's status is not the plan's to start, so this returns the status
+    that is already running.
+    """
+
+    def __init__(self, status: Any, name: str) -> None:
+        self.status = status
+        self.name = name
+        self.parent = None
+
+    def trigger(self) -> Any:
+        return self.status
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
 def wait_status(status: Any, timeout: float | None, what: str) -> MsgGenerator[None]:
-    """Wait (through the RunEngine, not blocking its loop) for an ophyd status to finish."""
+    """Wait (through the RunEngine, not blocking its loop) for an ophyd status to finish.
 
-    def future() -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+    The status goes into a wait group of its own, so that ``RE.waiting_hook``
+    (e.g. a :class:`~bluesky.utils.ProgressBarManager`) sees it and can show
+    its progress (:meth:`stemcal.callbacks.ResultStatus.watch`). A failed
+    status does not raise here: its ``result`` (or ``exception()``) says why.
 
-        def finish() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        status.add_callback(lambda _st: loop.call_soon_threadsafe(finish))
-        return fut
-
+    Raises
+    ------
+    TimeoutError
+        Not done within ``timeout`` seconds.
+    """
+    group = short_uid("calibration")
+    yield from bps.trigger(_Awaited(status, what), group=group)
     try:
-        yield from bps.wait_for([future], timeout=timeout)
+        yield from bps.wait(group=group, timeout=timeout)
+    except FailedStatus:
+        pass  # the caller reads the status's exception
     except TimeoutError:  # the RunEngine's WaitForTimeoutError
         raise TimeoutError(f"{what} did not finish within {timeout} s") from None
 

@@ -157,11 +157,25 @@ def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0
 def _fly(detector: Any, flush_period: float, name: str) -> MsgGenerator[None]:
     try:
         yield from bps.kickoff(detector, wait=True)
-        # Poll the acquisition's own status rather than a wait group: a pause cancels a
-        # wait (its group is gone on resume), but this loop picks the scan up again.
-        status = yield from bps.complete(detector, group=_short_uid("complete"))
+        group = _short_uid("complete")
+        status = yield from bps.complete(detector, group=group)
+        if status is None:  # no RunEngine (summarize_plan, a simulator): nothing to poll
+            yield from bps.collect(detector, name=name)
+            return
+        # Wait on the group with a timeout (bluesky's wait-and-move-on), so that
+        # RE.waiting_hook shows the acquisition's progress, and collect between waits.
+        # The loop itself runs on the acquisition's own status: a pause cancels the wait
+        # and its group is gone on resume; then the loop polls by sleeping.
+        grouped = True
         while not status.done:
-            yield from bps.sleep(flush_period)
+            if grouped:
+                done = yield from bps.wait(group=group, timeout=flush_period,
+                                           error_on_timeout=False)
+                grouped = not done
+                if done and not status.done:  # the group is gone (resumed after a pause)
+                    yield from bps.sleep(flush_period)
+            else:
+                yield from bps.sleep(flush_period)
             yield from bps.collect(detector, name=name)
         yield from bps.collect(detector, name=name)
         if not status.success:

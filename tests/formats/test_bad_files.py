@@ -308,7 +308,8 @@ def test_failed_fit_writes_no_report(capsys, frames, tmp_path):
 
 
 @pytest.mark.parametrize("report, words", [
-    ("missing_dir/deeper/r.png", None),     # created on writing: fine
+    ("r.png", None),                                 # fine: the missing data file is reached
+    ("missing_dir/deeper/r.png", "does not exist"),  # a typo, not a new directory tree
     ("afile/r.png", "is not a directory"),
     ("adir", "is a directory"),
     ("r.xyz", "unknown figure type 'xyz'"),

@@ -24,7 +24,7 @@ from stemcal.catalog import calibration_history, get_record, open_catalog, recor
 from stemcal.devices import ManualClock, MicroscopeTruth, make_sim_instrument
 from stemcal.plans import (calibrate, focus_schedule, overfocus_scan, recalibrate_if_stale,
                            sharpness_offset, verify_calibration)
-from stemcal.runs import optics_state
+from stemcal.runs import RESULT_PURPOSE, optics_state
 from stemcal.session import make_recorder
 
 from twin_setup import (BLANK, CAMERA_LENGTH, DET_PIXEL, NAV, SCAN_PIXEL, SEMICONV,  # noqa: E402
@@ -72,7 +72,8 @@ def session(tmp_path_factory):
 
 
 def starts(docs):
-    return [d for n, d in docs if n == "start"]
+    """The start documents of acquisitions (not of the result runs that show the fits)."""
+    return [d for n, d in docs if n == "start" and d.get("purpose") != RESULT_PURPOSE]
 
 
 # -- calibrate ------------------------------------------------------------------------
@@ -218,7 +219,8 @@ def test_focus_restored_when_an_attempt_fails(session, tmp_path):
                          focus_limits=(0.5e-6, 2e-6), focus_step=0.2e-6))
         assert inst.optics.overfocus.get() == 1e-6
         acqs = starts(docs)
-        stops = [d["exit_status"] for n, d in docs if n == "stop"]
+        stops = [d["exit_status"] for n, d in docs
+                 if n == "stop" and d["run_start"] in {a["uid"] for a in acqs}]
         assert stops == ["success", "success", "fail"]
         failed = recorder.result_status(acqs[-1]["uid"])
         assert isinstance(failed.exception(timeout=5), RunNotCalibrated)

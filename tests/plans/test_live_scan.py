@@ -281,9 +281,10 @@ def test_live_view_images_equal_a_full_pass(live_session):
     params = projection_params(start, (SIG, SIG))
     assert params.overfocus == start["guess"]["overfocus"] and params.scan_rotation == 0.0
     ref = full_pass(path_of(resource), resource["parameters"]["dataset"], params, (NAV, NAV))
-    assert_images_equal(view.images, ref)
+    assert_images_equal(view.guess_images, ref)  # (view.images: the fit's, once it is in)
     from stemcal.fit.passes import image_quality
-    assert view.blur == pytest.approx(image_quality(ref)[0], rel=1e-9)
+    assert image_quality(view.guess_images)[0] == pytest.approx(image_quality(ref)[0], rel=1e-9)
+    assert view.blur == pytest.approx(s.record.blur) and s.record.blur < image_quality(ref)[0]
 
 
 def test_catalog_serves_the_live_frames(live_session):

@@ -23,3 +23,17 @@ session = session_from_config(stemcal_config, call_returns_result=not _is_re_wor
 RE = session.RE
 catalog = session.client
 recorder = session.recorder
+# What a person at the microscope sees while plans run: bluesky's own progress bars for
+# whatever the RunEngine waits on (the calibration's fit reports its stages and passes),
+# and BestEffortCallback's tables (the devices hint readable fields: overfocus in nm; each
+# calibrate attempt adds a row with the fitted values). BEC's plots stay off: the
+# recorder's live view is the figure. Not in the queue server's RE Worker, whose console
+# output is a log, not a terminal.
+if not _is_re_worker_active():
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from bluesky.utils import ProgressBarManager
+
+    RE.waiting_hook = ProgressBarManager()
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    RE.subscribe(bec)
