@@ -117,7 +117,7 @@ def test_record_and_acquisition_are_in_the_catalog(session):
     with h5py.File(path, "r") as held:
         frame = run["primary"]["merlin_image"][0, 1, 2]
         np.testing.assert_array_equal(frame, held["/entry/data/data"][0, 1, 2])
-    assert (session.dir / "figures" / f"calibration_{acq['uid'][:8]}.png").stat().st_size > 0
+    assert (session.dir / "figures" / f"calibration_{rec.uid[:8]}.png").stat().st_size > 0
     assert session.recorder.result_status(acq["uid"]).result == rec
 
 
