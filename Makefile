@@ -3,11 +3,13 @@
 #                local catalog (stemcal calibrate), then an offline cold-start fit of a simulated
 #                dataset file with a report PNG (stemcal demo --out out)
 #   make test  - run the test suite (what .ci/run calls)
+#   make bench - speed; make validate - accuracy against multislice (abTEM) and geometric
+#                truth, coverage of the uncertainty, noise never "ok" (benchmarks/validation)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.stemcal-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench validate clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +27,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
+
+validate: $(STAMP)
+	$(VENV)/bin/python benchmarks/validation/run.py
 
 clean:
 	rm -rf $(VENV) out

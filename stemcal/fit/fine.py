@@ -22,7 +22,7 @@ from .cache import DEFAULT_BUDGET, DEFAULT_WORK, ReducedCache, build_cache
 from .loss import BlurLoss
 from .null import MIN_SIGNIFICANCE, contrast_significance
 from .optimise import minimise
-from .parts import UPSAMPLE, finish
+from .parts import finish
 from .passes import as_dataset, full_pass, image_quality
 from .result import FitResult
 
@@ -110,7 +110,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
            rotation_bound: float = 6.0, overfocus_bound: float = 0.12, centre_bound: float = 3.0,
            metric: str = "contrast", method: str = "sobol-nm", cache: ReducedCache | None = None,
            budget: int = DEFAULT_BUDGET, work: int = DEFAULT_WORK, coarse_work: int = 3_000_000,
-           confirm: bool = True, polish: bool = True, upsample: float = UPSAMPLE,
+           confirm: bool = True, polish: bool = True, upsample: dict | None = None,
            coarse_tolerance: float | None = None,
            widenings: int = MAX_WIDENINGS, descan_sigma: np.ndarray | None = None,
            progress: bool = False) -> FitResult:
@@ -155,8 +155,9 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         Finish with the final stage (:func:`~stemcal.fit.parts.finish`: each parameter
         from the parts of the disk, the uncertainty, the quality checks); without it
         the search's optimum is returned.
-    upsample : float
-        Target px per scan px of the final stage (:data:`~stemcal.fit.parts.UPSAMPLE`).
+    upsample : dict, optional
+        Target px per scan px of the final stage by parameter (default
+        :data:`~stemcal.fit.parts.UPSAMPLE`).
     cache : ReducedCache, optional
         Reuse a cache (no raw pass is then made for it).
     budget, work : int

@@ -141,6 +141,7 @@ class BlurLoss:
             return geo
         return dataclasses.replace(geo, fixed_margin=geo.fixed_margin + grid_shift / self.upsample)
 
+
     def _project(self, geo: ProjectionGeometry) -> tuple[np.ndarray, np.ndarray]:
         c = self.cache
         A = np.ascontiguousarray(geo.A)

@@ -20,10 +20,10 @@ geometric data the overfocus scatter of ``[0, 0.7] R`` alone was about twice
 as large); where they do not, the rim is left out and ``[0, 0.7] R`` gives
 it. Each estimate is the vertex of a least-squares parabola through
 :data:`POINTS` samples of the loss along that parameter (the others held),
-with the target grid at 2 px per scan px and its sub-pixel phase stepped from
-sample to sample: at 1 px per scan px, or with one fixed phase, the optimum
-depended on that phase by up to 0.8 % (0.1 % on geometric data), which the
-samples now average.
+with the target grid's sub-pixel phase stepped from sample to sample: with one
+fixed phase the optimum depended on it by up to 0.8 % (0.1 % on geometric
+data), which the samples now average; the overfocus on a grid of 2 px per scan
+px (:data:`UPSAMPLE`).
 
 The uncertainty
 ---------------
@@ -56,8 +56,13 @@ from .rings import RingLoss, part_losses
 __all__ = ["UPSAMPLE", "PARTS_Z", "POINTS", "HALF_WIDTH", "Estimate", "scan_parameter",
            "finish", "Finish", "algorithmic_allowance", "descan_sigma"]
 
-#: Target px per scan px of the final stage.
-UPSAMPLE = 2.0
+#: Target px per scan px of the final stage, per parameter (measured on 4 geometric
+#: low-dose and 6 multislice cases): the overfocus at 2 (at 1 its optimum depends on the
+#: grid's sampling: +0.27 % on a noise-free 32x32 geometric case, 0.08 % at 2; +0.5 % against
+#: +0.19 % on multislice carbon); rotation and centre at 1.25 (at 1 the rotation came out
+#: up to 0.10 deg off on multislice data, 0.026 at 1.25, 0.004 at 2; at 2 it scattered
+#: twice as much at 3 counts/px, as each group's coverage then has holes).
+UPSAMPLE = {"scan_rotation": 1.25, "overfocus": 2.0, "cy": 1.25, "cx": 1.25}
 #: Parts that differ by more than this many standard deviations of their noise disagree.
 PARTS_Z = 3.5
 #: Samples of the loss along one parameter, and their half-span (degrees, percent of the
@@ -233,20 +238,25 @@ _ORDER = ("scan_rotation", "overfocus", "cy", "cx")
 
 
 def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
-           upsample: float = UPSAMPLE, descan_sigma_matrix: np.ndarray | None = None) -> Finish:
+           upsample: dict | None = None, descan_sigma_matrix: np.ndarray | None = None) -> Finish:
     """Each free parameter in turn (rotation, overfocus, centre) from the parts of the disk.
 
-    See the module docstring for the choice of part and the uncertainty's terms.
+    See the module docstring for the choice of part and the uncertainty's terms;
+    ``upsample`` maps parameters to target px per scan px (default :data:`UPSAMPLE`).
     """
-    rings = RingLoss(cache, start, upsample=upsample)
+    upsample = {**UPSAMPLE, **(upsample or {})}
+    losses: dict[float, RingLoss] = {}
     p = start
     parts: dict = {}
     nfev = 0
+    rings = None
     for name in [n for n in _ORDER if n in free]:
+        up = float(upsample[name])
+        rings = losses.setdefault(up, RingLoss(cache, start, upsample=up))
         est, n = scan_parameter(rings, p, name)
         nfev += n
         rim_z = _z(est["rim"], est["disk70"], name)
-        used = "disk95" if rim_z <= PARTS_Z else "disk70"
+        used = "disk95" if (rim_z <= PARTS_Z or not math.isfinite(est["disk70"].value)) else "disk70"
         halves = ("disk70", "rim") if used == "disk95" else ("inner", "middle")
         value = est[used].value
         if math.isfinite(value):
@@ -265,7 +275,7 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
         q["descan"] = desc.get(name, 0.0)
         q["alg"] = alg.get(name, 0.0)
         total[name] = math.sqrt(q["stat"] ** 2 + q["parts"] ** 2 + q["descan"] ** 2 + q["alg"] ** 2)
-    return Finish(p, total, parts, nfev, rings)
+    return Finish(p, total, parts, nfev, losses.get(float(upsample["overfocus"]), rings))
 
 
 def _diff(a: float, b: float, name: str) -> float:
