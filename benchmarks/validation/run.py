@@ -70,12 +70,6 @@ def _fit(ctx, data, truth: dict) -> dict:
     }
 
 
-def _covered(row: dict, truth: dict) -> tuple[bool, bool]:
-    rot = abs(row["rot_err"]) <= 2 * (row["rot_sigma"] or 0)
-    of = abs(row["of_err_rel"] * truth["overfocus"]) <= 2 * (row["of_sigma"] or 0)
-    return rot, of
-
-
 def multislice_set(ctx, quick: bool) -> list[dict]:
     rows = []
     for name, (kwargs, kind, doses) in cases.MULTISLICE.items():
@@ -86,13 +80,18 @@ def multislice_set(ctx, quick: bool) -> list[dict]:
         for dose in doses:
             data, truth = multislice.generate(specimen, dose=dose, noise_seed=1,
                                               cache_dir=CACHE, **kw)
-            row = {"set": "multislice", "case": name, "kind": kind, "dose": dose,
-                   "truth": {k: truth[k] for k in ("scan_rotation", "flip_y", "overfocus", "cy",
-                                                  "cx", "descan")},
-                   **_fit(ctx, data, truth)}
-            rows.append(row)
-            _print_row(row, truth)
+            rows.append(_row(ctx, data, truth, "multislice", name, kind, dose))
     return rows
+
+
+def _row(ctx, data, truth: dict, group: str, name: str, kind: str, dose) -> dict:
+    """Fit one dataset, print its line of the table, return the row."""
+    row = {"set": group, "case": name, "kind": kind, "dose": dose,
+           "truth": {k: truth[k] for k in ("scan_rotation", "flip_y", "overfocus", "cy", "cx",
+                                          "descan")},
+           **_fit(ctx, data, truth)}
+    _print_row(row, truth)
+    return row
 
 
 def geometric_set(ctx, quick: bool) -> list[dict]:
@@ -109,12 +108,7 @@ def geometric_set(ctx, quick: bool) -> list[dict]:
         data = simulate(p, nav, sig, dose=dose, seed=seed)
         truth = {**p.to_dict(), "descan": [list(r) for r in p.descan]}
         name = "geometric descan" if seed == seeds else f"geometric seed {seed}"
-        row = {"set": "geometric", "case": name, "kind": "geometric", "dose": dose,
-               "truth": {k: truth[k] for k in ("scan_rotation", "flip_y", "overfocus", "cy",
-                                              "cx", "descan")},
-               **_fit(ctx, data, truth)}
-        rows.append(row)
-        _print_row(row, truth)
+        rows.append(_row(ctx, data, truth, "geometric", name, "geometric", dose))
     return rows
 
 

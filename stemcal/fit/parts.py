@@ -35,7 +35,8 @@ The uncertainty
   (``[0, 0.45]`` and ``[0.45, 0.7]`` R, or ``[0, 0.7]`` and ``[0.7, 0.95]`` R):
   where the model holds they agree; where it fails (a thick or strongly
   scattering specimen) they part, and when they differ by more than
-  :data:`PARTS_Z` times their combined noise the quality says so;
+  :data:`PARTS_Z` times their combined noise (the jackknife's, at least twice the
+  ``alg`` allowance) the quality says so;
 * ``descan``: the descan's errors carried into ``A^-1`` (the loss fixes only
   ``D - A^-1``, so an error in ``D`` goes one to one into the scan matrix);
 * ``alg``: the loss's own bias on geometric data, :func:`algorithmic_allowance`.
@@ -135,11 +136,12 @@ def scan_parameter(rings: RingLoss, params: OverfocusParams, name: str, *,
         v = _vertex(xs, t[:, 0])
         reps = np.array([_vertex(xs, t[:, 1 + g]) for g in range(K)])
         ok = np.isfinite(reps)
-        if math.isfinite(v) and ok.sum() >= K - 1:
+        if math.isfinite(v) and ok.sum() >= 2:
             r = reps[ok]
             sigma = math.sqrt((len(r) - 1) / len(r) * float(((r - r.mean()) ** 2).sum()))
         else:
-            sigma = math.nan
+            # too flat in the subsets to place a vertex: known to the sampled span only
+            sigma = half if math.isfinite(v) else math.nan
         value = getattr(_set(params, name, params, v), name) if math.isfinite(v) else math.nan
         if name == "overfocus":
             sigma = sigma / 100 * abs(params.overfocus)
@@ -219,6 +221,9 @@ class Finish:
             if p["parts_z"] > PARTS_Z:
                 a, b = p["halves"]
                 va, vb = p["estimates"][a]["value"], p["estimates"][b]["value"]
+                if not (math.isfinite(va) and math.isfinite(vb)):
+                    words.append(f"{name}: one half gives no estimate (too little detail)")
+                    continue
                 diff = (f"{100 * (vb / va - 1):+.2f} %" if name == "overfocus"
                         else f"{vb - va:+.3f}")
                 words.append(f"{name} {diff} ({p['parts_z']:.1f} sigma)")
@@ -245,6 +250,9 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
     ``upsample`` maps parameters to target px per scan px (default :data:`UPSAMPLE`).
     """
     upsample = {**UPSAMPLE, **(upsample or {})}
+    allow = algorithmic_allowance(cache.nav_shape)
+    alg = {"overfocus": allow["overfocus_rel"] * abs(start.overfocus),
+           "scan_rotation": allow["scan_rotation"]}
     losses: dict[float, RingLoss] = {}
     p = start
     parts: dict = {}
@@ -255,21 +263,22 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
         rings = losses.setdefault(up, RingLoss(cache, start, upsample=up))
         est, n = scan_parameter(rings, p, name)
         nfev += n
-        rim_z = _z(est["rim"], est["disk70"], name)
+        rim_z = _z(est["rim"], est["disk70"], name, floor=2 * alg.get(name, 0.0))
         used = "disk95" if (rim_z <= PARTS_Z or not math.isfinite(est["disk70"].value)) else "disk70"
         halves = ("disk70", "rim") if used == "disk95" else ("inner", "middle")
         value = est[used].value
         if math.isfinite(value):
             p = p.replace(**{name: value})
         a, b = est[halves[0]], est[halves[1]]
+        diff = abs(_diff(a.value, b.value, name))
+        if not math.isfinite(diff):   # a half too flat to place a vertex: the span is all we know
+            span = HALF_WIDTH[name] / 100 * abs(p.overfocus) if name == "overfocus" else HALF_WIDTH[name]
+            diff = 2 * span
         parts[name] = {"used": used, "halves": halves, "rim_z": rim_z,
-                       "parts_z": _z(a, b, name),
+                       "parts_z": _z(a, b, name, floor=2 * alg.get(name, 0.0)),
                        "estimates": {k: dataclasses.asdict(v) for k, v in est.items()},
-                       "stat": est[used].sigma, "parts": abs(_diff(a.value, b.value, name)) / 2}
+                       "stat": est[used].sigma, "parts": diff / 2}
     desc = (descan_sigma(p, descan_sigma_matrix) if descan_sigma_matrix is not None else {})
-    allow = algorithmic_allowance(cache.nav_shape)
-    alg = {"overfocus": allow["overfocus_rel"] * abs(p.overfocus),
-           "scan_rotation": allow["scan_rotation"]}
     total = {}
     for name, q in parts.items():
         q["descan"] = desc.get(name, 0.0)
@@ -282,8 +291,9 @@ def _diff(a: float, b: float, name: str) -> float:
     return (b - a + 180) % 360 - 180 if name == "scan_rotation" else b - a
 
 
-def _z(a: Estimate, b: Estimate, name: str) -> float:
-    noise = math.hypot(a.sigma, b.sigma)
+def _z(a: Estimate, b: Estimate, name: str, floor: float = 0.0) -> float:
+    """|a - b| over their combined noise (at least ``floor``: the loss's own bias)."""
+    noise = math.hypot(a.sigma, b.sigma, floor)
     d = abs(_diff(a.value, b.value, name))
     if not math.isfinite(d) or not noise > 0:
         return math.inf if not math.isfinite(d) or d > 0 else 0.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from libertem.api import Context
 
 from stemcal.fit.coarse import cold_start
 from stemcal.fit.disk import NoFeaturesError
@@ -17,12 +16,6 @@ from stemcal.twin import OverfocusParams, SimulatedSpecimen, simulate
 BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
 N_LOW_DOSE = 10
 
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context.make_with("inline")
-    yield c
-    c.close()
 
 
 def low_dose_case(seed: int):

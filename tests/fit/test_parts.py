@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from libertem.api import Context
 
 from stemcal.fit import build_cache, refine
 from stemcal.fit.edge import descan_from_edges
@@ -16,12 +15,6 @@ from stemcal.twin.model import scan_middle
 
 BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
 
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context.make_with("inline")
-    yield c
-    c.close()
 
 
 def test_pair_contrasts_match_the_formula():

@@ -84,9 +84,10 @@ mean ``dose`` per disk pixel (vacuum). Elastic scattering only (no thermal diffu
 scattering, no partial coherence, no Cs): deliberately the cleanest wave optics.
 """
 from .frames import generate, simulate_noise_free, stemcal_fit_args, truth_of, write
-from .setup import GENERATOR_VERSION, SPECIMENS, Setup, flip_matrix, rotation_matrix, wavelength
+from .setup import (GENERATOR_VERSION, SPECIMENS, Setup, abtem_configured, flip_matrix,
+                    rotation_matrix, wavelength)
 from .specimens import Specimen, build_specimen
 
 __all__ = ["generate", "write", "simulate_noise_free", "truth_of", "stemcal_fit_args", "Setup",
            "SPECIMENS", "GENERATOR_VERSION", "wavelength", "rotation_matrix", "flip_matrix",
-           "Specimen", "build_specimen"]
+           "Specimen", "build_specimen", "abtem_configured"]
