@@ -14,17 +14,17 @@ from stemcal.fit.disk import NoFeaturesError
 from stemcal.twin import OverfocusParams, SimulatedSpecimen, simulate
 
 BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
-N_LOW_DOSE = 10
-
+N_LOW_DOSE = 6
 
 
 def low_dose_case(seed: int):
-    """48x48 scan, 96x96 detector, 3 counts/px; rotation and flip vary with the seed."""
-    rng = np.random.default_rng(700 + seed)
-    truth = OverfocusParams(overfocus=1e-6, semiconv=7.5e-3, cy=51.3, cx=45.6,
+    """64x64 scan, 128x128 detector, 3 counts/px; rotation and flip drawn per seed (the
+    first seeds of ``make validate``'s low-dose set)."""
+    rng = np.random.default_rng(500 + seed)
+    truth = OverfocusParams(overfocus=1e-6, semiconv=10e-3, cy=67.3, cx=61.3,
                             scan_rotation=float(rng.uniform(-180, 180)),
-                            flip_y=bool(rng.integers(2)), **{**BASE, "scan_pixel_size": 0.375e-9})
-    return truth, simulate(truth, (48, 48), (96, 96), dose=3.0, seed=seed)
+                            flip_y=bool(rng.integers(2)), **BASE)
+    return truth, simulate(truth, (64, 64), (128, 128), dose=3.0, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ def low_dose_fits(ctx):
 @pytest.mark.slow
 def test_low_dose_uncertainty_covers_the_error(low_dose_fits):
     """|error| <= 2 sigma in at least 90 % of the fits, for rotation and overfocus; and
-    the errors themselves within 0.05 deg and 0.2 %."""
+    the errors themselves within 0.05 deg and 0.2 %. (``make validate`` runs 31 such
+    fits: 30 covered in rotation, 31 in overfocus; 29 within 0.05 deg, the other two
+    0.058 and 0.066 deg.)"""
     rot_in = of_in = 0
     rows = []
     for truth, fit in low_dose_fits:
