@@ -192,6 +192,8 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
     assert blank.max() > 0
     write_npy(d / "blank.npy", blank)
     write_npy(d / "zeros.npy", np.zeros((32, 32, *SIG), dtype=np.uint16))  # beam off the detector
+    # pure counting noise, no beam: refine-only used to fit it and say "ok"
+    write_npy(d / "noise.npy", np.random.default_rng(3).poisson(1.0, (32, 32, *SIG)).astype(np.uint16))
 
     guess = [*GEOMETRY, "--overfocus", repr(TRUE_OVERFOCUS), "--json"]
     return stemcal_many({
@@ -202,6 +204,8 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
         "nav_shape": ["fit", good, *guess, "--nav-shape", NAV[0] - 8, NAV[1]],
         "overfocus_zero": ["fit", good, *GEOMETRY, "--overfocus", "0", "--json"],
         "refine_missing": ["fit", good, *guess, "--refine-only", "--cy", "50"],
+        "refine_noise": ["fit", d / "noise.npy", *refine_guess(json.loads(
+            good.with_suffix(".truth.json").read_text())["params"], TRUE_OVERFOCUS)],
         # a quarter of the overfocus: out of reach of the widened search (+-50 % at most)
         "refine_wall": ["fit", good, *refine_guess(json.loads(
             good.with_suffix(".truth.json").read_text())["params"], TRUE_OVERFOCUS / 4)],
@@ -286,6 +290,11 @@ def test_refine_only_widens_at_the_bound(fits, truth, factor):
     res = one_json(fits[f"refine_x{factor}"])
     assert res["widened"] >= 1
     assert_matches_truth(res, truth)
+
+
+def test_refine_only_on_noise_exits_3(failures):
+    line = assert_one_line_error(failures["refine_noise"], 3)
+    assert "nothing to calibrate on" in line and "disk" in line, line
 
 
 def test_refine_only_out_of_reach_exits_3(failures):
