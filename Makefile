@@ -4,11 +4,13 @@
 #                dataset file with a report PNG (stemcal demo --out out)
 #   make test  - run the test suite (what .ci/run calls); installs Debian's chromium for the
 #                browser tests of the app where it is missing (make chromium)
+#   make bench - speed; make validate - accuracy against multislice (abTEM) and geometric
+#                truth, coverage of the uncertainty, noise never "ok" (benchmarks/validation)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.stemcal-installed
 
-.PHONY: demo test bench clean chromium
+.PHONY: demo test bench validate clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,9 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
 	$(VENV)/bin/python benchmarks/app_redraw.py
+
+validate: $(STAMP)
+	$(VENV)/bin/python benchmarks/validation/run.py
 
 clean:
 	rm -rf $(VENV) out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from bluesky import RunEngine
@@ -35,3 +36,12 @@ def docs(RE):
     collected: list[tuple[str, dict]] = []
     RE.subscribe(lambda name, doc: collected.append((name, doc)))
     return collected
+
+
+@pytest.fixture(scope="session")
+def multislice_cache(tmp_path_factory) -> Path:
+    """Where this session keeps the noise-free multislice frames it generates
+    (``tests/multislice``): ``$STEMCAL_WAVE_CACHE`` if set (kept across sessions), else a
+    directory of this session, so that each case is simulated once per session."""
+    env = os.environ.get("STEMCAL_WAVE_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("multislice")

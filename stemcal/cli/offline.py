@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import CLIError, Parser, add_geometry, integer, number, shape
+from .args import EXIT_NO_FEATURES, CLIError, Parser, add_geometry, integer, number, shape
 from .output import angle_difference, geometry_lines, to_json
 
 __all__ = ["add_parsers", "run_fit", "run_simulate", "run_demo"]
@@ -39,7 +39,9 @@ def add_parsers(sub: Any) -> None:
                      help="scan shape, scan px (where the file does not tell it)")
     fit.add_argument("--refine-only", action="store_true",
                      help="skip the cold start: refine rotation and overfocus from the guesses "
-                          "(needs --scan-rotation, --flip-y/--no-flip-y, --cy, --cx)")
+                          "(needs --scan-rotation, --flip-y/--no-flip-y, --cy, --cx); the "
+                          "search widens while its optimum sits at a bound, up to +-45 deg "
+                          "and +-50 %%; exit status 3 if it still cannot converge")
     fit.add_argument("--json", action="store_true", help="print one JSON object")
     fit.add_argument("--report", metavar="PNG",
                      help="write a report figure (its directory must exist; .png, .pdf, .svg...)")
@@ -250,20 +252,26 @@ def _compare_guesses(fit: Any, args: argparse.Namespace) -> None:
 
 
 def _refine_only(ctx: Any, ds: Any, args: argparse.Namespace, progress: bool) -> Any:
+    """Refine from the guesses; the data must hold a disk (as for the cold start), and a
+    fit that cannot converge within the widened search ends with exit status 3."""
     from ..fit import build_cache, refine
-    from ..fit.disk import find_disk
+    from ..fit.disk import check_disk_contrast, find_disk
     from ..twin import OverfocusParams
     cache = build_cache(ctx, ds, budget=512 * 2**20, work=2**62, progress=progress)
+    disk = find_disk(cache.frames.mean(axis=0))
+    check_disk_contrast(cache.frames, disk)
     semiconv = args.semiconv
     if semiconv is None:
-        disk = find_disk(cache.frame_sum)
-        semiconv = disk.radius * args.detector_pixel_size / abs(args.overfocus + args.camera_length)
+        semiconv = (disk.radius * cache.bin * args.detector_pixel_size
+                    / abs(args.overfocus + args.camera_length))
     start = OverfocusParams(overfocus=args.overfocus, scan_pixel_size=args.scan_pixel_size,
                             camera_length=args.camera_length,
                             detector_pixel_size=args.detector_pixel_size, semiconv=semiconv,
                             cy=args.cy, cx=args.cx, scan_rotation=args.scan_rotation,
                             flip_y=args.flip_y)
     fit = refine(ds, start, ctx=ctx, cache=cache, progress=progress)
+    if not fit.success:
+        raise CLIError(f"the fit did not converge: {fit.message}", EXIT_NO_FEATURES)
     fit.passes += 1
     fit.extra["frame_sum"] = cache.frame_sum
     return fit

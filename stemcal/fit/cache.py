@@ -155,20 +155,21 @@ class ReducedCache:
     def grouped(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The cached frames split into ``groups`` interleaved sub-lattices of the scan.
 
-        ``groups`` 4: a 2x2 sub-lattice of cached positions; 2: a checkerboard;
-        1: all frames. Returns ``(frames, scan_yx)`` per group (contiguous copies,
+        ``groups`` 9: a 3x3 sub-lattice of cached positions; 4: a 2x2 sub-lattice; 2: a
+        checkerboard; 1: all frames. Returns ``(frames, scan_yx)`` per group (contiguous copies,
         made once per ``groups`` and kept, so all losses over this cache share them).
         """
         if ("groups", groups) not in self._memo:
             grid = np.rint(self.scan_yx / self.stride).astype(int)
             if groups == 1:
                 label = np.zeros(len(grid), dtype=int)
-            elif groups == 4:
-                label = (grid[:, 0] % 2) * 2 + grid[:, 1] % 2
+            elif groups in (4, 9):
+                side = 2 if groups == 4 else 3
+                label = (grid[:, 0] % side) * side + grid[:, 1] % side
             elif groups == 2:
                 label = (grid[:, 0] + grid[:, 1]) % 2
             else:
-                raise ValueError(f"groups must be 1, 2 or 4, got {groups}")
+                raise ValueError(f"groups must be 1, 2, 4 or 9, got {groups}")
             if groups == 1:
                 parts = [(self.frames, self.scan_yx)]
             else:

@@ -1,6 +1,7 @@
 """The blur loss: project cached frames with trial parameters, measure blur."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -38,6 +39,12 @@ class BlurLoss:
 
     The target grid and disk radii are fixed from ``start`` so that the loss
     does not jump when the grid would grow by a pixel.
+
+    ``disk_fraction`` is the outer radius of the part of the bright-field disk
+    that is projected, as a fraction of the disk radius; with ``hole_fraction``
+    > 0 the part inside that radius is left out (an annulus: shifted sums and
+    coverages are linear in the disk weight, so the annulus is the difference
+    of two disk projections on one grid).
     """
 
     cache: ReducedCache
@@ -47,6 +54,8 @@ class BlurLoss:
     metric: str = "contrast"
     margin_factor: float = 1.6
     groups: int = 4
+    disk_fraction: float = 0.95
+    hole_fraction: float = 0.0
     nfev: int = 0
 
     def __post_init__(self) -> None:
@@ -55,20 +64,38 @@ class BlurLoss:
             raise ValueError(f"cannot fit {bad}; choose from {FREE_PARAMETERS}")
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; choose from {sorted(METRICS)}")
+        if not 0 <= self.hole_fraction < self.disk_fraction:
+            raise ValueError(f"hole_fraction must be in [0, disk_fraction), got {self.hole_fraction}")
+        full = ProjectionGeometry(self.start, self.cache.nav_shape, self.cache.sig_shape,
+                                  upsample=self.upsample)
         self.geometry = ProjectionGeometry(self.start, self.cache.nav_shape, self.cache.sig_shape,
-                                           upsample=self.upsample)
-        # Room for trial magnifications up to margin_factor x the start's.
+                                           upsample=self.upsample, disk_fraction=self.disk_fraction)
+        # Room for trial magnifications up to margin_factor x the start's (the grid of the
+        # whole disk, so that losses on parts of it share one grid).
         self.geometry = dataclasses.replace(
-            self.geometry, fixed_margin=self.geometry.margin * self.margin_factor + 1,
+            self.geometry, fixed_margin=full.margin * self.margin_factor + 1,
             fixed_r_out=self.geometry.r_out)
+        self._hole = None
+        if self.hole_fraction > 0:
+            self._hole = dataclasses.replace(
+                self.geometry, fixed_r_out=self.hole_fraction * self.start.disk_radius_px)
         # Interleaved groups of the scan (a 2x2 sub-lattice of cached positions,
         # or a checkerboard for two), projected separately so that metrics can
         # separate signal from noise.
         if self.metric == "unbiased":
             self.groups = 1
-        if self.groups not in (1, 2, 4):
-            raise ValueError(f"groups must be 2 or 4, got {self.groups}")
+        if self.groups not in (1, 2, 4, 9):
+            raise ValueError(f"groups must be 2, 4 or 9, got {self.groups}")
         self._halves = self.cache.grouped(self.groups)
+
+    def shuffled(self, rng: np.random.Generator) -> "BlurLoss":
+        """This loss with the scan positions permuted at random within each group of
+        frames (the frames themselves are shared, not copied): nothing adds up coherently."""
+        other = copy.copy(self)
+        other._halves = [(frames, scan_yx[rng.permutation(len(scan_yx))])
+                         for frames, scan_yx in self._halves]
+        other.nfev = 0
+        return other
 
     def x0(self) -> np.ndarray:
         """Optimiser coordinates of the start parameters."""
@@ -92,12 +119,35 @@ class BlurLoss:
                 changes[name] = getattr(self.start, name) + v
         return self.start.replace(**changes)
 
-    def project(self, params: OverfocusParams) -> tuple[np.ndarray, np.ndarray]:
-        """Shifted sums and coverages of the groups of cached frames, (K, H, W) each."""
-        geo = self.geometry.with_params(params)
+    def project(self, params: OverfocusParams, grid_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Shifted sums and coverages of the groups of cached frames, (K, H, W) each.
+
+        ``grid_shift`` moves the target grid by that fraction of a target px along both
+        axes (its sub-pixel phase against the scan lattice).
+        """
+        geo = self._shifted(self.geometry, grid_shift).with_params(params)
+        S, C = self._project(geo)
+        if self._hole is not None:
+            S_hole, C_hole = self._project(self._shifted(self._hole, grid_shift).with_params(params))
+            S -= S_hole
+            C -= C_hole
+            empty = C <= 1e-9 * float(C.max())  # rounding left where only the hole projected
+            S[empty] = 0.0
+            C[empty] = 0.0
+        return S, C
+
+    def _shifted(self, geo: ProjectionGeometry, grid_shift: float) -> ProjectionGeometry:
+        if not grid_shift:
+            return geo
+        return dataclasses.replace(geo, fixed_margin=geo.fixed_margin + grid_shift / self.upsample)
+
+
+    def _project(self, geo: ProjectionGeometry) -> tuple[np.ndarray, np.ndarray]:
         c = self.cache
         A = np.ascontiguousarray(geo.A)
         if self.metric == "unbiased":
+            if self._hole is not None:
+                raise ValueError("the unbiased metric cannot use an annulus")
             return self._project_moments(geo, A)
         out = np.zeros((self.groups,) + geo.shape)
         cov = np.zeros((self.groups,) + geo.shape)
@@ -136,9 +186,10 @@ class BlurLoss:
         self._squares = total[2][None]
         return total[0][None], total[1][None]
 
-    def value(self, params: OverfocusParams) -> float:
-        """The metric of the cached frames projected with ``params``."""
-        S, C = self.project(params)
+    def value(self, params: OverfocusParams, grid_shift: float = 0.0) -> float:
+        """The metric of the cached frames projected with ``params`` (``grid_shift``: see
+        :meth:`project`)."""
+        S, C = self.project(params, grid_shift)
         if self.metric == "unbiased":
             return METRICS[self.metric](S, C, self._squares)
         return METRICS[self.metric](S, C)

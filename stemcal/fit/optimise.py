@@ -114,3 +114,4 @@ def uncertainty_from(info: dict) -> np.ndarray:
     rough = max(info["roughness"], 1e-12 * float(np.abs(d).max() or 1.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(d > 0, info["steps"] * np.sqrt(2 * rough / d), np.nan)
+

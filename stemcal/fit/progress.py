@@ -7,10 +7,10 @@ which reports the partitions of each pass over the raw data) and as its
 into one number, the fraction of the whole fit done, and hands it with the
 stage's name to a callback: ``report(stage, fraction)``.
 
-The weights of the stages are the shares of the time they took in a cold
-start of a 40x40 scan of 96x96 frames (1.1 s cache pass, 0.65 s coarse
-estimate, 1.7 s first refinement, 0.4 s descan, 1.3 s polish and confirming
-pass); on larger data the two passes take a larger share.
+The weights of the stages are the shares of the time they took in cold
+starts of 40x40 scans of 96x96 frames held in memory (0.2 s coarse estimate,
+0.3-0.4 s search, 0.5-2 s final stage and confirming pass, 1.8-2.9 s in all);
+read from a file, the two passes take a larger share.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ __all__ = ["FitProgress", "COLD_START_STAGES"]
 #: (stage, share of the fit) of a cold start, in order; passes over the raw data end in
 #: ``" pass"``.
 COLD_START_STAGES: tuple[tuple[str, float], ...] = (
-    ("cache pass", 0.25), ("coarse estimate", 0.12), ("refinement", 0.33), ("descan", 0.07),
-    ("polish", 0.13), ("confirming pass", 0.10))
+    ("cache pass", 0.15), ("coarse estimate", 0.12), ("refinement", 0.2), ("final stage", 0.43),
+    ("confirming pass", 0.10))
 
 
 class FitProgress(ProgressReporter):

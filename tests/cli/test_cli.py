@@ -154,7 +154,18 @@ def fits(sims, truth, workdir) -> dict[str, subprocess.CompletedProcess]:
                    "--refine-only", "--scan-rotation", repr(t["scan_rotation"] + 0.4),
                    "--flip-y" if t["flip_y"] else "--no-flip-y",
                    "--cy", repr(t["cy"] + 0.2), "--cx", repr(t["cx"] - 0.2), "--json"],
+        # overfocus guesses outside the first search box (+-12 %): widened, not stuck
+        **{f"refine_x{f}": ["fit", ds["npy"], *refine_guess(t, f * t["overfocus"])]
+           for f in (0.85, 1.2)},
     })
+
+
+def refine_guess(t: dict, overfocus: float) -> list:
+    """``--refine-only`` options: the truth's flip and centre, rotation 1 degree off."""
+    return [*GEOMETRY, "--overfocus", repr(overfocus), "--refine-only",
+            "--scan-rotation", repr(t["scan_rotation"] + 1.0),
+            "--flip-y" if t["flip_y"] else "--no-flip-y", "--cy", repr(t["cy"]),
+            "--cx", repr(t["cx"]), "--json", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +192,8 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
     assert blank.max() > 0
     write_npy(d / "blank.npy", blank)
     write_npy(d / "zeros.npy", np.zeros((32, 32, *SIG), dtype=np.uint16))  # beam off the detector
+    # pure counting noise, no beam: refine-only used to fit it and say "ok"
+    write_npy(d / "noise.npy", np.random.default_rng(3).poisson(1.0, (32, 32, *SIG)).astype(np.uint16))
 
     guess = [*GEOMETRY, "--overfocus", repr(TRUE_OVERFOCUS), "--json"]
     return stemcal_many({
@@ -191,6 +204,11 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
         "nav_shape": ["fit", good, *guess, "--nav-shape", NAV[0] - 8, NAV[1]],
         "overfocus_zero": ["fit", good, *GEOMETRY, "--overfocus", "0", "--json"],
         "refine_missing": ["fit", good, *guess, "--refine-only", "--cy", "50"],
+        "refine_noise": ["fit", d / "noise.npy", *refine_guess(json.loads(
+            good.with_suffix(".truth.json").read_text())["params"], TRUE_OVERFOCUS)],
+        # a quarter of the overfocus: out of reach of the widened search (+-50 % at most)
+        "refine_wall": ["fit", good, *refine_guess(json.loads(
+            good.with_suffix(".truth.json").read_text())["params"], TRUE_OVERFOCUS / 4)],
         "blank": ["fit", d / "blank.npy", *guess],
         "zeros": ["fit", d / "zeros.npy", *guess],
     })
@@ -265,6 +283,23 @@ def test_fit_report_png(fits, workdir):
 def test_refine_only_from_guesses(fits, truth):
     res = one_json(fits["refine"])
     assert_matches_truth(res, truth)
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.2])
+def test_refine_only_widens_at_the_bound(fits, truth, factor):
+    res = one_json(fits[f"refine_x{factor}"])
+    assert res["widened"] >= 1
+    assert_matches_truth(res, truth)
+
+
+def test_refine_only_on_noise_exits_3(failures):
+    line = assert_one_line_error(failures["refine_noise"], 3)
+    assert "nothing to calibrate on" in line and "disk" in line, line
+
+
+def test_refine_only_out_of_reach_exits_3(failures):
+    line = assert_one_line_error(failures["refine_wall"], 3)
+    assert "did not converge" in line and "search bound" in line, line
 
 
 def test_refine_only_needs_guesses(failures):

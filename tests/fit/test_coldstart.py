@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from libertem.api import Context
 
 from stemcal.fit.coarse import cold_start
 from stemcal.fit.disk import NoFeaturesError
@@ -13,12 +12,6 @@ CAMERA_LENGTH = 0.2
 DET_PIXEL = 55e-6
 N_CASES = 20
 
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context.make_with("inline")
-    yield c
-    c.close()
 
 
 def random_case(seed: int):

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from libertem.api import Context
 
 from stemcal.fit import (BlurLoss, FitResult, ReducedCache, build_cache, choose_reduction,
                          contrast_loss, crete_blur, refine)
@@ -15,12 +14,6 @@ from stemcal.twin import OverfocusParams, simulate
 
 BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
 
-
-@pytest.fixture(scope="module")
-def ctx():
-    c = Context.make_with("inline")
-    yield c
-    c.close()
 
 
 def cache_of(data: np.ndarray) -> ReducedCache:

@@ -173,8 +173,8 @@ def test_fit_progress_maps_stages_and_passes():
     fp.start(ProgressState(0, 100, 0, 1, 4, "a"))
     fp.update(ProgressState(50, 100, 2, 1, 4, "a"))
     fp.end(ProgressState(100, 100, 4, 0, 4, "a"))
-    fp.stage("polish")
-    fp.start(ProgressState(0, 100, 0, 1, 4, "b"))  # the confirming pass inside the polish
+    fp.stage("final stage")
+    fp.start(ProgressState(0, 100, 0, 1, 4, "b"))  # the confirming pass inside the final stage
     fp.stage("done")
     names = [s for s, _ in seen]
     assert names[:4] == ["cache pass"] * 4 and "confirming pass" in names

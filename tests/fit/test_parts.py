@@ -1,0 +1,120 @@
+"""The pieces of the final stage: pair contrasts, disk parts, the edge descan, the search."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stemcal.fit import build_cache, refine
+from stemcal.fit.edge import descan_from_edges
+from stemcal.fit.loss import BlurLoss
+from stemcal.fit.metrics import contrast_loss, pair_contrasts
+from stemcal.fit.parts import descan_sigma
+from stemcal.fit.rings import RADII, RingLoss, part_losses
+from stemcal.twin import OverfocusParams, simulate
+from stemcal.twin.model import scan_middle
+
+BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
+
+
+
+def test_pair_contrasts_match_the_formula():
+    rng = np.random.default_rng(1)
+    K, shape = 4, (30, 40)
+    C = rng.uniform(0, 2, (K,) + shape)
+    C[:, :5] = 0.0
+    C[1, 10:14] = 0.0
+    S = C * (1 + 0.2 * rng.standard_normal((K,) + shape))
+    P = pair_contrasts(S, C)
+    F = np.where(C > 0, S / np.where(C > 0, C, 1), 0.0)
+    for j in range(K):
+        for k in range(K):
+            if j == k:
+                assert np.isnan(P[j, k])
+                continue
+            w = np.sqrt(C[j] * C[k])
+            mj, mk = (F[j] * w).sum() / w.sum(), (F[k] * w).sum() / w.sum()
+            ref = ((F[j] - mj) * (F[k] - mk) * w).sum() / w.sum() / (mj * mk)
+            assert P[j, k] == pytest.approx(ref, rel=1e-9)
+    assert contrast_loss(S, C) == pytest.approx(-np.nanmean(P[np.triu_indices(K, 1)]))
+    # leave-one-out losses use only the pairs without that group
+    losses = part_losses(P, [None, 0])
+    assert losses[0] == pytest.approx(contrast_loss(S, C))
+    assert losses[1] == pytest.approx(contrast_loss(S[1:], C[1:]))
+
+
+@pytest.fixture(scope="module")
+def small_case(ctx):
+    truth = OverfocusParams(overfocus=1e-6, semiconv=6e-3, cy=31.0, cx=33.5, scan_rotation=20.0,
+                            flip_y=True, descan=((0.02, 0.0), (-0.01, 0.03)), **BASE)
+    data = simulate(truth, (24, 24), (64, 64), dose=5.0, seed=3)
+    cache = build_cache(ctx, ctx.load("memory", data=data, num_partitions=2), bin=1, stride=1)
+    return truth, data, cache
+
+
+def test_rings_add_up_to_the_disks(small_case):
+    truth, _, cache = small_case
+    rings = RingLoss(cache, truth, upsample=2.0)
+    S, C = rings.project(truth, grid_shift=0.3)
+    assert S.shape[0] == len(RADII) and (C >= 0).all()
+    for i, r in enumerate(RADII):
+        S_disk, C_disk = BlurLoss(cache, truth, upsample=2.0, disk_fraction=r).project(truth, 0.3)
+        np.testing.assert_allclose(S[:i + 1].sum(axis=0), S_disk, atol=1e-9 * S_disk.max())
+        np.testing.assert_allclose(C[:i + 1].sum(axis=0), C_disk, atol=1e-9 * C_disk.max())
+
+
+def _edge_descan(data: np.ndarray, truth: OverfocusParams):
+    nav, sig = data.shape[:2], data.shape[2:]
+    frames = data.reshape((-1,) + sig).astype(np.float32)
+    iy, ix = np.mgrid[0:nav[0], 0:nav[1]]
+    scan = np.stack([iy.ravel(), ix.ravel()], -1).astype(float)
+    return descan_from_edges(frames, scan, scan_middle(nav), (truth.cy + 0.7, truth.cx - 0.4),
+                             truth.disk_radius_px * 1.02)
+
+
+@pytest.mark.parametrize("descan", [((0.0, 0.0), (0.0, 0.0)), ((0.06, -0.05), (0.045, 0.06))])
+def test_edge_descan(descan):
+    """Descan from the aperture edge: right where there is one; where there is none every
+    element is reported as zero, with a bound."""
+    truth = OverfocusParams(overfocus=1e-6, semiconv=10e-3, cy=67.3, cx=61.3, scan_rotation=23.5,
+                            flip_y=True, descan=descan, **BASE)
+    data = simulate(truth, (48, 48), (128, 128), dose=3.0, seed=2)
+    est = _edge_descan(data, truth)
+    D = np.asarray(descan)
+    assert np.abs(est.matrix - D).max() <= 0.0015, est.to_dict()
+    assert abs(est.offset[0] - truth.cy) <= 0.05 and abs(est.offset[1] - truth.cx) <= 0.05
+    assert np.all(est.bound >= np.abs(est.measured))
+    if not D.any():
+        assert len(est.zeroed) == 4 and not est.matrix.any()
+        assert np.all(est.bound < 0.003)
+    else:
+        assert not est.zeroed
+        assert np.allclose(est.sigma(), est.stderr)
+
+
+def test_descan_sigma_is_linear_and_positive():
+    p = OverfocusParams(overfocus=1e-6, semiconv=10e-3, cy=60.0, cx=60.0, scan_rotation=40.0,
+                        flip_y=False, **BASE)
+    s1 = descan_sigma(p, np.full((2, 2), 1e-3))
+    s2 = descan_sigma(p, np.full((2, 2), 2e-3))
+    assert s1["scan_rotation"] > 0 and s1["overfocus"] > 0
+    assert s2["scan_rotation"] == pytest.approx(2 * s1["scan_rotation"])
+    # an error of 1e-3 px/scan px in every element, with |A^-1| ~ 1.8 detector px per scan
+    # px: a few hundredths of a degree
+    assert 0.005 < s1["scan_rotation"] < 0.1
+
+
+def test_search_widens_at_the_bound(ctx):
+    """An overfocus guess 20 % off with a 12 % box: the search's optimum sits at the bound,
+    so it is widened and retried; the fit converges on the truth."""
+    truth = OverfocusParams(overfocus=1e-6, semiconv=10e-3, cy=60.0, cx=66.0, scan_rotation=-33.0,
+                            flip_y=True, **BASE)
+    data = simulate(truth, (32, 32), (128, 128), dose=5.0, seed=7)
+    res = refine(data, truth.replace(overfocus=0.8e-6, scan_rotation=-31.0), ctx=ctx)
+    assert res.success, res.message
+    assert res.extra["widened"] >= 1
+    assert abs(res.params.overfocus / truth.overfocus - 1) <= 0.005
+    assert abs(res.params.scan_rotation - truth.scan_rotation) <= 0.1
+    # without widening it stops at the wall and says so
+    stuck = refine(data, truth.replace(overfocus=0.8e-6), ctx=ctx, widenings=0, confirm=False)
+    assert not stuck.success and "search bound" in stuck.message
+    assert stuck.quality.startswith("fit did not converge")
