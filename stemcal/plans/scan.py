@@ -157,11 +157,16 @@ def fly_and_collect(detector: Any, others: list[Any], *, flush_period: float = 0
 def _fly(detector: Any, flush_period: float, name: str) -> MsgGenerator[None]:
     try:
         yield from bps.kickoff(detector, wait=True)
-        # Poll the acquisition's own status rather than a wait group: a pause cancels a
-        # wait (its group is gone on resume), but this loop picks the scan up again.
-        status = yield from bps.complete(detector, group=_short_uid("complete"))
+        # Wait at most flush_period for the end of the acquisition, then announce what
+        # came: the last frames are announced as soon as the acquisition ends. The loop
+        # follows the acquisition's own status: a pause cancels a wait (its group is gone
+        # on resume, and the wait returns at once), and the status is waited on anew.
+        group = _short_uid("complete")
+        status = yield from bps.complete(detector, group=group)
         while not status.done:
-            yield from bps.sleep(flush_period)
+            done = yield from bps.wait(group, timeout=flush_period, error_on_timeout=False)
+            if done and not status.done:  # the group went with a pause
+                yield from bps.complete(detector, group=group)
             yield from bps.collect(detector, name=name)
         yield from bps.collect(detector, name=name)
         if not status.success:
