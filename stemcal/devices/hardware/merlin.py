@@ -14,9 +14,11 @@ One acquisition, one whole scan of the scan generator's ``nav_shape``:
    :class:`~libertem_live.detectors.merlin.control.MerlinControl`);
 2. wait (at most ``timeout``) for the acquisition header on the data
    connection and check that it announces ``ny*nx`` frames;
-3. run a frame-collecting UDF over a LiberTEM-live acquisition made from that
-   pending acquisition, with a watchdog that fails the acquisition when no
-   block of frames arrives for ``timeout`` seconds.
+3. run :class:`~._frame_sink.FrameSinkUDF` over a LiberTEM-live acquisition
+   made from that pending acquisition on an inline executor: each tile of
+   frames goes to ``on_frames`` as it is decoded, and nothing is kept; a
+   watchdog fails the acquisition when no frames arrive for ``timeout``
+   seconds.
 
 The data connection stays open from :meth:`MerlinHardwareBackend.prepare` to
 :meth:`MerlinHardwareBackend.close` (or to the next failure), and acquisitions
@@ -39,68 +41,17 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from libertem.udf.base import UDF
 
 from ...checks import nonnegative
+from ._frame_sink import FrameSinkUDF
 from .base import HardwareBackend
 
-__all__ = ["MerlinHardwareBackend", "DetectorRefusedError", "FrameSinkUDF"]
+__all__ = ["MerlinHardwareBackend", "DetectorRefusedError"]
 
 logger = logging.getLogger(__name__)
 
 #: Merlin ``COUNTERDEPTH`` -> frame dtype, as LiberTEM-live decodes it.
 _DEPTH_DTYPES = {1: np.dtype("u1"), 6: np.dtype("u1"), 12: np.dtype("<u2"), 24: np.dtype("<u4")}
-
-
-#: Bytes of frames per tile handed to a sink (LiberTEM decodes a partition tile by tile into
-#: one buffer it reuses: no fresh memory per block).
-TILE_BYTES = 4 * 2**20
-
-
-class FrameSinkUDF(UDF):
-    """Hand the frames, in the detector's dtype, to ``sink(start, frames)`` tile by tile.
-
-    ``start`` is the flat scan position of the tile's first frame and
-    ``frames`` the tile ``(k, sy, sx)`` of whole frames (about
-    :data:`TILE_BYTES`), valid during the call only: LiberTEM decodes every
-    tile of a partition into the same buffer. Nothing is kept: the result
-    ``frames`` counts the frames handed over. The sink runs where the
-    partition is processed, so this UDF is for an inline executor (partitions
-    in scan order, in this process).
-    """
-
-    def __init__(self, sink: Callable[[int, np.ndarray], None]) -> None:
-        super().__init__(sink=sink)
-
-    def get_result_buffers(self) -> dict[str, Any]:
-        """One ``single`` counter."""
-        return {"frames": self.buffer(kind="single", dtype=np.int64)}
-
-    def get_preferred_input_dtype(self) -> Any:
-        """Frames as the detector sends them (no float conversion)."""
-        return self.USE_NATIVE_DTYPE
-
-    def get_tiling_preferences(self) -> dict[str, Any]:
-        """Tiles of whole frames, about :data:`TILE_BYTES`."""
-        return {"depth": self.TILE_DEPTH_DEFAULT, "total_size": TILE_BYTES}
-
-    def process_tile(self, tile: np.ndarray) -> None:
-        """Hand the tile's frames to the sink.
-
-        Raises
-        ------
-        ValueError
-            The dataset hands over parts of frames (LiberTEM-live's detectors do not).
-        """
-        if tile.shape[1:] != tuple(self.meta.dataset_shape.sig):
-            raise ValueError(f"FrameSinkUDF needs tiles of whole frames, got {tile.shape[1:]} "
-                             f"of {tuple(self.meta.dataset_shape.sig)}")
-        self.params.sink(int(self.meta.slice.origin[0]), tile)
-        self.results.frames[:] += tile.shape[0]
-
-    def merge(self, dest: Any, src: Any) -> None:
-        """Add the counts."""
-        dest.frames[:] += src.frames
 
 
 class DetectorRefusedError(RuntimeError):
