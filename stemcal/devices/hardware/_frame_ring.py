@@ -24,10 +24,11 @@ import numpy as np
 
 __all__ = ["FrameRing", "RingLayout"]
 
-#: Bytes of frames per slot (at least one frame).
-SLOT_BYTES = 4 * 2**20
+#: Bytes of frames per slot (at least one frame): a tile of LiberTEM-live's (at most 1 MiB
+#: or one frame) fits one slot.
+SLOT_BYTES = 2**20
 #: Slots in a ring.
-SLOTS = 8
+SLOTS = 16
 
 
 @dataclass(frozen=True)

@@ -11,23 +11,20 @@ from typing import Any
 import numpy as np
 from libertem.udf.base import UDF
 
-__all__ = ["FrameSinkUDF", "TILE_BYTES"]
-
-#: Bytes of frames per tile handed to a sink (LiberTEM decodes a partition tile by tile into
-#: one buffer it reuses: no fresh memory per block).
-TILE_BYTES = 4 * 2**20
+__all__ = ["FrameSinkUDF"]
 
 
 class FrameSinkUDF(UDF):
     """Hand the frames, in the detector's dtype, to ``sink(start, frames)`` tile by tile.
 
     ``start`` is the flat scan position of the tile's first frame and
-    ``frames`` the tile ``(k, sy, sx)`` of whole frames (about
-    :data:`TILE_BYTES`), valid during the call only: LiberTEM decodes every
-    tile of a partition into the same buffer. Nothing is kept: the result
+    ``frames`` the tile ``(k, sy, sx)`` of whole frames (LiberTEM-live's
+    detectors give at most 1 MiB, or one frame), valid during the call only:
+    LiberTEM decodes every tile of a partition into the same buffer, so no
+    fresh memory is touched per block. Nothing is kept: the result
     ``frames`` counts the frames handed over. The sink runs where the
-    partition is processed, so this UDF is for an inline executor (partitions
-    in scan order, in this process).
+    partition is processed, so this UDF is for an inline executor
+    (partitions in scan order, in this process).
     """
 
     def __init__(self, sink: Callable[[int, np.ndarray], None]) -> None:
@@ -40,10 +37,6 @@ class FrameSinkUDF(UDF):
     def get_preferred_input_dtype(self) -> Any:
         """Frames as the detector sends them (no float conversion)."""
         return self.USE_NATIVE_DTYPE
-
-    def get_tiling_preferences(self) -> dict[str, Any]:
-        """Tiles of whole frames, about :data:`TILE_BYTES`."""
-        return {"depth": self.TILE_DEPTH_DEFAULT, "total_size": TILE_BYTES}
 
     def process_tile(self, tile: np.ndarray) -> None:
         """Hand the tile's frames to the sink.
