@@ -172,7 +172,8 @@ class Timing:
 
     seconds: list[float] = field(default_factory=list)
     to_stop: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)       # this process + the receiver
+    cpu: list[float] = field(default_factory=list)       # this process + the receiver: user
+    sys: list[float] = field(default_factory=list)       # ... and system
     sim_cpu: list[float] = field(default_factory=list)   # the simulator's processes
     peak: float = 0.0
 
@@ -181,15 +182,15 @@ class Timing:
         return min(self.seconds)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of this process and of ``pids`` (their threads, not
+def cpu_seconds(pids: list[int]) -> np.ndarray:
+    """User and system CPU seconds of this process and of ``pids`` (their threads, not
     their children) so far."""
     import psutil
-    total = sum(os.times()[:2])
+    total = np.array(os.times()[:2])
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            total += (t.user, t.system)
         except psutil.Error:
             pass
     return total
@@ -210,7 +211,9 @@ class Clock:
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             self.timing.seconds.append(time.perf_counter() - self.t0)
-            self.timing.cpu.append(cpu_seconds(self.own) - self.c0)
+            user, system = cpu_seconds(self.own) - self.c0
+            self.timing.cpu.append(float(user))
+            self.timing.sys.append(float(system))
             self.timing.sim_cpu.append(self.peer.cpu() - self.s0)
 
 
@@ -348,7 +351,7 @@ def chain(peer: Peer, repeat: int, write_dir: Path) -> Timing:
 
     try:
         once()
-        for values in (out.seconds, out.to_stop, out.cpu, out.sim_cpu):
+        for values in (out.seconds, out.to_stop, out.cpu, out.sys, out.sim_cpu):
             values.clear()
         reset_peak()
         receiver = getattr(backend, "_proc", None)
@@ -420,15 +423,15 @@ def bench_live(scans, protocols, repeat: int, directory: str) -> list[list[str]]
                 fps = n / timing.best
                 rows.append([name, case, f"{timing.best:.3f}", f"{fps:,.0f}", extra,
                              f"{fps / fps0:.2f}", "-" if case == "SumUDF" else f">= {TARGET:g}",
-                             f"{1e3 * min(timing.cpu) / n:.2f}",
-                             f"{1e3 * min(timing.sim_cpu) / n:.2f}", f"{timing.peak:.2f}"])
+                             f"{1e3 * min(timing.cpu) / n:.3f}", f"{1e3 * min(timing.sys) / n:.3f}",
+                             f"{1e3 * min(timing.sim_cpu) / n:.3f}", f"{timing.peak:.2f}"])
                 print(f"  ... {name} {case}: {timing.best:.3f} s "
                       f"({', '.join(f'{s:.3f}' for s in timing.seconds)})",
                       file=sys.stderr, flush=True)
     table(f"live chain: frames/s through the detector's protocol, simulator on 127.0.0.1 "
           f"(best of {repeat}, after 1 warm-up)",
-          ["scan", "case", "s", "frames/s", "to stop f/s", "ratio", "target", "CPU ms/f",
-           "sim CPU ms/f", "peak RSS GB"], rows)
+          ["scan", "case", "s", "frames/s", "to stop f/s", "ratio", "target", "user ms/f",
+           "sys ms/f", "sim ms/f", "peak RSS GB"], rows)
     print(f"  load average (1/5/15 min) before {load_before}, after {load_average()}; ratio: "
           f"frames/s / SumUDF frames/s on the same simulator in this run")
     print("  the file system's share (best of the repeats; the chain writes every frame once):")
