@@ -1,4 +1,5 @@
-"""Benchmarks of stemcal: one OverfocusUDF pass against a NumPy memmap baseline, fits, scaling.
+"""Benchmarks of stemcal: one OverfocusUDF pass against a NumPy memmap baseline, fits, scaling,
+and the live chain against LiberTEM-live's SumUDF (benchmarks/live_chain.py).
 
 Run from the repository root::
 
@@ -362,6 +363,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-rss", action="store_true",
                     help="skip the peak-memory pass (it writes an 8.6 GB file)")
     ap.add_argument("--dir", default=None, help="where to write the data (default: system temp)")
+    ap.add_argument("--no-live", action="store_true",
+                    help="skip the live chain (benchmarks/live_chain.py)")
+    ap.add_argument("--live-scans", nargs="+", metavar="NYxNX", default=None,
+                    help="scans of the live chain (default 64x64 128x128; --quick: 32x32)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     cases = args.cases or [parse_case(c) for c in (QUICK_CASES if args.quick else DEFAULT_CASES)]
@@ -423,6 +428,11 @@ def main(argv=None) -> int:
         finally:
             for ctx in contexts.values():
                 ctx.close()
+        if not args.no_live:
+            import live_chain
+            scans = [live_chain.parse_scan(v) for v in args.live_scans] if args.live_scans \
+                else ([(32, 32)] if args.quick else list(live_chain.DEFAULT_SCANS))
+            live_chain.bench_live(scans, live_chain.PROTOCOLS, args.repeat, tmp)
 
     print(f"\npeak RSS  this process {peak_rss_gb(resource.RUSAGE_SELF):.2f} GB; largest child "
           f"process (data simulation, dask workers) {peak_rss_gb(resource.RUSAGE_CHILDREN):.2f} GB")

@@ -113,6 +113,7 @@ class LiveView(CallbackBase):
         self._resources: dict[str, dict] = {}
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._buffer: np.ndarray | None = None  # the worker's read buffer
         self._last_draw = -np.inf
         self._drawn = -1
 
@@ -237,8 +238,8 @@ class LiveView(CallbackBase):
                     continue
                 path, dataset, ndim, lo, hi = item
                 try:
-                    if path not in files:
-                        files[path] = h5py.File(path, "r", swmr=(ndim == 2))
+                    if path not in files:  # no chunk cache: announced frames are read once
+                        files[path] = h5py.File(path, "r", swmr=(ndim == 2), rdcc_nbytes=0)
                     ds = files[path][dataset]
                     if ndim == 2:
                         ds.refresh()
@@ -255,9 +256,14 @@ class LiveView(CallbackBase):
 
     def _add_frames(self, ds: Any, lo: int, hi: int) -> None:
         assert self.projection is not None
+        shape = (READ_BLOCK,) + tuple(ds.shape[1:])
+        if self._buffer is None or self._buffer.shape != shape or self._buffer.dtype != ds.dtype:
+            self._buffer = np.empty(shape, dtype=ds.dtype)  # reused: no fresh memory per block
         for i in range(lo, hi, READ_BLOCK):
             j = min(hi, i + READ_BLOCK)
-            self.projection.add(i, ds[i:j])
+            block = self._buffer[:j - i]
+            ds.read_direct(block, np.s_[i:j])
+            self.projection.add(i, block)
             self.history.append((self._clock(), self.projection.frames_done))
 
     def _add_scan(self, ds: Any, event: int) -> None:

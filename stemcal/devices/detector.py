@@ -68,11 +68,15 @@ class DetectorController(Protocol):
     def frame_shape(self) -> tuple[int, int, int, int]:
         """``(ny, nx, sy, sx)`` of the next acquisition."""
 
-    def acquire(self, on_frames: FrameSink | None = None) -> np.ndarray:
+    def acquire(self, on_frames: FrameSink | None = None) -> np.ndarray | None:
         """Acquire a whole scan (blocking); raise if not prepared or interrupted.
 
         ``on_frames(start, frames)`` is called with consecutive blocks of
-        frames in scan order as they arrive (before the call returns).
+        frames in scan order as they arrive (before the call returns); a
+        block is valid during the call only. Returns the scan
+        ``(ny, nx, sy, sx)``; a controller that handed every frame to
+        ``on_frames`` may return None instead (the hardware backends do:
+        they keep nothing).
         """
 
     def disarm(self) -> None:

@@ -177,12 +177,13 @@ def test_count_twice_reuses_the_receiver(RE, docs, sim, served, make_detector):
     pid = det.backend._proc.pid
     det.stage()
     try:
-        blocks = []
-        frames = det.backend.acquire(on_frames=lambda start, f: blocks.append((start, f)))
+        np.testing.assert_array_equal(det.backend.acquire(), data)  # kept whole
+        blocks = []  # (a block is valid during the call only: copied)
+        kept = det.backend.acquire(on_frames=lambda start, f: blocks.append((start, f.copy())))
     finally:
         det.unstage()
     assert det.backend._proc.pid == pid  # one receiver process for all acquisitions
-    np.testing.assert_array_equal(frames, data)
+    assert kept is None  # handed over, not kept
     # streamed blocks: consecutive, in scan order, the same frames
     assert [s for s, _ in blocks] == list(np.cumsum([0] + [len(b) for _, b in blocks[:-1]]))
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]),
@@ -220,7 +221,7 @@ def test_wrong_detector_shape_fails_loudly(scan, sim):
 
 def test_simulator_killed_mid_scan_fails_the_run(RE, docs, slow_sim, frames, make_detector,
                                                  scan, optics):
-    det = make_detector(slow_sim, timeout=20.0, frame_stack_size=4)  # 8 frames per partition
+    det = make_detector(slow_sim, timeout=20.0, frame_stack_size=4, frames_per_partition=8)
     killed: list[float] = []
 
     def kill() -> None:

@@ -34,13 +34,24 @@ NAV, SIG = (12, 10), (48, 48)
 
 
 def load_mib(hdr: Path) -> np.ndarray:
+    """Every frame of a MIB file as LiberTEM reads it, in its native dtype."""
     from libertem.api import Context
+    from libertem.udf.base import UDF
 
-    from stemcal.devices.hardware.merlin import FrameCollectorUDF
+    class Frames(UDF):
+        def get_result_buffers(self):
+            return {"frames": self.buffer(kind="nav", dtype=self.meta.input_dtype,
+                                          extra_shape=tuple(self.meta.dataset_shape.sig))}
+
+        def get_preferred_input_dtype(self):
+            return self.USE_NATIVE_DTYPE
+
+        def process_frame(self, frame):
+            self.results.frames[:] = frame
 
     ctx = Context.make_with("inline")
     ds = ctx.load("mib", path=str(hdr))
-    return np.asarray(ctx.run_udf(dataset=ds, udf=FrameCollectorUDF())["frames"].data)
+    return np.asarray(ctx.run_udf(dataset=ds, udf=Frames())["frames"].data)
 
 
 @pytest.fixture(scope="module")

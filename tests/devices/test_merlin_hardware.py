@@ -180,6 +180,12 @@ def test_backend_acquires_directly(sim, served, make_detector):
         frames = backend.acquire()
         assert frames.dtype == np.dtype("<u2")
         np.testing.assert_array_equal(frames, data)
+    # handed on tile by tile, in scan order, nothing kept (a tile is valid during the call)
+    blocks: list[tuple[int, np.ndarray]] = []
+    assert backend.acquire(on_frames=lambda start, f: blocks.append((start, f.copy()))) is None
+    assert [s for s, _ in blocks] == list(np.cumsum([0] + [len(b) for _, b in blocks[:-1]]))
+    assert len(blocks) > 1
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), data.reshape(-1, *SIG))
     backend.disarm()
     backend.disarm()  # idempotent
     with pytest.raises(RuntimeError, match="before prepare"):

@@ -172,7 +172,42 @@ def test_frame_stream_writer_without_frames_leaves_nothing(tmp_path):
         assert not bool(f["/entry/data/data"].attrs["complete"])
 
 
+def test_frame_stream_writer_converts_and_leaves_unwritten_frames_zero(tmp_path):
+    """Frames land at their byte offset in a contiguous dataset, in the dataset's dtype; a
+    scan that stops early keeps zeros (never-written space) after its last frame."""
+    w = FrameStreamWriter(tmp_path)
+    w.open("merlin", "merlin_image")
+    path = w.begin((3, 4, 5, 6), np.dtype("<u2"))
+    frames = np.arange(12 * 5 * 6, dtype=np.int64).reshape(12, 5, 6) * 7  # not uint16 memory
+    w.write_frames(0, frames[:1])
+    w.write_frames(1, np.asfortranarray(frames[1:5]))  # not C-contiguous either
+    with pytest.raises(ValueError, match=r"do not fit a scan 3x4 of 5x6"):
+        w.write_frames(5, frames[5:7, :4])
+    assert w.end(complete=True) == path  # (complete asked for, but 5 of 12 frames came)
+    with h5py.File(path, "r") as f:
+        ds = f["/entry/data/data"]
+        assert ds.dtype == np.dtype("<u2") and ds.chunks is None  # contiguous
+        np.testing.assert_array_equal(ds[:5], frames[:5])
+        assert not ds[5:].any()
+        assert int(ds.attrs["frames_written"]) == 5 and not bool(ds.attrs["complete"])
+
+
 # -- the live plan --------------------------------------------------------------------------
+def test_live_scan_announces_its_last_frames_without_waiting_a_flush_period(tmp_path):
+    """The plan waits on the acquisition with flush_period as a timeout: a scan of 0.3 s
+    with a flush period of 60 s ends when the scan does, every frame announced."""
+    inst = instrument(tmp_path / "raw", nav=12, dwell=2e-3)
+    RE = RunEngine({}, call_returns_result=True)
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    t0 = time.monotonic()
+    assert RE(overfocus_scan(inst.detector, inst.scan, inst.optics, live=True,
+                             flush_period=60.0)).exit_status == "success"
+    assert time.monotonic() - t0 < 30.0
+    (datum,) = [d for n, d in docs if n == "stream_datum"]
+    assert datum["indices"] == {"start": 0, "stop": 12 * 12}
+
+
 def test_live_scan_announces_frames_during_the_scan(tmp_path):
     inst = instrument(tmp_path / "raw", nav=24, dwell=2e-3)  # 1.15 s of scanning
     RE = RunEngine({}, call_returns_result=True)

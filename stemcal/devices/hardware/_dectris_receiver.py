@@ -2,15 +2,17 @@
 
 Run as a script (``python _dectris_receiver.py CONFIG_JSON``), not imported:
 it holds one LiberTEM-live DECTRIS connection (SIMPLON REST + zmq stream)
-and acquires whole scans on request. The parent talks to it in JSON lines:
+and acquires whole scans on request. The frames cross to the parent through
+a ring of slots in shared memory (``_frame_ring.py``, laid out by the
+parent: ``CONFIG_JSON["ring"]``). The parent talks to it in JSON lines:
 
-* stdin, commands: ``{"cmd": "acquire", "nav_shape": [ny, nx], "out": PATH,
-  "dtype": "<u2", "frames_per_partition": k}`` (frames go into the raw file
-  ``PATH``, C order, already sized by the parent; each partition's frames are
-  there before its ``progress`` event) and ``{"cmd": "close"}``;
+* stdin, commands: ``{"cmd": "acquire", "nav_shape": [ny, nx],
+  "frames_per_partition": k}``, ``{"cmd": "ack", "slot": i}`` (the parent is
+  done with slot ``i``: it may be filled again) and ``{"cmd": "close"}``;
 * stdout, events: ``{"event": "ready"}`` once connected, then per acquisition
-  ``{"event": "progress", "done": n}`` after each partition and finally
-  ``{"event": "done", "done": n}`` or ``{"event": "error", "kind":
+  ``{"event": "frames", "slot": i, "start": s, "count": k}`` for each tile
+  of frames copied into a free slot (flat scan positions ``s .. s+k-1``) and
+  finally ``{"event": "done", "done": n}`` or ``{"event": "error", "kind":
   "connection" | "other", "message": ...}``.
 
 Why a process: LiberTEM-live's zmq receive (``get_next_stack``) has no
@@ -23,9 +25,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -54,6 +58,34 @@ def _is_connection_error(exc: BaseException) -> bool:
         or type(exc).__name__ in ("PyConnectionError", "TimeoutError")
 
 
+def _load(name: str) -> Any:
+    """A standalone module beside this script, by path (not through the stemcal package,
+    whose imports this process does not need)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stemcal_receiver_{name}",
+                                                  Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_commands(free: queue.Queue, commands: queue.Queue) -> None:
+    """Read the parent's commands: acks free their slot, the rest go to ``commands``
+    (``None`` when stdin closes)."""
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if cmd.get("cmd") == "ack":
+                free.put(int(cmd["slot"]))
+            else:
+                commands.put(cmd)
+    finally:
+        commands.put(None)
+
+
 def main(argv: list[str]) -> int:
     global _CHANNEL
     _CHANNEL = os.fdopen(os.dup(1), "w")
@@ -62,23 +94,16 @@ def main(argv: list[str]) -> int:
     cfg = json.loads(argv[1])
     threading.Thread(target=_watch_parent, args=(int(cfg["parent"]),), daemon=True).start()
 
-    import numpy as np
     from libertem.executor.inline import InlineJobExecutor
-    from libertem.udf.base import UDF
     from libertem_live.api import LiveContext
 
-    class Frames(UDF):
-        """Every frame in its native dtype (as ``stemcal.devices.hardware.merlin.FrameCollectorUDF``)."""
-
-        def get_result_buffers(self) -> dict[str, Any]:
-            return {"frames": self.buffer(kind="nav", dtype=self.meta.input_dtype,
-                                          extra_shape=tuple(self.meta.dataset_shape.sig))}
-
-        def get_preferred_input_dtype(self) -> Any:
-            return self.USE_NATIVE_DTYPE
-
-        def process_partition(self, partition: np.ndarray) -> None:
-            self.results.frames[:] = partition
+    ring_module, sink_module = _load("_frame_ring"), _load("_frame_sink")
+    ring = ring_module.FrameRing(ring_module.RingLayout.from_dict(cfg["ring"]))
+    free: queue.Queue = queue.Queue()
+    for slot in range(ring.layout.slots):
+        free.put(slot)
+    commands: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_commands, args=(free, commands), daemon=True).start()
 
     ctx = LiveContext(executor=InlineJobExecutor())
     try:
@@ -91,38 +116,44 @@ def main(argv: list[str]) -> int:
         return 1
     _emit(event="ready", handle_path=getattr(conn, "_shm_handle_path", None))
     controller_kw = {k: v for k, v in cfg.get("controller", {}).items() if v is not None}
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd.get("cmd") == "close":
+    state = {"done": 0}
+
+    def sink(start: int, frames: Any) -> None:
+        """Copy a tile into free slots (waiting for the parent to give one back) and
+        announce each."""
+        step = ring.layout.slot_frames
+        for i in range(0, len(frames), step):
+            part = frames[i:i + step]
+            slot = free.get()
+            ring.slot(slot, len(part))[:] = part
+            _emit(event="frames", slot=slot, start=start + i, count=len(part))
+        state["done"] = start + len(frames)
+
+    while True:
+        cmd = commands.get()
+        if cmd is None or cmd.get("cmd") == "close":
             break
         if cmd.get("cmd") != "acquire":
             _emit(event="error", kind="other", message=f"unknown command {cmd!r}")
             continue
         ny, nx = (int(n) for n in cmd["nav_shape"])
-        done = 0
+        state["done"] = 0
         try:
             aq = ctx.make_acquisition(
                 conn=conn, nav_shape=(ny, nx),
                 frames_per_partition=int(cmd["frames_per_partition"]),
                 controller=conn.get_active_controller(**controller_kw))
-            out = np.memmap(cmd["out"], dtype=np.dtype(cmd["dtype"]), mode="r+")
-            for part in ctx.run_udf_iter(dataset=aq, udf=Frames()):
-                # The inline executor runs the partitions in scan order: frames
-                # done..now are new. They go to the parent's file before the event.
-                now = int(np.count_nonzero(part.damage.data))
-                frames = np.asarray(part.buffers[0]["frames"].data).reshape(ny * nx, -1)
-                out.reshape(ny * nx, -1)[done:now] = frames[done:now]
-                out.flush()
-                done = now
-                _emit(event="progress", done=done)
-            del out
-            if done != ny * nx:
-                raise ConnectionError(f"acquisition ended early ({done}/{ny * nx} frames)")
+            # The inline executor runs the partitions in scan order, in this thread.
+            ctx.run_udf(dataset=aq, udf=sink_module.FrameSinkUDF(sink))
+            if state["done"] != ny * nx:
+                raise ConnectionError(f"acquisition ended early ({state['done']}/{ny * nx} "
+                                      f"frames)")
         except Exception as exc:  # reported to the parent
             kind = "connection" if _is_connection_error(exc) else "other"
-            _emit(event="error", kind=kind, done=done, message=f"{type(exc).__name__}: {exc}")
+            _emit(event="error", kind=kind, done=state["done"],
+                  message=f"{type(exc).__name__}: {exc}")
             continue
-        _emit(event="done", done=done)
+        _emit(event="done", done=state["done"])
     conn.close()
     ctx.close()
     return 0

@@ -18,6 +18,13 @@ import numpy as np
 
 from ...checks import is_integer, port, positive
 
+#: Most frames per LiberTEM partition unless a backend is given ``frames_per_partition``
+#: (LiberTEM-live's own default).
+FRAMES_PER_PARTITION = 256
+#: ... and at most the frames of this many seconds of the scan's dwell time, so that a slow
+#: scan still hands frames on every so often.
+PARTITION_SECONDS = 0.1
+
 
 class HardwareBackend:
     """Base of the detector controllers that talk to a real (or simulated) detector.
@@ -101,7 +108,8 @@ class HardwareBackend:
         return (ny, nx) + self._sig_shape
 
     # -- controller interface -------------------------------------------------------------
-    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    def acquire(self, on_frames: Callable[[int, np.ndarray], None] | None = None
+                ) -> np.ndarray | None:
         """Acquire one whole scan of ``scan.nav_shape`` (blocking).
 
         Parameters
@@ -109,12 +117,16 @@ class HardwareBackend:
         on_frames : callable, optional
             ``on_frames(start, frames)`` with each block of frames ``(k, sy, sx)``
             as it arrives, in scan order (``start`` the flat scan position of
-            the first), on the receiving thread; one LiberTEM partition at a time.
+            the first), on the receiving thread; one LiberTEM partition at a
+            time. ``frames`` is valid during the call only (its memory may be
+            reused for later frames): copy what is to be kept.
 
         Returns
         -------
-        (ny, nx, sy, sx) array of :attr:`dtype`
-            The frames in scan order, as the detector sent them.
+        (ny, nx, sy, sx) array of :attr:`dtype`, or None
+            Without ``on_frames``, the frames in scan order, as the detector
+            sent them (held in memory: at most ``max_bytes``). With
+            ``on_frames``, None: the frames went there and none is kept.
 
         Raises
         ------
@@ -122,7 +134,7 @@ class HardwareBackend:
             Before :meth:`prepare`, during another acquisition, when disarmed
             meanwhile, or when the detector reports an error.
         ValueError
-            The scan would exceed ``max_bytes``.
+            Without ``on_frames``: the scan would exceed ``max_bytes``.
         ConnectionError
             The detector or its data connection went away.
         TimeoutError
@@ -137,15 +149,23 @@ class HardwareBackend:
             if self._abort.is_set():
                 raise RuntimeError("acquisition aborted: the detector was disarmed")
             ny, nx, sy, sx = self.frame_shape()
-            size = ny * nx * sy * sx * self.dtype.itemsize
-            if size > self.max_bytes:
-                raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
-                                 f"more than max_bytes={self.max_bytes}")
+            kept = None
+            sink = on_frames
+            if sink is None:  # keep the whole scan
+                size = ny * nx * sy * sx * self.dtype.itemsize
+                if size > self.max_bytes:
+                    raise ValueError(f"scan {ny}x{nx} of {sy}x{sx} frames needs {size} bytes, "
+                                     f"more than max_bytes={self.max_bytes}")
+                kept = np.empty((ny * nx, sy, sx), dtype=self.dtype)
+
+                def sink(start: int, frames: np.ndarray) -> None:
+                    kept[start:start + len(frames)] = frames
             try:
-                return self._acquire(ny, nx, on_frames)
+                self._acquire(ny, nx, sink)
             except BaseException:
                 self._after_failed_acquire()
                 raise
+            return None if kept is None else kept.reshape(ny, nx, sy, sx)
         finally:
             self._running = False
             self._lock.release()
@@ -157,6 +177,21 @@ class HardwareBackend:
             self._abort.set()
 
     # -- for subclasses -------------------------------------------------------------------
+    def _partition(self, n: int) -> int:
+        """Frames per LiberTEM partition of a scan of ``n`` frames: ``frames_per_partition``,
+        else :data:`FRAMES_PER_PARTITION` but at most :data:`PARTITION_SECONDS` of the scan's
+        ``dwell_time`` (where the scan has one)."""
+        k = self.frames_per_partition
+        if k is None:
+            k = FRAMES_PER_PARTITION
+            try:
+                dwell = float(self.scan.dwell_time.get())
+            except (AttributeError, TypeError, ValueError):
+                dwell = 0.0
+            if dwell > 0:
+                k = min(k, int(PARTITION_SECONDS / dwell))
+        return max(1, min(int(k), n))
+
     def _probe_data_port(self, what: str) -> None:
         """``ConnectionError`` unless the data port accepts a TCP connection (within
         ``control_timeout``); ``what`` names the server in the message."""
@@ -175,8 +210,9 @@ class HardwareBackend:
                 f"{self.depth_name.replace('_', ' ')} {depth}; this backend is configured for "
                 f"{self._sig_shape} at {self.bit_depth}")
 
-    def _acquire(self, ny: int, nx: int,
-                 on_frames: Callable[[int, np.ndarray], None] | None) -> np.ndarray:
+    def _acquire(self, ny: int, nx: int, on_frames: Callable[[int, np.ndarray], None]) -> None:
+        """Acquire ``ny * nx`` frames, handing each block to ``on_frames`` in scan order;
+        return when all came, raise otherwise (see :meth:`acquire`)."""
         raise NotImplementedError
 
     def _after_failed_acquire(self) -> None:

@@ -30,7 +30,6 @@ import queue
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...checks import positive
+from ._frame_ring import FrameRing
 from .base import HardwareBackend
 from ..detector import FrameSink
 
@@ -155,6 +155,7 @@ class DectrisHardwareBackend(HardwareBackend):
         self.buffer_size = int(positive("buffer_size", buffer_size))
         self._proc: subprocess.Popen | None = None
         self._handle_path: str | None = None  # the receiver's shared-memory socket
+        self._ring: FrameRing | None = None    # the slots the receiver hands frames over in
         self._events: queue.Queue = queue.Queue()
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
 
@@ -236,11 +237,13 @@ class DectrisHardwareBackend(HardwareBackend):
             return
         self._stop_receiver(kill=True)
         sy, sx = self._sig_shape
+        self._ring = FrameRing.create(self._sig_shape, self.dtype)
         cfg = {"parent": os.getpid(), "api_host": self.api_host, "api_port": self.api_port,
                "data_host": self.data_host, "data_port": self.data_port,
                "buffer_size": self.buffer_size,
                "bytes_per_frame": sy * sx * self.dtype.itemsize,
                "frame_stack_size": self.frame_stack_size,
+               "ring": self._ring.layout.to_dict(),
                "controller": {"trigger_mode": self.trigger_mode,
                               "compression": self.compression}}
         self._events = queue.Queue()
@@ -266,9 +269,14 @@ class DectrisHardwareBackend(HardwareBackend):
             raise ConnectionError(f"the DECTRIS receiver could not connect to "
                                   f"{self.data_host}:{self.data_port}: {message}")
         self._handle_path = event.get("handle_path")
+        self._ring.unlink()  # both processes have it mapped: its name is no longer needed
 
     def _stop_receiver(self, *, kill: bool) -> None:
         proc, self._proc = self._proc, None
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.unlink()
+            ring.close()
         if proc is None:
             return
         if proc.poll() is None and not kill:
@@ -297,40 +305,30 @@ class DectrisHardwareBackend(HardwareBackend):
     def _stderr_tail(self) -> str:
         return "\n".join(self._stderr) or "(no output)"
 
-    def _acquire(self, ny: int, nx: int, on_frames: FrameSink | None) -> np.ndarray:
+    def _send(self, command: dict[str, Any]) -> None:
+        """One command to the receiver process; ``ConnectionError`` if it is gone."""
+        proc = self._proc
+        try:
+            assert proc is not None and proc.stdin is not None
+            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.flush()
+        except (AssertionError, OSError, ValueError) as exc:
+            raise ConnectionError(f"the DECTRIS receiver process is gone ({exc!r}):\n"
+                                  f"{self._stderr_tail()}") from exc
+
+    def _acquire(self, ny: int, nx: int, on_frames: FrameSink) -> None:
         self._ensure_receiver()
         n = ny * nx
-        shape = (ny, nx) + self._sig_shape
-        fd, name = tempfile.mkstemp(prefix="stemcal-dectris-", suffix=".raw")
-        os.close(fd)
-        try:
-            np.memmap(name, dtype=self.dtype, mode="w+", shape=shape).flush()
-            fpp = min(int(self.frames_per_partition or nx), n)
-            proc = self._proc
-            assert proc is not None
-            try:
-                proc.stdin.write(json.dumps({"cmd": "acquire", "nav_shape": [ny, nx],
-                                             "out": name, "dtype": self.dtype.str,
-                                             "frames_per_partition": fpp}) + "\n")
-                proc.stdin.flush()
-            except OSError as exc:
-                raise ConnectionError(f"the DECTRIS receiver process is gone ({exc}):\n"
-                                      f"{self._stderr_tail()}") from exc
-            frames = np.memmap(name, dtype=self.dtype, mode="r", shape=shape)
-            flat = frames.reshape((n,) + self._sig_shape)
+        self._send({"cmd": "acquire", "nav_shape": [ny, nx],
+                    "frames_per_partition": self._partition(n)})
+        self._watch(n, on_frames)
 
-            def deliver(start: int, stop: int) -> None:
-                if on_frames is not None and stop > start:
-                    on_frames(start, np.array(flat[start:stop]))
-
-            self._watch(n, deliver)
-            return np.array(frames)
-        finally:
-            os.unlink(name)
-
-    def _watch(self, n: int, deliver: Any) -> None:
-        """Wait for the receiver's ``done``, failing on timeout, abort, error or lost port."""
+    def _watch(self, n: int, on_frames: FrameSink) -> None:
+        """Hand each tile the receiver announces to ``on_frames`` and give its ring slot back,
+        until the receiver's ``done``; fail on timeout, abort, error or lost port."""
         where = f"DECTRIS data {self.data_host}:{self.data_port}"
+        ring = self._ring
+        assert ring is not None
         last = next_probe = time.monotonic()
         done = 0
         while True:
@@ -344,11 +342,17 @@ class DectrisHardwareBackend(HardwareBackend):
                 raise ConnectionError(f"{where}: the receiver process died ({progress}):\n"
                                       f"{self._stderr_tail()}")
             kind = event.get("event")
-            if kind == "progress":
-                deliver(done, int(event["done"]))
-                done, last = int(event["done"]), now
+            if kind == "frames":
+                start, k, slot = int(event["start"]), int(event["count"]), int(event["slot"])
+                if start != done:
+                    raise RuntimeError(f"{where}: frames at {start} arrived out of scan order "
+                                       f"({progress})")
+                if not self._abort.is_set():  # disarmed: hand nothing more over
+                    on_frames(start, ring.slot(slot, k))
+                self._send({"cmd": "ack", "slot": slot})
+                done, last = start + k, now
             elif kind == "done":
-                if int(event["done"]) != n:
+                if int(event["done"]) != n or done != n:
                     raise ConnectionError(f"{where}: acquisition ended early "
                                           f"({event['done']}/{n} frames received)")
                 return
