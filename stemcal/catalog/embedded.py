@@ -52,6 +52,8 @@ RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
 RAW = "raw"
 #: How long a process waits for SQLite's own locks (seconds).
 BUSY_TIMEOUT_S = 30
+#: How long a process waits for another one creating or migrating the catalog (seconds).
+_INIT_TIMEOUT_S = 600
 
 
 def catalog_uri(directory: Path) -> str:
@@ -152,7 +154,7 @@ def prepare(directory: Path) -> None:
     """
     (directory / "data").mkdir(parents=True, exist_ok=True)
     (directory / RAW).mkdir(exist_ok=True)
-    with file_lock(directory / INIT_LOCK):
+    with file_lock(directory / INIT_LOCK, timeout=_INIT_TIMEOUT_S):
         if not (directory / "tables.sqlite").exists():
             _wal(directory / "tables.sqlite")  # before tiled's first use of the file
         if not (directory / "catalog.db").exists():
@@ -160,7 +162,7 @@ def prepare(directory: Path) -> None:
             _create(directory)
         from .migrate import legacy_tables, migrate_duckdb_tables
         if legacy_tables(directory):
-            with file_lock(directory / WRITE_LOCK):
+            with file_lock(directory / WRITE_LOCK, timeout=_INIT_TIMEOUT_S):
                 migrate_duckdb_tables(directory, table_store_uri(directory))
 
 

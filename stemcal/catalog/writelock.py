@@ -8,7 +8,9 @@ on ``DIR/.write.lock`` from before tiled sees it until its response is sent
 (:class:`WriteLockMiddleware`, an ASGI middleware around the in-process app of
 every embedded client and around the server's app); readers take no lock.
 The kernel drops a lock when its process dies, ``kill -9`` included, so a
-killed writer never blocks the others.
+killed writer never blocks the others; a writer that hangs while holding it
+makes the others give up after :data:`LOCK_TIMEOUT_S` (HTTP 503 "the catalog
+is locked"), so their records are spooled instead of waiting for ever.
 
 :func:`file_lock` is the same lock as a context manager (creating or migrating
 a catalog, the spool).
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WriteLockMiddleware", "file_lock", "READ_METHODS", "WRITE_LOCK", "INIT_LOCK"]
+__all__ = ["WriteLockMiddleware", "file_lock", "CatalogLockedError", "READ_METHODS",
+           "WRITE_LOCK", "INIT_LOCK", "LOCK_TIMEOUT_S"]
 
 #: HTTP methods that never write.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -31,15 +36,37 @@ WRITE_LOCK = ".write.lock"
 INIT_LOCK = ".init.lock"
 
 
-def _acquire(path: str) -> int:
+#: How long a writer waits for the lock before giving up (seconds); a write takes well under 1 s.
+LOCK_TIMEOUT_S = 60.0
+
+
+class CatalogLockedError(TimeoutError):
+    """Another process held the catalog's lock for longer than :data:`LOCK_TIMEOUT_S`."""
+
+
+def _acquire(path: str, timeout: float | None = None) -> int:
+    """An fd holding an exclusive ``flock`` on ``path``; waits at most ``timeout`` seconds
+    (default :data:`LOCK_TIMEOUT_S`)."""
+    limit = LOCK_TIMEOUT_S if timeout is None else timeout
     # O_RDONLY: a lock on an existing file in a read-only directory still works
     fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + limit
+    delay = 0.002
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CatalogLockedError(
+                        f"the catalog is locked: another process has held {path} for more "
+                        f"than {limit:g} s") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.05)
     except BaseException:
         os.close(fd)
         raise
-    return fd
 
 
 def _release(fd: int) -> None:
@@ -50,9 +77,10 @@ def _release(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    fd = _acquire(str(path))
+def file_lock(path: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; wait at most
+    ``timeout`` seconds for it (default :data:`LOCK_TIMEOUT_S`), else :class:`CatalogLockedError`."""
+    fd = _acquire(str(path), timeout)
     try:
         yield
     finally:
@@ -77,7 +105,15 @@ class WriteLockMiddleware:
             return
         import anyio
 
-        fd = await anyio.to_thread.run_sync(_acquire, self.lock_path, abandon_on_cancel=False)
+        try:
+            fd = await anyio.to_thread.run_sync(_acquire, self.lock_path, abandon_on_cancel=False)
+        except CatalogLockedError as exc:
+            body = json.dumps({"detail": str(exc)}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         try:
             await self.app(scope, receive, send)
         finally:

@@ -139,24 +139,55 @@ def test_record_already_in_catalog_is_not_written_twice(catalog):
     assert [r.uid for r in calibration_history(cat)] == [rec.uid]
 
 
-def test_run_cut_off_mid_write_is_reported_not_rewritten(catalog):
-    """The catalog died after the run's start document: the spooled copy stays, flagged."""
+def test_run_cut_off_mid_write_is_delivered_again_and_never_counts(catalog):
+    """The catalog died after the record run's start document: that copy stays (append-only)
+    as an incomplete run that never counts; sync writes the spooled record as a new run, once."""
     import event_model
     from bluesky_tiled_plugins import TiledWriter
 
-    from stemcal.catalog import run_state
+    from stemcal.catalog import history_entries, latest_calibration, record_state, run_state
 
     cat = quiet_open(catalog)
     rec = make_record()
     run = event_model.compose_run(uid=rec.uid, time=rec.time,
                                   metadata={"purpose": "calibration", "calibration": rec.to_dict()})
     TiledWriter(cat)("start", run.start_doc)
-    assert run_state(cat, rec.uid) == "incomplete"
+    assert run_state(cat, rec.uid) == "incomplete" and record_state(cat, rec.uid) == "incomplete"
+    assert calibration_history(cat) == []  # never a calibration
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) is None
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "incomplete")]
     spool.spool_record(rec, IMAGES, str(catalog.resolve()), "cut off")
     report = sync()
-    assert [(u, "incomplete run" in r) for u, _, r in report.pending] == [(rec.uid, True)]
-    assert report.delivered == [] and spool.find(rec.uid) is not None
-    assert len(cat) == 1
+    assert report.delivered == [(rec.uid, str(catalog.resolve()))] and report.pending == []
+    assert spool.find(rec.uid) is None and not report.stuck
+    assert len(cat) == 2  # the cut-off copy and the complete one, under a new run uid
+    assert record_state(cat, rec.uid) == "complete"
+    assert [r.uid for r in calibration_history(cat)] == [rec.uid]
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "complete")]
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) == rec
+    np.testing.assert_array_equal(record_images(cat, rec.uid)["point"], IMAGES["point"])
+    again = sync()
+    assert (again.delivered, again.already_there, again.pending) == ([], [], [])
+    assert len(cat) == 2
+
+
+def test_failed_record_run_never_counts(catalog):
+    """A record run whose stop document says fail is listed as failed and never used."""
+    import event_model
+    from bluesky_tiled_plugins import TiledWriter
+
+    from stemcal.catalog import history_entries, latest_calibration
+
+    cat = quiet_open(catalog)
+    rec = make_record()
+    run = event_model.compose_run(uid=rec.uid, time=rec.time,
+                                  metadata={"purpose": "calibration", "calibration": rec.to_dict()})
+    writer = TiledWriter(cat)
+    writer("start", run.start_doc)
+    writer("stop", run.compose_stop(exit_status="fail"))
+    assert calibration_history(cat) == [] and calibration_history(cat, valid_only=True) == []
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) is None
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "failed")]
 
 
 def test_records_are_append_only(catalog):
@@ -166,7 +197,7 @@ def test_records_are_append_only(catalog):
     with pytest.raises(RecordExistsError, match="append-only"):
         write_record(cat, old.correct(uid=old.uid, scan_rotation=99.0))  # same uid: refused
     with pytest.raises(RecordExistsError):
-        write_record_or_spool(cat, old)  # refused, not spooled
+        write_record_or_spool(cat, old)  # refused, and not left in the spool
     assert spool.spooled() == []
     new = old.correct(scan_rotation=11.0, quality="ok")
     write_record(cat, new)
