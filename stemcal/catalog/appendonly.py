@@ -10,7 +10,8 @@ checks every request that may write; the admin key (compared by SHA-256 in
 constant time) passes unchecked. For every other key:
 
 * reads pass (GET/HEAD, and the POST read routes ``container/full``,
-  ``table/full``, ``table/partition``, ``awkward/buffers``);
+  ``table/full``, ``table/partition``, ``awkward/buffers``), and so do login
+  and session requests (tiled answers them; no password gets in);
 * ``POST /api/v1/metadata/`` (a new run at the top) passes; tiled itself
   answers 409 to a uid that exists;
 * ``DELETE /api/v1/stream/close/...`` passes (it closes a live stream);
@@ -52,6 +53,8 @@ _WRITE_ROUTES = {  # (method, route) a writer uses below a run
     ("PUT", "awkward/full"), ("PUT", "ragged/full"), ("PATCH", "ragged/full"),
     ("PUT", "ragged/block"), ("PATCH", "metadata"),
 }
+#: Logging in and out (tiled answers them itself; stemcal's server accepts no passwords).
+_LOGIN_ROUTES = ("/api/v1/auth/provider/", "/api/v1/auth/session/")
 #: What a PATCH of a run's own metadata may add.
 RUN_PATCH_KEYS = {"stop", "notes"}
 _ROUTE = re.compile(r"^/api/v1/(container/full|table/full|table/partition|awkward/buffers|"
@@ -169,7 +172,8 @@ class AppendOnlyMiddleware:
         m = _ROUTE.match(scope["path"])
         route = m.group(1) if m else None
         rest = [p for p in ((m.group(2) or "") if m else "").split("/") if p]
-        if method == "POST" and route in _READ_POST_ROUTES:
+        if method == "POST" and (route in _READ_POST_ROUTES
+                                 or scope["path"].startswith(_LOGIN_ROUTES)):
             return await self.app(scope, receive, send)
         check_assets = route in ("register", "data_source") and bool(self.data_dirs)
         if self._is_admin(scope) and not check_assets:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,35 @@ def test_correction_supersedes():
 
 # -- the catalog --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A catalog with five records; yields (directory, client, records by name)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request, tmp_path_factory):
+    """A catalog with five records; yields (location, client, records by name).
+
+    ``sqlite``: the embedded catalog in a directory. ``postgresql``: ``stemcal serve``
+    with its catalog and tables in a private PostgreSQL server (tests/catalog/pg.py),
+    opened through its URI with the writer key.
+    """
     directory = tmp_path_factory.mktemp("catalog")
-    client = open_catalog(directory)
+    server = None
+    if request.param == "sqlite":
+        location = directory
+    else:
+        from servers import Server, new_keys  # tests/catalog/servers.py
+        pg = request.getfixturevalue("postgres")
+        database = pg.create_database(f"stemcal_{directory.name}".lower())
+        server = Server(directory, new_keys(), directory.parent / "server.log",
+                        database=database)
+        server.start()
+        location = server.uri
+    saved = os.environ.pop("TILED_API_KEY", None)
+    if server is not None:
+        os.environ["TILED_API_KEY"] = server.keys.writer
+    try:
+        client = open_catalog(location)
+    finally:
+        os.environ.pop("TILED_API_KEY", None)
+        if saved is not None:
+            os.environ["TILED_API_KEY"] = saved
     recs = {"old": make_record(1000.0),
             "mid": make_record(2000.0, camera_length=0.2),
             "new": make_record(3000.0, quality="optimum at the search bound", camera_length=0.1005),
@@ -89,8 +114,10 @@ def store(tmp_path_factory):
               "sum": image * 2}
     for name, rec in recs.items():
         assert write_record(client, rec, images if name == "old" else None) == rec.uid
-    yield directory, client, recs
+    yield location, client, recs
     client.context.close()
+    if server is not None:
+        server.stop()
 
 
 def test_history_newest_first(store):
@@ -167,20 +194,23 @@ def test_staleness_names_changed_keys():
 
 
 def test_reopen_sees_records_via_env(store, tmp_path, monkeypatch):
-    directory, _, recs = store
-    monkeypatch.setenv("STEMCAL_CATALOG", str(directory))
-    assert catalog_location() == directory
+    location, client, recs = store
+    monkeypatch.setenv("STEMCAL_CATALOG", str(location))
+    if isinstance(location, str):  # the server: its URI, with the key of the client
+        monkeypatch.setenv("TILED_API_KEY", client.context.api_key)
+    assert catalog_location() == location
     again = open_catalog(None)
     assert [r.uid for r in calibration_history(again)][:1] == [recs["new"].uid]
     again.context.close()
     monkeypatch.delenv("STEMCAL_CATALOG")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_catalog_dir() == tmp_path / "xdg" / "stemcal" / "catalog"
-    default_catalog_dir().parent.mkdir(parents=True)
-    default_catalog_dir().symlink_to(directory)
-    again = open_catalog(None)
-    assert len(calibration_history(again)) == len(recs)
-    again.context.close()
+    if isinstance(location, Path):  # an embedded catalog found through the default directory
+        default_catalog_dir().parent.mkdir(parents=True)
+        default_catalog_dir().symlink_to(location)
+        again = open_catalog(None)
+        assert len(calibration_history(again)) == len(recs)
+        again.context.close()
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_catalog_dir() == tmp_path / "home" / ".local" / "share" / "stemcal" / "catalog"
