@@ -117,7 +117,7 @@ class AppendOnlyMiddleware:
     admin_sha256 : str, optional
         SHA-256 (hex) of the admin key's bytes; None: no key may change or delete.
     data_dirs : iterable of str
-        Directories detector files may be registered from.
+        Directories detector files may be registered from; a refusal names the first.
     """
 
     def __init__(self, app: Any, admin_sha256: str | None,

@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     from tiled.config import parse_configs
 
     parsed = parse_configs(str(a.state / "config.json"))
-    readable = config["trees"][0]["args"]["readable_storage"]
+    args = config["trees"][0]["args"]
+    data_dir = args["metadata"]["stemcal"]["data_dir"]  # first: the one an error names
+    readable = [data_dir, *(d for d in args["readable_storage"] if d != data_dir)]
     app = _app(parsed, a.catalog, (digests.get("admin") or [None, None])[1], readable)
     uri = f"http://{a.host}:{a.port}/api"
     (a.catalog / (_LOCK + ".json")).write_text(json.dumps({"pid": os.getpid(), "uri": uri}) + "\n")

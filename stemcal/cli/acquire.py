@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Any
 
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, integer, number, shape
@@ -81,6 +82,8 @@ def _quiet_catalog_warnings(verbose: int) -> None:
     if not verbose:
         for name in ("stemcal.catalog", "bluesky_tiled_plugins", "tiled", "httpx"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # event-model's RunRouter warns when a callback (TiledWriter) raises at a start document
+        warnings.filterwarnings("ignore", message=r"The callback .* raised", category=UserWarning)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

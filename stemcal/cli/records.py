@@ -78,6 +78,9 @@ def catalog_errors(loc: Any) -> Iterator[None]:
             raise CLIError(str(exc)) from None
         if type(exc).__name__ == "CannotPrompt":
             raise CLIError(f"catalog {loc} needs an API key: set $TILED_API_KEY") from None
+        if type(exc).__name__ == "UninitializedDatabase":
+            raise CLIError(f"cannot read catalog {loc}: it is damaged (its catalog.db holds "
+                           "no catalog)") from None
         if is_refusal(exc):
             raise CLIError(f"catalog {loc} refused the API key ({failure_reason(exc)}); "
                            "check $TILED_API_KEY") from None
