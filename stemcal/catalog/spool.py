@@ -226,8 +226,16 @@ def locked(directory: Path) -> Iterator[None]:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """One short line naming ``exc``: type and message, SQL and credentials left out."""
+    """One short line naming ``exc``: type and message (for an HTTP error, the status and the
+    server's explanation), SQL and credentials left out."""
     text = " ".join(str(exc).split())
+    response = getattr(exc, "response", None)
+    try:
+        detail = response.json().get("detail") if response is not None else None
+    except Exception:  # noqa: BLE001 - no JSON body: keep the message
+        detail = None
+    if isinstance(detail, str) and detail:
+        text = f"{response.status_code} {' '.join(detail.split())}"
     text = re.split(r" \[SQL: | \(Background on this error", text)[0]
     text = redact(f"{type(exc).__name__}: {text}")
     return text if len(text) <= 300 else text[:297] + "..."

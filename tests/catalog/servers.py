@@ -85,5 +85,17 @@ def stemcal_popen(*args, key: str | None = None, **extra: str) -> subprocess.Pop
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
+def drop_dac_override() -> None:
+    """In a forked child: root loses the capabilities that ignore file modes (a read-only
+    catalog then binds it too)."""
+    if os.getuid() != 0:
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; gone from the bounding set,
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # so exec() gives a root without them
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 #: A small calibration that still gives a trusted record (16x16 scan, 64x64 detector, one try).
 SMALL = ("--nav-shape", 16, 16, "--sig-shape", 64, 64, "--max-attempts", 1)

@@ -247,3 +247,41 @@ def test_server_uri_uses_env_api_key(monkeypatch):
         open_catalog("https://tiled.example")
     assert runs.RECORD_PURPOSE == "calibration"
     assert isinstance(default_catalog_dir(), Path)
+
+
+def test_old_duckdb_tables_are_moved_into_sqlite_once(tmp_path):
+    """A catalog of the old layout (event tables in tables.duckdb, one process at a time)."""
+    from tiled.catalog import from_uri
+    from tiled.client import from_context
+    from tiled.client.context import Context
+    from tiled.server.app import build_app
+
+    from stemcal.catalog.embedded import RUNS_SPEC, init_database
+
+    d = tmp_path / "old"
+    (d / "data").mkdir(parents=True)
+    init_database(f"sqlite:///{d / 'catalog.db'}")
+    adapter = from_uri(f"sqlite:///{d / 'catalog.db'}", specs=[RUNS_SPEC],
+                       writable_storage=[str(d / "data"), f"duckdb:///{d / 'tables.duckdb'}"],
+                       readable_storage=[str(d / "data")])
+    old = from_context(Context.from_app(build_app(adapter)))
+    recs = [make_record(1000.0), make_record(2000.0, camera_length=0.2)]
+    for rec in recs:
+        write_record(old, rec)
+    old.context.close()
+    del old, adapter
+
+    client = open_catalog(d)  # moves the tables, once
+    assert not (d / "tables.duckdb").exists() and (d / "tables.duckdb.migrated").is_file()
+    assert [r.uid for r in calibration_history(client)] == [recs[1].uid, recs[0].uid]
+    for rec in recs:
+        scalars = client[rec.uid]["primary"].read()
+        assert float(scalars["scan_rotation"][0]) == rec.scan_rotation
+        assert float(scalars["overfocus"][0]) == pytest.approx(rec.overfocus)
+    new = make_record(3000.0)
+    write_record(client, new)  # new tables go to tables.sqlite, next to the moved ones
+    assert float(client[new.uid]["primary"].read()["cy"][0]) == new.cy
+    client.context.close()
+    again = open_catalog(d)
+    assert len(calibration_history(again)) == 3
+    again.context.close()

@@ -28,7 +28,7 @@ from stemcal.catalog import (RecordExistsError, UnavailableCatalog, calibration_
                              record_images, write_record, write_record_or_spool)
 from stemcal.record import CalibrationRecord
 
-REPO = Path(__file__).resolve().parents[2]
+from servers import REPO, drop_dac_override  # tests/catalog/servers.py
 
 
 def make_record(rotation: float = 12.5, **kw) -> CalibrationRecord:
@@ -237,20 +237,9 @@ def child(mode: str, catalog: Path, record: CalibrationRecord, tmp_path: Path, s
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(catalog), str(rj)], env=env,
                           capture_output=True, text=True, timeout=180, cwd="/",
-                          preexec_fn=_drop_dac_override if mode == "unprivileged" else None)
+                          preexec_fn=drop_dac_override if mode == "unprivileged" else None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _drop_dac_override() -> None:
-    """In the forked child: root loses the capabilities that ignore file modes."""
-    if os.getuid() != 0:
-        return
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; gone from the bounding set,
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # so exec() gives a root without them
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def _tree(path: Path, mode_dir: int, mode_file: int) -> None:
