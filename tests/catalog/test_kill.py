@@ -29,7 +29,8 @@ from pathlib import Path
 from servers import REPO, SMALL, cli_env, stemcal  # tests/catalog/servers.py
 
 from stemcal.catalog import (calibration_history, history_entries, latest_calibration,
-                             open_catalog, record_runs, record_state, resolve_run, spool)
+                             open_catalog, record_state, resolve_run, spool)
+from stemcal.catalog.queries import record_runs
 from stemcal.catalog.journal import journals
 from stemcal.runs import DEFAULT_TOLERANCES
 
