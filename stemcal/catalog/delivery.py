@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,63 +211,69 @@ class _Catalogs:
         return self.clients[loc], None
 
 
-def _sync_runs(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
-    for path in journals(d):
+def _claimed(items: Iterable[Any], path_of: Callable[[Any], Path],
+             report: SyncReport) -> Iterator[Any]:
+    """The items whose file this process could lock (held while the caller works on one);
+    a file locked by a live writer is reported ``busy``, one gone meanwhile skipped."""
+    for item in items:
+        path = path_of(item)
         fd = try_lock(path)
         if fd is None:
             if path.exists():
                 report.busy.append(path.stem)
             continue
         try:
-            try:
-                journal = read_journal(path)
-            except (OSError, ValueError) as exc:
-                log.warning("%s", exc)
-                continue
-            client, why = catalogs.get(journal.location)
-            if client is None:
-                report.runs_pending.append((journal.run_uid, journal.location, why))
-                continue
-            try:
-                how = replay.deliver_run(client, journal, location=journal.location,
-                                         spool_raw=d / "raw")
-            except Exception as exc:  # noqa: BLE001
-                report.runs_pending.append((journal.run_uid, journal.location,
-                                            failure_reason(exc)))
-                continue
-            report.runs_delivered.append((journal.run_uid, journal.location, how))
-            _remove(path)
+            if path.exists():
+                yield item
         finally:
             os.close(fd)
+
+
+def _attempt(catalogs: _Catalogs, loc: str | None, uid: str,
+             pending: list[tuple[str, str | None, str]], work: Callable[[Any], Any]) -> bool:
+    """``work(client)`` for the catalog at ``loc``; on any failure ``(uid, loc, reason)`` goes
+    to ``pending`` and the answer is False."""
+    client, why = catalogs.get(loc)
+    if client is None:
+        pending.append((uid, loc, why))
+        return False
+    try:
+        work(client)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps it for later
+        pending.append((uid, loc, failure_reason(exc)))
+        return False
+    return True
+
+
+def _sync_runs(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
+    for path in _claimed(journals(d), lambda p: p, report):
+        try:
+            journal = read_journal(path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s", exc)
+            continue
+        how: list[str] = []
+        if _attempt(catalogs, journal.location, journal.run_uid, report.runs_pending,
+                    lambda c: how.append(replay.deliver_run(c, journal, location=journal.location,
+                                                            spool_raw=d / "raw"))):
+            report.runs_delivered.append((journal.run_uid, journal.location, how[0]))
+            _remove(path)
+
+
+def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
+    if record_state(client, entry.uid) == COMPLETE:
+        report.already_there.append((entry.uid, entry.location))
+    else:
+        store.write_record(client, entry.record, entry.images)
+        report.delivered.append((entry.uid, entry.location))
 
 
 def _sync_records(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
-    for entry in spooled(d):
-        fd = try_lock(entry.path)
-        if fd is None:
-            if entry.path.exists():
-                report.busy.append(entry.uid)
-            continue
-        try:
-            if not entry.path.exists():  # written and removed by its process meanwhile
-                continue
-            client, why = catalogs.get(entry.location)
-            if client is None:
-                report.pending.append((entry.uid, entry.location, why))
-                continue
-            try:
-                if record_state(client, entry.uid) == COMPLETE:
-                    report.already_there.append((entry.uid, entry.location))
-                else:
-                    store.write_record(client, entry.record, entry.images)
-                    report.delivered.append((entry.uid, entry.location))
-            except Exception as exc:  # noqa: BLE001
-                report.pending.append((entry.uid, entry.location, failure_reason(exc)))
-                continue
+    for entry in _claimed(spooled(d), lambda e: e.path, report):
+        if _attempt(catalogs, entry.location, entry.uid, report.pending,
+                    lambda c: _deliver_record(c, entry, report)):
             _remove(entry.path)
             log.info("spooled record %s is in catalog %s", entry.uid, entry.location)
-        finally:
-            os.close(fd)
 
 
 def sync(*, open_catalog: Callable[[str], Any] | None = None,

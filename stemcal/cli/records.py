@@ -150,20 +150,28 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    if args.run:
-        return _show_run(args)
-    from ..catalog import get_record, record_state
+def _record_of(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(client, record) of ``args.uid`` in ``--catalog``; failures are one-line errors."""
+    from ..catalog import get_record
     from ..session import catalog_location
-    if not args.uid:
-        raise CLIError("give a record uid, or --run RUN_UID for an experiment run")
     client = open_for(args)
     with catalog_errors(catalog_location(args.catalog)[0]):
         try:
-            record = get_record(client, args.uid)
+            return client, get_record(client, args.uid)
         except KeyError as exc:
             raise CLIError(str(exc.args[0]) if exc.args
                            else f"no calibration record {args.uid!r}") from None
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.run:
+        return _show_run(args)
+    from ..catalog import record_state
+    from ..session import catalog_location
+    if not args.uid:
+        raise CLIError("give a record uid, or --run RUN_UID for an experiment run")
+    client, record = _record_of(args)
+    with catalog_errors(catalog_location(args.catalog)[0]):
         state = record_state(client, record.uid)
     if args.json:
         print(to_json(record.to_dict()))
@@ -209,20 +217,12 @@ def _show_run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """``export``: JSON on stdout, or into a file (its path on stderr)."""
-    from ..catalog import get_record
     from ..export import DEFAULT_GROUP, record_to_json, write_hdf5, write_json
     if args.format == "hdf5" and not args.into:
         raise CLIError("--format hdf5 needs --into FILE (an existing HDF5 file)")
     if args.group is not None and args.format != "hdf5":
         raise CLIError("--group applies to --format hdf5 only")
-    from ..session import catalog_location
-    client = open_for(args)
-    with catalog_errors(catalog_location(args.catalog)[0]):
-        try:
-            record = get_record(client, args.uid)
-        except KeyError as exc:
-            raise CLIError(str(exc.args[0]) if exc.args
-                           else f"no calibration record {args.uid!r}") from None
+    _, record = _record_of(args)
     if args.format == "json":
         if not args.into:
             print(record_to_json(record))
