@@ -123,35 +123,62 @@ def try_lock(path: Path) -> int | None:
 
 
 class _OpenRun:
-    """The journal of one open run and whether the catalog still takes its documents."""
+    """The journal of one open run and whether the catalog still takes its documents.
+
+    A journal that cannot be written (spool directory not writable, disk full) is
+    given up with one warning; the run itself goes on.
+    """
 
     def __init__(self, directory: Path, uid: str, location: str | None) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / f"{uid}.jsonl"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self.file = os.fdopen(fd, "a", encoding="utf-8")
         self.failed: str | None = None
-        self._line({"format": FORMAT, "run": uid, "location": location, "started": time.time()})
+        self.file: Any = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.file = os.fdopen(fd, "a", encoding="utf-8")
+            self._line({"format": FORMAT, "run": uid, "location": location,
+                        "started": time.time()})
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        log.warning("run journal %s cannot be written (%s); the run is not kept for sync",
+                    self.path, failure_reason(exc))
+        if self.file is not None:
+            self.file.close()
+        self.file = None
 
     def _line(self, obj: dict) -> None:
-        self.file.write(json.dumps(obj, default=_plain, allow_nan=True) + "\n")
-        self.file.flush()
+        if self.file is None:
+            return
+        try:
+            self.file.write(json.dumps(obj, default=_plain, allow_nan=True) + "\n")
+            self.file.flush()
+        except OSError as exc:
+            self._give_up(exc)
 
     def add(self, name: str, doc: dict) -> None:
         self._line({"name": name, "doc": doc})
 
     def close(self, *, keep: str | None) -> None:
         """Remove the journal (``keep`` None) or keep it, fsync'd, with the reason."""
+        if self.file is None:
+            return
         try:
             if keep is None:
                 self.path.unlink()
             else:
                 self._line({"kept": keep})
-                os.fsync(self.file.fileno())
-                fsync_dir(self.path.parent)
+                if self.file is not None:
+                    os.fsync(self.file.fileno())
+                    fsync_dir(self.path.parent)
+        except OSError as exc:
+            log.warning("run journal %s: %s", self.path, failure_reason(exc))
         finally:
-            self.file.close()  # releases the lock
+            if self.file is not None:
+                self.file.close()  # releases the lock
 
 
 class RunKeeper:
@@ -221,14 +248,15 @@ class RunKeeper:
             del self._runs[run_uid]
             self._owner = {k: v for k, v in self._owner.items() if v != run_uid}
             run.close(keep=run.failed)
-            if run.failed is not None:
+            if run.failed is not None and run.path.exists():
                 self.kept.append(run.path)
 
     def close(self) -> None:
         """Keep the journals of runs still open (a plan that never stopped them)."""
         for uid, run in list(self._runs.items()):
             run.close(keep=run.failed or "the run was not stopped")
-            self.kept.append(run.path)
+            if run.path.exists():
+                self.kept.append(run.path)
             del self._runs[uid]
 
     def __iter__(self) -> Iterator[Path]:

@@ -183,6 +183,34 @@ def test_latest_calibration_tolerance_validity_supersession(store):
         latest_calibration(client, now, {"camera_length": -1.0})
 
 
+def test_cut_off_and_failed_runs_never_count(store):
+    """Newer, valid records whose runs have no stop document or a failed one (SQLite and
+    PostgreSQL: the same stop.exit_status query)."""
+    import event_model
+    from bluesky_tiled_plugins import TiledWriter
+
+    from stemcal.catalog import history_entries, record_state
+
+    _, client, recs = store
+    writer = TiledWriter(client)
+    cut, failed = make_record(4000.0, camera_length=0.2), make_record(5000.0, camera_length=0.2)
+    for rec, exit_status in ((cut, None), (failed, "abort")):
+        run = event_model.compose_run(uid=rec.uid, time=rec.time, metadata={
+            "purpose": "calibration", "calibration": rec.to_dict()})
+        writer("start", run.start_doc)
+        if exit_status:
+            writer("stop", run.compose_stop(exit_status=exit_status))
+    assert record_state(client, cut.uid) == "incomplete"
+    assert record_state(client, failed.uid) == "failed"
+    assert {cut.uid, failed.uid}.isdisjoint(r.uid for r in calibration_history(client))
+    at_mid = {**OPTICS, "camera_length": 0.2}
+    assert latest_calibration(client, at_mid, {"camera_length": 1e-3}) == recs["mid"]
+    states = {e.record.uid: e.state for e in history_entries(client)}
+    assert (states[cut.uid], states[failed.uid], states[recs["mid"].uid]) == (
+        "incomplete", "failed", "complete")
+    assert get_record(client, cut.uid[:8]) == cut  # shown, with its state, never used
+
+
 def test_staleness_names_changed_keys():
     rec = make_record(1000.0)
     tols = {"camera_length": 1e-3, "high_tension": 10.0, "magnification": 0.0}

@@ -282,3 +282,24 @@ def test_disk_full_spools_then_syncs(tmp_path, spool_env, catalog):
     assert sorted(r.uid for r in calibration_history(cat)) == sorted([first.uid, rec.uid])
     np.testing.assert_array_equal(record_images(cat, rec.uid)["point"], entry.images["point"])
     assert sync().delivered == [] and len(calibration_history(quiet_open(catalog))) == 2
+
+
+def test_run_keeper_without_a_writable_spool_still_writes_the_run(catalog, tmp_path):
+    """A journal that cannot be written is given up with a warning; the run goes on."""
+    import event_model
+
+    from stemcal.catalog import RunKeeper, run_state
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the spool directory should be")
+    cat = quiet_open(catalog)
+    keeper = RunKeeper(cat, spool=blocker)
+    run = event_model.compose_run(metadata={"purpose": "test"})
+    desc = run.compose_descriptor(name="primary", data_keys={
+        "x": {"source": "test", "dtype": "number", "shape": []}})
+    for name, doc in (("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("event", desc.compose_event(data={"x": 1.0}, timestamps={"x": 0.0})),
+                      ("stop", run.compose_stop())):
+        keeper(name, doc)
+    assert run_state(cat, run.start_doc["uid"]) == "complete" and list(keeper) == []
+    assert cat[run.start_doc["uid"]]["primary"].read()["x"].values.tolist() == [1.0]
