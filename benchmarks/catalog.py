@@ -164,6 +164,8 @@ def main(argv=None) -> int:
             writes.append([label, str(w["records"]), f"{w['wall_s']:.1f}", f"{w['per_s']:.2f}"])
             reads.append([label, str(r["n"]), f"{r['open_s']:.2f}", f"{r['history_s']:.3f}",
                           f"{r['latest_s']:.3f}", f"{r['cli_history_s']:.2f}"])
+            print(f"{label}: {json.dumps({**w, **r})}; load {os.getloadavg()[0]:.1f}",
+                  flush=True)
     finally:
         if postgres is not None:
             postgres.stop()

@@ -45,7 +45,7 @@ def test_four_embedded_and_four_served_calibrations_at_once(tmp_path):
         while any(w.poll() is None for w in writers):  # readers while the writers write
             reads.append(stemcal("history", "--catalog", catalog, "--json"))
             reads.append(stemcal("history", "--catalog", server.uri, "--json", key=keys.reader))
-            time.sleep(1)
+            time.sleep(3)
         outs = [(w.returncode, *w.communicate()) for w in writers]
     finally:
         server.stop()
