@@ -162,6 +162,8 @@ def test_a_held_write_lock_spools_after_the_timeout(template, tmp_path, monkeypa
     d = Path(shutil.copytree(template[0], tmp_path / "cat"))
     client = open_catalog(d)
     monkeypatch.setattr(writelock, "LOCK_TIMEOUT_S", 1.0)
+    import tiled.client.utils as tcu
+    monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 1)  # tiled retries a 503 for up to 45 s
     rec = make_record(rotation=3.0)
     with open(d / writelock.WRITE_LOCK) as held:  # another writer that hangs with the lock
         fcntl.flock(held, fcntl.LOCK_EX)
