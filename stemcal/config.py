@@ -22,7 +22,12 @@ The file is ``$STEMCAL_CONFIG`` or ``$XDG_CONFIG_HOME/stemcal/config.toml``
         keep_mib = true          # Merlin: keep each scan as .mib + .hdr next to the HDF5
 
 ``[server]``
-    ``host``, ``port`` of ``stemcal serve`` (:func:`server_settings`); keys never go here.
+    ``host``, ``port`` of ``stemcal serve`` (:func:`server_settings`); its storage
+    (:func:`server_storage`): ``database`` (a PostgreSQL URI for the catalog
+    instead of ``DIR/catalog.db``), ``tables`` (a PostgreSQL URI for the event
+    tables; default: the ``database``), ``data_dir`` (the shared directory
+    detector files are written to, default ``DIR/raw``). Keys and passwords
+    never go here (PostgreSQL: ``~/.pgpass`` or peer authentication).
 
 Every value is checked with :mod:`stemcal.checks` when it is read; a bad one
 is a ``ValueError`` naming the file, the table and the key. Standard library
@@ -41,7 +46,7 @@ from . import locations
 from .checks import finite, is_integer, port, positive
 
 __all__ = ["SimSettings", "DetectorSettings", "load_config", "server_settings",
-           "DEFAULT_HOST", "DEFAULT_PORT"]
+           "server_storage", "check_database_uri", "DEFAULT_HOST", "DEFAULT_PORT"]
 
 #: Where ``stemcal serve`` listens unless ``[server]`` says otherwise.
 DEFAULT_HOST = "127.0.0.1"
@@ -248,10 +253,13 @@ class DetectorSettings:
                 "pixel_size": self.pixel_size or pixel}
 
 
+_SERVER_KEYS = {"host", "port", "database", "tables", "data_dir"}
+
+
 def server_settings(cfg: Mapping[str, Any] | None) -> tuple[str, int]:
     """(host, port) from a configuration's ``[server]`` section; defaults 127.0.0.1:8000."""
     section = dict((cfg or {}).get("server") or {})
-    unknown = set(section) - {"host", "port"}
+    unknown = set(section) - _SERVER_KEYS
     if unknown:
         raise ValueError(f"unknown [server] setting(s): {sorted(unknown)} (keys do not belong "
                          "in the configuration; use the environment or the keys file)")
@@ -259,6 +267,36 @@ def server_settings(cfg: Mapping[str, Any] | None) -> tuple[str, int]:
     if not isinstance(host, str) or not host.strip():
         raise ValueError(f"[server] host must be a non-empty host name or address, got {host!r}")
     return host, port("[server] port", section.get("port", DEFAULT_PORT))
+
+
+def check_database_uri(name: str, uri: Any) -> str:
+    """``uri`` if it is a PostgreSQL URI without a password, else ``ValueError`` naming ``name``."""
+    import urllib.parse
+
+    if not isinstance(uri, str) or not uri.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{name} must be a postgresql://user@host/database URI, got {uri!r}")
+    if urllib.parse.urlsplit(uri).password is not None:
+        raise ValueError(f"{name}: no password in the URI; use ~/.pgpass or peer authentication")
+    return uri
+
+
+def server_storage(cfg: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """``{"database", "tables", "data_dir"}`` of ``[server]`` (None where not set; see the module
+    docstring)."""
+    section = dict((cfg or {}).get("server") or {})
+    server_settings(cfg)  # unknown keys
+    out: dict[str, str | None] = {"database": None, "tables": None, "data_dir": None}
+    for key in ("database", "tables"):
+        if section.get(key) is not None:
+            out[key] = check_database_uri(f"[server] {key}", section[key])
+    if out["tables"] and not out["database"]:
+        raise ValueError("[server] tables needs [server] database (the catalog in PostgreSQL)")
+    data_dir = section.get("data_dir")
+    if data_dir is not None:
+        if not isinstance(data_dir, str) or not data_dir.strip() or "\0" in data_dir:
+            raise ValueError(f"[server] data_dir must be a non-empty path, got {data_dir!r}")
+        out["data_dir"] = data_dir
+    return out
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -303,7 +341,7 @@ def _check_config(p: Path, cfg: dict[str, Any]) -> None:
                                  f"got {value!r}")
     for check in (lambda: SimSettings.from_mapping(cfg.get("simulation", {})),
                   lambda: DetectorSettings.from_mapping(cfg.get("detector", {})),
-                  lambda: server_settings(cfg)):
+                  lambda: server_storage(cfg)):
         try:
             check()
         except (TypeError, ValueError) as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -71,9 +70,12 @@ class Session:
     recorder: Any
     data_dir: Path
     remote: bool
+    keeper: Any = None
 
     def close(self) -> None:
         self.recorder.close()
+        if self.keeper is not None:
+            self.keeper.close()
         close_backend = getattr(self.instrument.detector.backend, "close", None)
         if close_backend is not None:  # a live detector's connection / receiver process
             close_backend()
@@ -91,6 +93,40 @@ def make_recorder(client: Any, **kwargs: Any) -> Any:
     return CalibrationRecorder(client, **kwargs)
 
 
+def _data_dir(data_dir: str | os.PathLike | None, loc: Any, remote: bool, client: Any) -> Path:
+    """Where the detector writes: ``data_dir``; else ``CATALOG/raw`` of an embedded catalog, or
+    the data directory a server announces; else (catalog unusable) the spool's ``raw/``,
+    from where ``stemcal sync`` copies the files into the catalog's data directory."""
+    from .catalog import UnavailableCatalog
+    from .catalog.replay import data_dir_of
+
+    if data_dir:
+        data = Path(data_dir).expanduser().resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        return data
+    fallback = locations.spool_dir() / "raw"
+    if isinstance(client, UnavailableCatalog):
+        data = fallback if remote else (Path(loc) / "raw").resolve()
+    else:
+        data = data_dir_of(client, None if remote else str(Path(loc).resolve()))
+        if data is None:
+            raise ValueError(f"the catalog server {loc} announces no data directory; set "
+                             "[paths] data_dir (or --data-dir) to the directory it reads "
+                             "detector files from")
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        if not os.access(data, os.W_OK):
+            raise PermissionError(f"{data} is not writable")
+    except OSError:
+        if remote and not isinstance(client, UnavailableCatalog):
+            raise ValueError(f"the data directory {data} of the catalog server {loc} is not "
+                             "writable here: mount it at the same path, or set [paths] "
+                             "data_dir (or --data-dir) to where it is mounted") from None
+        data = fallback  # an unusable catalog directory: kept for sync
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return data
+
+
 def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings = SimSettings(),
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
@@ -106,45 +142,35 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     ``backend = "hardware"`` replaces the simulated detector with the real one
     (scan generator and optics stay those of the twin).
 
-    Acquisition runs go into a local catalog through ``TiledWriter`` (a tiled
-    server could not read the detector's local files, so they are not sent
-    there); raw files go to ``data_dir`` (default ``CATALOG/raw``, or a
-    temporary directory for a server).
+    Every run goes into the catalog, embedded or a server, through a
+    :class:`~stemcal.catalog.RunKeeper` (``TiledWriter``, with a journal kept
+    until the catalog has the run). Detector files go to ``data_dir``
+    (default ``CATALOG/raw``, or the data directory a server announces, which
+    writer and server share). A catalog that cannot be opened gives a stand-in:
+    runs and records are kept in the spool for ``stemcal sync``.
     """
     from bluesky import RunEngine
 
-    from .catalog import UnavailableCatalog, open_catalog_or_unavailable
+    from .catalog import RunKeeper, open_catalog_or_unavailable
 
     loc, remote = catalog_location(catalog)
-    if data_dir:
-        data = Path(data_dir).expanduser().resolve()
-    elif remote:
-        data = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))
-    else:
-        data = (Path(loc) / "raw").resolve()
-    try:
-        data.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        if data_dir:
-            raise
-        data = Path(tempfile.mkdtemp(prefix="stemcal-raw-"))  # catalog dir unusable: spool later
+    readable = () if remote or not data_dir else (Path(data_dir).expanduser().resolve(),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # A catalog that cannot be opened gives a stand-in: records are spooled (stemcal sync).
-        client = open_catalog_or_unavailable(loc, readable_storage=() if remote else (data,))
+        client = open_catalog_or_unavailable(loc, readable_storage=readable)
+    data = _data_dir(data_dir, loc, remote, client)
     det_cfg = detector if detector is not None else DetectorSettings()
     inst = build_sim_instrument(sim, data, detector=det_cfg.kind)
     if det_cfg.is_hardware:
         from .devices.factory import make_hardware_detector
         inst = inst._replace(detector=make_hardware_detector(det_cfg, inst.scan, data))
     RE = RunEngine({}, call_returns_result=bool(call_returns_result))
-    if not remote and not isinstance(client, UnavailableCatalog):
-        from bluesky_tiled_plugins import TiledWriter
-        RE.subscribe(TiledWriter(client))
+    keeper = RunKeeper(client)
+    RE.subscribe(keeper)
     recorder = make_recorder(client, figure_dir=figure_dir)
     RE.subscribe(recorder)
     return Session(RE=RE, client=client, instrument=inst, recorder=recorder, data_dir=data,
-                   remote=remote)
+                   remote=remote, keeper=keeper)
 
 
 def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:

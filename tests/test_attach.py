@@ -92,6 +92,28 @@ def test_count_carries_the_calibration(RE, store, devices):
     assert commands.index("open_run") == commands.index("read") + 2
 
 
+def test_cut_off_and_failed_record_runs_are_never_attached(RE, store, devices):
+    """Newer valid records whose runs have no stop document, or a failed one, are skipped."""
+    import event_model
+    from bluesky_tiled_plugins import TiledWriter
+
+    _, client, recs = store
+    writer = TiledWriter(client)
+    for time, exit_status in ((4000.0, None), (5000.0, "fail")):
+        rec = make_record(time, 11.0)
+        run = event_model.compose_run(uid=rec.uid, time=rec.time, metadata={
+            "purpose": "calibration", "calibration": rec.to_dict()})
+        writer("start", run.start_doc)
+        if exit_status:
+            writer("stop", run.compose_stop(exit_status=exit_status))
+    optics, scan = devices
+    RE.preprocessors.append(attach_calibration(client, optics, scan))
+    starts = starts_of(RE)
+    RE(bp.count([optics]))
+    assert starts[0]["calibration"]["uid"] == recs["good"].uid
+    assert starts[0]["calibration_status"]["newest"] == recs["good"].uid
+
+
 @pytest.mark.parametrize("change, key", [("overfocus", "overfocus_setting"),
                                          ("camera_length", "camera_length"),
                                          ("scan_rotation", "scan_rotation_setting")])

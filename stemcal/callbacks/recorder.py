@@ -120,7 +120,9 @@ class CalibrationRecorder:
         self._router = RunRouter([self.factory])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.client!r})"
+        # not repr(client): a tiled client's repr lists the catalog, i.e. queries it
+        from ..catalog import catalog_location_of
+        return f"{type(self).__name__}(catalog={catalog_location_of(self.client)!r})"
 
     # -- documents ------------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:

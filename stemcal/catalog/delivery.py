@@ -1,18 +1,26 @@
-"""Deliver a calibration record, or keep it: the one owner of deliver-or-spool.
+"""Deliver records and runs, or keep them: the one owner of deliver-or-spool.
 
-Above both the catalog (:mod:`stemcal.catalog.store`) and the spool
-(:mod:`stemcal.catalog.spool`): :func:`write_record_or_spool` writes a record
-or, if the catalog fails in any way, spools it; :func:`sync` later delivers
-every spooled record to its catalog exactly once;
-:func:`open_catalog_or_unavailable` gives a stand-in for a catalog that
-cannot be opened, so that a calibration still runs and spools its record.
+Above the catalog (:mod:`stemcal.catalog.store`), the spool files
+(:mod:`stemcal.catalog.spool`) and the run journals
+(:mod:`stemcal.catalog.journal`):
+
+* :func:`write_record_or_spool` puts a record into the spool, writes it to the
+  catalog and removes it from the spool once the catalog has it. A failed
+  write leaves it spooled with the reason; a write cut off by the death of
+  the process leaves it spooled too.
+* :func:`open_catalog_or_unavailable` gives a stand-in for a catalog that
+  cannot be opened, so that a calibration still runs and keeps its runs and
+  record.
+* :func:`sync` delivers every kept run and record to its catalog, exactly
+  once; a locked entry (being written right now by a live process) is left
+  for later.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +28,44 @@ import numpy as np
 
 from ..locations import catalog_location, is_server_uri
 from ..record import CalibrationRecord
-from . import store
+from . import replay, store
+from .journal import journals, read_journal, try_lock
+from .keys import KeyInURIError
+from .queries import COMPLETE, record_state
 from .spool import failure_reason, fsync_dir, locked, spool_dir, spool_record, spooled
 
 log = logging.getLogger(__name__)
 
 __all__ = ["UnavailableCatalog", "open_catalog_or_unavailable", "write_record_or_spool", "sync",
-           "SyncReport"]
+           "SyncReport", "is_refusal"]
 
 
 class UnavailableCatalog:
-    """Stands in for a catalog that could not be opened; records for it are spooled.
+    """Stands in for a catalog that could not be opened; records and runs for it are kept.
 
     Made by :func:`open_catalog_or_unavailable`; :func:`write_record_or_spool`
-    spools every record given with it. It supports nothing else.
+    spools every record given with it and :class:`~stemcal.catalog.journal.RunKeeper`
+    keeps every run. ``refused``: the catalog refused the API key (a wrong or
+    missing key, not an outage).
     """
 
     specs: tuple = ()
 
-    def __init__(self, location: str | Path | None, reason: str) -> None:
+    def __init__(self, location: str | Path | None, reason: str, refused: bool = False) -> None:
         self._stemcal_location = None if location is None else str(location)
         self.reason = reason
+        self.refused = refused
 
     def __repr__(self) -> str:
         return f"UnavailableCatalog({self._stemcal_location!r}, {self.reason!r})"
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the catalog refusing the API key (HTTP 401/403, or no key at all)."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) in (401, 403):
+        return True
+    return type(exc).__name__ == "CannotPrompt"  # tiled: a server that needs a key, none given
 
 
 def open_catalog_or_unavailable(location: str | Path | None = None, *,
@@ -52,42 +74,48 @@ def open_catalog_or_unavailable(location: str | Path | None = None, *,
     cannot be opened.
 
     A server that is down or refuses the key, or a directory that cannot be
-    created or written, gives the stand-in (with a warning) so that a
-    calibration can still run and spool its record. A server that answers but
-    is not a catalog of Bluesky runs is still a ``ValueError``.
+    created, written or read, gives the stand-in (with one warning) so that a
+    calibration can still run and keep what it makes. A server that answers but
+    is not a catalog of Bluesky runs, or a URI holding a key, is still a
+    ``ValueError`` (bad input, nothing to keep yet).
     """
     location = catalog_location(location)
     try:
         return store.open_catalog(location, readable_storage=readable_storage)
+    except KeyInURIError:
+        raise
     except ValueError as exc:
         if "CatalogOfBlueskyRuns" in str(exc):
             raise
-        reason = failure_reason(exc)
+        reason, refused = failure_reason(exc), False
     except Exception as exc:  # noqa: BLE001 - whatever stops it, records must not be lost
-        reason = failure_reason(exc)
+        reason, refused = failure_reason(exc), is_refusal(exc)
     if not is_server_uri(location):
         location = Path(location).resolve()
-    log.warning("catalog %s cannot be opened (%s); records will be spooled", location, reason)
-    return UnavailableCatalog(location, reason)
+    log.warning("catalog %s cannot be opened (%s); runs and records will be kept in the spool",
+                location, reason)
+    return UnavailableCatalog(location, reason, refused)
 
 
 def write_record_or_spool(client: Any, record: CalibrationRecord,
                           images: Mapping[str, np.ndarray] | None = None, *,
                           location: str | Path | None = None) -> tuple[str, bool, str | None]:
-    """Write ``record`` (:func:`~stemcal.catalog.store.write_record`), or spool it if the
-    catalog fails.
+    """Write ``record`` to the catalog, keeping it in the spool until the catalog has it.
 
-    Any failure of the catalog write (server down, permission denied, disk full,
-    path not creatable; httpx, tiled, OSError, SQLite errors...) puts the record,
-    its images and the catalog location into the durable spool
-    (:func:`stemcal.catalog.spool.spool_record`) for ``stemcal sync``.
+    The record goes into the spool first (fsync'd, locked against ``sync``),
+    then into the catalog (:func:`~stemcal.catalog.store.write_record`); only
+    then is the spool file removed. Any failure of the catalog (server down,
+    key refused, permission denied, disk full, damaged database; httpx,
+    tiled, OSError, SQLite errors...) leaves the record spooled with the
+    reason, and so does the process dying in the middle (``kill -9``).
 
     Parameters
     ----------
     client : CatalogOfBlueskyRuns or UnavailableCatalog
         From :func:`~stemcal.catalog.store.open_catalog` / :func:`open_catalog_or_unavailable`.
     record, images
-        As :func:`write_record` (images are checked first: bad ones raise, unspooled).
+        As :func:`~stemcal.catalog.store.write_record` (images are checked first:
+        bad ones raise, unspooled).
     location : str or path, optional
         The catalog's location if ``client`` was not opened by
         :func:`~stemcal.catalog.store.open_catalog`.
@@ -100,50 +128,166 @@ def write_record_or_spool(client: Any, record: CalibrationRecord,
     Raises
     ------
     RecordExistsError
-        The catalog already has that uid (nothing written or spooled).
+        The catalog already has that record complete (nothing written or kept).
     OSError
-        The catalog failed and the spool could not be written either.
+        The spool could not be written (then nothing was tried).
     """
     store.check_images(images)
     loc = location if location is not None else store.catalog_location_of(client)
     if isinstance(client, UnavailableCatalog):
-        reason = client.reason
-    else:
+        spool_record(record, images, loc, client.reason, refused=client.refused)
+        return record.uid, True, client.reason
+    path, held = spool_record(record, images, loc, "being written to the catalog", hold=True)
+    try:
         try:
             store.write_record(client, record, images)
-            return record.uid, False, None
         except store.RecordExistsError:
+            _remove(path)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure must keep the record
-            reason = failure_reason(exc)
-            log.warning("could not write calibration record %s to %s: %s", record.uid, loc, reason)
-    spool_record(record, images, loc, reason)
+            reason, refused = failure_reason(exc), is_refusal(exc)
+        else:
+            _remove(path)
+            return record.uid, False, None
+        log.warning("could not write calibration record %s to %s: %s", record.uid, loc, reason)
+        spool_record(record, images, loc, reason, refused=refused)  # the reason, in its place
+    finally:
+        os.close(held)
     return record.uid, True, reason
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 @dataclasses.dataclass
 class SyncReport:
-    """What :func:`sync` did. Each item is ``(uid, location)`` or ``(uid, location, reason)``."""
+    """What :func:`sync` did, for records and for runs. Each item is ``(uid, location)`` or
+    ``(uid, location, reason)``; ``busy`` are entries a live process is writing now."""
 
     delivered: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
     already_there: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)
     pending: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
+    runs_delivered: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
+    runs_pending: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
+    busy: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def stuck(self) -> bool:
+        """Whether something stays kept because its catalog failed (``sync`` exits 1)."""
+        return bool(self.pending or self.runs_pending)
 
     def to_dict(self) -> dict[str, Any]:
         return {"delivered": [{"uid": u, "catalog": loc} for u, loc in self.delivered],
                 "already_there": [{"uid": u, "catalog": loc} for u, loc in self.already_there],
-                "pending": [{"uid": u, "catalog": loc, "reason": r} for u, loc, r in self.pending]}
+                "pending": [{"uid": u, "catalog": loc, "reason": r} for u, loc, r in self.pending],
+                "runs": {"delivered": [{"uid": u, "catalog": loc, "how": h}
+                                       for u, loc, h in self.runs_delivered],
+                         "pending": [{"uid": u, "catalog": loc, "reason": r}
+                                     for u, loc, r in self.runs_pending]},
+                "busy": list(self.busy)}
+
+
+class _Catalogs:
+    """Catalog clients by location, opened once; a location that failed stays failed."""
+
+    def __init__(self, opener: Callable[[str], Any]) -> None:
+        self.opener = opener
+        self.clients: dict[str, Any] = {}
+        self.failed: dict[str, str] = {}
+
+    def get(self, loc: str | None) -> tuple[Any, str | None]:
+        if loc is None:
+            return None, "no target catalog recorded"
+        if loc in self.failed:
+            return None, self.failed[loc]
+        if loc not in self.clients:
+            try:
+                self.clients[loc] = self.opener(loc)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps it for later
+                self.failed[loc] = failure_reason(exc)
+                return None, self.failed[loc]
+        return self.clients[loc], None
+
+
+def _claimed(items: Iterable[Any], path_of: Callable[[Any], Path],
+             report: SyncReport) -> Iterator[Any]:
+    """The items whose file this process could lock (held while the caller works on one);
+    a file locked by a live writer is reported ``busy``, one gone meanwhile skipped."""
+    for item in items:
+        path = path_of(item)
+        fd = try_lock(path)
+        if fd is None:
+            if path.exists():
+                report.busy.append(path.stem)
+            continue
+        try:
+            if path.exists():
+                yield item
+        finally:
+            os.close(fd)
+
+
+def _attempt(catalogs: _Catalogs, loc: str | None, uid: str,
+             pending: list[tuple[str, str | None, str]], work: Callable[[Any], Any]) -> bool:
+    """``work(client)`` for the catalog at ``loc``; on any failure ``(uid, loc, reason)`` goes
+    to ``pending`` and the answer is False."""
+    client, why = catalogs.get(loc)
+    if client is None:
+        pending.append((uid, loc, why))
+        return False
+    try:
+        work(client)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps it for later
+        pending.append((uid, loc, failure_reason(exc)))
+        return False
+    return True
+
+
+def _sync_runs(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
+    for path in _claimed(journals(d), lambda p: p, report):
+        try:
+            journal = read_journal(path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s", exc)
+            continue
+        how: list[str] = []
+        if _attempt(catalogs, journal.location, journal.run_uid, report.runs_pending,
+                    lambda c: how.append(replay.deliver_run(c, journal, location=journal.location,
+                                                            spool_raw=d / "raw"))):
+            report.runs_delivered.append((journal.run_uid, journal.location, how[0]))
+            _remove(path)
+
+
+def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
+    if record_state(client, entry.uid) == COMPLETE:
+        report.already_there.append((entry.uid, entry.location))
+    else:
+        store.write_record(client, entry.record, entry.images)
+        report.delivered.append((entry.uid, entry.location))
+
+
+def _sync_records(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
+    for entry in _claimed(spooled(d), lambda e: e.path, report):
+        if _attempt(catalogs, entry.location, entry.uid, report.pending,
+                    lambda c: _deliver_record(c, entry, report)):
+            _remove(entry.path)
+            log.info("spooled record %s is in catalog %s", entry.uid, entry.location)
 
 
 def sync(*, open_catalog: Callable[[str], Any] | None = None,
          directory: str | os.PathLike | None = None) -> SyncReport:
-    """Deliver every spooled record to its catalog, exactly once.
+    """Deliver every kept run and record to its catalog, exactly once.
 
-    Records are idempotent by uid: one whose uid the catalog already holds
-    (e.g. written just before a crash, or by an earlier sync) is not written
-    again; its spool file is removed if the catalog's run is complete (has a
-    stop document), else kept and reported. A record whose catalog cannot be
-    opened or written stays spooled with the reason.
+    Runs first (so that a record's ``acquisition_uid`` resolves once the
+    record is there), then records. A record is identified by its uid
+    (``start.calibration.uid``): one the catalog already holds complete is not
+    written again; one of which the catalog holds only a cut-off copy (no stop
+    document) is written again as a new run, and the cut-off copy stays,
+    never counting as a record. So a sync is never stuck on a cut-off write.
+    A run or record whose catalog cannot be opened or written stays kept with
+    the reason; one a live process is writing right now is left alone (``busy``).
 
     Parameters
     ----------
@@ -152,45 +296,12 @@ def sync(*, open_catalog: Callable[[str], Any] | None = None,
     directory : path, optional
         Spool directory; default :func:`spool_dir`.
     """
-    opener = open_catalog or store.open_catalog
     d = Path(directory) if directory is not None else spool_dir()
     report = SyncReport()
     if not d.is_dir():
         return report
+    catalogs = _Catalogs(open_catalog or store.open_catalog)
     with locked(d):
-        clients: dict[str, Any] = {}
-        failed: dict[str, str] = {}
-        for entry in spooled(d):
-            loc = entry.location
-            if loc is None:
-                report.pending.append((entry.uid, None, "no target catalog recorded"))
-                continue
-            if loc in failed:
-                report.pending.append((entry.uid, loc, failed[loc]))
-                continue
-            if loc not in clients:
-                try:
-                    clients[loc] = opener(loc)
-                except Exception as exc:  # noqa: BLE001 - any failure keeps the record spooled
-                    failed[loc] = failure_reason(exc)
-                    report.pending.append((entry.uid, loc, failed[loc]))
-                    continue
-            client = clients[loc]
-            try:
-                state = store.run_state(client, entry.uid)
-                if state is None:
-                    store.write_record(client, entry.record, entry.images)
-                    report.delivered.append((entry.uid, loc))
-                elif state == "complete":
-                    report.already_there.append((entry.uid, loc))
-                else:
-                    report.pending.append((entry.uid, loc, "the catalog holds an incomplete run "
-                                           "with this uid (a write was cut off); not rewritten"))
-                    continue
-            except Exception as exc:  # noqa: BLE001
-                report.pending.append((entry.uid, loc, failure_reason(exc)))
-                continue
-            entry.path.unlink()
-            fsync_dir(d)
-            log.info("spooled record %s is in catalog %s", entry.uid, loc)
+        _sync_runs(d, catalogs, report)
+        _sync_records(d, catalogs, report)
     return report

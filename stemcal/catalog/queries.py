@@ -1,11 +1,18 @@
 """Read calibration records back: history, one record, the one in force, its images.
 
 Records are runs with ``purpose`` :data:`stemcal.runs.RECORD_PURPOSE`
-(written by :func:`stemcal.catalog.store.write_record`). Sorting happens
-here, not in tiled: its SQLite catalog orders metadata as JSON text.
+(written by :func:`stemcal.catalog.store.write_record`), identified by
+``start.calibration.uid``. Only a *complete* run counts: one whose stop
+document says ``exit_status == "success"`` (the query
+``Key("stop.exit_status") == "success"``, the same on SQLite and
+PostgreSQL). A run without a stop document (its write was cut off) or with
+another exit status is never a valid calibration; :func:`history_entries`
+shows it with its state. Sorting happens here, not in tiled: its SQLite
+catalog orders metadata as JSON text.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -19,41 +26,133 @@ from ..runs import RECORD_PURPOSE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibration_history", "get_record", "staleness", "latest_calibration",
-           "record_images", "check_tolerances"]
+__all__ = ["calibration_history", "history_entries", "HistoryEntry", "get_record", "staleness",
+           "latest_calibration", "record_images", "check_tolerances", "record_state", "state_of",
+           "COMPLETE", "INCOMPLETE", "FAILED", "resolve_run", "record_runs", "COPY_OF"]
 
 _UID_PREFIX = re.compile(r"[0-9a-f-]{8,36}")
 
+#: Start key of a run that ``stemcal sync`` wrote again because a cut-off copy holds its uid.
+COPY_OF = "stemcal_copy_of"
+#: States of a run (:func:`state_of`). Only a complete record run is a calibration.
+COMPLETE, INCOMPLETE, FAILED = "complete", "incomplete", "failed"
+
+
+def state_of(metadata: Mapping[str, Any]) -> str:
+    """The state of a run from its metadata.
+
+    :data:`COMPLETE`: a stop document with ``exit_status == "success"``;
+    :data:`INCOMPLETE`: no stop document (its write was cut off, or it is still
+    being written); :data:`FAILED`: a stop document with another exit status.
+    """
+    stop = metadata.get("stop")
+    if not stop:
+        return INCOMPLETE
+    return COMPLETE if stop.get("exit_status") == "success" else FAILED
+
 
 def _calibrations(client: Any) -> Any:
-    """The calibration runs of ``client`` (a tiled search result)."""
+    """The calibration runs of ``client`` (a tiled search result), whatever their state."""
     from tiled.queries import Key
 
     return client.search(Key("purpose") == RECORD_PURPOSE)
 
 
-def _records(runs: Iterable[Any]) -> Iterable[CalibrationRecord]:
+def _complete(runs: Any) -> Any:
+    """The runs of ``runs`` whose stop document says success (the valid copies)."""
+    from tiled.queries import Key
+
+    return runs.search(Key("stop.exit_status") == "success")
+
+
+def record_runs(client: Any, uid: str) -> Any:
+    """Every run holding record ``uid`` (``start.calibration.uid``), whatever its state."""
+    from tiled.queries import Key
+
+    return _calibrations(client).search(Key("calibration.uid") == uid)
+
+
+def record_state(client: Any, uid: str) -> str | None:
+    """Whether the catalog holds record ``uid`` (full uid).
+
+    Returns
+    -------
+    str or None
+        :data:`COMPLETE` if a complete copy is there; else :data:`INCOMPLETE`
+        if a copy whose write was cut off is, else :data:`FAILED` if only a copy
+        with another exit status is; None if none is.
+    """
+    runs = record_runs(client, uid)
+    if len(_complete(runs)):
+        return COMPLETE
+    states = {state_of(run.metadata) for run in runs.values()}
+    if not states:
+        return None
+    return INCOMPLETE if INCOMPLETE in states else FAILED
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    """One record of :func:`history_entries`: the record, its state and the run holding it."""
+
+    record: CalibrationRecord
+    state: str
+    run_uid: str
+
+
+def _entries(runs: Iterable[Any]) -> Iterable[HistoryEntry]:
     for run in runs:
-        start = run.metadata["start"]
+        md = run.metadata
+        start = md["start"]
         try:
-            yield CalibrationRecord.from_dict(dict(start["calibration"]))
+            record = CalibrationRecord.from_dict(dict(start["calibration"]))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("skipping unreadable calibration run %s: %s", start.get("uid"), exc)
+            continue
+        yield HistoryEntry(record, state_of(md), str(start.get("uid")))
 
 
-def _newest_first(runs: Any) -> list[CalibrationRecord]:
-    """Records of ``runs`` sorted by ``time``, newest first (ties: last written first).
+def _newest_first(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+    """One entry per record, the complete copy if there is one, sorted by ``time``, newest
+    first (ties: last written first).
 
     Sorted here: tiled's SQLite catalog sorts metadata as JSON text ("200.0" > "1000.0").
     """
-    records = list(_records(runs.values()))[::-1]  # insertion order, reversed
-    records.sort(key=lambda r: r.time, reverse=True)  # stable
-    return records
+    rank = {COMPLETE: 0, FAILED: 1, INCOMPLETE: 2}
+    best: dict[str, HistoryEntry] = {}
+    order: list[str] = []
+    for e in entries:  # insertion order
+        uid = e.record.uid
+        if uid not in best:
+            order.append(uid)
+            best[uid] = e
+        elif rank[e.state] < rank[best[uid].state]:
+            best[uid] = e
+    chosen = [best[uid] for uid in order][::-1]  # insertion order, reversed
+    chosen.sort(key=lambda e: e.record.time, reverse=True)  # stable
+    return chosen
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+
+
+def history_entries(client: Any, *, limit: int | None = None) -> list[HistoryEntry]:
+    """Every calibration record of the catalog with its state, newest first.
+
+    Unlike :func:`calibration_history`, records whose run is incomplete (its
+    write was cut off) or failed are listed too, with that state; a record
+    with several copies (a cut-off one and the one ``stemcal sync`` delivered
+    later) is listed once, as its complete copy.
+    """
+    _check_limit(limit)
+    return _newest_first(_entries(_calibrations(client).values()))[:limit]
 
 
 def calibration_history(client: Any, *, limit: int | None = None,
                         valid_only: bool = False) -> list[CalibrationRecord]:
-    """Calibration records, newest first.
+    """Calibration records, newest first: only complete ones (stop with ``exit_status`` success).
 
     Parameters
     ----------
@@ -67,7 +166,8 @@ def calibration_history(client: Any, *, limit: int | None = None,
     -------
     list of CalibrationRecord
         Superseded records included; runs whose record cannot be read are skipped
-        with a warning.
+        with a warning; incomplete and failed runs are left out
+        (:func:`history_entries` lists them).
 
     Notes
     -----
@@ -76,16 +176,18 @@ def calibration_history(client: Any, *, limit: int | None = None,
     """
     from tiled.queries import Key
 
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-    runs = _calibrations(client)
+    _check_limit(limit)
+    runs = _complete(_calibrations(client))
     if valid_only:
         runs = runs.search(Key("calibration.quality") == "ok")
-    return _newest_first(runs)[:limit]
+    return [e.record for e in _newest_first(_entries(runs.values()))][:limit]
 
 
 def get_record(client: Any, uid: str) -> CalibrationRecord:
     """The calibration record with ``uid``, or a unique uid prefix of >= 8 characters.
+
+    The complete copy if the catalog holds one, else the copy there is
+    (:func:`record_state` tells which).
 
     Raises
     ------
@@ -99,12 +201,13 @@ def get_record(client: Any, uid: str) -> CalibrationRecord:
     prefix = str(uid).lower()
     if not _UID_PREFIX.fullmatch(prefix):
         raise ValueError(f"uid must be >= 8 characters of a uuid (hex digits and '-'), got {uid!r}")
-    found = list(_records(_calibrations(client).search(Like("uid", f"{prefix}%")).values()[:2]))
+    found = _newest_first(_entries(
+        _calibrations(client).search(Like("calibration.uid", f"{prefix}%")).values()))
     if not found:
         raise KeyError(f"no calibration record with uid {uid!r} in this catalog")
     if len(found) > 1:
         raise ValueError(f"uid prefix {uid!r} matches several calibration records; give more of it")
-    return found[0]
+    return found[0].record
 
 
 def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],
@@ -167,13 +270,15 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
     Notes
     -----
     Numeric keys are filtered by the catalog (range queries on
-    ``calibration.optics_state.<key>``), the rest by :func:`staleness`. A record is
-    skipped when a later record supersedes it, whatever that one's quality.
+    ``calibration.optics_state.<key>``), the rest by :func:`staleness`. Only
+    complete record runs count (a run without a stop document, or whose exit
+    status is not success, is never a calibration). A record is skipped when a
+    later complete record supersedes it, whatever that one's quality.
     """
     from tiled.queries import Key
 
     check_tolerances(tolerances)
-    base = _calibrations(client)
+    base = _complete(_calibrations(client))
     runs = base.search(Key("calibration.quality") == "ok")
     for key, tol in tolerances.items():
         value = optics_state.get(key)
@@ -183,7 +288,7 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
             pad = tol + 1e-9 * (abs(float(value)) + tol)  # the exact test is staleness()
             field = Key(f"calibration.optics_state.{key}")
             runs = runs.search(field >= float(value) - pad).search(field <= float(value) + pad)
-    for record in _newest_first(runs):
+    for record in (e.record for e in _newest_first(_entries(runs.values()))):
         if staleness(record, optics_state, tolerances):
             continue
         if len(base.search(Key("calibration.supersedes") == record.uid)):
@@ -193,15 +298,53 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
     return None
 
 
+def resolve_run(client: Any, uid: str) -> Any:
+    """The run ``uid`` (e.g. a record's ``acquisition_uid``), preferring a complete copy.
+
+    A run whose write was cut off and that ``stemcal sync`` wrote again later
+    has a complete copy under a new uid, whose start says
+    ``stemcal_copy_of: uid`` (:mod:`stemcal.catalog.replay`); that copy is
+    returned. Otherwise the run itself, whatever its state.
+
+    Raises
+    ------
+    KeyError
+        No run ``uid`` and no copy of it.
+    """
+    from tiled.client.container import Container
+    from tiled.queries import Key
+
+    try:
+        run = Container.__getitem__(client, uid)
+    except KeyError:
+        run = None
+    if run is not None and state_of(run.metadata) == COMPLETE:
+        return run
+    copies = list(_complete(client.search(Key(COPY_OF) == uid)).values()[:1])
+    if copies:
+        return copies[0]
+    if run is None:
+        raise KeyError(f"no run {uid!r} in this catalog")
+    return run
+
+
 def record_images(client: Any, uid: str) -> dict[str, np.ndarray]:
-    """The 2D images stored with the calibration record ``uid`` (full uid).
+    """The 2D images stored with the calibration record ``uid`` (full uid), from its complete run.
 
     Returns
     -------
     dict of str to ndarray
         Image name -> array of shape ``(h, w)`` (NaN was stored as 0).
+
+    Raises
+    ------
+    KeyError
+        The catalog holds no complete copy of the record.
     """
-    stream = client[uid]["primary"]
+    runs = list(_complete(record_runs(client, uid)).values()[:1])
+    if not runs:
+        raise KeyError(f"no complete calibration record {uid!r} in this catalog")
+    stream = runs[0]["primary"]
     names = [k for k in stream if k in stream.metadata.get("data_keys", {})
              and stream.metadata["data_keys"][k].get("dtype") == "array"]
     return {name: stream[name].read()[0] for name in names}

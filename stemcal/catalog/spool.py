@@ -1,9 +1,11 @@
 """A durable local spool for calibration records whose catalog could not be written.
 
-When :func:`stemcal.catalog.delivery.write_record_or_spool` cannot write a record
-(server down, permission denied, disk full, path not creatable), the record,
-its images and the location of the catalog it was meant for go into one file
-per record in ``$XDG_STATE_HOME/stemcal/spool`` (default
+:func:`stemcal.catalog.delivery.write_record_or_spool` puts every record into
+the spool *before* writing it to the catalog and removes it once the catalog
+has it, so a record whose write fails or is cut off (server down, permission
+denied, disk full, path not creatable, the process killed) stays here: the
+record, its images and the location of the catalog it was meant for, one
+file per record in ``$XDG_STATE_HOME/stemcal/spool`` (default
 ``~/.local/state/stemcal/spool``; ``$STEMCAL_SPOOL`` overrides;
 :func:`stemcal.locations.spool_dir`). :func:`stemcal.catalog.delivery.sync`
 (``stemcal sync``) later delivers each to its catalog, exactly once. This
@@ -12,9 +14,10 @@ module knows the files only, not the catalog.
 File format: ``<uid>.npz`` (NumPy ``savez``, no pickles) holding the images
 under their names and, under ``__spool__``, the UTF-8 JSON of
 ``{"format": 1, "record": CalibrationRecord.to_dict(), "location": str,
-"reason": str, "spooled_at": unix time}``. It is written to a temporary name,
-fsync'd, renamed and the directory fsync'd, so a crash leaves either the
-whole file or none. No credentials are stored: a location is a directory or
+"reason": str, "spooled_at": unix time, "refused": bool}``. It is written
+to a temporary name, fsync'd, renamed and the directory fsync'd, so a crash
+leaves either the whole file or none. While a process writes the record to
+the catalog it holds an ``flock`` on the file, and ``sync`` leaves it alone. No credentials are stored: a location is a directory or
 a URI with any user-info and ``api_key`` query parameter removed.
 """
 from __future__ import annotations
@@ -72,6 +75,7 @@ class SpoolEntry:
     location: str | None
     reason: str
     spooled_at: float
+    refused: bool = False
 
     @property
     def uid(self) -> str:
@@ -88,7 +92,8 @@ def fsync_dir(directory: Path) -> None:
 
 def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | None,
                  location: str | os.PathLike | None, reason: str, *,
-                 directory: str | os.PathLike | None = None) -> Path:
+                 directory: str | os.PathLike | None = None, refused: bool = False,
+                 hold: bool = False) -> Path | tuple[Path, int]:
     """Store ``record`` durably for later delivery to the catalog at ``location``.
 
     Parameters
@@ -103,11 +108,18 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
         Why it could not be written (shown by ``stemcal sync``).
     directory : path, optional
         Spool directory; default :func:`spool_dir`.
+    refused : bool
+        The catalog refused the API key (not an outage: the key must be fixed).
+    hold : bool
+        Return with an exclusive ``flock`` on the file held (taken before the file
+        appears under its name), so that ``sync`` leaves it alone while the
+        caller writes the record to the catalog itself.
 
     Returns
     -------
-    Path
-        The spool file (``<uid>.npz``), complete and fsync'd when this returns.
+    Path, or (Path, int)
+        The spool file (``<uid>.npz``), complete and fsync'd when this returns;
+        with ``hold``, also the file descriptor holding the lock (close it to release).
 
     Raises
     ------
@@ -123,13 +135,18 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
         raise ValueError(f"image name {_META!r} is reserved")
     meta = {"format": FORMAT, "record": record.to_dict(),
             "location": None if location is None else redact_location(location),
-            "reason": redact(" ".join(str(reason).split())), "spooled_at": time.time()}
+            "reason": redact(" ".join(str(reason).split())), "spooled_at": time.time(),
+            "refused": bool(refused)}
     blob = json.dumps(meta, allow_nan=True).encode()
     d = Path(directory) if directory is not None else spool_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = d / f"{record.uid}.npz"
     fd, tmp = tempfile.mkstemp(prefix=f".{record.uid}.", suffix=".tmp", dir=d)
+    held = -1
     try:
+        if hold:
+            held = os.dup(fd)
+            fcntl.flock(held, fcntl.LOCK_EX)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays, **{_META: np.frombuffer(blob, dtype=np.uint8)})
             f.flush()
@@ -138,8 +155,13 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if held >= 0:
+            os.close(held)
         raise
     fsync_dir(d)
+    if hold:
+        log.debug("calibration record %s spooled to %s before writing it", record.uid, final)
+        return final, held
     log.warning("calibration record %s spooled to %s (catalog %s: %s)", record.uid, final,
                 meta["location"], meta["reason"])
     return final
@@ -165,7 +187,8 @@ def read_entry(path: str | os.PathLike) -> SpoolEntry:
         raise ValueError(f"unreadable spool file {p}: {exc}") from exc
     return SpoolEntry(path=p, record=record, images=images, location=meta.get("location"),
                       reason=str(meta.get("reason", "")),
-                      spooled_at=float(meta.get("spooled_at", 0)))
+                      spooled_at=float(meta.get("spooled_at", 0)),
+                      refused=bool(meta.get("refused", False)))
 
 
 def spooled(directory: str | os.PathLike | None = None) -> list[SpoolEntry]:
@@ -203,8 +226,16 @@ def locked(directory: Path) -> Iterator[None]:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """One short line naming ``exc``: type and message, SQL and credentials left out."""
+    """One short line naming ``exc``: type and message (for an HTTP error, the status and the
+    server's explanation), SQL and credentials left out."""
     text = " ".join(str(exc).split())
+    response = getattr(exc, "response", None)
+    try:
+        detail = response.json().get("detail") if response is not None else None
+    except Exception:  # noqa: BLE001 - no JSON body: keep the message
+        detail = None
+    if isinstance(detail, str) and detail:
+        text = f"{response.status_code} {' '.join(detail.split())}"
     text = re.split(r" \[SQL: | \(Background on this error", text)[0]
     text = redact(f"{type(exc).__name__}: {text}")
     return text if len(text) <= 300 else text[:297] + "..."

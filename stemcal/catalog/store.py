@@ -7,16 +7,18 @@ images and fitted values in stream ``primary``; :mod:`stemcal.runs`) through
 can share one catalog. The catalog is embedded (a directory, served
 in-process) or a tiled server (an ``http(s)://`` URI).
 
-Records are append-only: :func:`write_record` refuses a uid the catalog
-already holds (:class:`RecordExistsError`) and nothing here updates or
-deletes a run; a correction is a new record (``CalibrationRecord.correct``).
+Records are append-only: :func:`write_record` refuses a record the catalog
+already holds complete (:class:`RecordExistsError`) and nothing here updates
+or deletes a run; a correction is a new record (``CalibrationRecord.correct``).
+A run whose write was cut off (no stop document) stays in the catalog but
+never counts as a record (:mod:`stemcal.catalog.queries`).
 Reading records back is :mod:`stemcal.catalog.queries`; keeping a record the
 catalog cannot take is :mod:`stemcal.catalog.delivery`.
 """
 from __future__ import annotations
 
 import logging
-import warnings
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,35 +28,35 @@ import numpy as np
 from ..locations import catalog_location, is_server_uri
 from ..record import CalibrationRecord
 from ..runs import RECORD_PLAN_NAME, RECORD_PURPOSE
+from .embedded import RUNS_SPEC, open_embedded
+from .queries import COMPLETE, record_state, state_of
 
 log = logging.getLogger(__name__)
 
 #: Fitted values stored as scalars in stream ``primary``, with their units.
 SCALARS = {"scan_rotation": "deg", "overfocus": "m", "cy": "px", "cx": "px", "blur": ""}
-_RUNS_SPEC = {"name": "CatalogOfBlueskyRuns", "version": "3.0"}
-
-
-class _DropVersionLine(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Tiled version")
 
 
 def open_catalog(location: str | Path | None = None, *,
-                 readable_storage: Iterable[str | Path] = ()) -> Any:
+                 readable_storage: Iterable[str | Path] = (), create: bool = True) -> Any:
     """Open (creating if needed) a catalog of Bluesky runs.
 
     Parameters
     ----------
     location : str or Path, optional
-        A directory: the embedded catalog there (``catalog.db`` SQLite, ``data/``
-        for arrays, ``tables.duckdb`` for tables), served in-process. An
-        ``http(s)://`` URI: a tiled server, authenticated with ``$TILED_API_KEY``
-        if set, else the ``api_key`` of the private keys file
-        (:func:`stemcal.catalog.server.client_api_key`). ``None``: ``$STEMCAL_CATALOG`` if
-        set, else :func:`default_catalog_dir`.
+        A directory: the embedded catalog there (:mod:`stemcal.catalog.embedded`),
+        served in this process; many processes may use it at once. An
+        ``http(s)://`` URI: a tiled server (``stemcal serve``), authenticated
+        with ``$TILED_API_KEY`` if set, else the ``api_key`` of the private
+        keys file (:func:`stemcal.catalog.keys.client_api_key`); a key inside
+        the URI is refused. ``None``: ``$STEMCAL_CATALOG`` if set, else
+        :func:`~stemcal.locations.default_catalog_dir`.
     readable_storage : iterable of str or Path
         Embedded catalog only: further directories whose external files
         (e.g. acquisition HDF5) the catalog may serve.
+    create : bool
+        Embedded catalog only: create (or migrate) it if needed. False: it
+        must exist (reading commands).
 
     Returns
     -------
@@ -64,21 +66,26 @@ def open_catalog(location: str | Path | None = None, *,
     Raises
     ------
     ValueError
-        The server's node is not a ``CatalogOfBlueskyRuns``.
+        The URI holds a key, or the server's node is not a ``CatalogOfBlueskyRuns``.
+    FileNotFoundError
+        ``create`` is False and there is no catalog in the directory.
     """
     location = catalog_location(location)
     if is_server_uri(location):
         from tiled.client import from_uri
 
-        from .server import client_api_key
+        from .keys import client_api_key, refuse_key_in_uri
 
+        refuse_key_in_uri(location)
         client = from_uri(location, api_key=client_api_key())
-        if _RUNS_SPEC["name"] not in {spec.name for spec in client.specs}:
+        if RUNS_SPEC["name"] not in {spec.name for spec in client.specs}:
             raise ValueError(f"{location} is not a CatalogOfBlueskyRuns (specs {client.specs})")
         _remember_location(client, location)
         return client
     directory = Path(location).resolve()
-    client = _open_embedded(directory, [Path(p) for p in readable_storage])
+    if not create and not (directory / "catalog.db").is_file():
+        raise FileNotFoundError(f"no catalog at {directory}")
+    client = open_embedded(directory, [Path(p) for p in readable_storage], create=create)
     _remember_location(client, str(directory))
     return client
 
@@ -93,31 +100,6 @@ def _remember_location(client: Any, location: str) -> None:
 def catalog_location_of(client: Any) -> str | None:
     """The location :func:`open_catalog` opened ``client`` from (a directory or URI), or None."""
     return getattr(client, "_stemcal_location", None)
-
-
-def _open_embedded(directory: Path, readable: list[Path]) -> Any:
-    from tiled.catalog import from_uri
-    from tiled.client import from_context
-    from tiled.client.context import Context
-    from tiled.server.app import build_app
-
-    (directory / "data").mkdir(parents=True, exist_ok=True)
-    db = directory / "catalog.db"
-    # Initialising runs `tiled catalog init` in a subprocess (~3 s); skip it for an existing one.
-    adapter = from_uri(f"sqlite:///{db}", init_if_not_exists=not db.exists(), specs=[_RUNS_SPEC],
-                       writable_storage=[directory / "data", f"duckdb:///{directory / 'tables.duckdb'}"],
-                       readable_storage=[directory / "data", *readable])
-    app_log = logging.getLogger("tiled.server.app")  # logs "Tiled version ..." at start-up
-    drop = _DropVersionLine()
-    app_log.addFilter(drop)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
-            context = Context.from_app(build_app(adapter))
-    finally:
-        app_log.removeFilter(drop)
-    log.debug("opened embedded catalog %s", directory)
-    return from_context(context)
 
 
 def _image(name: str, image: Any) -> np.ndarray:
@@ -141,17 +123,14 @@ def check_images(images: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarra
 
 
 def run_state(client: Any, uid: str) -> str | None:
-    """Whether the catalog holds run ``uid`` (exact uid): None, ``"complete"`` or ``"incomplete"``.
-
-    ``"incomplete"``: the run has no stop document (its write was cut off).
-    """
+    """The state of run ``uid`` (exact uid): None (no such run) or :func:`state_of` its metadata."""
     from tiled.client.container import Container
 
     try:  # the plain container lookup: no partial-uid or scan_id matching
         run = Container.__getitem__(client, uid)
     except KeyError:
         return None
-    return "complete" if run.metadata.get("stop") else "incomplete"
+    return state_of(run.metadata)
 
 
 def write_record(client: Any, record: CalibrationRecord,
@@ -163,7 +142,7 @@ def write_record(client: Any, record: CalibrationRecord,
     client : CatalogOfBlueskyRuns
         From :func:`open_catalog`.
     record : CalibrationRecord
-        Becomes the start document's ``calibration``; ``record.uid`` is the run uid,
+        Becomes the start document's ``calibration``; ``record.uid`` is normally the run uid,
         ``record.time`` its time.
     images : dict of str to ndarray, optional
         2D images (e.g. ``point``, ``selected``, ``shifted_sum_normalised``,
@@ -180,16 +159,25 @@ def write_record(client: Any, record: CalibrationRecord,
     ValueError
         An image is not 2D numeric or its name is one of :data:`SCALARS`.
     RecordExistsError
-        The catalog already has a run with ``record.uid``: nothing is overwritten.
+        The catalog already holds a complete copy of the record: nothing is overwritten.
+
+    Notes
+    -----
+    A record is identified by ``start.calibration.uid``. Its run has the
+    record's uid as run uid, unless the catalog already holds a run of that
+    uid (a copy whose write was cut off, which stays as it is: the catalog is
+    append-only); then the run gets a fresh uid. Only a run whose stop
+    document says ``exit_status == "success"`` counts as the record.
     """
     import event_model
     from bluesky_tiled_plugins import TiledWriter
 
     arrays = check_images(images)
-    if run_state(client, record.uid) is not None:
+    if record_state(client, record.uid) == COMPLETE:
         raise RecordExistsError(
-            f"the catalog already holds a run with uid {record.uid}; records are append-only "
+            f"the catalog already holds record {record.uid}; records are append-only "
             "(correct one with record.correct(...), which makes a new record)")
+    run_uid = record.uid if run_state(client, record.uid) is None else str(uuid.uuid4())
     data: dict[str, Any] = {name: float(getattr(record, name)) for name in SCALARS}
     data_keys: dict[str, Any] = {name: {"source": "stemcal", "dtype": "number", "shape": [],
                                         "units": unit} for name, unit in SCALARS.items()}
@@ -197,7 +185,7 @@ def write_record(client: Any, record: CalibrationRecord,
         data[name] = arr
         data_keys[name] = {"source": "stemcal", "dtype": "array", "shape": list(arr.shape),
                            "dtype_numpy": arr.dtype.str}
-    run = event_model.compose_run(uid=record.uid, time=record.time, metadata={
+    run = event_model.compose_run(uid=run_uid, time=record.time, metadata={
         "purpose": RECORD_PURPOSE, "plan_name": RECORD_PLAN_NAME, "acquisition_uid": record.acquisition_uid,
         "calibration": record.to_dict()})
     desc = run.compose_descriptor(name="primary", data_keys=data_keys)
@@ -206,5 +194,6 @@ def write_record(client: Any, record: CalibrationRecord,
     for name, doc in (("start", run.start_doc), ("descriptor", desc.descriptor_doc),
                       ("event", event), ("stop", run.compose_stop(exit_status="success"))):
         writer(name, doc)
-    log.info("wrote calibration record %s (quality %s)", record.uid, record.quality)
+    log.info("wrote calibration record %s (run %s, quality %s)", record.uid, run_uid,
+             record.quality)
     return record.uid

@@ -9,10 +9,12 @@ simulator) through its own protocol, and then the twin's options are refused.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from typing import Any
 
-from .args import CLIError, EXIT_NO_FEATURES, add_catalog, integer, number, shape
+from .args import CLIError, EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, integer, number, shape
 from .output import record_summary, to_json
 from .records import print_record
 
@@ -70,8 +72,8 @@ def add_parsers(sub: Any) -> None:
     cal.add_argument("--max-attempts", type=integer("--max-attempts", maximum=100), default=3,
                      metavar="N", help="most acquisitions, each at another focus")
     cal.add_argument("--data-dir", metavar="DIR",
-                     help="where the detector writes (default: CATALOG/raw; a temporary "
-                          "directory for a tiled server)")
+                     help="where the detector writes (default: CATALOG/raw, or the data "
+                          "directory a catalog server announces)")
     cal.add_argument("--figures", metavar="DIR",
                      help="write the report figure of each calibration "
                           "(calibration_<record uid8>.png) and the live view (live_<run uid8>.png)")
@@ -106,8 +108,9 @@ def _sim_settings(args: argparse.Namespace, hardware: bool) -> Any:
                        **{**values, "sig_shape": tuple(values["sig_shape"])})
 
 
-def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Run the calibrate plan on the configured microscope; (record, true geometry or None).
+def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
+    """Run the calibrate plan on the configured microscope; (record, true geometry or None,
+    paths of the runs kept for ``stemcal sync``).
 
     The true geometry is the twin's, for the simulated detector; None for a hardware one.
     """
@@ -130,22 +133,42 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any]:
     finally:
         session.close()
     if detector.is_hardware:
-        return result.plan_result, None
+        return result.plan_result, None, list(session.keeper)
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
-    return result.plan_result, truth
+    return result.plan_result, truth, list(session.keeper)
+
+
+def _quiet_catalog_warnings(verbose: int) -> None:
+    """The catalog's own warnings stay out of stderr: the command says it in one line."""
+    if not verbose:
+        for name in ("stemcal.catalog", "bluesky_tiled_plugins", "tiled", "httpx"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        # event-model's RunRouter warns when a callback (TiledWriter) raises at a start document
+        warnings.filterwarnings("ignore", message=r"The callback .* raised", category=UserWarning)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
     from ..catalog.spool import find as find_spooled
-    record, truth = run_calibrate(args)
+    _quiet_catalog_warnings(args.verbose)
+    record, truth, kept_runs = run_calibrate(args)
     spooled = find_spooled(record.uid)
     if args.json:
         print(to_json({**record_summary(record), "spooled": spooled is not None}))
     else:
         print_record(record, truth=truth)
-        if spooled is not None:
-            print(f"spooled        not in the catalog ({spooled.reason}); kept in "
-                  f"{spooled.path}; `stemcal sync` delivers it")
+    if spooled is not None:
+        runs = f"; its runs in {', '.join(map(str, kept_runs))}" if kept_runs else ""
+        where = f"record {record.uid} kept in {spooled.path}{runs}"
+        if spooled.refused:
+            print(f"stemcal: error: catalog {spooled.location} refused the API key "
+                  f"({spooled.reason}); {where}; set the right key ($TILED_API_KEY) and run "
+                  "`stemcal sync`", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"stemcal: catalog {spooled.location} unavailable ({spooled.reason}); {where}; "
+              "`stemcal sync` delivers them", file=sys.stderr)
+    elif kept_runs:
+        print(f"stemcal: the catalog failed while taking runs; kept in "
+              f"{', '.join(map(str, kept_runs))}; `stemcal sync` delivers them", file=sys.stderr)
     if not record.valid:
         print(f"stemcal: error: calibration not trusted: {record.quality}", file=sys.stderr)
         return EXIT_NO_FEATURES

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ from .args import CLIError, add_catalog, integer
 from .output import (angle_difference, geometry_lines, record_summary, state_line, to_json,
                      when)
 
-__all__ = ["add_parsers", "open_for", "print_record"]
+__all__ = ["add_parsers", "open_for", "print_record", "catalog_errors"]
+
+log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: Any) -> None:
@@ -51,24 +55,49 @@ def add_parsers(sub: Any) -> None:
     syn.set_defaults(handler=_sync)
 
 
+@contextlib.contextmanager
+def catalog_errors(loc: Any) -> Iterator[None]:
+    """Any failure of the catalog inside the block as one :class:`CLIError` line naming it.
+
+    Missing, damaged, locked or unreadable databases, a server that is down or
+    refuses the key: ``stemcal: error: ...``, exit status 2. The traceback is
+    logged at DEBUG (``-vv``).
+    """
+    try:
+        yield
+    except CLIError:
+        raise
+    except FileNotFoundError:
+        raise CLIError(f"no catalog at {loc}") from None
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the catalog raised
+        from ..catalog.delivery import is_refusal
+        from ..catalog.keys import KeyInURIError
+        from ..catalog.spool import failure_reason
+        log.debug("catalog %s failed", loc, exc_info=True)
+        if isinstance(exc, KeyInURIError):
+            raise CLIError(str(exc)) from None
+        if type(exc).__name__ == "CannotPrompt":
+            raise CLIError(f"catalog {loc} needs an API key: set $TILED_API_KEY") from None
+        if type(exc).__name__ == "UninitializedDatabase":
+            raise CLIError(f"cannot read catalog {loc}: it is damaged (its catalog.db holds "
+                           "no catalog)") from None
+        if is_refusal(exc):
+            raise CLIError(f"catalog {loc} refused the API key ({failure_reason(exc)}); "
+                           "check $TILED_API_KEY") from None
+        raise CLIError(f"cannot read catalog {loc}: {failure_reason(exc)}") from None
+
+
 def open_for(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
-    """The catalog of ``--catalog`` (or the default); a reading command needs it to exist."""
+    """The catalog of ``--catalog`` (or the default); a reading command needs it to exist.
+
+    Failures are :class:`CLIError` lines (:func:`catalog_errors`).
+    """
     from ..catalog import open_catalog
     from ..session import catalog_location
     loc, remote = catalog_location(args.catalog)
-    if not remote and not (Path(loc) / "catalog.db").is_file():
-        raise CLIError(f"no catalog at {loc}")
-    import httpx
-    from tiled.client.context import CannotPrompt
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return open_catalog(loc, readable_storage=readable)
-    except CannotPrompt:
-        raise CLIError(f"catalog {loc} needs an API key: set $TILED_API_KEY") from None
-    except httpx.HTTPError as exc:  # server down, key refused, ...
-        from ..catalog.spool import failure_reason
-        raise CLIError(f"cannot open catalog {loc}: {failure_reason(exc)}") from None
+    with catalog_errors(loc), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return open_catalog(loc, readable_storage=readable, create=False)
 
 
 def print_record(record: Any, *, truth: Any = None, provenance: bool = False) -> None:
@@ -99,33 +128,58 @@ def print_record(record: Any, *, truth: Any = None, provenance: bool = False) ->
 
 
 def _history(args: argparse.Namespace) -> int:
-    from ..catalog import calibration_history
-    records = calibration_history(open_for(args), limit=args.limit, valid_only=args.valid_only)
+    from ..catalog import history_entries
+    from ..session import catalog_location
+    client = open_for(args)
+    with catalog_errors(catalog_location(args.catalog)[0]):
+        entries = history_entries(client)
+    if args.valid_only:
+        entries = [e for e in entries if e.state == "complete" and e.record.valid]
+    entries = entries[:args.limit]
     if args.json:
-        print(to_json([record_summary(r) for r in records]))
-    elif not records:
+        print(to_json([{**record_summary(e.record), "state": e.state} for e in entries]))
+    elif not entries:
         print("no calibration records")
     else:
         print(f"{'uid':10}{'time':21}{'rotation':>10}{'flip':>6}{'overfocus':>13}{'cy':>8}"
-              f"{'cx':>8}  quality")
-        for r in records:
+              f"{'cx':>8}  {'state':11} quality")
+        for e in entries:
+            r = e.record
             print(f"{r.uid[:8]:10}{when(r.time):21}{r.scan_rotation:>10.3f}{str(r.flip_y):>6}"
-                  f"{r.overfocus:>13.5g}{r.cy:>8.2f}{r.cx:>8.2f}  {r.quality}")
+                  f"{r.overfocus:>13.5g}{r.cy:>8.2f}{r.cx:>8.2f}  {e.state:11} {r.quality}")
     return 0
+
+
+def _record_of(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(client, record) of ``args.uid`` in ``--catalog``; failures are one-line errors."""
+    from ..catalog import get_record
+    from ..session import catalog_location
+    client = open_for(args)
+    with catalog_errors(catalog_location(args.catalog)[0]):
+        try:
+            return client, get_record(client, args.uid)
+        except KeyError as exc:
+            raise CLIError(str(exc.args[0]) if exc.args
+                           else f"no calibration record {args.uid!r}") from None
 
 
 def _show(args: argparse.Namespace) -> int:
     if args.run:
         return _show_run(args)
-    from ..catalog import get_record
+    from ..catalog import record_state
+    from ..session import catalog_location
     if not args.uid:
         raise CLIError("give a record uid, or --run RUN_UID for an experiment run")
-    client = open_for(args)
-    try:
-        record = get_record(client, args.uid)
-    except KeyError as exc:
-        raise CLIError(str(exc.args[0]) if exc.args else f"no calibration record {args.uid!r}") from None
-    print(to_json(record.to_dict())) if args.json else print_record(record, provenance=True)
+    client, record = _record_of(args)
+    with catalog_errors(catalog_location(args.catalog)[0]):
+        state = record_state(client, record.uid)
+    if args.json:
+        print(to_json(record.to_dict()))
+        return 0
+    print_record(record, provenance=True)
+    if state != "complete":
+        print(f"state          {state}: its run has no stop document with exit status "
+              "success; it is not a valid calibration")
     return 0
 
 
@@ -134,10 +188,13 @@ def _show_run(args: argparse.Namespace) -> int:
     from ..attach import carried_calibration
     if args.uid:
         raise CLIError("give a record uid or --run RUN_UID, not both")
-    try:
-        res = carried_calibration(open_for(args), args.run)
-    except KeyError as exc:
-        raise CLIError(str(exc.args[0]) if exc.args else f"no run {args.run!r}") from None
+    from ..session import catalog_location
+    client = open_for(args)
+    with catalog_errors(catalog_location(args.catalog)[0]):
+        try:
+            res = carried_calibration(client, args.run)
+        except KeyError as exc:
+            raise CLIError(str(exc.args[0]) if exc.args else f"no run {args.run!r}") from None
     if args.json:
         print(to_json(res))
         return 0
@@ -160,16 +217,12 @@ def _show_run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """``export``: JSON on stdout, or into a file (its path on stderr)."""
-    from ..catalog import get_record
     from ..export import DEFAULT_GROUP, record_to_json, write_hdf5, write_json
     if args.format == "hdf5" and not args.into:
         raise CLIError("--format hdf5 needs --into FILE (an existing HDF5 file)")
     if args.group is not None and args.format != "hdf5":
         raise CLIError("--group applies to --format hdf5 only")
-    try:
-        record = get_record(open_for(args), args.uid)
-    except KeyError as exc:
-        raise CLIError(str(exc.args[0]) if exc.args else f"no calibration record {args.uid!r}") from None
+    _, record = _record_of(args)
     if args.format == "json":
         if not args.into:
             print(record_to_json(record))
@@ -195,13 +248,20 @@ def _sync(args: argparse.Namespace) -> int:
         report = sync()
     if args.json:
         print(to_json(report.to_dict()))
-    else:
-        for uid, loc in report.delivered:
-            print(f"delivered      {uid} -> {loc}")
-        for uid, loc in report.already_there:
-            print(f"already there  {uid} ({loc}); spool entry removed")
-        for uid, loc, reason in report.pending:
-            print(f"still spooled  {uid} -> {loc}: {reason}")
-        if not (report.delivered or report.already_there or report.pending):
-            print("nothing spooled")
-    return 1 if report.pending else 0
+        return 1 if report.stuck else 0
+    for uid, loc, how in report.runs_delivered:
+        print(f"run {how:14} {uid} -> {loc}")
+    for uid, loc, reason in report.runs_pending:
+        print(f"run kept       {uid} -> {loc}: {reason}")
+    for uid, loc in report.delivered:
+        print(f"delivered      {uid} -> {loc}")
+    for uid, loc in report.already_there:
+        print(f"already there  {uid} ({loc}); spool entry removed")
+    for uid, loc, reason in report.pending:
+        print(f"still spooled  {uid} -> {loc}: {reason}")
+    for uid in report.busy:
+        print(f"being written  {uid} (by a running process; left alone)")
+    if not (report.delivered or report.already_there or report.pending or report.runs_delivered
+            or report.runs_pending or report.busy):
+        print("nothing spooled")
+    return 1 if report.stuck else 0

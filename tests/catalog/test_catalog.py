@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,35 @@ def test_correction_supersedes():
 
 # -- the catalog --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A catalog with five records; yields (directory, client, records by name)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request, tmp_path_factory):
+    """A catalog with five records; yields (location, client, records by name).
+
+    ``sqlite``: the embedded catalog in a directory. ``postgresql``: ``stemcal serve``
+    with its catalog and tables in a private PostgreSQL server (tests/catalog/pg.py),
+    opened through its URI with the writer key.
+    """
     directory = tmp_path_factory.mktemp("catalog")
-    client = open_catalog(directory)
+    server = None
+    if request.param == "sqlite":
+        location = directory
+    else:
+        from servers import Server, new_keys  # tests/catalog/servers.py
+        pg = request.getfixturevalue("postgres")
+        database = pg.create_database(f"stemcal_{directory.name}".lower())
+        server = Server(directory, new_keys(), directory.parent / "server.log",
+                        database=database)
+        server.start()
+        location = server.uri
+    saved = os.environ.pop("TILED_API_KEY", None)
+    if server is not None:
+        os.environ["TILED_API_KEY"] = server.keys.writer
+    try:
+        client = open_catalog(location)
+    finally:
+        os.environ.pop("TILED_API_KEY", None)
+        if saved is not None:
+            os.environ["TILED_API_KEY"] = saved
     recs = {"old": make_record(1000.0),
             "mid": make_record(2000.0, camera_length=0.2),
             "new": make_record(3000.0, quality="optimum at the search bound", camera_length=0.1005),
@@ -89,8 +114,10 @@ def store(tmp_path_factory):
               "sum": image * 2}
     for name, rec in recs.items():
         assert write_record(client, rec, images if name == "old" else None) == rec.uid
-    yield directory, client, recs
+    yield location, client, recs
     client.context.close()
+    if server is not None:
+        server.stop()
 
 
 def test_history_newest_first(store):
@@ -156,6 +183,34 @@ def test_latest_calibration_tolerance_validity_supersession(store):
         latest_calibration(client, now, {"camera_length": -1.0})
 
 
+def test_cut_off_and_failed_runs_never_count(store):
+    """Newer, valid records whose runs have no stop document or a failed one (SQLite and
+    PostgreSQL: the same stop.exit_status query)."""
+    import event_model
+    from bluesky_tiled_plugins import TiledWriter
+
+    from stemcal.catalog import history_entries, record_state
+
+    _, client, recs = store
+    writer = TiledWriter(client)
+    cut, failed = make_record(4000.0, camera_length=0.2), make_record(5000.0, camera_length=0.2)
+    for rec, exit_status in ((cut, None), (failed, "abort")):
+        run = event_model.compose_run(uid=rec.uid, time=rec.time, metadata={
+            "purpose": "calibration", "calibration": rec.to_dict()})
+        writer("start", run.start_doc)
+        if exit_status:
+            writer("stop", run.compose_stop(exit_status=exit_status))
+    assert record_state(client, cut.uid) == "incomplete"
+    assert record_state(client, failed.uid) == "failed"
+    assert {cut.uid, failed.uid}.isdisjoint(r.uid for r in calibration_history(client))
+    at_mid = {**OPTICS, "camera_length": 0.2}
+    assert latest_calibration(client, at_mid, {"camera_length": 1e-3}) == recs["mid"]
+    states = {e.record.uid: e.state for e in history_entries(client)}
+    assert (states[cut.uid], states[failed.uid], states[recs["mid"].uid]) == (
+        "incomplete", "failed", "complete")
+    assert get_record(client, cut.uid[:8]) == cut  # shown, with its state, never used
+
+
 def test_staleness_names_changed_keys():
     rec = make_record(1000.0)
     tols = {"camera_length": 1e-3, "high_tension": 10.0, "magnification": 0.0}
@@ -167,20 +222,23 @@ def test_staleness_names_changed_keys():
 
 
 def test_reopen_sees_records_via_env(store, tmp_path, monkeypatch):
-    directory, _, recs = store
-    monkeypatch.setenv("STEMCAL_CATALOG", str(directory))
-    assert catalog_location() == directory
+    location, client, recs = store
+    monkeypatch.setenv("STEMCAL_CATALOG", str(location))
+    if isinstance(location, str):  # the server: its URI, with the key of the client
+        monkeypatch.setenv("TILED_API_KEY", client.context.api_key)
+    assert catalog_location() == location
     again = open_catalog(None)
     assert [r.uid for r in calibration_history(again)][:1] == [recs["new"].uid]
     again.context.close()
     monkeypatch.delenv("STEMCAL_CATALOG")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_catalog_dir() == tmp_path / "xdg" / "stemcal" / "catalog"
-    default_catalog_dir().parent.mkdir(parents=True)
-    default_catalog_dir().symlink_to(directory)
-    again = open_catalog(None)
-    assert len(calibration_history(again)) == len(recs)
-    again.context.close()
+    if isinstance(location, Path):  # an embedded catalog found through the default directory
+        default_catalog_dir().parent.mkdir(parents=True)
+        default_catalog_dir().symlink_to(location)
+        again = open_catalog(None)
+        assert len(calibration_history(again)) == len(recs)
+        again.context.close()
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_catalog_dir() == tmp_path / "home" / ".local" / "share" / "stemcal" / "catalog"
@@ -217,3 +275,41 @@ def test_server_uri_uses_env_api_key(monkeypatch):
         open_catalog("https://tiled.example")
     assert runs.RECORD_PURPOSE == "calibration"
     assert isinstance(default_catalog_dir(), Path)
+
+
+def test_old_duckdb_tables_are_moved_into_sqlite_once(tmp_path):
+    """A catalog of the old layout (event tables in tables.duckdb, one process at a time)."""
+    from tiled.catalog import from_uri
+    from tiled.client import from_context
+    from tiled.client.context import Context
+    from tiled.server.app import build_app
+
+    from stemcal.catalog.embedded import RUNS_SPEC, init_database
+
+    d = tmp_path / "old"
+    (d / "data").mkdir(parents=True)
+    init_database(f"sqlite:///{d / 'catalog.db'}")
+    adapter = from_uri(f"sqlite:///{d / 'catalog.db'}", specs=[RUNS_SPEC],
+                       writable_storage=[str(d / "data"), f"duckdb:///{d / 'tables.duckdb'}"],
+                       readable_storage=[str(d / "data")])
+    old = from_context(Context.from_app(build_app(adapter)))
+    recs = [make_record(1000.0), make_record(2000.0, camera_length=0.2)]
+    for rec in recs:
+        write_record(old, rec)
+    old.context.close()
+    del old, adapter
+
+    client = open_catalog(d)  # moves the tables, once
+    assert not (d / "tables.duckdb").exists() and (d / "tables.duckdb.migrated").is_file()
+    assert [r.uid for r in calibration_history(client)] == [recs[1].uid, recs[0].uid]
+    for rec in recs:
+        scalars = client[rec.uid]["primary"].read()
+        assert float(scalars["scan_rotation"][0]) == rec.scan_rotation
+        assert float(scalars["overfocus"][0]) == pytest.approx(rec.overfocus)
+    new = make_record(3000.0)
+    write_record(client, new)  # new tables go to tables.sqlite, next to the moved ones
+    assert float(client[new.uid]["primary"].read()["cy"][0]) == new.cy
+    client.context.close()
+    again = open_catalog(d)
+    assert len(calibration_history(again)) == 3
+    again.context.close()

@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -29,41 +27,8 @@ from stemcal.catalog import (calibration_history, get_record, open_catalog, reco
                              write_record, write_record_or_spool)
 from stemcal.record import CalibrationRecord
 
-REPO = Path(__file__).resolve().parents[2]
-RETRY_ENV = {"TILED_RETRY_ATTEMPTS": "1", "TILED_RETRY_TIMEOUT": "2"}  # fail fast when down
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One catalog served by ``tiled serve``; start/stop as often as needed."""
-
-    def __init__(self, catalog: Path, keys: srv.ServerKeys, log: Path):
-        self.catalog, self.keys, self.log = catalog, keys, log
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.uri = f"http://127.0.0.1:{self.port}/api"
-
-    def start(self) -> None:
-        plan = srv.prepare_server(self.catalog, self.keys, port=self.port)
-        assert plan.uri == self.uri and plan.host == "127.0.0.1"
-        with open(self.log, "ab") as out:
-            self.proc = srv.start_server(plan, stdout=out, stderr=subprocess.STDOUT)
-        srv.wait_until_up("127.0.0.1", self.port, timeout=90, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+# tests/catalog/servers.py (this directory is on sys.path under pytest)
+from servers import REPO, RETRY_ENV, Server, stemcal  # noqa: E402
 
 
 @pytest.fixture
@@ -79,7 +44,8 @@ def server(tmp_path, monkeypatch):
     monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 1)
     monkeypatch.setattr(tcu, "TILED_RETRY_TIMEOUT", 2.0)
     warnings.simplefilter("ignore")
-    s = Server(tmp_path / "cat", srv.ServerKeys(secrets.token_hex(32), secrets.token_hex(32)),
+    s = Server(tmp_path / "cat", srv.ServerKeys(secrets.token_hex(32), secrets.token_hex(32),
+                                                 secrets.token_hex(32)),
                tmp_path / "server.log")
     try:
         s.start()
@@ -95,23 +61,16 @@ def make_record(rotation: float) -> CalibrationRecord:
                              camera_length=0.2, detector_pixel_size=55e-6, semiconv=0.01)
 
 
-def stemcal(*args, key: str | None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **RETRY_ENV, "PYTHONPATH": str(REPO)}
-    env.pop("TILED_API_KEY", None)
-    if key is not None:
-        env["TILED_API_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "stemcal.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
 def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatch, tmp_path):
+    from stemcal.catalog import resolve_run
     from stemcal.plans import calibrate
     from stemcal.config import SimSettings
     from stemcal.session import make_session
 
     monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
-    sim = SimSettings(nav_shape=(32, 32), sig_shape=(64, 64))
-    session = make_session(server.uri, sim=sim, data_dir=tmp_path / "raw")
+    sim = SimSettings(nav_shape=(16, 16), sig_shape=(64, 64))
+    session = make_session(server.uri, sim=sim)
+    assert session.data_dir == server.catalog / "raw"  # the data directory the server announces
     stopped = []
 
     def stop_server_at_acquisition_start(name, doc):  # the catalog dies mid-run
@@ -133,31 +92,41 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     entry = spool.find(rec_a.uid)
     assert entry is not None and entry.location == server.uri and entry.record == rec_a
     assert "ConnectError" in entry.reason
+    assert [p.stem for p in session.keeper] == [rec_a.acquisition_uid]  # the run is kept too
 
-    # Still down: the CLI opens nothing, calibrates anyway and spools.
-    cli = stemcal("calibrate", "--catalog", server.uri, "--json", "--nav-shape", 32, 32,
+    # Still down: the CLI opens nothing, calibrates anyway and keeps run and record.
+    cli = stemcal("calibrate", "--catalog", server.uri, "--json", "--nav-shape", 16, 16,
                   "--sig-shape", 64, 64, "--max-attempts", 1, key=server.keys.writer)
     assert cli.returncode == 0, cli.stderr
     out = json.loads(cli.stdout.strip())
     assert out["spooled"] is True and out["valid"] is True
     uid_b = out["uid"]
+    line, = cli.stderr.strip().splitlines()  # one line, saying where the record is
+    assert line.startswith(f"stemcal: catalog {server.uri} unavailable (ConnectError")
+    assert str(spool.find(uid_b).path) in line and out["acquisition_uid"] in line
     down = stemcal("sync", "--json", key=server.keys.writer)
     assert down.returncode == 1
-    assert {p["uid"] for p in json.loads(down.stdout)["pending"]} == {rec_a.uid, uid_b}
+    down_report = json.loads(down.stdout)
+    assert {p["uid"] for p in down_report["pending"]} == {rec_a.uid, uid_b}
+    assert {p["uid"] for p in down_report["runs"]["pending"]} == {rec_a.acquisition_uid,
+                                                                  out["acquisition_uid"]}
 
     hist = stemcal("history", "--catalog", server.uri, key=server.keys.writer)
-    assert hist.returncode == 2 and hist.stderr.startswith("stemcal: error: cannot open catalog")
-    assert "ConnectError" in hist.stderr and "Traceback" not in hist.stderr
+    assert hist.returncode == 2 and hist.stderr.startswith("stemcal: error: cannot read catalog")
+    assert "ConnectError" in hist.stderr and len(hist.stderr.strip().splitlines()) == 1
 
     server.start()  # back again
     up = stemcal("sync", "--json", key=server.keys.writer)
     assert up.returncode == 0, up.stderr
     report = json.loads(up.stdout)
     assert sorted(d["uid"] for d in report["delivered"]) == sorted([rec_a.uid, uid_b])
+    assert sorted(d["uid"] for d in report["runs"]["delivered"]) == sorted(
+        [rec_a.acquisition_uid, out["acquisition_uid"]])
     assert report["pending"] == [] and spool.spooled() == []
     again = stemcal("sync", "--json", key=server.keys.writer)
     assert again.returncode == 0 and json.loads(again.stdout) == {
-        "delivered": [], "already_there": [], "pending": []}
+        "delivered": [], "already_there": [], "pending": [],
+        "runs": {"delivered": [], "pending": []}, "busy": []}
 
     key = server.keys.writer
     for proc in (cli, down, up, again):
@@ -173,6 +142,16 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     assert get_record(client, rec_a.uid) == rec_a
     np.testing.assert_allclose(record_images(client, rec_a.uid)["point"],
                                np.nan_to_num(entry.images["point"]))
+    # Both acquisitions resolve to complete runs whose frames the server reads. The first was
+    # cut off at its start document (the server died): that copy stays, and sync wrote the
+    # whole run again under a new uid that names it.
+    for acq, cut_off in ((rec_a.acquisition_uid, True), (out["acquisition_uid"], False)):
+        run = resolve_run(client, acq)
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert (run.metadata["start"]["uid"] != acq) is cut_off
+        frames = run["primary"]["merlin_image"]  # 4D frames of 16x16 positions, read lazily
+        assert np.prod(frames.shape[:-2]) == 256 and frames.shape[-2:] == (64, 64)
+        assert frames[(0,) * (frames.ndim - 2) + (slice(30, 34),)].shape == (4, 64)
 
 
 def test_reader_key_cannot_write_and_keys_never_stored(server, monkeypatch, tmp_path, caplog):
@@ -226,7 +205,7 @@ def test_reader_key_cannot_write_and_keys_never_stored(server, monkeypatch, tmp_
             assert stat_mode(p) & 0o002 == 0
     assert stat_mode(srv.state_dir(server.catalog)) == 0o700
     assert stat_mode(srv.state_dir(server.catalog) / "auth.db") == 0o600
-    assert stat_mode(srv.state_dir(server.catalog) / "config.yml") == 0o600
+    assert stat_mode(srv.state_dir(server.catalog) / "config.json") == 0o600
 
 
 def stat_mode(p: Path) -> int:

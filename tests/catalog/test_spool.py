@@ -28,7 +28,7 @@ from stemcal.catalog import (RecordExistsError, UnavailableCatalog, calibration_
                              record_images, write_record, write_record_or_spool)
 from stemcal.record import CalibrationRecord
 
-REPO = Path(__file__).resolve().parents[2]
+from servers import REPO, drop_dac_override  # tests/catalog/servers.py
 
 
 def make_record(rotation: float = 12.5, **kw) -> CalibrationRecord:
@@ -139,24 +139,55 @@ def test_record_already_in_catalog_is_not_written_twice(catalog):
     assert [r.uid for r in calibration_history(cat)] == [rec.uid]
 
 
-def test_run_cut_off_mid_write_is_reported_not_rewritten(catalog):
-    """The catalog died after the run's start document: the spooled copy stays, flagged."""
+def test_run_cut_off_mid_write_is_delivered_again_and_never_counts(catalog):
+    """The catalog died after the record run's start document: that copy stays (append-only)
+    as an incomplete run that never counts; sync writes the spooled record as a new run, once."""
     import event_model
     from bluesky_tiled_plugins import TiledWriter
 
-    from stemcal.catalog import run_state
+    from stemcal.catalog import history_entries, latest_calibration, record_state, run_state
 
     cat = quiet_open(catalog)
     rec = make_record()
     run = event_model.compose_run(uid=rec.uid, time=rec.time,
                                   metadata={"purpose": "calibration", "calibration": rec.to_dict()})
     TiledWriter(cat)("start", run.start_doc)
-    assert run_state(cat, rec.uid) == "incomplete"
+    assert run_state(cat, rec.uid) == "incomplete" and record_state(cat, rec.uid) == "incomplete"
+    assert calibration_history(cat) == []  # never a calibration
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) is None
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "incomplete")]
     spool.spool_record(rec, IMAGES, str(catalog.resolve()), "cut off")
     report = sync()
-    assert [(u, "incomplete run" in r) for u, _, r in report.pending] == [(rec.uid, True)]
-    assert report.delivered == [] and spool.find(rec.uid) is not None
-    assert len(cat) == 1
+    assert report.delivered == [(rec.uid, str(catalog.resolve()))] and report.pending == []
+    assert spool.find(rec.uid) is None and not report.stuck
+    assert len(cat) == 2  # the cut-off copy and the complete one, under a new run uid
+    assert record_state(cat, rec.uid) == "complete"
+    assert [r.uid for r in calibration_history(cat)] == [rec.uid]
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "complete")]
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) == rec
+    np.testing.assert_array_equal(record_images(cat, rec.uid)["point"], IMAGES["point"])
+    again = sync()
+    assert (again.delivered, again.already_there, again.pending) == ([], [], [])
+    assert len(cat) == 2
+
+
+def test_failed_record_run_never_counts(catalog):
+    """A record run whose stop document says fail is listed as failed and never used."""
+    import event_model
+    from bluesky_tiled_plugins import TiledWriter
+
+    from stemcal.catalog import history_entries, latest_calibration
+
+    cat = quiet_open(catalog)
+    rec = make_record()
+    run = event_model.compose_run(uid=rec.uid, time=rec.time,
+                                  metadata={"purpose": "calibration", "calibration": rec.to_dict()})
+    writer = TiledWriter(cat)
+    writer("start", run.start_doc)
+    writer("stop", run.compose_stop(exit_status="fail"))
+    assert calibration_history(cat) == [] and calibration_history(cat, valid_only=True) == []
+    assert latest_calibration(cat, rec.optics_state, {"camera_length": 0.01}) is None
+    assert [(e.record.uid, e.state) for e in history_entries(cat)] == [(rec.uid, "failed")]
 
 
 def test_records_are_append_only(catalog):
@@ -166,7 +197,7 @@ def test_records_are_append_only(catalog):
     with pytest.raises(RecordExistsError, match="append-only"):
         write_record(cat, old.correct(uid=old.uid, scan_rotation=99.0))  # same uid: refused
     with pytest.raises(RecordExistsError):
-        write_record_or_spool(cat, old)  # refused, not spooled
+        write_record_or_spool(cat, old)  # refused, and not left in the spool
     assert spool.spooled() == []
     new = old.correct(scan_rotation=11.0, quality="ok")
     write_record(cat, new)
@@ -206,20 +237,9 @@ def child(mode: str, catalog: Path, record: CalibrationRecord, tmp_path: Path, s
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(catalog), str(rj)], env=env,
                           capture_output=True, text=True, timeout=180, cwd="/",
-                          preexec_fn=_drop_dac_override if mode == "unprivileged" else None)
+                          preexec_fn=drop_dac_override if mode == "unprivileged" else None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _drop_dac_override() -> None:
-    """In the forked child: root loses the capabilities that ignore file modes."""
-    if os.getuid() != 0:
-        return
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; gone from the bounding set,
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # so exec() gives a root without them
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def _tree(path: Path, mode_dir: int, mode_file: int) -> None:
@@ -262,3 +282,24 @@ def test_disk_full_spools_then_syncs(tmp_path, spool_env, catalog):
     assert sorted(r.uid for r in calibration_history(cat)) == sorted([first.uid, rec.uid])
     np.testing.assert_array_equal(record_images(cat, rec.uid)["point"], entry.images["point"])
     assert sync().delivered == [] and len(calibration_history(quiet_open(catalog))) == 2
+
+
+def test_run_keeper_without_a_writable_spool_still_writes_the_run(catalog, tmp_path):
+    """A journal that cannot be written is given up with a warning; the run goes on."""
+    import event_model
+
+    from stemcal.catalog import RunKeeper, run_state
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the spool directory should be")
+    cat = quiet_open(catalog)
+    keeper = RunKeeper(cat, spool=blocker)
+    run = event_model.compose_run(metadata={"purpose": "test"})
+    desc = run.compose_descriptor(name="primary", data_keys={
+        "x": {"source": "test", "dtype": "number", "shape": []}})
+    for name, doc in (("start", run.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("event", desc.compose_event(data={"x": 1.0}, timestamps={"x": 0.0})),
+                      ("stop", run.compose_stop())):
+        keeper(name, doc)
+    assert run_state(cat, run.start_doc["uid"]) == "complete" and list(keeper) == []
+    assert cat[run.start_doc["uid"]]["primary"].read()["x"].values.tolist() == [1.0]

@@ -88,7 +88,8 @@ def test_history_and_show_read_the_records_back(calibrated):
         "unknown": (["show", "0123abcd", "--catalog", cats["default"]], None),
         "missing": (["history", "--catalog", cats["default"] / "nope"], None),
     })
-    assert one_json(res["history"]) == [{k: v for k, v in rec.items() if k != "spooled"}]
+    assert one_json(res["history"]) == [{**{k: v for k, v in rec.items() if k != "spooled"},
+                                         "state": "complete"}]
     text = res["show"]
     assert text.returncode == 0, text.stderr
     for needle in (rec["uid"], rec["acquisition_uid"], "versions", "stemcal", "libertem",
