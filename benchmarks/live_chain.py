@@ -59,7 +59,7 @@ TARGET = 0.8
 def scan_data(nav: tuple[int, int], strip_rows: int = 8) -> np.ndarray:
     """``nav`` scan of :data:`SIG` uint16 frames: one simulated strip of rows repeated."""
     from run import geometry
-    from stemcal.twin.simulate import simulate
+    from stemcal.twin.simulator import simulate
     strip = simulate(geometry(SIG), (min(strip_rows, nav[0]), nav[1]), SIG, dose=DOSE,
                      dtype="uint16")
     reps = -(-nav[0] // strip.shape[0])

@@ -77,7 +77,7 @@ def geometry(sig: tuple[int, int], descan=((0.0, 0.0), (0.0, 0.0))):
 def generate(directory: str, name: str, nav: tuple[int, int], sig: tuple[int, int], dose: float,
              descan, formats: tuple[str, ...]) -> dict[str, str]:
     """Simulate one dataset and write it in ``formats``; runs in the generator process."""
-    from stemcal.twin.simulate import simulate
+    from stemcal.twin.simulator import simulate
     from stemcal.formats import write_mib, write_npy
     data = simulate(geometry(sig, descan), nav, sig, dose=dose, dtype="uint16")
     out = {}
@@ -93,7 +93,7 @@ def generate_large(directory: str, name: str, nav: tuple[int, int], sig: tuple[i
                    dose: float, strip_rows: int = 8) -> str:
     """A large ``.npy`` written strip by strip: one simulated strip of ``strip_rows`` scan
     rows repeated down the scan (the content only has to be realistic, not unique)."""
-    from stemcal.twin.simulate import simulate
+    from stemcal.twin.simulator import simulate
     strip_rows = min(strip_rows, nav[0])
     strip = simulate(geometry(sig), (strip_rows, nav[1]), sig, dose=dose, dtype="uint16")
     path = Path(directory) / f"{name}.npy"
@@ -273,7 +273,7 @@ def warmup_fit():
     """A tiny refine and cold start on an in-memory array (compiles whatever Numba has not cached)."""
     from stemcal.fit import refine
     from stemcal.fit.coarse import cold_start
-    from stemcal.twin.simulate import simulate
+    from stemcal.twin.simulator import simulate
     sig = (64, 64)
     truth = geometry(sig, FIT_DESCAN)
     data = simulate(truth, (16, 16), sig, dose=20)

@@ -54,7 +54,7 @@ DEFAULT_PORT = 8000
 
 
 #: Limits of a simulated instrument, checked before anything is built or allocated.
-#: They mirror :func:`stemcal.twin.simulate.check_shapes` (not imported here: it pulls numba).
+#: They mirror :func:`stemcal.twin.simulator.check_shapes` (not imported here: it pulls numba).
 SIM_MAX_SIDE = 65536
 SIM_MAX_BYTES = 8 * 2**30  # float64 frames of one acquisition
 SIM_MAX_OVERFOCUS = 0.1    # metres; the simulated camera length is 0.2 m

@@ -35,7 +35,7 @@ from stemcal.plans.scan import MAX_ACQUISITION_BYTES
 from stemcal.runs import check_guess
 from stemcal.config import SIM_MAX_BYTES, SIM_MAX_SIDE, SimSettings, load_config
 from stemcal.twin import OverfocusParams, simulate
-from stemcal.twin.simulate import MAX_SIDE, MAX_SIMULATION_BYTES, check_shapes
+from stemcal.twin.simulator import MAX_SIDE, MAX_SIMULATION_BYTES, check_shapes
 
 from parsing import parse  # tests/parsing.py
 

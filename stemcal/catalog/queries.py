@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["calibration_history", "history_entries", "HistoryEntry", "get_record", "staleness",
            "latest_calibration", "record_images", "check_tolerances", "record_state", "state_of",
-           "COMPLETE", "INCOMPLETE", "FAILED", "resolve_run", "record_runs", "COPY_OF"]
+           "COMPLETE", "INCOMPLETE", "FAILED", "resolve_run", "record_runs", "COPY_OF",
+           "entries_from_metadata", "find_entry"]
 
 _UID_PREFIX = re.compile(r"[0-9a-f-]{8,36}")
 
@@ -101,8 +102,11 @@ class HistoryEntry:
 
 
 def _entries(runs: Iterable[Any]) -> Iterable[HistoryEntry]:
-    for run in runs:
-        md = run.metadata
+    return _entries_of(run.metadata for run in runs)
+
+
+def _entries_of(metadatas: Iterable[Mapping[str, Any]]) -> Iterable[HistoryEntry]:
+    for md in metadatas:
         start = md["start"]
         try:
             record = CalibrationRecord.from_dict(dict(start["calibration"]))
@@ -148,6 +152,30 @@ def history_entries(client: Any, *, limit: int | None = None) -> list[HistoryEnt
     """
     _check_limit(limit)
     return _newest_first(_entries(_calibrations(client).values()))[:limit]
+
+
+def entries_from_metadata(metadatas: Iterable[Mapping[str, Any]], *,
+                          limit: int | None = None) -> list[HistoryEntry]:
+    """:func:`history_entries` from the metadata of the record runs (every state, in the
+    order written), e.g. :func:`stemcal.catalog.snapshot.record_run_metadata`."""
+    _check_limit(limit)
+    return _newest_first(_entries_of(metadatas))[:limit]
+
+
+def find_entry(metadatas: Iterable[Mapping[str, Any]], uid: str) -> tuple[HistoryEntry, str]:
+    """(entry, state) of record ``uid`` (or a unique prefix of >= 8 characters) among the
+    metadata of the record runs: :func:`get_record` and :func:`record_state` in one, on
+    metadata already read. Raises as :func:`get_record`."""
+    prefix = _check_prefix(uid)
+    mine = [md for md in metadatas
+            if str((md["start"].get("calibration") or {}).get("uid", "")).startswith(prefix)]
+    found = _newest_first(_entries_of(mine))
+    _check_found(found, uid)
+    entry = found[0]
+    states = {state_of(md) for md in mine
+              if (md["start"].get("calibration") or {}).get("uid") == entry.record.uid}
+    state = COMPLETE if COMPLETE in states else INCOMPLETE if INCOMPLETE in states else FAILED
+    return entry, state
 
 
 def calibration_history(client: Any, *, limit: int | None = None,
@@ -198,16 +226,25 @@ def get_record(client: Any, uid: str) -> CalibrationRecord:
     """
     from tiled.queries import Like
 
+    prefix = _check_prefix(uid)
+    found = _newest_first(_entries(
+        _calibrations(client).search(Like("calibration.uid", f"{prefix}%")).values()))
+    _check_found(found, uid)
+    return found[0].record
+
+
+def _check_prefix(uid: str) -> str:
     prefix = str(uid).lower()
     if not _UID_PREFIX.fullmatch(prefix):
         raise ValueError(f"uid must be >= 8 characters of a uuid (hex digits and '-'), got {uid!r}")
-    found = _newest_first(_entries(
-        _calibrations(client).search(Like("calibration.uid", f"{prefix}%")).values()))
+    return prefix
+
+
+def _check_found(found: list[HistoryEntry], uid: str) -> None:
     if not found:
         raise KeyError(f"no calibration record with uid {uid!r} in this catalog")
     if len(found) > 1:
         raise ValueError(f"uid prefix {uid!r} matches several calibration records; give more of it")
-    return found[0].record
 
 
 def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     warnings.filterwarnings("ignore", "Loading compressed HDF5", RuntimeWarning)  # LiberTEM noise
-    from ..fit.disk import NoFeaturesError
+    from ..errors import NoFeaturesError
     from ..formats import DatasetError
     try:
         return args.handler(args)

@@ -127,12 +127,26 @@ def print_record(record: Any, *, truth: Any = None, provenance: bool = False) ->
         print("fit settings   " + to_json(record.fit_settings))
 
 
+def _record_runs(args: argparse.Namespace) -> list[dict] | None:
+    """The record runs' metadata read straight from an embedded catalog's SQLite file
+    (:mod:`stemcal.catalog.snapshot`); None for a server, or where that cannot be done
+    (the command then opens the catalog through tiled, which reports what is wrong)."""
+    from ..catalog.snapshot import record_run_metadata
+    from ..locations import catalog_location, is_server_uri
+    loc = catalog_location(args.catalog)
+    return None if is_server_uri(loc) else record_run_metadata(loc)
+
+
 def _history(args: argparse.Namespace) -> int:
-    from ..catalog import history_entries
+    from ..catalog.queries import entries_from_metadata, history_entries
     from ..session import catalog_location
-    client = open_for(args)
-    with catalog_errors(catalog_location(args.catalog)[0]):
-        entries = history_entries(client)
+    runs = _record_runs(args)
+    if runs is not None:
+        entries = entries_from_metadata(runs)
+    else:
+        client = open_for(args)
+        with catalog_errors(catalog_location(args.catalog)[0]):
+            entries = history_entries(client)
     if args.valid_only:
         entries = [e for e in entries if e.state == "complete" and e.record.valid]
     entries = entries[:args.limit]
@@ -150,14 +164,19 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record_of(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(client, record) of ``args.uid`` in ``--catalog``; failures are one-line errors."""
-    from ..catalog import get_record
+def _record_of(args: argparse.Namespace) -> tuple[Any, str]:
+    """(record, state) of ``args.uid`` in ``--catalog``; failures are one-line errors."""
+    from ..catalog.queries import find_entry, get_record, record_state
     from ..session import catalog_location
-    client = open_for(args)
+    runs = _record_runs(args)
     with catalog_errors(catalog_location(args.catalog)[0]):
         try:
-            return client, get_record(client, args.uid)
+            if runs is not None:
+                entry, state = find_entry(runs, args.uid)
+                return entry.record, state
+            client = open_for(args)
+            record = get_record(client, args.uid)
+            return record, record_state(client, record.uid)
         except KeyError as exc:
             raise CLIError(str(exc.args[0]) if exc.args
                            else f"no calibration record {args.uid!r}") from None
@@ -166,13 +185,9 @@ def _record_of(args: argparse.Namespace) -> tuple[Any, Any]:
 def _show(args: argparse.Namespace) -> int:
     if args.run:
         return _show_run(args)
-    from ..catalog import record_state
-    from ..session import catalog_location
     if not args.uid:
         raise CLIError("give a record uid, or --run RUN_UID for an experiment run")
-    client, record = _record_of(args)
-    with catalog_errors(catalog_location(args.catalog)[0]):
-        state = record_state(client, record.uid)
+    record, state = _record_of(args)
     if args.json:
         print(to_json(record.to_dict()))
         return 0
@@ -222,7 +237,7 @@ def _export(args: argparse.Namespace) -> int:
         raise CLIError("--format hdf5 needs --into FILE (an existing HDF5 file)")
     if args.group is not None and args.format != "hdf5":
         raise CLIError("--group applies to --format hdf5 only")
-    _, record = _record_of(args)
+    record, _ = _record_of(args)
     if args.format == "json":
         if not args.into:
             print(record_to_json(record))

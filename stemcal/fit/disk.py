@@ -13,9 +13,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-
-class NoFeaturesError(ValueError):
-    """The data hold nothing to calibrate on (no beam, blank specimen...)."""
+from ..errors import NoFeaturesError
 
 
 @dataclasses.dataclass(frozen=True)

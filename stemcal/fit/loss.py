@@ -17,7 +17,8 @@ from .cache import ReducedCache
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _pool() -> ThreadPoolExecutor:
+def loss_pool() -> ThreadPoolExecutor:
+    """The two threads the loss's kernels run on (they release the GIL)."""
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stemcal-loss")
@@ -160,7 +161,7 @@ class BlurLoss:
                          A, geo.r_in, geo.r_out, out[k], cov[k])
 
         # The kernel releases the GIL: the groups run on two threads.
-        list(_pool().map(half, range(self.groups)))
+        list(loss_pool().map(half, range(self.groups)))
         return out, cov
 
     def _project_moments(self, geo: ProjectionGeometry, A: np.ndarray):
@@ -181,7 +182,7 @@ class BlurLoss:
             splat_frames_moments(frames[sl], 0, 0, c.pix_scale, c.pix_offset, centres, offsets,
                                  A, geo.r_in, geo.r_out, acc[k, 0], acc[k, 1], acc[k, 2])
 
-        list(_pool().map(part, (0, 1)))
+        list(loss_pool().map(part, (0, 1)))
         total = acc.sum(axis=0)
         self._squares = total[2][None]
         return total[0][None], total[1][None]

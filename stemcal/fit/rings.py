@@ -1,10 +1,13 @@
 """Parts of the bright-field disk, all projected at once for one trial geometry.
 
-Three nested disks (radii :data:`RADII`, fractions of the disk radius) are
-projected; shifted sums and coverages are linear in the disk weight, so the
-rings between them are differences of those projections. (One kernel that
-reads each pixel once for all rings was tried: it was no faster than the
-three projections, whose cost is mostly per call, not per pixel.) For every part the
+The parts are rings between nested disks (radii :data:`RADII`, fractions of
+the disk radius): shifted sums and coverages are linear in the disk weight, so
+a ring is the difference of two disks' projections. One kernel
+(:func:`~stemcal.processing.ring_kernel.splat_rings`) projects every frame
+pixel once into the ring(s) it belongs to: the cost of the outer disk alone
+(the nested projections read the inner pixels up to three times; on a 64x64
+scan of 128x128 frames at 2 target px per scan px, 0.27 s against about
+0.13 s per trial, 2 cores). For every part the
 cross-contrast of each pair of the interleaved groups of frames is
 kept (:func:`~stemcal.fit.metrics.pair_contrasts`; four groups): the loss of a part is
 minus their mean, and leaving one group out gives the jackknife replicas of
@@ -19,7 +22,8 @@ import numpy as np
 
 from ..twin.params import OverfocusParams
 from .cache import ReducedCache
-from .loss import BlurLoss
+from ..processing.ring_kernel import splat_rings
+from .loss import BlurLoss, loss_pool
 from .metrics import pair_contrasts
 
 __all__ = ["RADII", "PARTS", "RingLoss", "part_losses"]
@@ -65,7 +69,30 @@ class RingLoss:
 
     def project(self, params: OverfocusParams, grid_shift: float = 0.0):
         """Shifted sums and coverages of the rings between :data:`RADII`, each
-        (rings, groups, H, W): differences of the nested disks' projections."""
+        (rings, groups, H, W), all rings in one sweep over the frames
+        (:func:`~stemcal.processing.ring_kernel.splat_rings`; the same as the
+        differences of the nested disks' projections, :meth:`project_by_disks`)."""
+        outer = self.disks[-1]
+        geo = outer._shifted(outer.geometry, grid_shift).with_params(params)
+        A = np.ascontiguousarray(geo.A)
+        r_out = np.array([d.geometry.r_out for d in self.disks])
+        r_in = np.array([d.geometry.r_in for d in self.disks])
+        S = np.zeros((self.groups, len(RADII)) + geo.shape)
+        C = np.zeros_like(S)
+        c = self.cache
+
+        def group(k: int) -> None:
+            frames, scan_yx = outer._halves[k]
+            centres = geo.centres(scan_yx)
+            splat_rings(frames, c.pix_scale, c.pix_offset, centres,
+                        geo.offsets(scan_yx, centres), A, r_in, r_out, S[k], C[k])
+
+        list(loss_pool().map(group, range(self.groups)))  # the kernel releases the GIL
+        return S.transpose(1, 0, 2, 3), C.transpose(1, 0, 2, 3)
+
+    def project_by_disks(self, params: OverfocusParams, grid_shift: float = 0.0):
+        """:meth:`project` as differences of the nested disks' projections (three passes
+        over the inner pixels; the reference the one-sweep kernel is tested against)."""
         disks = [d.project(params, grid_shift) for d in self.disks]
         S = np.stack([disks[0][0]] + [b[0] - a[0] for a, b in zip(disks, disks[1:])])
         C = np.stack([disks[0][1]] + [b[1] - a[1] for a, b in zip(disks, disks[1:])])

@@ -24,7 +24,7 @@ import numpy as np
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _disk_weight(r2: float, r_in: float, r_out: float) -> float:
+def disk_weight(r2: float, r_in: float, r_out: float) -> float:
     if r2 >= r_out * r_out:
         return 0.0
     if r2 <= r_in * r_in:
@@ -143,7 +143,7 @@ def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
                 for phase in range(stride):
                     for x in range(x0 + phase, x1 + 1, stride):
                         px = (sig_origin_x + x) * pix_scale + pix_offset
-                        wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
+                        wgt = disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
                         if wgt <= 0.0:
                             continue
                         splat_interleaved(acc, base_y + a01 * px, base_x + a11 * px,
@@ -151,7 +151,7 @@ def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
                 continue
             for x in range(x0, x1 + 1):
                 px = (sig_origin_x + x) * pix_scale + pix_offset
-                wgt = _disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
+                wgt = disk_weight(dy2 + (px - cx) * (px - cx), r_in, r_out)
                 if wgt <= 0.0:
                     continue
                 _splat_sq(out, cov, sq, base_y + a01 * px, base_x + a11 * px,

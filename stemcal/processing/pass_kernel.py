@@ -37,7 +37,7 @@ import math
 import numba
 import numpy as np
 
-from .kernels import _disk_weight, bilinear_cell, bilinear_weights, splat_interleaved
+from .kernels import disk_weight, bilinear_cell, bilinear_weights, splat_interleaved
 
 __all__ = ["project_frames", "flat_pixels", "STENCIL_TOL"]
 
@@ -63,7 +63,7 @@ def _bin_weight(bx, b, off, cx, dy2, r_in, r_out):
     row ``dy2`` (squared y distance) from the beam centre (cy, ``cx``)."""
     pxb = bx * b + off
     dx = pxb - cx
-    return pxb, _disk_weight(dy2 + dx * dx, r_in, r_out)
+    return pxb, disk_weight(dy2 + dx * dx, r_in, r_out)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -247,7 +247,7 @@ def _project_frame(pix, f0, rstride, h, w, org_y, org_x, b, cy, cx, c0y, c0x, oy
                     r2 = dy2 + dx * dx
                     p = pxb
                     pxb += dpx
-                    wgt = _disk_weight(r2, r_in, r_out)
+                    wgt = disk_weight(r2, r_in, r_out)
                     if wgt <= 0.0:
                         continue
                     if whole_row:

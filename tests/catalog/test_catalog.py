@@ -211,6 +211,58 @@ def test_cut_off_and_failed_runs_never_count(store):
     assert get_record(client, cut.uid[:8]) == cut  # shown, with its state, never used
 
 
+def test_direct_read_gives_what_tiled_gives(store):
+    """The reading commands' direct read of catalog.db (stemcal.catalog.snapshot) lists the
+    same records, states and order as tiled does, cut-off and failed copies included (runs
+    after test_cut_off_and_failed_runs_never_count, which adds them)."""
+    import subprocess
+    import sys
+
+    from stemcal.catalog import history_entries, record_state
+    from stemcal.catalog.queries import entries_from_metadata, find_entry
+    from stemcal.catalog.snapshot import record_run_metadata
+
+    location, client, recs = store
+    if str(location).startswith("http"):
+        assert record_run_metadata(location) is None  # no catalog.db there: tiled's way
+        return
+    runs = record_run_metadata(location)
+    direct, tiled = entries_from_metadata(runs), history_entries(client)
+    assert [(e.record, e.state) for e in direct] == [(e.record, e.state) for e in tiled]
+    assert {e.state for e in direct} == {"complete", "incomplete", "failed"}
+    assert entries_from_metadata(runs, limit=2) == direct[:2]
+    for e in tiled:
+        entry, state = find_entry(runs, e.record.uid[:8])
+        assert entry.record == get_record(client, e.record.uid)
+        assert state == record_state(client, e.record.uid)
+    with pytest.raises(KeyError, match="no calibration record"):
+        find_entry(runs, "00000000-0000-4000-8000-000000000000")
+    with pytest.raises(ValueError, match=">= 8"):
+        find_entry(runs, "abc")
+    # The CLI's history takes the direct way, and never imports tiled's server side or
+    # the fit engine to do it.
+    code = ("import sys; from stemcal.cli import main; rc = main(['history', '--json', "
+            f"'--catalog', {str(location)!r}]); "
+            "heavy = sorted(m for m in ('tiled.catalog', 'tiled.server.app', 'stemcal.fit', "
+            "'numba', 'libertem.api') if m in sys.modules); "
+            "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stderr, out.stderr
+    listed = json.loads(out.stdout)
+    assert [(r["uid"], r["state"]) for r in listed] == [(e.record.uid, e.state) for e in tiled]
+    # Damaged: the direct read gives up and tiled's way reports it (one line, exit 2).
+    broken = Path(location).parent / "broken-catalog"
+    broken.mkdir()
+    (broken / "catalog.db").write_bytes(b"not a database" * 100)
+    assert record_run_metadata(broken) is None
+    out = subprocess.run([sys.executable, "-m", "stemcal.cli", "history", "--catalog",
+                          str(broken)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("stemcal: error:"), out.stderr
+
+
 def test_staleness_names_changed_keys():
     rec = make_record(1000.0)
     tols = {"camera_length": 1e-3, "high_tension": 10.0, "magnification": 0.0}

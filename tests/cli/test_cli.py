@@ -172,7 +172,7 @@ def refine_guess(t: dict, overfocus: float) -> list:
 def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
     """Every fit that must fail cleanly, run as one batch."""
     from stemcal.twin import OverfocusParams, simulate
-    from stemcal.twin.simulate import SimulatedSpecimen
+    from stemcal.twin.simulator import SimulatedSpecimen
     from stemcal.formats import write_npy
 
     good = Path(one_json(sims["npy"])["dataset"])

@@ -34,7 +34,7 @@ from stemcal.devices import MerlinDetector, MicroscopeOptics, ScanGenerator
 from stemcal.devices.hardware.merlin import DetectorRefusedError, MerlinHardwareBackend
 from stemcal.plans import calibrate, overfocus_scan
 from stemcal.twin import OverfocusParams, simulate
-from stemcal.twin.simulate import SimulatedSpecimen
+from stemcal.twin.simulator import SimulatedSpecimen
 from stemcal.formats import write_mib
 
 from documents import path_of, runs  # tests/documents.py
