@@ -41,6 +41,8 @@ def add_parsers(sub: Any) -> None:
 
 def _app(args: argparse.Namespace) -> int:
     from ..session import catalog_location
+    from .bus_error import install
+    install()  # a data file truncated under the app's mapped reads: one line
     if args.dataset and args.record:
         raise CLIError("give a DATASET or --record UID, not both")
     missing = ["--" + name.replace("_", "-") for name in _SIZES if getattr(args, name) is None]

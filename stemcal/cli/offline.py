@@ -291,6 +291,8 @@ def print_fit(summary: dict[str, Any]) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from .bus_error import install
+    install()  # a file truncated under the mapped reads: one line, not "Bus error"
     res = run_fit(args)
     print(to_json(res)) if args.json else print_fit(res)
     return 0
@@ -384,6 +386,8 @@ def _print_demo(res: dict[str, Any]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .bus_error import install
+    install()
     res = run_demo(args)
     print(to_json(res)) if args.json else _print_demo(res)
     return 0
