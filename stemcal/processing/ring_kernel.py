@@ -27,16 +27,17 @@ __all__ = ["splat_rings", "splat_rings_numpy"]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _ring_splat(acc, iy, ix, w00, w01, w10, w11, channel, value):
-    """Add one pixel's bilinear shares to ring ``channel // 2`` of ``acc`` (H, W, 2 R)."""
-    acc[iy, ix, channel] += w00 * value
-    acc[iy, ix, channel + 1] += w00
-    acc[iy, ix + 1, channel] += w01 * value
-    acc[iy, ix + 1, channel + 1] += w01
-    acc[iy + 1, ix, channel] += w10 * value
-    acc[iy + 1, ix, channel + 1] += w10
-    acc[iy + 1, ix + 1, channel] += w11 * value
-    acc[iy + 1, ix + 1, channel + 1] += w11
+def _ring_splat(acc, iy, ix, w00, w01, w10, w11, ring, value):
+    """Add one pixel's bilinear shares to ring ``ring`` of ``acc`` (R, H, W, 2): intensity
+    and coverage of a target pixel side by side (one cache line)."""
+    acc[ring, iy, ix, 0] += w00 * value
+    acc[ring, iy, ix, 1] += w00
+    acc[ring, iy, ix + 1, 0] += w01 * value
+    acc[ring, iy, ix + 1, 1] += w01
+    acc[ring, iy + 1, ix, 0] += w10 * value
+    acc[ring, iy + 1, ix, 1] += w10
+    acc[ring, iy + 1, ix + 1, 0] += w11 * value
+    acc[ring, iy + 1, ix + 1, 1] += w11
 
 
 @numba.njit(nogil=True, cache=True)
@@ -68,7 +69,7 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
     a11 = A[1, 1]
     ro = r_out[R - 1]
     ro2 = ro * ro
-    acc = np.zeros((H, W, 2 * R))
+    acc = np.zeros((R, H, W, 2))
     # Pixels of a row in `stride` sweeps (as splat_frames): neighbours land < 1 target px
     # apart and would update the same target pixels back to back.
     step = pix_scale * math.sqrt(a01 * a01 + a11 * a11)  # target px per pixel along x
@@ -107,12 +108,12 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
                         prev = wj
                         if share != 0.0:
                             _ring_splat(acc, iy, ix, b00 * share, b01 * share, b10 * share,
-                                        b11 * share, 2 * j, value)
+                                        b11 * share, j, value)
     for j in range(R):
         for yy in range(H):
             for xx in range(W):
-                out[j, yy, xx] += acc[yy, xx, 2 * j]
-                cov[j, yy, xx] += acc[yy, xx, 2 * j + 1]
+                out[j, yy, xx] += acc[j, yy, xx, 0]
+                cov[j, yy, xx] += acc[j, yy, xx, 1]
 
 
 def splat_rings_numpy(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov):
