@@ -34,6 +34,7 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
 	$(VENV)/bin/python benchmarks/app_redraw.py
+	$(VENV)/bin/python benchmarks/commands.py
 
 validate: $(STAMP)
 	$(VENV)/bin/python benchmarks/validation/run.py

@@ -63,8 +63,12 @@ def test_four_embedded_and_four_served_calibrations_at_once(tmp_path):
         client = open_catalog(catalog, create=False)
     assert sorted(r.uid for r in calibration_history(client)) == sorted(r["uid"] for r in records)
     assert all(e.state == "complete" for e in history_entries(client))
-    acquisitions = [u for u in client if client[u].metadata["start"]["purpose"] != "calibration"]
+    purposes = {u: client[u].metadata["start"]["purpose"] for u in client}
+    acquisitions = [u for u, p in purposes.items() if p == "calibration_data"]
     assert sorted(acquisitions) == sorted(r["acquisition_uid"] for r in records)
+    # Each calibration's readable result run (the plan's calibration_result) is there too.
+    assert sorted(purposes.values()).count("calibration_result") == len(records)
+    assert set(purposes.values()) == {"calibration_data", "calibration", "calibration_result"}
     for r in records:
         run = resolve_run(client, r["acquisition_uid"])
         assert run.metadata["start"]["uid"] == r["acquisition_uid"]

@@ -92,7 +92,10 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     entry = spool.find(rec_a.uid)
     assert entry is not None and entry.location == server.uri and entry.record == rec_a
     assert "ConnectError" in entry.reason
-    assert [p.stem for p in session.keeper] == [rec_a.acquisition_uid]  # the run is kept too
+    # The runs are kept too: the acquisition, and the plan's readable result run after it.
+    kept = [p.stem for p in session.keeper]
+    assert len(kept) == 2 and kept[0] == rec_a.acquisition_uid, kept
+    assert "\"calibration_result\"" in list(session.keeper)[1].read_text().splitlines()[1]
 
     # Still down: the CLI opens nothing, calibrates anyway and keeps run and record.
     cli = stemcal("calibrate", "--catalog", server.uri, "--json", "--nav-shape", 16, 16,
@@ -108,8 +111,9 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     assert down.returncode == 1
     down_report = json.loads(down.stdout)
     assert {p["uid"] for p in down_report["pending"]} == {rec_a.uid, uid_b}
-    assert {p["uid"] for p in down_report["runs"]["pending"]} == {rec_a.acquisition_uid,
-                                                                  out["acquisition_uid"]}
+    acquisitions = {rec_a.acquisition_uid, out["acquisition_uid"]}
+    pending_runs = {p["uid"] for p in down_report["runs"]["pending"]}
+    assert acquisitions <= pending_runs and len(pending_runs) == 4  # and the 2 result runs
 
     hist = stemcal("history", "--catalog", server.uri, key=server.keys.writer)
     assert hist.returncode == 2 and hist.stderr.startswith("stemcal: error: cannot read catalog")
@@ -120,8 +124,8 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     assert up.returncode == 0, up.stderr
     report = json.loads(up.stdout)
     assert sorted(d["uid"] for d in report["delivered"]) == sorted([rec_a.uid, uid_b])
-    assert sorted(d["uid"] for d in report["runs"]["delivered"]) == sorted(
-        [rec_a.acquisition_uid, out["acquisition_uid"]])
+    delivered_runs = {d["uid"] for d in report["runs"]["delivered"]}
+    assert delivered_runs == pending_runs
     assert report["pending"] == [] and spool.spooled() == []
     again = stemcal("sync", "--json", key=server.keys.writer)
     assert again.returncode == 0 and json.loads(again.stdout) == {

@@ -1,0 +1,97 @@
+"""What the operator waits for around the fit: each command as a new process.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/commands.py            # (make bench runs it)
+    .venv/bin/python benchmarks/commands.py --repeat 5
+
+Each row is a command run as a new process (``python -m stemcal.cli ...``), the median
+wall time of ``--repeat`` runs after one untimed run, beside the baseline measured in the
+same run: a bare interpreter (``python -c pass``) for the commands, and for ``fit`` the
+fit's own time (``seconds`` of its JSON), so that ``fit beyond the fit`` is what the
+process costs around it. The catalog is a fresh embedded one in a temporary directory,
+holding the one record that ``calibrate`` writes; the data file a 64x64 scan of 128x128
+frames (3 counts/px, descan) as in ``run.py``'s fit rows. Nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from run import FIT_DESCAN, FIT_DOSE, geometry, load_average, table  # noqa: E402
+
+
+def timed(args: list[str], env: dict, repeat: int) -> tuple[float, list[str]]:
+    """Median wall time (s) of ``repeat`` runs after one untimed run; the last run's stdout."""
+    def once() -> tuple[float, str]:
+        t0 = time.perf_counter()
+        out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        took = time.perf_counter() - t0
+        if out.returncode not in (0,):
+            raise RuntimeError(f"{' '.join(args)} exited {out.returncode}: {out.stderr[-500:]}")
+        return took, out.stdout
+    once()
+    runs = [once() for _ in range(repeat)]
+    return statistics.median(t for t, _ in runs), [s for _, s in runs]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per row (default 3)")
+    args = ap.parse_args(argv)
+    py = [sys.executable]
+    cli = py + ["-m", "stemcal.cli"]
+    before = load_average()
+    with tempfile.TemporaryDirectory(prefix="stemcal-bench-commands-") as tmp:
+        env = {**os.environ, "XDG_DATA_HOME": f"{tmp}/data", "XDG_CONFIG_HOME": f"{tmp}/config",
+               "STEMCAL_CATALOG": f"{tmp}/catalog", "MPLBACKEND": "Agg"}
+        env.pop("STEMCAL_CONFIG", None)
+        rows = []
+        base, _ = timed(py + ["-c", "pass"], env, args.repeat)
+        rows.append(["python -c pass", f"{base:.2f}", "-", "1.00", "-"])
+        t, _ = timed(cli + ["--help"], env, args.repeat)
+        rows.append(["stemcal --help", f"{t:.2f}", "python", f"{t / base:.1f}", "instant"])
+        t, outs = timed(cli + ["calibrate", "--json", "--no-progress"], env, args.repeat)
+        uid = json.loads(outs[-1])["uid"]
+        rows.append(["stemcal calibrate (sim 40x40, 96x96)", f"{t:.2f}", "python",
+                     f"{t / base:.1f}", "<= 3 s beyond the scan"])
+        for name, extra in (("history", []), ("history --json", ["--json"]),
+                            ("show UID", [uid]), ("export UID", [uid])):
+            cmd = name.split()[0]
+            t, _ = timed(cli + [cmd] + extra, env, args.repeat)
+            rows.append([f"stemcal {name} ({args.repeat + 1} records)", f"{t:.2f}", "python",
+                         f"{t / base:.1f}", "<= 1 s"])
+        from stemcal.formats import write_npy
+        from stemcal.twin import simulate
+        truth = geometry((128, 128), FIT_DESCAN)
+        path = write_npy(Path(tmp) / "scan.npy", simulate(truth, (64, 64), (128, 128),
+                                                          dose=FIT_DOSE, dtype="uint16", seed=2))
+        fit_cmd = cli + ["fit", str(path), "--scan-pixel-size", str(truth.scan_pixel_size),
+                         "--camera-length", str(truth.camera_length), "--detector-pixel-size",
+                         str(truth.detector_pixel_size), f"--overfocus={1.3 * truth.overfocus}",
+                         "--json"]
+        t, outs = timed(fit_cmd, env, args.repeat)
+        fit_s = statistics.median(json.loads(o)["seconds"] for o in outs)
+        rows.append(["stemcal fit (cold start, 64x64 x 128x128)", f"{t:.2f}", "its fit",
+                     f"{t / fit_s:.2f}", "-"])
+        rows.append(["stemcal fit beyond the fit", f"{t - fit_s:.2f}", "python",
+                     f"{(t - fit_s) / base:.1f}", "<= 1 s"])
+    table(f"commands: median of {args.repeat} new processes after one untimed run "
+          f"(catalog: embedded, fresh)",
+          ["command", "wall s", "baseline", "ratio", "target"], rows)
+    print(f"  load average (1/5/15 min) before {before}, after {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
