@@ -120,10 +120,15 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
     detector = _detector_settings()
     sim = _sim_settings(args, detector.is_hardware)
     loc, _ = catalog_location(args.catalog)
+    bars = not args.no_progress and sys.stderr.isatty()
+    if bars:  # the few seconds before the first progress bar are not silent
+        print(f"stemcal: opening the catalog {loc} and the "
+              f"{'hardware' if detector.is_hardware else 'simulated'} microscope ...",
+              file=sys.stderr, flush=True)
     session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
                            detector=detector)
     inst = session.instrument
-    if not args.no_progress and sys.stderr.isatty():
+    if bars:
         from ..callbacks.progress import progress_bars
         session.RE.waiting_hook = progress_bars()
     try:

@@ -109,3 +109,49 @@ def test_history_and_show_read_the_records_back(calibrated):
     assert res["unknown"].stderr.startswith("stemcal: error: no calibration record")
     assert res["missing"].stderr.startswith("stemcal: error: no catalog at")
 
+
+
+def test_calibrate_on_a_terminal_speaks_at_once_then_shows_bars(tmp_path):
+    """stderr a terminal (a pty): a first line before the session is built, then tqdm bars
+    of the scan and of the fit; stdout (a pipe) holds only the JSON."""
+    import pty
+    import select
+    import time
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("STEMCAL_CATALOG", None)
+    main_fd, tty_fd = pty.openpty()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "stemcal.cli", "calibrate", "--json",
+                             "--catalog", str(tmp_path / "cat"), "--nav-shape", "16", "16",
+                             "--sig-shape", "64", "64", "--max-attempts", "1"],
+                            stdout=subprocess.PIPE, stderr=tty_fd, text=True, cwd=REPO, env=env)
+    os.close(tty_fd)
+    seen, first_at = b"", None
+    try:
+        while True:
+            ready, _, _ = select.select([main_fd], [], [], TIMEOUT)
+            if not ready:
+                break
+            try:
+                chunk = os.read(main_fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            if first_at is None:
+                first_at = time.monotonic() - t0
+            seen += chunk
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(main_fd)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert text.startswith("stemcal: opening the catalog "), text[:500]
+    assert "calibration of run" in text and "%" in text, text[-3000:]  # the fit's bar
+    assert "Traceback" not in text
+    rec = json.loads(out.strip())
+    assert rec["valid"] is True
+    # The first line comes before the session (catalog, devices) is built: well before the end.
+    assert first_at is not None and first_at < 0.5 * (time.monotonic() - t0)
