@@ -296,6 +296,7 @@ def bench_fit(path, nav, sig, ctx):
     warmup_fit()
     baseline_pass(frames_memmap(path, "npy"))  # a warm page cache, as for the passes
     ds = open_dataset(ctx, path)
+    one_pass = best_of(lambda: udf_pass(ctx, ds, truth), 3)  # the baseline: one raw pass
     start = truth.replace(scan_rotation=truth.scan_rotation + 3.0, overfocus=truth.overfocus * 1.08)
     rows = []
     runs = [("refine", "rot +3 deg, overfocus +8 %; flip, centre, descan right",
@@ -312,7 +313,7 @@ def bench_fit(path, nav, sig, ctx):
         wall = time.perf_counter() - t0
         p = fit.params
         centre = "given" if name == "refine" else f"{math.hypot(p.cy - truth.cy, p.cx - truth.cx):.3f}"
-        rows.append([name, f"{wall:.2f}", str(fit.passes), str(fit.nfev),
+        rows.append([name, f"{wall:.2f}", f"{wall / one_pass:.1f}", str(fit.passes), str(fit.nfev),
                      f"{angle_error(p.scan_rotation, truth.scan_rotation):+.3f}",
                      f"{100 * (p.overfocus / truth.overfocus - 1):+.3f}", centre,
                      "ok" if p.flip_y == truth.flip_y else "WRONG", fit.quality])
@@ -320,9 +321,11 @@ def bench_fit(path, nav, sig, ctx):
         print(f"  ... {name}: {wall:.2f} s", file=sys.stderr, flush=True)
     table(f"fit: {nav[0]}x{nav[1]} scan x {sig[0]}x{sig[1]} detector, {FIT_DOSE:g} counts/px, "
           f"descan {FIT_DESCAN}, inline executor, one run each",
-          ["method", "wall s", "raw passes", "nfev", "rot err deg", "overfocus err %",
+          ["method", "wall s", "x one pass", "raw passes", "nfev", "rot err deg", "overfocus err %",
            "centre err px", "flip", "quality"], rows)
     print("\n".join(notes))
+    print(f"  one pass: an OverfocusUDF pass over the same file, {one_pass:.3f} s (best of 3); "
+          "targets: refine <= 1 s, cold_start <= 2 s")
     t_ref, t_cold = float(rows[0][1]), float(rows[1][1])
     print(f"  cold_start / refine time: {t_cold / t_ref:.2f}")
 
@@ -370,7 +373,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
     cases = args.cases or [parse_case(c) for c in (QUICK_CASES if args.quick else DEFAULT_CASES)]
-    fit_nav, fit_sig = ((32, 32), (128, 128)) if args.quick else ((128, 128), (256, 256))
+    # The fit case of the performance issue: 64x64 scan x 128x128 frames.
+    fit_nav, fit_sig = ((32, 32), (128, 128)) if args.quick else ((64, 64), (128, 128))
     rss_nav = (64, 64) if args.quick else RSS_NAV
 
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
