@@ -151,6 +151,9 @@ def history_entries(client: Any, *, limit: int | None = None) -> list[HistoryEnt
     later) is listed once, as its complete copy.
     """
     _check_limit(limit)
+    direct = _direct_metadata(client)
+    if direct is not None:
+        return _newest_first(_entries_of(direct))[:limit]
     return _newest_first(_entries(_calibrations(client).values()))[:limit]
 
 
@@ -205,6 +208,10 @@ def calibration_history(client: Any, *, limit: int | None = None,
     from tiled.queries import Key
 
     _check_limit(limit)
+    direct = _direct_metadata(client)
+    if direct is not None:
+        found = _newest_first(_entries_of(md for md in direct if state_of(md) == COMPLETE))
+        return [e.record for e in found if not valid_only or e.record.quality == "ok"][:limit]
     runs = _complete(_calibrations(client))
     if valid_only:
         runs = runs.search(Key("calibration.quality") == "ok")
@@ -315,6 +322,9 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
     from tiled.queries import Key
 
     check_tolerances(tolerances)
+    direct = _direct_metadata(client)
+    if direct is not None:
+        return _latest_among(direct, optics_state, tolerances)
     base = _complete(_calibrations(client))
     runs = base.search(Key("calibration.quality") == "ok")
     for key, tol in tolerances.items():
@@ -333,6 +343,37 @@ def latest_calibration(client: Any, optics_state: Mapping[str, Any],
             continue
         return record
     return None
+
+
+def _latest_among(metadatas: list[dict], optics_state: Mapping[str, Any],
+                  tolerances: Mapping[str, float]) -> CalibrationRecord | None:
+    """:func:`latest_calibration` on the record runs' metadata, read directly."""
+    if any(optics_state.get(key) is None for key in tolerances):
+        return None  # compared key unknown now: nothing can match
+    complete = [md for md in metadatas if state_of(md) == COMPLETE]
+    superseded = {(md["start"].get("calibration") or {}).get("supersedes") for md in complete}
+    for record in (e.record for e in _newest_first(_entries_of(complete))):
+        if record.quality != "ok" or staleness(record, optics_state, tolerances):
+            continue
+        if record.uid in superseded:
+            log.debug("calibration %s is superseded", record.uid)
+            continue
+        return record
+    return None
+
+
+def _direct_metadata(client: Any) -> list[dict] | None:
+    """The record runs' metadata of an embedded catalog read straight from its
+    ``catalog.db`` (:mod:`stemcal.catalog.snapshot`: no tiled round trips; with 1,000
+    records ``latest_calibration`` took 1.8 s through tiled); None for a server, a
+    client that does not say where it is, or where the direct read cannot be done."""
+    from ..locations import is_server_uri
+    from .snapshot import record_run_metadata
+
+    location = getattr(client, "_stemcal_location", None)
+    if not location or is_server_uri(location):
+        return None
+    return record_run_metadata(location)
 
 
 def resolve_run(client: Any, uid: str) -> Any:

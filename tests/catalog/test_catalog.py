@@ -211,10 +211,11 @@ def test_cut_off_and_failed_runs_never_count(store):
     assert get_record(client, cut.uid[:8]) == cut  # shown, with its state, never used
 
 
-def test_direct_read_gives_what_tiled_gives(store):
-    """The reading commands' direct read of catalog.db (stemcal.catalog.snapshot) lists the
-    same records, states and order as tiled does, cut-off and failed copies included (runs
-    after test_cut_off_and_failed_runs_never_count, which adds them)."""
+def test_direct_read_gives_what_tiled_gives(store, monkeypatch):
+    """The direct read of an embedded catalog.db (stemcal.catalog.snapshot; the queries and
+    the reading commands use it) lists the same records, states and order as tiled does,
+    cut-off and failed copies included (runs after test_cut_off_and_failed_runs_never_count,
+    which adds them)."""
     import subprocess
     import sys
 
@@ -227,7 +228,15 @@ def test_direct_read_gives_what_tiled_gives(store):
         assert record_run_metadata(location) is None  # no catalog.db there: tiled's way
         return
     runs = record_run_metadata(location)
-    direct, tiled = entries_from_metadata(runs), history_entries(client)
+    direct = history_entries(client)  # an embedded client: the direct way
+    assert entries_from_metadata(runs) == direct
+    now = {**OPTICS, "camera_length": 0.2}
+    latest_direct = latest_calibration(client, now, {"camera_length": 1e-3})
+    history_direct = calibration_history(client, valid_only=True)
+    monkeypatch.delattr(client, "_stemcal_location")  # the client no longer says where: tiled
+    tiled = history_entries(client)
+    assert latest_calibration(client, now, {"camera_length": 1e-3}) == latest_direct
+    assert calibration_history(client, valid_only=True) == history_direct
     assert [(e.record, e.state) for e in direct] == [(e.record, e.state) for e in tiled]
     assert {e.state for e in direct} == {"complete", "incomplete", "failed"}
     assert entries_from_metadata(runs, limit=2) == direct[:2]
