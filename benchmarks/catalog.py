@@ -116,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=int, default=1000, help="records per catalog")
     ap.add_argument("--quick", action="store_true", help="100 records per catalog")
     ap.add_argument("--no-postgresql", action="store_true")
+    ap.add_argument("--only", choices=("embedded", "served", "postgresql"),
+                    help="only this catalog (the three take about an hour at 1,000 records)")
     ap.add_argument("--writer", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.writer:
@@ -134,9 +136,12 @@ def main(argv=None) -> int:
     cases = [("SQLite, embedded (4 processes on the directory)", None),
              ("SQLite, through stemcal serve", "sqlite")]
     postgres = None
-    if not a.no_postgresql and pg.unavailable_reason() is None:
+    if not a.no_postgresql and a.only in (None, "postgresql") and pg.unavailable_reason() is None:
         postgres = pg.start(base / "pgdata")
         cases.append(("PostgreSQL, through stemcal serve", "postgresql"))
+    if a.only:
+        keep = {"embedded": None, "served": "sqlite", "postgresql": "postgresql"}[a.only]
+        cases = [c for c in cases if c[1] == keep]
     writes, reads = [], []
     try:
         for label, served in cases:
