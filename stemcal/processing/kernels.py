@@ -97,6 +97,16 @@ def splat_interleaved(acc, uy, ux, value, weight, share):
     acc[iy + 1, ix + 1, 1] += w11 * share
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def sweep_stride(pix_scale, a01, a11):
+    """Sweeps over a row's pixels such that pixels splatted one after the other land at
+    least 2 target px apart (``A[:, 1] * pix_scale`` target px per pixel along x; at
+    most 16): neighbours would otherwise update the same target pixels back to back,
+    each waiting for the store before it."""
+    step = pix_scale * math.sqrt(a01 * a01 + a11 * a11)
+    return 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
+
+
 @numba.njit(nogil=True, cache=True)
 def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
                 centres, offsets, A, r_in, r_out, out, cov, sq, want_sq):
@@ -111,8 +121,7 @@ def _splat_loop(frames, sig_origin_y, sig_origin_x, pix_scale, pix_offset,
     # of a row in `stride` sweeps: neighbouring pixels land < 1 target px apart and would
     # update the same target pixels back to back (each waiting for the previous store).
     acc = np.zeros((H, W, 2))
-    step = pix_scale * math.sqrt(a01 * a01 + a11 * a11)  # target px per pixel along x
-    stride = 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
+    stride = sweep_stride(pix_scale, a01, a11)
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]

@@ -37,7 +37,8 @@ import math
 import numba
 import numpy as np
 
-from .kernels import disk_weight, bilinear_cell, bilinear_weights, splat_interleaved
+from .kernels import (bilinear_cell, bilinear_weights, disk_weight, splat_interleaved,
+                      sweep_stride)
 
 __all__ = ["project_frames", "flat_pixels", "STENCIL_TOL"]
 
@@ -409,8 +410,7 @@ def project_frames(pix, fstride, rstride, n, h, w, org_y, org_x, b, centres, c0,
     whose stencil would reach outside ``acc`` are splatted bin by bin (all of them when
     ``stencil`` is False). Returns how many frames went through the stencil.
     """
-    step = b * math.sqrt(A[0, 1] * A[0, 1] + A[1, 1] * A[1, 1])  # target px per bin along x
-    stride = 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
+    stride = sweep_stride(float(b), A[0, 1], A[1, 1])  # bins of a row in interleaved sweeps
     rsum = np.empty(w)
     rowv = np.empty(fsum.shape[1])
     if n == 0:

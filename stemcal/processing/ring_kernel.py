@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from .kernels import disk_weight, bilinear_weights, splat_frames_numpy
+from .kernels import bilinear_weights, disk_weight, splat_frames_numpy, sweep_stride
 
 __all__ = ["splat_rings", "splat_rings_numpy"]
 
@@ -70,10 +70,7 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
     ro = r_out[R - 1]
     ro2 = ro * ro
     acc = np.zeros((R, H, W, 2))
-    # Pixels of a row in `stride` sweeps (as splat_frames): neighbours land < 1 target px
-    # apart and would update the same target pixels back to back.
-    step = pix_scale * math.sqrt(a01 * a01 + a11 * a11)  # target px per pixel along x
-    stride = 1 if step <= 0.0 else min(16, max(1, int(math.ceil(2.0 / step))))
+    stride = sweep_stride(pix_scale, a01, a11)  # a row's pixels in interleaved sweeps
     for i in range(n):
         cy = centres[i, 0]
         cx = centres[i, 1]
