@@ -86,10 +86,15 @@ def record_state(client: Any, uid: str) -> str | None:
     runs = record_runs(client, uid)
     if len(_complete(runs)):
         return COMPLETE
-    states = {state_of(run.metadata) for run in runs.values()}
+    return _state_among({state_of(run.metadata) for run in runs.values()})
+
+
+def _state_among(states: set[str]) -> str | None:
+    """A record's state from those of its copies: complete if one is, else incomplete if
+    one is (still being written, or cut off), else failed; None without a copy."""
     if not states:
         return None
-    return INCOMPLETE if INCOMPLETE in states else FAILED
+    return COMPLETE if COMPLETE in states else INCOMPLETE if INCOMPLETE in states else FAILED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,9 +180,8 @@ def find_entry(metadatas: Iterable[Mapping[str, Any]], uid: str) -> tuple[Histor
     found = _newest_first(_entries_of(mine))
     _check_found(found, uid)
     entry = found[0]
-    states = {state_of(md) for md in mine
-              if (md["start"].get("calibration") or {}).get("uid") == entry.record.uid}
-    state = COMPLETE if COMPLETE in states else INCOMPLETE if INCOMPLETE in states else FAILED
+    state = _state_among({state_of(md) for md in mine
+                          if (md["start"].get("calibration") or {}).get("uid") == entry.record.uid})
     return entry, state
 
 
@@ -367,13 +371,10 @@ def _direct_metadata(client: Any) -> list[dict] | None:
     ``catalog.db`` (:mod:`stemcal.catalog.snapshot`: no tiled round trips; with 1,000
     records ``latest_calibration`` took 1.8 s through tiled); None for a server, a
     client that does not say where it is, or where the direct read cannot be done."""
-    from ..locations import is_server_uri
     from .snapshot import record_run_metadata
 
     location = getattr(client, "_stemcal_location", None)
-    if not location or is_server_uri(location):
-        return None
-    return record_run_metadata(location)
+    return record_run_metadata(location) if location else None
 
 
 def resolve_run(client: Any, uid: str) -> Any:

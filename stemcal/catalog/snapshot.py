@@ -19,6 +19,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from ..locations import is_server_uri
 from ..runs import RECORD_PURPOSE
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ _QUERY = ("SELECT metadata FROM nodes WHERE parent = (SELECT id FROM nodes WHERE
           "AND json_extract(metadata, '$.start.purpose') = ? ORDER BY id")
 
 
-def record_run_metadata(directory: str | Path) -> list[dict[str, Any]] | None:
+def record_run_metadata(location: str | Path) -> list[dict[str, Any]] | None:
     """Metadata (``{"start": ..., "stop": ...}``) of every record run in the embedded
-    catalog at ``directory``, whatever its state, in the order written; None where it
-    cannot be read this way (the caller then opens the catalog through tiled)."""
-    path = Path(directory) / "catalog.db"
+    catalog at directory ``location``, whatever its state, in the order written; None for
+    a server URI or where it cannot be read this way (the caller then goes through tiled)."""
+    if is_server_uri(str(location)):
+        return None
+    path = Path(location) / "catalog.db"
     if not path.is_file():
         return None
     try:
@@ -46,7 +49,7 @@ def record_run_metadata(directory: str | Path) -> list[dict[str, Any]] | None:
             con.close()
         found = [json.loads(text) for (text,) in rows]
     except (sqlite3.Error, ValueError, TypeError) as exc:
-        log.debug("catalog %s not read directly (%s); through tiled instead", directory, exc)
+        log.debug("catalog %s not read directly (%s); through tiled instead", location, exc)
         return None
     if not all(isinstance(md, dict) and isinstance(md.get("start"), dict) for md in found):
         return None

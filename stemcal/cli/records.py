@@ -132,9 +132,8 @@ def _record_runs(args: argparse.Namespace) -> list[dict] | None:
     (:mod:`stemcal.catalog.snapshot`); None for a server, or where that cannot be done
     (the command then opens the catalog through tiled, which reports what is wrong)."""
     from ..catalog.snapshot import record_run_metadata
-    from ..locations import catalog_location, is_server_uri
-    loc = catalog_location(args.catalog)
-    return None if is_server_uri(loc) else record_run_metadata(loc)
+    from ..locations import catalog_location
+    return record_run_metadata(catalog_location(args.catalog))
 
 
 def _history(args: argparse.Namespace) -> int:
