@@ -37,9 +37,6 @@ FIT_DOSE = 3.0
 FIT_DESCAN = ((0.03, -0.02), (0.01, 0.04))
 SCALING_SIG = (128, 128)
 SCALING_NAVS = ((64, 64), (128, 128))
-#: Peak-memory case: 256x256 scan x 256x256 uint16 (8.6 GB).
-RSS_NAV = (256, 256)
-RSS_SIG = (256, 256)
 
 
 # -- set-up -----------------------------------------------------------------------------------
@@ -111,20 +108,6 @@ def remove_case(paths: dict[str, str]) -> None:
     for path in paths.values():
         for p in (Path(path), Path(path).with_suffix(".mib")):
             p.unlink(missing_ok=True)
-
-
-def rss_pass(path: str, sig: tuple[int, int]) -> tuple[float, float]:
-    """One inline OverfocusUDF pass in a fresh process: (seconds, peak RSS of that process, GB)."""
-    from libertem.api import Context
-
-    from stemcal.formats import open_dataset
-    ctx = Context.make_with("inline")
-    ds = open_dataset(ctx, path)
-    t0 = time.perf_counter()
-    udf_pass(ctx, ds, geometry(sig))
-    seconds = time.perf_counter() - t0
-    ctx.close()
-    return seconds, own_peak_rss_gb()
 
 
 # -- measurements -----------------------------------------------------------------------------
@@ -223,18 +206,6 @@ def load_average() -> str:
         return "-"
 
 
-def own_peak_rss_gb() -> float:
-    """Peak RSS of this process's own address space (``VmHWM``), GB.
-
-    Not ``ru_maxrss``: Linux carries that over ``execve`` from the forking
-    parent, so a freshly spawned worker would report its parent's peak.
-    """
-    for row in Path("/proc/self/status").read_text().splitlines():
-        if row.startswith("VmHWM:"):
-            return int(row.split()[1]) * 1024 / 1e9
-    return peak_rss_gb(resource.RUSAGE_SELF)
-
-
 def peak_rss_gb(who) -> float:
     return resource.getrusage(who).ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
 
@@ -330,15 +301,6 @@ def bench_fit(path, nav, sig, ctx):
     print(f"  cold_start / refine time: {t_cold / t_ref:.2f}")
 
 
-def bench_rss(path: str, sig: tuple[int, int], nbytes: int) -> None:
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        seconds, rss = pool.submit(rss_pass, path, sig).result()
-    print(f"\npeak memory: one inline pass over {Path(path).name} ({nbytes / 1e9:.1f} GB, "
-          f"{nbytes // (2 * math.prod(sig))} frames of {sig[0]}x{sig[1]} uint16) in a fresh process: "
-          f"{seconds:.2f} s, peak RSS {rss:.2f} GB")
-
-
 def bench_scaling(paths, ctx, repeat):
     from stemcal.formats import open_dataset
     times = []
@@ -363,8 +325,8 @@ def main(argv=None) -> int:
     ap.add_argument("--executors", nargs="+", choices=("inline", "dask"), default=["inline", "dask"])
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions, best taken (default 3)")
     ap.add_argument("--no-fit", action="store_true", help="skip the fit table")
-    ap.add_argument("--no-rss", action="store_true",
-                    help="skip the peak-memory pass (it writes an 8.6 GB file)")
+    ap.add_argument("--no-scale", action="store_true",
+                    help="skip the scale table (benchmarks/scale.py; it writes an 8.6 GB file)")
     ap.add_argument("--dir", default=None, help="where to write the data (default: system temp)")
     ap.add_argument("--no-live", action="store_true",
                     help="skip the live chain (benchmarks/live_chain.py)")
@@ -375,7 +337,6 @@ def main(argv=None) -> int:
     cases = args.cases or [parse_case(c) for c in (QUICK_CASES if args.quick else DEFAULT_CASES)]
     # The fit case of the performance issue: 64x64 scan x 128x128 frames.
     fit_nav, fit_sig = ((32, 32), (128, 128)) if args.quick else ((64, 64), (128, 128))
-    rss_nav = (64, 64) if args.quick else RSS_NAV
 
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print("stemcal benchmarks")
@@ -422,13 +383,11 @@ def main(argv=None) -> int:
                 bench_fit(files["fit"]["npy"], fit_nav, fit_sig, contexts["inline"])
             bench_scaling([files[("scaling", nav)]["npy"] for nav in SCALING_NAVS],
                           contexts["inline"], args.repeat)
-            if not args.no_rss:
+            if not args.no_scale:
                 remove_case(files["fit"])
-                with concurrent.futures.ProcessPoolExecutor(max_workers=1,
-                                                            mp_context=spawn) as pool:
-                    rss = pool.submit(generate_large, tmp, "rss", rss_nav, RSS_SIG,
-                                      PASS_DOSE).result()
-                bench_rss(rss, RSS_SIG, math.prod(rss_nav) * math.prod(RSS_SIG) * 2)
+                import scale
+                scale.bench_scale([(32, 32), (64, 64)] if args.quick else scale.DEFAULT_SCANS,
+                                  args.repeat, tmp)
         finally:
             for ctx in contexts.values():
                 ctx.close()

@@ -229,7 +229,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         nfev += fin.nfev
         unc = fin.uncertainty
         parts_flag = fin.disagreement()
-        significance = contrast_significance(used, best)
+        significance = contrast_significance(used, best, value=best_loss)
         extra["uncertainty_parts"] = fin.parts
         extra["significance"] = significance
     else:

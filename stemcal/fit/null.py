@@ -22,14 +22,15 @@ MIN_SIGNIFICANCE = 10.0
 
 
 def contrast_significance(loss: BlurLoss, params: OverfocusParams, *, shuffles: int = 5,
-                          seed: int = 0) -> float:
+                          seed: int = 0, value: float | None = None) -> float:
     """``(contrast(params) - mean(null)) / std(null)`` for ``loss`` (a :class:`BlurLoss`).
 
     The null: the same loss with the cached frames' scan positions permuted at random
     within each group (``shuffles`` permutations, seeded; :meth:`BlurLoss.shuffled`).
+    ``value``: ``loss.value(params)`` where the caller has it already (one projection less).
     Returns ``inf`` when the null has no spread and the contrast is positive.
     """
-    value = -loss.value(params)
+    value = -(loss.value(params) if value is None else value)
     rng = np.random.default_rng(seed)
     null = [-loss.shuffled(rng).value(params) for _ in range(shuffles)]
     null_arr = np.asarray(null)
