@@ -103,7 +103,7 @@ class ReducedCache:
     nav_shape: tuple[int, int]
     sig_shape: tuple[int, int]
     frame_sum: np.ndarray
-    #: Sub-sampled and grouped views made from this cache (see :meth:`subsample`, :meth:`grouped`).
+    #: Sub-sampled caches and groups of rows made from this cache (:meth:`subsample`, :meth:`group_rows`).
     _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -152,12 +152,14 @@ class ReducedCache:
                                                               bin=self.bin * factor)
         return self._memo[("bin", factor)]
 
-    def grouped(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def group_rows(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The cached frames split into ``groups`` interleaved sub-lattices of the scan.
 
         ``groups`` 9: a 3x3 sub-lattice of cached positions; 4: a 2x2 sub-lattice; 2: a
-        checkerboard; 1: all frames. Returns ``(frames, scan_yx)`` per group (contiguous copies,
-        made once per ``groups`` and kept, so all losses over this cache share them).
+        checkerboard; 1: all frames. Returns ``(rows, scan_yx)`` per group: the group's
+        rows of :attr:`frames` (int64, increasing) and their scan positions. The frames are
+        not copied (the kernels read ``frames[rows]`` in place: a copy per group touched
+        as much fresh memory as the cache). Made once per ``groups`` and kept.
         """
         if ("groups", groups) not in self._memo:
             grid = np.rint(self.scan_yx / self.stride).astype(int)
@@ -170,11 +172,10 @@ class ReducedCache:
                 label = (grid[:, 0] + grid[:, 1]) % 2
             else:
                 raise ValueError(f"groups must be 1, 2, 4 or 9, got {groups}")
-            if groups == 1:
-                parts = [(self.frames, self.scan_yx)]
-            else:
-                parts = [(np.ascontiguousarray(self.frames[label == k]), self.scan_yx[label == k])
-                         for k in range(groups)]
+            parts = []
+            for k in range(groups):
+                rows = np.flatnonzero(label == k).astype(np.int64)
+                parts.append((rows, self.scan_yx[rows]))
             self._memo[("groups", groups)] = parts
         return self._memo[("groups", groups)]
 

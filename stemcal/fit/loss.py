@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..processing.geometry import ProjectionGeometry
-from ..processing.kernels import splat_frames, splat_frames_moments
+from ..processing.kernels import splat_frame_rows, splat_frames_moments
 from ..twin.params import OverfocusParams
 from .metrics import METRICS
 from .cache import ReducedCache
@@ -87,14 +87,14 @@ class BlurLoss:
             self.groups = 1
         if self.groups not in (1, 2, 4, 9):
             raise ValueError(f"groups must be 2, 4 or 9, got {self.groups}")
-        self._halves = self.cache.grouped(self.groups)
+        self._groups = self.cache.group_rows(self.groups)   # (rows, scan_yx) per group
 
     def shuffled(self, rng: np.random.Generator) -> "BlurLoss":
         """This loss with the scan positions permuted at random within each group of
         frames (the frames themselves are shared, not copied): nothing adds up coherently."""
         other = copy.copy(self)
-        other._halves = [(frames, scan_yx[rng.permutation(len(scan_yx))])
-                         for frames, scan_yx in self._halves]
+        other._groups = [(rows, scan_yx[rng.permutation(len(scan_yx))])
+                         for rows, scan_yx in self._groups]
         other.nfev = 0
         return other
 
@@ -154,11 +154,11 @@ class BlurLoss:
         cov = np.zeros((self.groups,) + geo.shape)
 
         def half(k: int) -> None:
-            frames, scan_yx = self._halves[k]
+            rows, scan_yx = self._groups[k]
             centres = geo.centres(scan_yx)
             offsets = geo.offsets(scan_yx, centres)
-            splat_frames(frames, 0, 0, c.pix_scale, c.pix_offset, centres, offsets,
-                         A, geo.r_in, geo.r_out, out[k], cov[k])
+            splat_frame_rows(c.frames, rows, c.pix_scale, c.pix_offset, centres, offsets,
+                             A, geo.r_in, geo.r_out, out[k], cov[k])
 
         # The kernel releases the GIL: the groups run on two threads.
         list(loss_pool().map(half, range(self.groups)))
@@ -171,7 +171,7 @@ class BlurLoss:
         separate accumulators, then added.
         """
         c = self.cache
-        frames, scan_yx = self._halves[0]
+        frames, scan_yx = c.frames, c.scan_yx   # one group: every frame, in cache order
         acc = np.zeros((2, 3) + geo.shape)
         bounds = [0, len(frames) // 2, len(frames)]
 

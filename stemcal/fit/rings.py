@@ -82,9 +82,9 @@ class RingLoss:
         c = self.cache
 
         def group(k: int) -> None:
-            frames, scan_yx = outer._halves[k]
+            rows, scan_yx = outer._groups[k]
             centres = geo.centres(scan_yx)
-            splat_rings(frames, c.pix_scale, c.pix_offset, centres,
+            splat_rings(c.frames, rows, c.pix_scale, c.pix_offset, centres,
                         geo.offsets(scan_yx, centres), A, r_in, r_out, S[k], C[k])
 
         list(loss_pool().map(group, range(self.groups)))  # the kernel releases the GIL

@@ -41,17 +41,19 @@ def _ring_splat(acc, iy, ix, w00, w01, w10, w11, ring, value):
 
 
 @numba.njit(nogil=True, cache=True)
-def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov):
+def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov):
     """Bilinear splat of each frame pixel into the ring(s) of the disk it lies in.
 
     Parameters
     ----------
-    frames : (n, h, w) array
+    frames : (N, h, w) array
         Whole frames (detector index (0, 0) at the top left).
+    rows : (n,) int64
+        The frames projected, ``frames[rows]`` (read in place, not copied).
     pix_scale, pix_offset : float
         Detector pixel coordinate of index ``i`` is ``i * pix_scale + pix_offset``.
     centres, offsets : (n, 2) float64
-        Beam centre of each frame (detector px), and its offset: pixel ``p`` lands at
+        Beam centre of each frame ``rows[i]`` (detector px), and its offset: pixel ``p`` lands at
         target pixel ``A @ p + offsets[i]``.
     A : (2, 2) float64
         Target px per detector px.
@@ -61,7 +63,9 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
         Per ring: weighted intensity and weight (coverage), added to. A pixel landing
         outside the target image is dropped, as in ``splat_frames``.
     """
-    n, h, w = frames.shape
+    n = rows.shape[0]
+    h = frames.shape[1]
+    w = frames.shape[2]
     R, H, W = out.shape
     a00 = A[0, 0]
     a01 = A[0, 1]
@@ -72,6 +76,7 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
     acc = np.zeros((R, H, W, 2))
     stride = sweep_stride(pix_scale, a01, a11)  # a row's pixels in interleaved sweeps
     for i in range(n):
+        f = rows[i]
         cy = centres[i, 0]
         cx = centres[i, 1]
         oy = offsets[i, 0]
@@ -96,7 +101,7 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
                     ux = base_x + a11 * px
                     if not (uy >= 0.0 and uy < H - 1 and ux >= 0.0 and ux < W - 1):
                         continue
-                    value = float(frames[i, y, x])
+                    value = float(frames[f, y, x])
                     iy, ix, b00, b01, b10, b11 = bilinear_weights(uy, ux, 1.0)
                     prev = 0.0
                     for j in range(R):
@@ -113,7 +118,8 @@ def splat_rings(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
                 cov[j, yy, xx] += acc[j, yy, xx, 1]
 
 
-def splat_rings_numpy(frames, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov):
+def splat_rings_numpy(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, r_out,
+                      out, cov):
     """NumPy twin of :func:`splat_rings` (the test oracle; slow): each nested disk projected
     by :func:`~stemcal.processing.kernels.splat_frames_numpy`, rings as differences.
 
@@ -121,6 +127,7 @@ def splat_rings_numpy(frames, pix_scale, pix_offset, centres, offsets, A, r_in, 
     image's edge (the oracle keeps the shares that fall inside, the kernel drops the
     pixel); the fits keep a margin round the scan, so nothing lands there.
     """
+    frames = frames[rows]
     R = len(r_out)
     disks_S, disks_C = [], []
     for j in range(R):

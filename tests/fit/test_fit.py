@@ -37,7 +37,8 @@ def nearest_neighbour_loss(loss: BlurLoss, params: OverfocusParams) -> float:
     det = np.stack([yy.ravel(), xx.ravel()], axis=-1).astype(float)
     H, W = geo.shape
     S, C = np.zeros((2, H * W)), np.zeros((2, H * W))
-    for k, (frames, scan_yx) in enumerate(loss._halves):
+    for k, (rows, scan_yx) in enumerate(loss._groups):
+        frames = c.frames[rows]
         centres = geo.centres(scan_yx)
         offsets = geo.offsets(scan_yx, centres)
         dy = det[None, :, 0] - centres[:, None, 0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stemcal.processing.kernels import (bin_frames, sample_points, splat_frames,
-                                        splat_frames_moments, splat_frames_numpy)
+from stemcal.processing.kernels import (bin_frames, sample_points, splat_frame_rows,
+                                        splat_frames, splat_frames_moments, splat_frames_numpy)
 
 
 def _random_case(seed: int, *, n: int = 5, h: int = 13, w: int = 17, out_shape=(40, 50),
@@ -37,6 +37,23 @@ def test_splat_frames_matches_numpy_twin(seed, dtype):
     assert cov_np.sum() > 0 and out_np.sum() > 0  # the case is not vacuous
     np.testing.assert_allclose(out_nb, out_np, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(cov_nb, cov_np, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_splat_frame_rows_reads_the_rows_in_place(seed):
+    """The fit's groups: frames[rows] of the one cache, in the order of rows, not copied."""
+    frames, A, centres, offsets, shape = _random_case(seed, n=9, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(9)[:5].astype(np.int64)   # 5 of 9 frames, out of order
+    A = np.ascontiguousarray(A)
+    out, cov = np.zeros(shape), np.zeros(shape)
+    splat_frame_rows(frames, rows, 2.0, 0.5, centres[:5], offsets[:5], A, 6.0, 11.5, out, cov)
+    ref_out, ref_cov = np.zeros(shape), np.zeros(shape)
+    splat_frames_numpy(frames[rows], 0, 0, 2.0, 0.5, centres[:5], offsets[:5], A, 6.0, 11.5,
+                       ref_out, ref_cov)
+    assert ref_cov.sum() > 0
+    np.testing.assert_allclose(out, ref_out, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -25,6 +25,18 @@ def _inside_case(seed: int, n: int = 6, h: int = 24, w: int = 26):
     return frames, np.ascontiguousarray(A), centres, offsets
 
 
+def _as_rows(frames: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` hidden among other frames, shuffled: ``(pool, rows)`` with
+    ``pool[rows[i]] == frames[i]``."""
+    rng = np.random.default_rng(100 + seed)
+    order = rng.permutation(len(frames))
+    extra = rng.uniform(0.0, 10.0, size=(3,) + frames.shape[1:])
+    pool = np.ascontiguousarray(np.concatenate([extra, frames[order]]))
+    rows = (3 + np.argsort(order)).astype(np.int64)
+    np.testing.assert_array_equal(pool[rows], frames)
+    return pool, rows
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("pix", [(1.0, 0.0), (2.0, 0.5)])
 def test_rings_match_numpy_twin(seed, pix):
@@ -35,8 +47,11 @@ def test_rings_match_numpy_twin(seed, pix):
     shape = (3, 90, 90)
     out, cov = np.zeros(shape), np.zeros(shape)
     ref_out, ref_cov = np.zeros(shape), np.zeros(shape)
-    splat_rings(frames, scale, offset, centres, offsets, A, R_IN, R_OUT, out, cov)
-    splat_rings_numpy(frames, scale, offset, centres, offsets, A, R_IN, R_OUT, ref_out, ref_cov)
+    # the kernel reads its frames as rows of a larger array, in another order
+    pool, rows = _as_rows(frames, seed)
+    splat_rings(pool, rows, scale, offset, centres, offsets, A, R_IN, R_OUT, out, cov)
+    splat_rings_numpy(frames, np.arange(len(frames)), scale, offset, centres, offsets, A, R_IN,
+                      R_OUT, ref_out, ref_cov)
     assert (ref_cov.sum(axis=(1, 2)) > 0).all()  # every ring holds something
     np.testing.assert_allclose(out, ref_out, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(cov, ref_cov, rtol=1e-11, atol=1e-11)
@@ -53,8 +68,10 @@ def test_a_pixel_off_the_target_is_dropped_whole():
     shape = (3, 90, 90)
     out, cov = np.zeros(shape), np.zeros(shape)
     ref_out, ref_cov = np.zeros(shape), np.zeros(shape)
-    splat_rings(frames, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, out, cov)
-    splat_rings_numpy(frames, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, ref_out, ref_cov)
+    rows = np.arange(len(frames))
+    splat_rings(frames, rows, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, out, cov)
+    splat_rings_numpy(frames, rows, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, ref_out,
+                      ref_cov)
     assert 0 < cov.sum() < ref_cov.sum()
     inner = (slice(None), slice(2, 88), slice(2, 88))
     np.testing.assert_allclose(cov[inner], ref_cov[inner], rtol=1e-11, atol=1e-11)
