@@ -72,7 +72,13 @@ class BinFramesUDF(UDF):
         dest.sums[0] += src.sums.sum(axis=0)
 
     def get_results(self):
-        return {"binned": self.results.binned,
+        # The valid-frame mask given as the nav mask broadcast over the frame (no memory):
+        # LiberTEM's default builds it as one bool per binned pixel (67 MB for a 64x64 scan
+        # of 128x128 frames), at every partial result of a pass with a progress bar.
+        valid = self.meta.get_valid_nav_mask()
+        binned = self.results.binned
+        mask = True if valid is None else np.asarray(valid).reshape((-1,) + (1,) * (binned.ndim - 1))
+        return {"binned": self.with_mask(binned, mask),
                 "frame_sum": np.asarray(self.results.sums).sum(axis=0)}
 
 
