@@ -158,17 +158,21 @@ class ReducedCache:
                                                               bin=self.bin * factor)
         return self._memo[("bin", factor)]
 
-    def group_rows(self, groups: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def group_rows(self, groups: int, step: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
         """The cached frames split into ``groups`` interleaved sub-lattices of the scan.
 
         ``groups`` 9: a 3x3 sub-lattice of cached positions; 4: a 2x2 sub-lattice; 2: a
-        checkerboard; 1: all frames. Returns ``(rows, scan_yx)`` per group: the group's
-        rows of :attr:`frames` (int64, increasing) and their scan positions. The frames are
-        not copied (the kernels read ``frames[rows]`` in place: a copy per group touched
-        as much fresh memory as the cache). Made once per ``groups`` and kept.
+        checkerboard; 1: all frames. With ``step`` > 1 only every ``step``-th cached
+        position along each axis takes part (the frames of :meth:`subsample`), grouped on
+        that coarser lattice. Returns ``(rows, scan_yx)`` per group: the group's rows of
+        :attr:`frames` (int64, increasing) and their scan positions. The frames are not
+        copied (the kernels read ``frames[rows]`` in place: a copy per group touched as
+        much fresh memory as the cache). Made once per ``(groups, step)`` and kept.
         """
-        if ("groups", groups) not in self._memo:
+        if ("groups", groups, step) not in self._memo:
             grid = np.rint(self.scan_yx / self.stride).astype(int)
+            on = (grid[:, 0] % step == 0) & (grid[:, 1] % step == 0)
+            grid = grid // step
             if groups == 1:
                 label = np.zeros(len(grid), dtype=int)
             elif groups in (4, 9):
@@ -180,17 +184,22 @@ class ReducedCache:
                 raise ValueError(f"groups must be 1, 2, 4 or 9, got {groups}")
             parts = []
             for k in range(groups):
-                rows = np.flatnonzero(label == k).astype(np.int64)
+                rows = np.flatnonzero(on & (label == k)).astype(np.int64)
                 parts.append((rows, self.scan_yx[rows]))
-            self._memo[("groups", groups)] = parts
-        return self._memo[("groups", groups)]
+            self._memo[("groups", groups, step)] = parts
+        return self._memo[("groups", groups, step)]
 
-    def work(self, disk_radius: float | None = None) -> float:
-        """Pixels touched by one evaluation: frames x binned pixels inside the disk."""
+    def work(self, disk_radius: float | None = None, step: int = 1) -> float:
+        """Pixels touched by one evaluation: frames (every ``step``-th cached position along
+        each axis) x binned pixels inside the disk."""
         pix = self.frames.shape[1] * self.frames.shape[2]
         if disk_radius:
             pix = min(pix, math.pi * (disk_radius / self.bin) ** 2)
-        return len(self.frames) * pix
+        n = len(self.frames)
+        if step > 1:
+            grid = np.rint(self.scan_yx / self.stride).astype(int)
+            n = int(((grid[:, 0] % step == 0) & (grid[:, 1] % step == 0)).sum())
+        return n * pix
 
 
 #: Default bound on the work of one loss evaluation: cached frames x used binned pixels.

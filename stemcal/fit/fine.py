@@ -82,12 +82,12 @@ def search(cache: ReducedCache, start: OverfocusParams, half: dict, *, free: Seq
     ``widened`` (retries made), ``nfev``, ``k``.
     """
     k = 1
-    while k < 8 and cache.subsample(k).work(start.disk_radius_px) > coarse_work:
+    while k < 8 and cache.work(start.disk_radius_px, step=k) > coarse_work:
         k += 1
     half = {f: float(half[f]) for f in free}
     centre, nfev, widened = start, 0, 0
     while True:
-        loss = BlurLoss(cache.subsample(k), centre, free=tuple(free), metric=metric)
+        loss = BlurLoss(cache, centre, free=tuple(free), metric=metric, step=k)
         x0 = loss.x0()
         units = {f: 100 * h if f == "overfocus" else h for f, h in half.items()}
         bounds = [(x - units[f], x + units[f]) for f, x in zip(free, x0)]

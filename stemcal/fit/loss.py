@@ -46,6 +46,9 @@ class BlurLoss:
     > 0 the part inside that radius is left out (an annulus: shifted sums and
     coverages are linear in the disk weight, so the annulus is the difference
     of two disk projections on one grid).
+
+    ``step`` > 1 uses every ``step``-th cached scan position along each axis (the
+    frames of ``cache.subsample(step)``, read in place: the search's cheap loss).
     """
 
     cache: ReducedCache
@@ -57,6 +60,7 @@ class BlurLoss:
     groups: int = 4
     disk_fraction: float = 0.95
     hole_fraction: float = 0.0
+    step: int = 1
     nfev: int = 0
 
     def __post_init__(self) -> None:
@@ -87,7 +91,8 @@ class BlurLoss:
             self.groups = 1
         if self.groups not in (1, 2, 4, 9):
             raise ValueError(f"groups must be 2, 4 or 9, got {self.groups}")
-        self._groups = self.cache.group_rows(self.groups)   # (rows, scan_yx) per group
+        # (rows, scan_yx) per group, of every step-th cached position along each axis
+        self._groups = self.cache.group_rows(self.groups, self.step)
 
     def shuffled(self, rng: np.random.Generator) -> "BlurLoss":
         """This loss with the scan positions permuted at random within each group of
@@ -171,7 +176,8 @@ class BlurLoss:
         separate accumulators, then added.
         """
         c = self.cache
-        frames, scan_yx = c.frames, c.scan_yx   # one group: every frame, in cache order
+        rows, scan_yx = self._groups[0]   # one group: its frames in cache order
+        frames = c.frames if len(rows) == len(c.frames) else c.frames[rows]
         acc = np.zeros((2, 3) + geo.shape)
         bounds = [0, len(frames) // 2, len(frames)]
 

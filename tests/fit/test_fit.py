@@ -216,6 +216,26 @@ def test_reduced_cache_subsample():
     assert len(cache.frames) == 80  # the original is untouched
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_loss_step_equals_the_subsampled_cache(groups):
+    """The search's loss on every 2nd/3rd cached position reads those frames in place
+    (BlurLoss(step=k)): the same numbers as on the copied cache.subsample(k)."""
+    truth = OverfocusParams(overfocus=1e-6, semiconv=10e-3, cy=17.3, cx=15.6, scan_rotation=33.0,
+                            flip_y=True, **{**BASE, "scan_pixel_size": 0.5e-9 * 32 / 128})
+    cache = cache_of(simulate(truth, (18, 17), (32, 32), dose=20, seed=3).astype(np.float32))
+    for k in (2, 3):
+        sub = cache.subsample(k)
+        assert cache.work(truth.disk_radius_px, step=k) == sub.work(truth.disk_radius_px)
+        rows = np.concatenate([r for r, _ in cache.group_rows(groups, step=k)])
+        assert sorted(rows.tolist()) == [i for i, (y, x) in enumerate(cache.scan_yx)
+                                         if y % k == 0 and x % k == 0]
+        metric = "unbiased" if groups == 1 else "contrast"
+        for trial in (truth, truth.replace(scan_rotation=34.0, overfocus=1.02e-6)):
+            a = BlurLoss(cache, truth, groups=groups, step=k, metric=metric).value(trial)
+            b = BlurLoss(sub, truth, groups=groups, metric=metric).value(trial)
+            assert a == b and np.isfinite(a)
+
+
 @pytest.mark.parametrize("bin_, stride", [(1, 1), (2, 3), (3, 2)])
 def test_build_cache_equals_reshape_binning(ctx, bin_, stride):
     rng = np.random.default_rng(bin_ * 10 + stride)
