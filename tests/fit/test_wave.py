@@ -32,7 +32,7 @@ CASES = {
                         max_sampling=0.6), "strong"),
 }
 #: Noisy realisations fitted besides the noise-free frames: (name, dose per vacuum disk px).
-NOISY = [("smooth_wpo", 20.0), ("carbon_au", 20.0)]
+NOISY = [("smooth_wpo", 20.0), ("carbon_au", 20.0), ("carbon_au", 200.0)]
 
 
 
@@ -72,9 +72,9 @@ def test_multislice_cold_start(wave_fit, name, dose):
     unc = fit.extra["uncertainty"]
     report = f"{name} dose {dose}: {err}, uncertainty {unc}, quality {fit.quality}"
     assert fit.params.flip_y == truth["flip_y"]
-    # noise-free: within 0.05 deg; at 20 counts/px a 32x32 scan's rotation scatters by
-    # about 0.07 deg (the reported uncertainty says so, and is checked below)
-    assert abs(err["rotation"]) <= (0.05 if dose is None else 0.15), report
+    # noise-free and at 200 counts/px: within 0.05 deg; at 20 counts/px a 32x32 scan's
+    # rotation scatters by about 0.07 deg (the reported uncertainty says so, checked below)
+    assert abs(err["rotation"]) <= (0.15 if dose is not None and dose < 200 else 0.05), report
     assert err["centre"] <= 0.1, report
     # no descan in the data: every element reported as zero (not significant), or tiny
     assert np.abs(fit.params.descan_matrix).max() <= 1e-3, fit.extra["descan"]
