@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import math
 import multiprocessing
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from live_chain import parse_scan, peak_gb, reset_peak  # noqa: E402
+from run import best_of  # noqa: E402
 
 SIG = (256, 256)
 DEFAULT_SCANS = ((64, 64), (128, 128), (256, 256))
@@ -43,30 +44,10 @@ DOSE = 5.0
 DASK_WORKERS = 2
 
 
-def _reset_peak() -> None:
-    """Reset this process's ``VmHWM`` to its current RSS (Linux ``clear_refs`` 5)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
-def _peak_gb() -> float:
-    """This process's ``VmHWM`` (peak RSS, file pages included), GB."""
-    for row in Path("/proc/self/status").read_text().splitlines():
-        if row.startswith("VmHWM:"):
-            return int(row.split()[1]) * 1024 / 1e9
-    return 0.0
 
 
-def _best(fn, repeat: int) -> float:
-    fn()  # untimed: page cache, Numba, the cluster's first task
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def time_baseline(path: str, repeat: int) -> tuple[float, float]:
@@ -75,8 +56,8 @@ def time_baseline(path: str, repeat: int) -> tuple[float, float]:
     from run import baseline_pass
     frames = np.load(path, mmap_mode="r")
     frames = frames.reshape((-1,) + frames.shape[-2:])
-    _reset_peak()
-    return _best(lambda: baseline_pass(frames), repeat), _peak_gb()
+    reset_peak()
+    return best_of(lambda: baseline_pass(frames), repeat), peak_gb()
 
 
 def time_pass(path: str, executor: str, repeat: int) -> tuple[float, float]:
@@ -96,13 +77,13 @@ def time_pass(path: str, executor: str, repeat: int) -> tuple[float, float]:
         params = geometry(SIG)
         udf_pass(ctx, ds, params)   # untimed: Numba, page cache
         client = getattr(ctx.executor, "client", None)
-        _reset_peak()
+        reset_peak()
         if client is not None:
-            client.run(_reset_peak)
-        t = _best(lambda: udf_pass(ctx, ds, params), repeat)
-        peak = _peak_gb()
+            client.run(reset_peak)
+        t = best_of(lambda: udf_pass(ctx, ds, params), repeat)
+        peak = peak_gb()
         if client is not None:
-            peak += sum(client.run(_peak_gb).values())
+            peak += sum(client.run(peak_gb).values())
         return t, peak
     finally:
         ctx.close()
@@ -144,12 +125,6 @@ def bench_scale(scans, repeat: int, directory: str) -> list[list[str]]:
     return rows
 
 
-def parse_scan(text: str) -> tuple[int, int]:
-    try:
-        ny, nx = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"scan must look like 64x64, got {text!r}") from None
-    return ny, nx
 
 
 def main(argv=None) -> int:
