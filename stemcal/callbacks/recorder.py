@@ -151,8 +151,6 @@ class CalibrationRecorder:
             self._statuses[start["uid"]] = status = ResultStatus(
                 obj=start["uid"], name=f"{what} of run {start['uid'][:8]}")
 
-        self._worker().submit(self._prepare)  # while the scan runs: imports, the context
-
         def on_stop(start: dict, stop: dict, data: AcquiredData | None,
                     reason: str | None = None) -> None:
             if stop.get("exit_status") != "success":
@@ -246,16 +244,6 @@ class CalibrationRecorder:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
             return self._pool
-
-    def _prepare(self) -> None:
-        """Import the fit and make the LiberTEM context, in the worker while a run's scan
-        goes on (the fit queues behind it): about half a second less after the scan.
-        A failure here is left to the fit, which meets it again and reports it."""
-        try:
-            from ..fit import coarse  # noqa: F401  (LiberTEM, Numba kernels, SciPy)
-            self._context()
-        except Exception:  # pragma: no cover - reported by the fit that follows
-            log.debug("preparing the fit failed", exc_info=True)
 
     def _context(self) -> Any:
         if self._ctx is None:
