@@ -47,11 +47,12 @@ def timed(args: list[str], env: dict, repeat: int) -> tuple[float, list[str], li
     return statistics.median(t for t, _ in runs), [s for _, s in runs], [t for t, _ in runs]
 
 
-def scan_seconds(catalog: str, acquisition_uid: str) -> float:
-    """Start to stop of the acquisition run (its documents' times): the scan itself."""
+def scan_seconds(catalog: str, acquisition_uids: list[str]) -> list[float]:
+    """Start to stop of each acquisition run (its documents' times): the scan itself."""
     from stemcal.catalog.store import open_catalog
-    md = open_catalog(catalog, create=False)[acquisition_uid].metadata
-    return float(md["stop"]["time"] - md["start"]["time"])
+    client = open_catalog(catalog, create=False)
+    mds = [client[uid].metadata for uid in acquisition_uids]
+    return [float(md["stop"]["time"] - md["start"]["time"]) for md in mds]
 
 
 def main(argv=None) -> int:
@@ -72,8 +73,8 @@ def main(argv=None) -> int:
         rows.append(["stemcal --help", f"{t:.2f}", "python", f"{t / base:.1f}", "instant"])
         t, outs, walls = timed(cli + ["calibrate", "--json", "--no-progress"], env, args.repeat)
         uid = json.loads(outs[-1])["uid"]
-        scans = [scan_seconds(env["STEMCAL_CATALOG"], json.loads(o)["acquisition_uid"])
-                 for o in outs]
+        scans = scan_seconds(env["STEMCAL_CATALOG"],
+                             [json.loads(o)["acquisition_uid"] for o in outs])
         beyond = statistics.median(w - s for w, s in zip(walls, scans))
         rows.append(["stemcal calibrate (sim 40x40, 96x96)", f"{t:.2f}", "python",
                      f"{t / base:.1f}", "-"])

@@ -225,7 +225,10 @@ class CalibrationRecorder:
                 start: dict, data: AcquiredData) -> None:
         """Run ``work(start, data, report)`` in the worker; ``report(stage, fraction)`` is
         the status's :meth:`~ResultStatus.report_progress`."""
-        pool = self._worker()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
+            pool = self._pool
 
         def job() -> None:
             try:
@@ -237,13 +240,6 @@ class CalibrationRecorder:
                 status.set_result(result)
 
         pool.submit(job)
-
-    def _worker(self) -> ThreadPoolExecutor:
-        """The one worker thread that fits (made at the first run handled)."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stemcal-calibration")
-            return self._pool
 
     def _context(self) -> Any:
         if self._ctx is None:

@@ -124,14 +124,22 @@ class ReducedCache:
     def nbytes(self) -> int:
         return int(self.frames.nbytes)
 
+    def _grid(self) -> np.ndarray:
+        """Each cached frame's position on the cache's scan lattice, (n, 2) int."""
+        return np.rint(self.scan_yx / self.stride).astype(int)
+
+    def _every(self, step: int) -> np.ndarray:
+        """Which cached frames lie on every ``step``-th cached position along each axis."""
+        grid = self._grid()
+        return (grid[:, 0] % step == 0) & (grid[:, 1] % step == 0)
+
     def subsample(self, k: int) -> "ReducedCache":
         """A cache of every ``k``-th cached scan position along each axis (a copy, made
         once per ``k`` and kept)."""
         if k <= 1:
             return self
         if ("sub", k) not in self._memo:
-            grid = np.rint(self.scan_yx / self.stride).astype(int)
-            keep = (grid[:, 0] % k == 0) & (grid[:, 1] % k == 0)
+            keep = self._every(k)
             self._memo[("sub", k)] = dataclasses.replace(
                 self, frames=np.ascontiguousarray(self.frames[keep]), scan_yx=self.scan_yx[keep],
                 stride=self.stride * k)
@@ -170,9 +178,8 @@ class ReducedCache:
         much fresh memory as the cache). Made once per ``(groups, step)`` and kept.
         """
         if ("groups", groups, step) not in self._memo:
-            grid = np.rint(self.scan_yx / self.stride).astype(int)
-            on = (grid[:, 0] % step == 0) & (grid[:, 1] % step == 0)
-            grid = grid // step
+            on = self._every(step)
+            grid = self._grid() // step
             if groups == 1:
                 label = np.zeros(len(grid), dtype=int)
             elif groups in (4, 9):
@@ -195,10 +202,7 @@ class ReducedCache:
         pix = self.frames.shape[1] * self.frames.shape[2]
         if disk_radius:
             pix = min(pix, math.pi * (disk_radius / self.bin) ** 2)
-        n = len(self.frames)
-        if step > 1:
-            grid = np.rint(self.scan_yx / self.stride).astype(int)
-            n = int(((grid[:, 0] % step == 0) & (grid[:, 1] % step == 0)).sum())
+        n = int(self._every(step).sum()) if step > 1 else len(self.frames)
         return n * pix
 
 
