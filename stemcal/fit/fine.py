@@ -225,7 +225,6 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         best = fin.params
         used = fin.used_loss()
         best_loss = used.value(best)
-        extra["start_loss"] = used.value(start)
         nfev += fin.nfev
         unc = fin.uncertainty
         parts_flag = fin.disagreement()
@@ -234,7 +233,6 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         extra["significance"] = significance
     else:
         best, best_loss = found["params"], float(res.fun)
-        extra["start_loss"] = float("nan")
     if at_edge:
         widest = ", ".join(f"{f} +-{100 * found.get('half', half)[f]:.0f} %" if f == "overfocus"
                            else f"{f} +-{found.get('half', half)[f]:g}" for f in at_edge)

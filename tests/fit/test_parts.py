@@ -8,7 +8,7 @@ from stemcal.fit import build_cache, refine
 from stemcal.fit.edge import descan_from_edges
 from stemcal.fit.loss import BlurLoss
 from stemcal.fit.metrics import contrast_loss, pair_contrasts
-from stemcal.fit.parts import descan_sigma
+from stemcal.fit.parts import HALF_WIDTH, descan_sigma, half_width
 from stemcal.fit.rings import RADII, RingLoss, part_losses
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.model import scan_middle
@@ -101,6 +101,16 @@ def test_descan_sigma_is_linear_and_positive():
     # an error of 1e-3 px/scan px in every element, with |A^-1| ~ 1.8 detector px per scan
     # px: a few hundredths of a degree
     assert 0.005 < s1["scan_rotation"] < 0.1
+
+
+def test_rotation_span_follows_the_scan_side():
+    """The final stage's rotation samples span the same share of the loss's width (which
+    goes as one over the scan's side): 0.5 deg from 64x64 up, twice that on 32x32."""
+    assert half_width("scan_rotation", (64, 64)) == HALF_WIDTH["scan_rotation"] == 0.5
+    assert half_width("scan_rotation", (256, 128)) == 0.5
+    assert half_width("scan_rotation", (32, 40)) == pytest.approx(1.0)
+    assert half_width("scan_rotation", (16, 16)) == pytest.approx(2.0)
+    assert half_width("overfocus", (16, 16)) == HALF_WIDTH["overfocus"]
 
 
 def test_search_widens_at_the_bound(ctx):
