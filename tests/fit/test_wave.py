@@ -72,9 +72,10 @@ def test_multislice_cold_start(wave_fit, name, dose):
     unc = fit.extra["uncertainty"]
     report = f"{name} dose {dose}: {err}, uncertainty {unc}, quality {fit.quality}"
     assert fit.params.flip_y == truth["flip_y"]
-    # noise-free and at 200 counts/px: within 0.05 deg; at 20 counts/px a 32x32 scan's
-    # rotation scatters by about 0.07 deg (the reported uncertainty says so, checked below)
-    assert abs(err["rotation"]) <= (0.15 if dose is not None and dose < 200 else 0.05), report
+    # within 0.05 deg on every case here, 20 counts/px included (carbon_au at 20 counts/px:
+    # -0.048 deg with a sigma of 0.078 since the final stage's rotation span follows the
+    # scan's side and the rotation is sampled after the overfocus; 0.15 was allowed before)
+    assert abs(err["rotation"]) <= 0.05, report
     assert err["centre"] <= 0.1, report
     # no descan in the data: every element reported as zero (not significant), or tiny
     assert np.abs(fit.params.descan_matrix).max() <= 1e-3, fit.extra["descan"]
