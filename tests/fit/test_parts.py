@@ -8,7 +8,8 @@ from stemcal.fit import build_cache, refine
 from stemcal.fit.edge import descan_from_edges
 from stemcal.fit.loss import BlurLoss
 from stemcal.fit.metrics import contrast_loss, pair_contrasts
-from stemcal.fit.parts import HALF_WIDTH, descan_sigma, half_width
+import stemcal.fit.parts as parts_module
+from stemcal.fit.parts import HALF_WIDTH, RESAMPLE_ROTATION, descan_sigma, finish, half_width
 from stemcal.fit.rings import RADII, RingLoss, part_losses
 from stemcal.twin import OverfocusParams, simulate
 from stemcal.twin.model import scan_middle
@@ -111,6 +112,34 @@ def test_rotation_span_follows_the_scan_side():
     assert half_width("scan_rotation", (32, 40)) == pytest.approx(1.0)
     assert half_width("scan_rotation", (16, 16)) == pytest.approx(2.0)
     assert half_width("overfocus", (16, 16)) == HALF_WIDTH["overfocus"]
+
+
+@pytest.mark.parametrize("overfocus_off", [0.0, 0.03])
+def test_rotation_sampled_again_where_the_overfocus_moved(small_case, monkeypatch, overfocus_off):
+    """The final stage samples the rotation at the overfocus it starts from; where the
+    overfocus it then finds differs by more than RESAMPLE_ROTATION, once more there."""
+    truth, _, cache = small_case
+    calls = []
+    original = parts_module.scan_parameter
+
+    def recording(rings, params, name, **kw):
+        calls.append((name, params.overfocus))
+        return original(rings, params, name, **kw)
+
+    monkeypatch.setattr(parts_module, "scan_parameter", recording)
+    start = truth.replace(overfocus=truth.overfocus * (1 + overfocus_off))
+    fin = finish(cache, start, free=("scan_rotation", "overfocus"))
+    rotations = [of for name, of in calls if name == "scan_rotation"]
+    moved = abs(fin.params.overfocus / start.overfocus - 1) > RESAMPLE_ROTATION
+    assert moved == (overfocus_off > 0)   # 3 % off: found near the truth; at the truth: stays
+    assert len(rotations) == 1 + moved
+    assert rotations[0] == start.overfocus
+    if moved:   # the second time at the overfocus found
+        assert rotations[1] == pytest.approx(fin.params.overfocus, rel=1e-12)
+    assert abs(fin.params.overfocus / truth.overfocus - 1) < 0.005
+    # a 24x24 scan at 5 counts/px: the rotation is known to about 0.1 deg, and says so
+    err = abs(fin.params.scan_rotation - truth.scan_rotation)
+    assert err < 0.25 and err <= 2 * fin.uncertainty["scan_rotation"], fin.uncertainty
 
 
 def test_search_widens_at_the_bound(ctx):
