@@ -127,8 +127,8 @@ def scan_parameter(rings: RingLoss, params: OverfocusParams, name: str, *,
 
     Samples ``points`` values of ``name`` over ``+- half`` (default :func:`half_width`)
     around ``params`` (the other parameters held), each projected once for all parts
-    with its own grid phase; per part, the vertex of the least-squares parabola through its losses, and the same for
-    each group left out (the jackknife). While the ``follow`` part's vertex lies off the
+    with its own grid phase; per part, the vertex of the least-squares parabola through
+    its losses, and the same for each group left out (the jackknife). While the ``follow`` part's vertex lies off the
     sampled span's middle, the samples are re-centred on it; where it is not convex (a
     flat loss: little specimen detail), the span is doubled, up to four times
     (``rounds`` samplings at most).
@@ -297,17 +297,10 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
     parts: dict = {}
     nfev = 0
     rings = None
-    order = [n for n in _ORDER if n in free]
-    if "scan_rotation" in order and "overfocus" in order:
-        order.insert(order.index("overfocus") + 1, "again")
-    sampled_at = None   # the overfocus the rotation was sampled at
-    for name in order:
-        if name == "again":
-            if abs(p.overfocus / sampled_at - 1) <= RESAMPLE_ROTATION:
-                continue
-            name = "scan_rotation"
-        if name == "scan_rotation":
-            sampled_at = p.overfocus
+
+    def sample(name: str) -> None:
+        """``name`` from the parts of the disk at ``p``: sets it in ``p`` and ``parts``."""
+        nonlocal p, nfev, rings
         up = float(upsample[name])
         rings = losses.setdefault(up, RingLoss(cache, start, upsample=up))
         est, n = scan_parameter(rings, p, name)
@@ -328,6 +321,15 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
                        "parts_z": _z(a, b, name, floor=2 * alg.get(name, 0.0)),
                        "estimates": {k: dataclasses.asdict(v) for k, v in est.items()},
                        "stat": est[used].sigma, "parts": diff / 2}
+
+    rotation_at = None   # the overfocus the rotation was sampled at
+    for name in [n for n in _ORDER if n in free]:
+        if name == "scan_rotation":
+            rotation_at = p.overfocus
+        sample(name)
+        if (name == "overfocus" and rotation_at is not None
+                and abs(p.overfocus / rotation_at - 1) > RESAMPLE_ROTATION):
+            sample("scan_rotation")   # once more, at the overfocus found
     desc = (descan_sigma(p, descan_sigma_matrix) if descan_sigma_matrix is not None else {})
     total = {}
     for name, q in parts.items():

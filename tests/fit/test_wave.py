@@ -74,7 +74,8 @@ def test_multislice_cold_start(wave_fit, name, dose):
     assert fit.params.flip_y == truth["flip_y"]
     # within 0.05 deg on every case here, 20 counts/px included (carbon_au at 20 counts/px:
     # -0.048 deg with a sigma of 0.078 since the final stage's rotation span follows the
-    # scan's side and the rotation is sampled after the overfocus; 0.15 was allowed before)
+    # scan's side and the rotation is sampled again where the overfocus moved; 0.15 was
+    # allowed before)
     assert abs(err["rotation"]) <= 0.05, report
     assert err["centre"] <= 0.1, report
     # no descan in the data: every element reported as zero (not significant), or tiny
