@@ -81,8 +81,8 @@ class StemcalApp:
     @property
     def ctx(self) -> Any:
         if self._ctx is None:
-            from libertem.api import Context
-            self._ctx = Context.make_with("inline")
+            from ..executors import InlineContext
+            self._ctx = InlineContext()
         return self._ctx
 
     def open_file(self, path: str | Path, sizes: Sizes, *,

@@ -243,9 +243,9 @@ class CalibrationRecorder:
 
     def _context(self) -> Any:
         if self._ctx is None:
-            from libertem.api import Context
+            from ..executors import InlineContext
 
-            self._ctx = Context.make_with("inline")
+            self._ctx = InlineContext()
         return self._ctx
 
     def _calibrate(self, start: dict, data: AcquiredData,

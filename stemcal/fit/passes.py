@@ -12,8 +12,8 @@ __all__ = ["as_dataset", "full_pass", "image_quality"]
 def as_dataset(ctx, dataset):
     """A LiberTEM context and dataset for ``dataset`` (a DataSet or a 4D array)."""
     if ctx is None:
-        from libertem.api import Context
-        ctx = Context.make_with("inline")
+        from ..executors import InlineContext
+        ctx = InlineContext()
     if isinstance(dataset, np.ndarray):
         if dataset.ndim != 4:
             raise ValueError(f"need a 4D array (ny, nx, sy, sx), got shape {dataset.shape}")

@@ -1,0 +1,97 @@
+"""InlineContext: the default context gives what libertem.api's does, without its imports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from libertem.api import Context
+from libertem.common.progress import ProgressReporter
+
+from stemcal.fit.cache import BinFramesUDF
+from stemcal.processing import OverfocusUDF
+from stemcal.executors import InlineContext
+from stemcal.twin import OverfocusParams, simulate
+
+PARAMS = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
+                         detector_pixel_size=55e-6, semiconv=6e-3, cy=23.0, cx=25.0,
+                         scan_rotation=25.0, flip_y=True, descan=((0.01, 0.0), (0.0, -0.02)))
+
+
+@pytest.fixture(scope="module")
+def npy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ctx") / "scan.npy"
+    np.save(path, simulate(PARAMS, (12, 10), (48, 48), dose=30, seed=4))
+    return path
+
+
+class Counting(ProgressReporter):
+    def __init__(self):
+        self.calls = 0
+
+    def start(self, state):
+        self.calls += 1
+
+    def update(self, state):
+        self.calls += 1
+
+    def end(self, state):
+        self.calls += 1
+
+
+@pytest.mark.filterwarnings("ignore:ROI dtype")   # the Context's warning of the cast
+def test_passes_equal_those_of_libertems_context(npy):
+    roi = np.zeros((12, 10), dtype=np.uint8)   # not bool: cast, as the Context does
+    roi[1::2, ::3] = 1
+    ours, theirs = InlineContext(), Context.make_with("inline")
+    try:
+        a_ds = ours.load("npy", path=str(npy))
+        b_ds = theirs.load("npy", path=str(npy))
+        assert tuple(a_ds.shape) == tuple(b_ds.shape) == (12, 10, 48, 48)
+        for udf, kw in ((OverfocusUDF(PARAMS), {}), (BinFramesUDF(factor=2), {"roi": roi})):
+            a = ours.run_udf(dataset=a_ds, udf=udf, **kw)
+            b = theirs.run_udf(dataset=b_ds, udf=udf, **kw)
+            assert set(a) == set(b)
+            for name in a:
+                np.testing.assert_array_equal(np.asarray(a[name].data), np.asarray(b[name].data))
+        # a list of UDFs gives a list of result dicts; a ProgressReporter is called
+        reporter = Counting()
+        many = ours.run_udf(a_ds, [OverfocusUDF(PARAMS), BinFramesUDF(factor=4)],
+                            progress=reporter)
+        assert len(many) == 2 and "shifted_sum" in many[0] and "binned" in many[1]
+        assert np.asarray(many[1]["binned"].data).shape == (12, 10, 12, 12)
+        assert reporter.calls >= 2
+        with pytest.raises(ValueError, match="empty list"):
+            ours.run_udf(a_ds, [])
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_fit_on_the_default_context_does_not_import_libertem_api(npy):
+    """The CLI's and the fit's default context leave libertem.api (and with it dask's
+    distributed and the delayed executor's imports) out of the process."""
+    code = (
+        "import json, sys\n"
+        "from stemcal.executors import make_context\n"
+        "from stemcal.fit.passes import as_dataset, full_pass\n"
+        "from stemcal.formats.dataset import open_dataset\n"
+        "from stemcal.twin import OverfocusParams\n"
+        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
+        "ctx = make_context('inline')\n"
+        f"ds = open_dataset(ctx, {str(npy)!r})\n"
+        "images = full_pass(ctx, ds, p)\n"
+        "ctx2, _ = as_dataset(None, images['point'][None, None].repeat(2, 0).repeat(2, 1))\n"
+        "print(json.dumps({'api': 'libertem.api' in sys.modules,"
+        " 'distributed': 'distributed' in sys.modules,"
+        " 'ctx': type(ctx).__name__, 'ctx2': type(ctx2).__name__,"
+        " 'sum': float(images['shifted_sum'].sum())}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {**got, "api": False, "distributed": False, "ctx": "InlineContext",
+                   "ctx2": "InlineContext"}
+    assert got["sum"] > 0
