@@ -128,37 +128,53 @@ def scan_parameter(rings: RingLoss, params: OverfocusParams, name: str, *,
     Samples ``points`` values of ``name`` over ``+- half`` (default :func:`half_width`)
     around ``params`` (the other parameters held), each projected once for all parts
     with its own grid phase; per part, the vertex of the least-squares parabola through
-    its losses, and the same for each group left out (the jackknife). While the ``follow`` part's vertex lies off the
-    sampled span's middle, the samples are re-centred on it; where it is not convex (a
-    flat loss: little specimen detail), the span is doubled, up to four times
-    (``rounds`` samplings at most).
+    its losses, and the same for each group left out (the jackknife). While the ``follow``
+    part's vertex lies more than a quarter of the span off its middle, the samples are
+    re-centred on it (the nearest sample, at most ``half`` away); where it is not convex
+    (a flat loss: little specimen detail), the span is doubled, up to four times
+    (``rounds`` samplings at most). The samples lie on one grid, and a re-centred or
+    widened sampling projects only the values that are not on it yet (a shift by two
+    samples costs two trials, not ``points``).
     Returns ``({part: Estimate}, loss evaluations)``.
     """
+    if points < 3 or points % 2 == 0:
+        raise ValueError(f"points must be odd and at least 3 (a middle sample), got {points}")
     half = half_width(name, rings.cache.nav_shape) if half is None else half
     base_half = half
     K = rings.groups
     leave = [None] + list(range(K))
-    centre, nfev, counter = 0.0, 0, 0
+    m = (points - 1) // 2
+    step = 2 * half / (points - 1)
+    # Samples on a grid of `step`, keyed by grid index (x = index * step): a re-centred
+    # or widened sampling reuses those that lie on its grid.
+    samples: dict[int, dict[str, np.ndarray]] = {}
+    centre, nfev, counter = 0, 0, 0
     for _ in range(rounds):
-        xs = centre + np.linspace(-half, half, points)
-        losses: dict[str, list[np.ndarray]] = {}
-        for x in xs:
+        idx = range(centre - m, centre - m + points)
+        for i in idx:
+            if i in samples:
+                continue
             counter += 1
-            pairs = rings.pairs(_set(params, name, params, float(x)),
+            pairs = rings.pairs(_set(params, name, params, i * step),
                                 grid_shift=(counter * _PHASE_STEP) % 1.0)
-            for part, P in pairs.items():
-                losses.setdefault(part, []).append(part_losses(P, leave))
-        nfev += points
-        table = {part: np.asarray(v) for part, v in losses.items()}   # (points, K + 1)
-        lead = _vertex(xs, table[follow][:, 0])
+            samples[i] = {part: part_losses(P, leave) for part, P in pairs.items()}
+            nfev += 1
+        xs = np.array([i * step for i in idx])
+        table = {part: np.asarray([samples[i][part] for i in idx]) for part in samples[idx[0]]}
+        lead = _vertex(xs, table[follow][:, 0])   # (points, K + 1) per part
         if not math.isfinite(lead):
             if half >= 4 * base_half:
                 break
-            half *= 2   # flat or not convex here: a wider span (little specimen detail)
+            # flat or not convex here: twice the span (little specimen detail); the
+            # samples on even grid indices lie on the new grid
+            half, step = 2 * half, 2 * step
+            samples = {i // 2: v for i, v in samples.items() if i % 2 == 0}
+            centre = int(round(centre / 2))
             continue
-        if abs(lead - centre) <= 0.25 * half:
+        shift = int(np.clip(round(lead / step) - centre, -m, m))
+        if abs(lead - centre * step) <= 0.25 * half or shift == 0:
             break
-        centre = float(np.clip(lead, centre - half, centre + half))
+        centre += shift
     out = {}
     for part, t in table.items():
         v = _vertex(xs, t[:, 0])

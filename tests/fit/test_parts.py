@@ -142,6 +142,27 @@ def test_rotation_sampled_again_where_the_overfocus_moved(small_case, monkeypatc
     assert err < 0.25 and err <= 2 * fin.uncertainty["scan_rotation"], fin.uncertainty
 
 
+def test_recentred_sampling_projects_only_the_new_samples(small_case):
+    """Started 1.5 % off in overfocus (half its span), the samples are re-centred on the
+    vertex; the samples already on the shifted grid are kept, so the re-centring costs
+    a few projections, not another full set, and gives the estimate of a sampling made
+    around the truth from the start."""
+    truth, _, cache = small_case
+    rings = RingLoss(cache, truth, upsample=2.0)
+    points, half = parts_module.POINTS, HALF_WIDTH["overfocus"]
+    centred, n_centred = parts_module.scan_parameter(rings, truth, "overfocus")
+    assert n_centred == points
+    off = truth.replace(overfocus=truth.overfocus * (1 + half / 100))
+    est, n = parts_module.scan_parameter(rings, off, "overfocus")
+    assert points < n <= points + (points - 1) // 2 + 1   # one shift by at most half the span
+    for part in ("disk70", "disk95"):
+        assert abs(est[part].value / truth.overfocus - 1) < 0.005
+        assert est[part].value == pytest.approx(centred[part].value,
+                                                abs=3 * centred[part].sigma + 1e-3 * truth.overfocus)
+    with pytest.raises(ValueError, match="odd"):
+        parts_module.scan_parameter(rings, truth, "overfocus", points=10)
+
+
 def test_search_widens_at_the_bound(ctx):
     """An overfocus guess 20 % off with a 12 % box: the search's optimum sits at the bound,
     so it is widened and retried; the fit converges on the truth."""
