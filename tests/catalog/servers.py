@@ -97,5 +97,9 @@ def drop_dac_override() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
-#: A small calibration that still gives a trusted record (16x16 scan, 64x64 detector, one try).
-SMALL = ("--nav-shape", 16, 16, "--sig-shape", 64, 64, "--max-attempts", 1)
+#: A small calibration that still gives a trusted record (16x16 scan, 64x64 detector, one
+#: try). At the simulator's default 5 counts/px a 16x16 scan is at the edge of what the fit
+#: trusts (over seeds 0-9: 3 or 4 of 10 "ok", the others flagged uncertain, which of them
+#: depending on the final stage's sampling); at 50 counts/px all 10 are "ok". These tests
+#: are about the catalog, so they take the trusted case.
+SMALL = ("--nav-shape", 16, 16, "--sig-shape", 64, 64, "--dose", 50, "--max-attempts", 1)

@@ -68,7 +68,7 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     from stemcal.session import make_session
 
     monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
-    sim = SimSettings(nav_shape=(16, 16), sig_shape=(64, 64))
+    sim = SimSettings(nav_shape=(16, 16), sig_shape=(64, 64), dose=50.0)   # as SMALL
     session = make_session(server.uri, sim=sim)
     assert session.data_dir == server.catalog / "raw"  # the data directory the server announces
     stopped = []
@@ -99,7 +99,7 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
 
     # Still down: the CLI opens nothing, calibrates anyway and keeps run and record.
     cli = stemcal("calibrate", "--catalog", server.uri, "--json", "--nav-shape", 16, 16,
-                  "--sig-shape", 64, 64, "--max-attempts", 1, key=server.keys.writer)
+                  "--sig-shape", 64, 64, "--dose", 50, "--max-attempts", 1, key=server.keys.writer)
     assert cli.returncode == 0, cli.stderr
     out = json.loads(cli.stdout.strip())
     assert out["spooled"] is True and out["valid"] is True
