@@ -125,7 +125,7 @@ def test_calibrate_on_a_terminal_speaks_at_once_then_shows_bars(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "stemcal.cli", "calibrate", "--json",
                              "--catalog", str(tmp_path / "cat"), "--nav-shape", "16", "16",
-                             "--sig-shape", "64", "64", "--max-attempts", "1"],
+                             "--sig-shape", "64", "64", "--dose", "50", "--max-attempts", "1"],
                             stdout=subprocess.PIPE, stderr=tty_fd, text=True, cwd=REPO, env=env)
     os.close(tty_fd)
     seen, first_at = b"", None
