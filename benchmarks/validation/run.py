@@ -12,7 +12,11 @@ Prints, as plain-text tables:
 2. the low-dose geometric set: 30 seeded noise realisations at 3 counts/px
    (``stemcal.twin.simulate``), and a geometric case with descan up to 0.06 px/scan px;
 3. coverage: the share of fits with |error| <= 2 sigma, rotation and overfocus;
-4. how many of 100 files of pure noise or blank specimens come back "ok".
+4. how many of 100 files of pure noise or blank specimens come back "ok";
+5. the low-dose multislice rows again over more Poisson seeds of the same noise-free
+   frames (``SEED_DOSE`` counts/px, seeds 1-``SEEDS``): per case the RMS, mean and
+   scatter of the rotation and overfocus errors and the coverage, so that one row of
+   table 1 can be read as a draw from its case's spread.
 
 Nothing is asserted (``tests/fit/test_wave.py`` and ``test_coverage.py`` assert the
 same on smaller sets). ``--json PATH`` also writes every row.
@@ -81,6 +85,54 @@ def multislice_set(ctx, quick: bool) -> list[dict]:
             data, truth = multislice.generate(specimen, dose=dose, noise_seed=1,
                                               cache_dir=CACHE, **kw)
             rows.append(_row(ctx, data, truth, "multislice", name, kind, dose))
+    return rows
+
+
+#: Dose and number of Poisson seeds of section 5.
+SEED_DOSE = 20.0
+SEEDS = 8
+
+
+def seeds_set(ctx, quick: bool) -> list[dict]:
+    """Section 5: every multislice case with a :data:`SEED_DOSE` row, fitted on
+    :data:`SEEDS` noise seeds (3 with ``quick``); one line per case."""
+    rows = []
+    n = 3 if quick else SEEDS
+    print(f"{'case':<22}{'fits':>5}{'refused':>8} | {'rot RMS':>8} {'mean':>7} {'sd':>6}"
+          f" {'sigma':>6} {'max':>6} {'<=0.05':>6} {'cover':>6} | {'of RMS%':>7} {'mean':>6}"
+          f" {'sd':>5} {'sigma':>6} {'cover':>6}")
+    for name, (kwargs, kind, doses) in cases.MULTISLICE.items():
+        if SEED_DOSE not in doses or (quick and name not in ("carbon_au", "smooth_wpo")):
+            continue
+        kw = dict(kwargs)
+        specimen = kw.pop("specimen")
+        fits = []
+        for seed in range(1, n + 1):
+            data, truth = multislice.generate(specimen, dose=SEED_DOSE, noise_seed=seed,
+                                              cache_dir=CACHE, **kw)
+            row = {"set": "seeds", "case": name, "kind": kind, "dose": SEED_DOSE, "seed": seed,
+                   "truth": {k: truth[k] for k in ("scan_rotation", "overfocus")},
+                   **_fit(ctx, data, truth)}
+            rows.append(row)
+            if "rot_err" in row:
+                fits.append(row)
+        refused = n - len(fits)
+        if not fits:
+            print(f"{name:<22}{0:>5}{refused:>8} |")
+            continue
+        re = np.array([r["rot_err"] for r in fits])
+        rs = np.array([r["rot_sigma"] or math.nan for r in fits])
+        oe = 100 * np.array([r["of_err_rel"] for r in fits])
+        os_ = 100 * np.array([(r["of_sigma"] or math.nan) / abs(r["truth"]["overfocus"])
+                              for r in fits])
+        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else math.nan)
+        print(f"{name:<22}{len(fits):>5}{refused:>8} | {math.sqrt((re ** 2).mean()):>8.3f}"
+              f" {re.mean():>+7.3f} {sd(re):>6.3f} {np.median(rs):>6.3f} {np.abs(re).max():>6.3f}"
+              f" {int((np.abs(re) <= 0.05).sum()):>3}/{len(fits):<2}"
+              f" {int((np.abs(re) <= 2 * rs).sum()):>3}/{len(fits):<2} |"
+              f" {math.sqrt((oe ** 2).mean()):>7.2f} {oe.mean():>+6.2f} {sd(oe):>5.2f}"
+              f" {np.median(os_):>6.2f} {int((np.abs(oe) <= 2 * os_).sum()):>3}/{len(fits):<2}",
+              flush=True)
     return rows
 
 
@@ -177,7 +229,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 multislice cases, 8 seeds, 20 files")
     ap.add_argument("--json", metavar="PATH", help="write every row as JSON")
-    ap.add_argument("--skip", nargs="*", default=(), choices=("multislice", "geometric", "noise"))
+    ap.add_argument("--skip", nargs="*", default=(),
+                    choices=("multislice", "geometric", "noise", "seeds"))
     args = ap.parse_args(argv)
     from libertem.api import Context
     import stemcal
@@ -200,8 +253,12 @@ def main(argv=None) -> int:
               f"({refused} refused, {len(out['noise']) - refused - len(ok)} flagged)")
         for r in ok:
             print(f"   ok: {r['case']}")
+    if "seeds" not in args.skip:
+        print(f"\n5. the multislice cases at {SEED_DOSE:g} counts/px over Poisson seeds: errors "
+              "(rotation deg, overfocus %), median sigma, coverage (|error| <= 2 sigma)")
+        out["seeds"] = seeds_set(ctx, args.quick)
     print("\n3. coverage (|error| <= 2 sigma)")
-    for name in ("multislice", "geometric"):
+    for name in ("multislice", "geometric", "seeds"):
         if name in out:
             c = coverage(out[name])
             print(f"   {name:<11} rotation {c['rotation']}/{c['fits']}, overfocus "
