@@ -163,6 +163,23 @@ def test_recentred_sampling_projects_only_the_new_samples(small_case):
         parts_module.scan_parameter(rings, truth, "overfocus", points=10)
 
 
+def test_rim_is_trusted_for_the_overfocus_only_where_the_test_could_see_its_pull():
+    """The whole disk gives the overfocus only where the rim test's noise (PARTS_Z times
+    the combined sigma of rim and [0, 0.7] R) is below RIM_BIAS of the overfocus."""
+    from stemcal.fit.parts import PARTS_Z, RIM_BIAS, Estimate, _rim_test_sees
+    p = OverfocusParams(overfocus=1e-6, semiconv=6e-3, cy=31.0, cx=33.5, scan_rotation=20.0,
+                        **BASE)
+    limit = RIM_BIAS * p.overfocus / PARTS_Z / np.sqrt(2)   # equal sigmas at the limit
+
+    def est(sigma):
+        return {"rim": Estimate(1.01e-6, sigma), "disk70": Estimate(1.0e-6, sigma)}
+
+    assert _rim_test_sees(est(0.9 * limit), "overfocus", p)
+    assert not _rim_test_sees(est(1.1 * limit), "overfocus", p)
+    assert not _rim_test_sees(est(float("nan")), "overfocus", p)
+    assert _rim_test_sees(est(1.0), "scan_rotation", p)   # no pull on the rotation
+
+
 def test_search_widens_at_the_bound(ctx):
     """An overfocus guess 20 % off with a 12 % box: the search's optimum sits at the bound,
     so it is widened and retried; the fit converges on the truth."""
