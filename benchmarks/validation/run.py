@@ -126,12 +126,13 @@ def seeds_set(ctx, quick: bool) -> list[dict]:
         os_ = 100 * np.array([(r["of_sigma"] or math.nan) / abs(r["truth"]["overfocus"])
                               for r in fits])
         sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else math.nan)
+        cov = coverage(fits)
         print(f"{name:<22}{len(fits):>5}{refused:>8} | {math.sqrt((re ** 2).mean()):>8.3f}"
               f" {re.mean():>+7.3f} {sd(re):>6.3f} {np.median(rs):>6.3f} {np.abs(re).max():>6.3f}"
               f" {int((np.abs(re) <= 0.05).sum()):>3}/{len(fits):<2}"
-              f" {int((np.abs(re) <= 2 * rs).sum()):>3}/{len(fits):<2} |"
+              f" {cov['rotation']:>3}/{len(fits):<2} |"
               f" {math.sqrt((oe ** 2).mean()):>7.2f} {oe.mean():>+6.2f} {sd(oe):>5.2f}"
-              f" {np.median(os_):>6.2f} {int((np.abs(oe) <= 2 * os_).sum()):>3}/{len(fits):<2}",
+              f" {np.median(os_):>6.2f} {cov['overfocus']:>3}/{len(fits):<2}",
               flush=True)
     return rows
 

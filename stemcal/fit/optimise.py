@@ -46,9 +46,9 @@ def minimise(loss, bounds: Sequence[tuple[float, float]], *, method: str = "sobo
 
     ``'sobol-nm'`` (default; the name kept from when the sample was Sobol's): evaluate a
     shifted Halton sample of ``n_samples`` points in the box (:func:`start_sample`) plus
-    ``x0``, then a bounded Nelder-Mead from the best one with a simplex of 1/8 of the box. ``'shgo'``: SciPy's
-    shgo with Nelder-Mead as the local method (the published method's
-    choice; several times more evaluations). ``'nelder-mead'``: the local
+    ``x0``, then a bounded Nelder-Mead from the best one with a simplex of 1/8 of the
+    box. ``'shgo'``: SciPy's shgo with Nelder-Mead as the local method (the published
+    method's choice; several times more evaluations). ``'nelder-mead'``: the local
     stage alone from ``x0``. ``xatol``/``fatol``: Nelder-Mead's stopping
     tolerances (both must hold; ``fatol=inf`` stops on ``xatol`` alone).
     """

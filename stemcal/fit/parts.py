@@ -163,8 +163,9 @@ def scan_parameter(rings: RingLoss, params: OverfocusParams, name: str, *,
             samples[i] = {part: part_losses(P, leave) for part, P in pairs.items()}
             nfev += 1
         xs = np.array([i * step for i in idx])
+        # per part, (points, K + 1): all groups, then each group left out
         table = {part: np.asarray([samples[i][part] for i in idx]) for part in samples[idx[0]]}
-        lead = _vertex(xs, table[follow][:, 0])   # (points, K + 1) per part
+        lead = _vertex(xs, table[follow][:, 0])
         if not math.isfinite(lead):
             if half >= 4 * base_half:
                 break
