@@ -76,6 +76,9 @@ class Session:
         self.recorder.close()
         if self.keeper is not None:
             self.keeper.close()
+        finish = getattr(self.client, "finish", None)
+        if finish is not None:  # a courier: wait until it has delivered the runs and records
+            finish()
         close_backend = getattr(self.instrument.detector.backend, "close", None)
         if close_backend is not None:  # a live detector's connection / receiver process
             close_backend()
@@ -131,7 +134,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
                  detector: "DetectorSettings | None" = None,
-                 call_returns_result: bool = True) -> Session:
+                 call_returns_result: bool = True, courier: bool = False) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
 
     ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
@@ -148,6 +151,12 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     (default ``CATALOG/raw``, or the data directory a server announces, which
     writer and server share). A catalog that cannot be opened gives a stand-in:
     runs and records are kept in the spool for ``stemcal sync``.
+
+    ``courier``: an embedded catalog is opened by a process of its own, which delivers
+    each run and record as this one keeps it (:mod:`stemcal.catalog.courier`): the scan
+    starts without waiting for tiled's imports. ``client`` is then a stand-in, and
+    :meth:`Session.close` waits for the deliveries. For a command that acquires and
+    exits (``stemcal calibrate``); an interactive session wants a client it can query.
     """
     from bluesky import RunEngine
 
@@ -155,9 +164,13 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
 
     loc, remote = catalog_location(catalog)
     readable = () if remote or not data_dir else (Path(data_dir).expanduser().resolve(),)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client = open_catalog_or_unavailable(loc, readable_storage=readable)
+    if courier and not remote:
+        from .catalog.courier import DeferredCatalog
+        client = DeferredCatalog(loc, readable=readable)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = open_catalog_or_unavailable(loc, readable_storage=readable)
     data = _data_dir(data_dir, loc, remote, client)
     det_cfg = detector if detector is not None else DetectorSettings()
     inst = build_sim_instrument(sim, data, detector=det_cfg.kind)

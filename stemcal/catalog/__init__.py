@@ -11,7 +11,9 @@
   in the catalog; :mod:`~stemcal.catalog.journal` -- the same for the
   documents of runs (:class:`RunKeeper`).
 * :mod:`~stemcal.catalog.delivery` -- deliver-or-spool and ``sync``, above them;
-  :mod:`~stemcal.catalog.replay` delivers a kept run.
+  :mod:`~stemcal.catalog.replay` delivers a kept run; :mod:`~stemcal.catalog.courier`
+  -- a process of its own that opens an embedded catalog and delivers what an
+  acquiring command keeps, while it scans (``stemcal calibrate``).
 * :mod:`~stemcal.catalog.server`, :mod:`~stemcal.catalog.serverapp`,
   :mod:`~stemcal.catalog.keys`, :mod:`~stemcal.catalog.appendonly` --
   ``stemcal serve``: a tiled server with keys that only adds.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,15 @@ import numpy as np
 from ..locations import catalog_location, is_server_uri
 from ..record import CalibrationRecord
 from . import replay, store
-from .journal import journals, read_journal, try_lock
+from .journal import journal_dir, journals, read_journal, try_lock
 from .keys import KeyInURIError
 from .queries import COMPLETE, record_state
-from .spool import failure_reason, fsync_dir, locked, spool_dir, spool_record, spooled
+from .spool import failure_reason, find, fsync_dir, locked, spool_dir, spool_record, spooled
 
 log = logging.getLogger(__name__)
 
 __all__ = ["UnavailableCatalog", "open_catalog_or_unavailable", "write_record_or_spool", "sync",
-           "SyncReport", "is_refusal"]
+           "SyncReport", "Catalogs", "is_refusal"]
 
 
 class UnavailableCatalog:
@@ -50,6 +50,8 @@ class UnavailableCatalog:
     """
 
     specs: tuple = ()
+    #: Whether keeping is this stand-in's normal course (logged at INFO, not WARNING).
+    expected: bool = False
 
     def __init__(self, location: str | Path | None, reason: str, refused: bool = False) -> None:
         self._stemcal_location = None if location is None else str(location)
@@ -57,7 +59,11 @@ class UnavailableCatalog:
         self.refused = refused
 
     def __repr__(self) -> str:
-        return f"UnavailableCatalog({self._stemcal_location!r}, {self.reason!r})"
+        return f"{type(self).__name__}({self._stemcal_location!r}, {self.reason!r})"
+
+    def keep(self, uid: str) -> None:
+        """Called once the run or record ``uid`` for this catalog is kept (its journal
+        closed, its spool file written); here it waits for ``stemcal sync``."""
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -135,7 +141,9 @@ def write_record_or_spool(client: Any, record: CalibrationRecord,
     store.check_images(images)
     loc = location if location is not None else store.catalog_location_of(client)
     if isinstance(client, UnavailableCatalog):
-        spool_record(record, images, loc, client.reason, refused=client.refused)
+        spool_record(record, images, loc, client.reason, refused=client.refused,
+                     expected=client.expected)
+        client.keep(record.uid)
         return record.uid, True, client.reason
     path, held = spool_record(record, images, loc, "being written to the catalog", hold=True)
     try:
@@ -189,7 +197,7 @@ class SyncReport:
                 "busy": list(self.busy)}
 
 
-class _Catalogs:
+class Catalogs:
     """Catalog clients by location, opened once; a location that failed stays failed."""
 
     def __init__(self, opener: Callable[[str], Any]) -> None:
@@ -229,7 +237,7 @@ def _claimed(items: Iterable[Any], path_of: Callable[[Any], Path],
             os.close(fd)
 
 
-def _attempt(catalogs: _Catalogs, loc: str | None, uid: str,
+def _attempt(catalogs: Catalogs, loc: str | None, uid: str,
              pending: list[tuple[str, str | None, str]], work: Callable[[Any], Any]) -> bool:
     """``work(client)`` for the catalog at ``loc``; on any failure ``(uid, loc, reason)`` goes
     to ``pending`` and the answer is False."""
@@ -245,8 +253,13 @@ def _attempt(catalogs: _Catalogs, loc: str | None, uid: str,
     return True
 
 
-def _sync_runs(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
-    for path in _claimed(journals(d), lambda p: p, report):
+def _sync_runs(d: Path, catalogs: Catalogs, report: SyncReport,
+               only: Collection[str] | None) -> None:
+    if only is None:
+        paths = journals(d)
+    else:  # the named ones only: no other journal is opened
+        paths = [p for p in (journal_dir(d) / f"{uid}.jsonl" for uid in only) if p.exists()]
+    for path in _claimed(paths, lambda p: p, report):
         try:
             journal = read_journal(path)
         except (OSError, ValueError) as exc:
@@ -268,8 +281,13 @@ def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
         report.delivered.append((entry.uid, entry.location))
 
 
-def _sync_records(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
-    for entry in _claimed(spooled(d), lambda e: e.path, report):
+def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
+                  only: Collection[str] | None) -> None:
+    if only is None:
+        entries = spooled(d)
+    else:  # the named ones only: no other spool file is read
+        entries = [e for e in (find(uid, d) for uid in only) if e is not None]
+    for entry in _claimed(entries, lambda e: e.path, report):
         if _attempt(catalogs, entry.location, entry.uid, report.pending,
                     lambda c: _deliver_record(c, entry, report)):
             _remove(entry.path)
@@ -277,7 +295,8 @@ def _sync_records(d: Path, catalogs: _Catalogs, report: SyncReport) -> None:
 
 
 def sync(*, open_catalog: Callable[[str], Any] | None = None,
-         directory: str | os.PathLike | None = None) -> SyncReport:
+         directory: str | os.PathLike | None = None, only: Collection[str] | None = None,
+         catalogs: Catalogs | None = None) -> SyncReport:
     """Deliver every kept run and record to its catalog, exactly once.
 
     Runs first (so that a record's ``acquisition_uid`` resolves once the
@@ -295,13 +314,19 @@ def sync(*, open_catalog: Callable[[str], Any] | None = None,
         ``location -> client``; default :func:`stemcal.catalog.store.open_catalog`.
     directory : path, optional
         Spool directory; default :func:`spool_dir`.
+    only : collection of str, optional
+        Deliver only the runs and records with these uids (the others are not looked at).
+    catalogs : optional
+        Clients already opened, by location (:class:`Catalogs`; the courier's); default
+        a new one opened with ``open_catalog``.
     """
     d = Path(directory) if directory is not None else spool_dir()
     report = SyncReport()
     if not d.is_dir():
         return report
-    catalogs = _Catalogs(open_catalog or store.open_catalog)
+    if catalogs is None:
+        catalogs = Catalogs(open_catalog or store.open_catalog)
     with locked(d):
-        _sync_runs(d, catalogs, report)
-        _sync_records(d, catalogs, report)
+        _sync_runs(d, catalogs, report, only)
+        _sync_records(d, catalogs, report, only)
     return report

@@ -39,7 +39,8 @@ from .spool import failure_reason, fsync_dir, redact_location
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunKeeper", "Journal", "read_journal", "journals", "journal_dir", "try_lock"]
+__all__ = ["RunKeeper", "Journal", "read_journal", "journals", "journal_dir", "try_lock",
+           "note_kept"]
 
 FORMAT = 1
 
@@ -120,6 +121,27 @@ def try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def note_kept(path: Path, reason: str) -> bool:
+    """Append why the run of journal ``path`` is kept (the last such line counts), unless
+    another process holds the journal (writing or delivering it). True if noted."""
+    fd = try_lock(path)
+    if fd is None:
+        return False
+    try:
+        if not path.exists():
+            return False
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kept": reason}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    except OSError as exc:
+        log.warning("run journal %s: %s", path, failure_reason(exc))
+        return False
+    finally:
+        os.close(fd)
 
 
 class _OpenRun:
@@ -203,6 +225,8 @@ class RunKeeper:
         self.location = None if loc is None else redact_location(loc)
         self.directory = journal_dir(spool)
         self.unavailable = getattr(client, "reason", None)
+        # a stand-in is told of each run kept (a courier delivers it at once)
+        self._keep = getattr(client, "keep", None) if self.unavailable is not None else None
         self.writer = None
         if self.unavailable is None:
             from bluesky_tiled_plugins import TiledWriter
@@ -250,6 +274,8 @@ class RunKeeper:
             run.close(keep=run.failed)
             if run.failed is not None and run.path.exists():
                 self.kept.append(run.path)
+                if self._keep is not None:
+                    self._keep(run_uid)
 
     def close(self) -> None:
         """Keep the journals of runs still open (a plan that never stopped them)."""
@@ -260,4 +286,5 @@ class RunKeeper:
             del self._runs[uid]
 
     def __iter__(self) -> Iterator[Path]:
-        return iter(self.kept)
+        """The journals this keeper kept that are still there (not delivered since)."""
+        return iter([p for p in self.kept if p.exists()])

@@ -93,7 +93,7 @@ def fsync_dir(directory: Path) -> None:
 def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | None,
                  location: str | os.PathLike | None, reason: str, *,
                  directory: str | os.PathLike | None = None, refused: bool = False,
-                 hold: bool = False) -> Path | tuple[Path, int]:
+                 hold: bool = False, expected: bool = False) -> Path | tuple[Path, int]:
     """Store ``record`` durably for later delivery to the catalog at ``location``.
 
     Parameters
@@ -114,6 +114,8 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
         Return with an exclusive ``flock`` on the file held (taken before the file
         appears under its name), so that ``sync`` leaves it alone while the
         caller writes the record to the catalog itself.
+    expected : bool
+        Spooling is the normal course (a courier delivers it): logged at INFO, not WARNING.
 
     Returns
     -------
@@ -162,8 +164,9 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
     if hold:
         log.debug("calibration record %s spooled to %s before writing it", record.uid, final)
         return final, held
-    log.warning("calibration record %s spooled to %s (catalog %s: %s)", record.uid, final,
-                meta["location"], meta["reason"])
+    log.log(logging.INFO if expected else logging.WARNING,
+            "calibration record %s spooled to %s (catalog %s: %s)", record.uid, final,
+            meta["location"], meta["reason"])
     return final
 
 

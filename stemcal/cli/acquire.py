@@ -126,7 +126,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
               f"{'hardware' if detector.is_hardware else 'simulated'} microscope ...",
               file=sys.stderr, flush=True)
     session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
-                           detector=detector)
+                           detector=detector, courier=True)
     inst = session.instrument
     if bars:
         from ..callbacks.progress import progress_bars
