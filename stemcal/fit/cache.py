@@ -287,7 +287,10 @@ def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
     roi = np.zeros(nav_shape, dtype=bool)
     roi[::stride, ::stride] = True
     log.info("building cache: bin %d, stride %d", bin, stride)
-    res = ctx.run_udf(dataset=dataset, udf=BinFramesUDF(factor=bin), roi=roi, progress=progress)
+    # Every position (stride 1): no roi. With one, LiberTEM's HDF5 reader reads frame by
+    # frame (a 40x40 scan of 96x96 frames: 0.27-0.30 s against 0.13-0.16 s without).
+    res = ctx.run_udf(dataset=dataset, udf=BinFramesUDF(factor=bin),
+                      roi=None if stride == 1 else roi, progress=progress)
     frames = np.asarray(res["binned"].raw_data, dtype=np.float32)
     frame_sum = np.asarray(res["frame_sum"].data, dtype=np.float64)
     iy, ix = np.nonzero(roi)
