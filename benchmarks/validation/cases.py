@@ -47,6 +47,20 @@ MULTISLICE = {
                               scan_rotation=41.0, flip_y=True, overfocus=550e-9, semiconv=6e-3,
                               seed=9, descan=((0.06, -0.04), (0.03, 0.05))),
                          "strong", (None, 20.0, 200.0)),
+    # Two of the cases above on 64x64 scans (the geometric low-dose set's size). At
+    # 20 counts/px a 32x32 scan's rotation scatters by 0.06 deg from one noise seed to
+    # the next (carbon_au_descan over seeds 1-10: sd 0.062 deg; with 21 samples instead of
+    # 11, or a 1.5x wider span, 0.061 and 0.059: counting noise, not the sampling); a
+    # 64x64 scan holds four times the frames: sd 0.022 deg over ten seeds, all within 0.05.
+    "carbon_au_descan_64": (dict(specimen="carbon_au", nav_shape=(64, 64), sig_shape=(64, 64),
+                                 scan_rotation=41.0, flip_y=True, overfocus=550e-9,
+                                 semiconv=6e-3, seed=9, descan=((0.06, -0.04), (0.03, 0.05))),
+                            "strong", (None, 20.0, 200.0)),
+    "smooth_c10_8mrad_64": (dict(specimen="smooth_wpo", nav_shape=(64, 64), sig_shape=(96, 96),
+                                 scan_rotation=-150.0, flip_y=True, overfocus=400e-9,
+                                 semiconv=8e-3, seed=5,
+                                 specimen_options=(("correlation", 10.0),)),
+                            "weak", (None, 20.0, 200.0)),
 }
 
 #: The low-dose geometric case (``stemcal.twin.simulate``): 64x64 scan, 128x128
