@@ -130,6 +130,18 @@ def _data_dir(data_dir: str | os.PathLike | None, loc: Any, remote: bool, client
     return data
 
 
+def _spool_writable() -> bool:
+    """Whether run journals can be kept in the spool: a courier delivers only what is
+    kept there, so without it the catalog is opened in this process (whose RunKeeper
+    writes a run to the catalog even where its journal cannot be kept)."""
+    runs = locations.spool_dir() / "runs"
+    try:
+        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return False
+    return os.access(runs, os.W_OK) and os.access(runs.parent, os.W_OK)
+
+
 def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings = SimSettings(),
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
@@ -157,6 +169,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     starts without waiting for tiled's imports. ``client`` is then a stand-in, and
     :meth:`Session.close` waits for the deliveries. For a command that acquires and
     exits (``stemcal calibrate``); an interactive session wants a client it can query.
+    Where the spool cannot be written the catalog is opened here instead.
     """
     from bluesky import RunEngine
 
@@ -164,7 +177,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
 
     loc, remote = catalog_location(catalog)
     readable = () if remote or not data_dir else (Path(data_dir).expanduser().resolve(),)
-    if courier and not remote:
+    if courier and not remote and _spool_writable():
         from .catalog.courier import DeferredCatalog
         client = DeferredCatalog(loc, readable=readable)
     else:

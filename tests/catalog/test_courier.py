@@ -180,3 +180,30 @@ def test_calibrate_leaves_tiled_to_the_courier(tmp_path, spool_dir):
     assert [r.uid for r in calibration_history(client)] == [out["uid"]]
     assert run_state(client, out["acquisition_uid"]) == "complete"
     assert spool.spooled(spool_dir) == []
+
+
+def test_without_a_writable_spool_the_catalog_is_opened_in_process(catalog, tmp_path, monkeypatch):
+    """A courier delivers only what the spool keeps: where the spool cannot be written,
+    the session writes to the catalog itself (whose RunKeeper writes runs without a
+    journal)."""
+    from stemcal.config import SimSettings
+    from stemcal.session import make_session
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the spool directory should be")
+    monkeypatch.setenv("STEMCAL_SPOOL", str(blocker / "spool"))
+    session = make_session(catalog, sim=SimSettings(nav_shape=(8, 8), sig_shape=(32, 32)),
+                           courier=True)
+    try:
+        assert not isinstance(session.client, DeferredCatalog)
+        run_uid = a_run(session.keeper, x=2.0)
+        assert run_state(session.client, run_uid) == "complete"
+    finally:
+        session.close()
+    monkeypatch.setenv("STEMCAL_SPOOL", str(tmp_path / "spool"))
+    session = make_session(catalog, sim=SimSettings(nav_shape=(8, 8), sig_shape=(32, 32)),
+                           courier=True)
+    try:
+        assert isinstance(session.client, DeferredCatalog)
+    finally:
+        session.close()
