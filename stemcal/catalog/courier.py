@@ -38,6 +38,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,22 +79,25 @@ class DeferredCatalog(UnavailableCatalog):
         The embedded catalog's directory (created by the courier if needed).
     readable : sequence of path
         Further directories whose files the catalog may serve (``readable_storage``).
-    spool : path, optional
-        Spool directory; default :func:`stemcal.locations.spool_dir`.
+
+    The spool is :func:`stemcal.locations.spool_dir`, the one the journals and
+    ``write_record_or_spool`` use.
     """
 
     expected = True
 
-    def __init__(self, location: str | os.PathLike, *, readable: Sequence[str | os.PathLike] = (),
-                 spool: str | os.PathLike | None = None) -> None:
+    def __init__(self, location: str | os.PathLike, *,
+                 readable: Sequence[str | os.PathLike] = ()) -> None:
         super().__init__(Path(location).resolve(), COURIER_REASON)
-        self.spool = Path(spool) if spool is not None else spool_dir()
+        self.spool = spool_dir()
         self.handed: list[str] = []
         self.answers: dict[str, dict[str, Any]] = {}
         self._done = False
+        # its stderr to a file: a pipe read only at the end could fill and block it
+        self._stderr = tempfile.TemporaryFile(mode="w+", prefix="stemcal-courier-")
         self._proc = subprocess.Popen(
             courier_argv(self._stemcal_location, self.spool, readable), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=os.environ.copy())
 
     def keep(self, uid: str) -> None:
         """Hand the kept run or record ``uid`` to the courier."""
@@ -115,12 +119,15 @@ class DeferredCatalog(UnavailableCatalog):
             return self.answers
         self._done = True
         try:
-            out, err = self._proc.communicate(timeout=timeout)
+            out, _ = self._proc.communicate(timeout=timeout)
             ended = _ended(self._proc.returncode)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            out, err = self._proc.communicate()
+            out, _ = self._proc.communicate()
             ended = f"did not finish within {timeout:g} s and was stopped"
+        self._stderr.seek(0)
+        err = self._stderr.read()
+        self._stderr.close()
         for line in out.splitlines():
             try:
                 answer = json.loads(line)
