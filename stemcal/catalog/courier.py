@@ -61,9 +61,15 @@ COURIER_REASON = "handed to the catalog courier (a process of its own) for deliv
 COURIER_TIMEOUT_S = 300.0
 
 
+#: The courier's module; ``python -P -m`` runs it (``-P``: the working directory is not
+#: put on ``sys.path``, so a ``stemcal`` folder where the command was started cannot
+#: stand in for the installed package).
+MODULE = "stemcal.catalog.courier"
+
+
 def courier_argv(location: str, spool: Path, readable: Sequence[str | os.PathLike]) -> list[str]:
     """The command line of a courier for the embedded catalog at ``location``."""
-    argv = [sys.executable, "-m", "stemcal.catalog.courier", str(location), "--spool", str(spool)]
+    argv = [sys.executable, "-P", "-m", MODULE, str(location), "--spool", str(spool)]
     for r in readable:
         argv += ["--readable", str(r)]
     return argv

@@ -62,7 +62,9 @@ def arm(point: str) -> None:
         courier_argv = courier.courier_argv
 
         def argv(*args, **kwargs):  # the courier runs this file, armed
-            return [sys.executable, __file__, point, "--courier", *courier_argv(*args, **kwargs)[3:]]
+            real = courier_argv(*args, **kwargs)
+            rest = real[real.index(courier.MODULE) + 1:]
+            return [sys.executable, __file__, point, "--courier", *rest]
         courier.courier_argv = argv
     else:
         raise SystemExit(f"unknown kill point {point!r}")

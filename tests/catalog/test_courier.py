@@ -207,3 +207,18 @@ def test_without_a_writable_spool_the_catalog_is_opened_in_process(catalog, tmp_
         assert isinstance(session.client, DeferredCatalog)
     finally:
         session.close()
+
+
+def test_a_stemcal_folder_where_the_command_starts_does_not_stand_in(catalog, spool_dir,
+                                                                      tmp_path, monkeypatch):
+    """The courier runs the installed stemcal, not a ``stemcal`` folder in the working
+    directory (``python -m`` alone would put that first on ``sys.path``)."""
+    shadow = tmp_path / "elsewhere" / "stemcal"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise SystemExit('a stemcal folder, not the package')")
+    monkeypatch.chdir(shadow.parent)
+    stand_in = DeferredCatalog(catalog)
+    record = make_record()
+    write_record_or_spool(stand_in, record, IMAGES)
+    assert stand_in.finish()[record.uid]["delivered"]
+    assert spool.find(record.uid, spool_dir) is None
