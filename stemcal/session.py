@@ -7,6 +7,7 @@ and connect objects; a facility's instrument is described by a TOML file
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import warnings
@@ -15,6 +16,8 @@ from typing import Any
 
 from . import locations
 from .config import DetectorSettings, SimSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Session", "catalog_location", "build_sim_instrument", "make_session",
            "make_recorder", "session_from_config"]
@@ -177,10 +180,14 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
 
     loc, remote = catalog_location(catalog)
     readable = () if remote or not data_dir else (Path(data_dir).expanduser().resolve(),)
+    client = None
     if courier and not remote and _spool_writable():
         from .catalog.courier import DeferredCatalog
-        client = DeferredCatalog(loc, readable=readable)
-    else:
+        try:
+            client = DeferredCatalog(loc, readable=readable)
+        except OSError as exc:  # no process to be had (memory, limits): open it here
+            log.warning("no catalog courier (%s); opening the catalog in this process", exc)
+    if client is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client = open_catalog_or_unavailable(loc, readable_storage=readable)

@@ -222,3 +222,22 @@ def test_a_stemcal_folder_where_the_command_starts_does_not_stand_in(catalog, sp
     write_record_or_spool(stand_in, record, IMAGES)
     assert stand_in.finish()[record.uid]["delivered"]
     assert spool.find(record.uid, spool_dir) is None
+
+
+def test_no_process_for_a_courier_opens_the_catalog_in_process(catalog, spool_dir, monkeypatch):
+    """Where no process can be started (memory, a process limit), the command still runs:
+    its session opens the catalog itself."""
+    from stemcal.catalog import courier
+    from stemcal.config import SimSettings
+    from stemcal.session import make_session
+
+    def no_process(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(courier.subprocess, "Popen", no_process)
+    session = make_session(catalog, sim=SimSettings(nav_shape=(8, 8), sig_shape=(32, 32)),
+                           courier=True)
+    try:
+        assert not isinstance(session.client, DeferredCatalog)
+        assert run_state(session.client, a_run(session.keeper)) == "complete"
+    finally:
+        session.close()
