@@ -137,7 +137,9 @@ def _spool_writable() -> bool:
     """Whether run journals can be kept in the spool: a courier delivers only what is
     kept there, so without it the catalog is opened in this process (whose RunKeeper
     writes a run to the catalog even where its journal cannot be kept)."""
-    runs = locations.spool_dir() / "runs"
+    from .catalog.journal import journal_dir
+
+    runs = journal_dir()
     try:
         runs.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError:

@@ -47,7 +47,7 @@ from typing import Any
 from ..locations import spool_dir
 from .delivery import UnavailableCatalog
 from .journal import journal_dir, note_kept, try_lock
-from .spool import find, spool_record
+from .spool import failure_reason, find, spool_record
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,14 @@ class DeferredCatalog(UnavailableCatalog):
         self._done = False
         # its stderr to a file: a pipe read only at the end could fill and block it
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix="stemcal-courier-")
-        self._proc = subprocess.Popen(
-            courier_argv(self._stemcal_location, self.spool, readable), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=os.environ.copy())
+        try:
+            self._proc = subprocess.Popen(
+                courier_argv(self._stemcal_location, self.spool, readable),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                env=os.environ.copy())
+        except BaseException:
+            self._stderr.close()
+            raise
 
     def keep(self, uid: str) -> None:
         """Hand the kept run or record ``uid`` to the courier."""
@@ -187,7 +192,6 @@ def _deliver(uid: str, spool: Path, catalogs: Any) -> dict[str, Any]:
     try:
         report = sync(directory=spool, only={uid}, catalogs=catalogs)
     except Exception as exc:  # noqa: BLE001 - whatever stops it, the entry stays kept
-        from .spool import failure_reason
         return {"uid": uid, "delivered": False, "reason": failure_reason(exc), "busy": False}
     pending = report.pending + report.runs_pending
     done = bool(report.delivered or report.already_there or report.runs_delivered)
