@@ -72,12 +72,27 @@ class RingLoss:
         (rings, groups, H, W), all rings in one sweep over the frames
         (:func:`~stemcal.processing.ring_kernel.splat_rings`; the same as the
         differences of the nested disks' projections, :meth:`project_by_disks`)."""
+        S, C = self._sweep(params, grid_shift, 1)
+        return S.transpose(1, 0, 2, 3), C.transpose(1, 0, 2, 3)
+
+    def project_sectors(self, params: OverfocusParams, grid_shift: float = 0.0):
+        """Shifted sums and coverages of each ring split into the octants of the angle
+        of a pixel's offset from its frame's beam centre, each (groups, rings, 8, H, W);
+        one sweep over the frames (:func:`~stemcal.processing.ring_kernel.splat_rings`
+        with ``sectors=8``). Summed over the octants: :meth:`project`'s."""
+        S, C = self._sweep(params, grid_shift, 8)
+        shape = (self.groups, len(RADII), 8) + S.shape[2:]
+        return S.reshape(shape), C.reshape(shape)
+
+    def _sweep(self, params: OverfocusParams, grid_shift: float, sectors: int):
+        """(groups, rings * sectors, H, W) shifted sums and coverages, one sweep per group
+        on the loss's two threads (the kernel releases the GIL)."""
         outer = self.disks[-1]
         geo = outer._shifted(outer.geometry, grid_shift).with_params(params)
         A = np.ascontiguousarray(geo.A)
         r_out = np.array([d.geometry.r_out for d in self.disks])
         r_in = np.array([d.geometry.r_in for d in self.disks])
-        S = np.zeros((self.groups, len(RADII)) + geo.shape)
+        S = np.zeros((self.groups, len(RADII) * sectors) + geo.shape)
         C = np.zeros_like(S)
         c = self.cache
 
@@ -85,10 +100,10 @@ class RingLoss:
             rows, scan_yx = outer._groups[k]
             centres = geo.centres(scan_yx)
             splat_rings(c.frames, rows, c.pix_scale, c.pix_offset, centres,
-                        geo.offsets(scan_yx, centres), A, r_in, r_out, S[k], C[k])
+                        geo.offsets(scan_yx, centres), A, r_in, r_out, S[k], C[k], sectors)
 
-        list(loss_pool().map(group, range(self.groups)))  # the kernel releases the GIL
-        return S.transpose(1, 0, 2, 3), C.transpose(1, 0, 2, 3)
+        list(loss_pool().map(group, range(self.groups)))
+        return S, C
 
     def project_by_disks(self, params: OverfocusParams, grid_shift: float = 0.0):
         """:meth:`project` as differences of the nested disks' projections (three passes

@@ -10,7 +10,9 @@ its target position once, and adds it to the ring(s) it belongs to.
 Ring ``j`` weighs a pixel by ``w_j(r) - w_{j-1}(r)`` (``w_{-1} = 0``), where
 ``w_j`` is the disk weight of :mod:`stemcal.processing.kernels` (1 inside
 ``r_in[j]``, falling linearly to 0 at ``r_out[j]``): exactly the difference of
-the nested disks' projections, without its rounding. Coordinates (y, x) and the
+the nested disks' projections, without its rounding. With ``sectors=8`` each ring
+is split further into the octants of the angle of a pixel's offset from its
+frame's beam centre (the shift estimate of :mod:`stemcal.fit.sectors`). Coordinates (y, x) and the
 detector-pixel convention ``i * pix_scale + pix_offset`` as in
 :mod:`stemcal.processing.kernels`; :func:`splat_rings_numpy` is the NumPy twin.
 """
@@ -23,7 +25,7 @@ import numpy as np
 
 from .kernels import bilinear_weights, disk_weight, splat_frames_numpy, sweep_stride
 
-__all__ = ["splat_rings", "splat_rings_numpy"]
+__all__ = ["octant", "splat_rings", "splat_rings_numpy"]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -40,8 +42,22 @@ def _ring_splat(acc, iy, ix, w00, w01, w10, w11, ring, value):
     acc[ring, iy + 1, ix + 1, 1] += w11
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def octant(dy: float, dx: float) -> int:
+    """Octant of the offset (dy, dx) from the beam centre: ``k`` for angles
+    ``atan2(dy, dx)`` in ``[k, k + 1) * 45`` degrees (0..360), by comparisons only."""
+    if dy >= 0.0:
+        if dx >= 0.0:
+            return 0 if dx > dy else 1
+        return 2 if dy >= -dx else 3
+    if dx < 0.0:
+        return 4 if -dx > -dy else 5
+    return 6 if -dy >= dx else 7
+
+
 @numba.njit(nogil=True, cache=True)
-def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov):
+def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, r_out, out, cov,
+                sectors=1):
     """Bilinear splat of each frame pixel into the ring(s) of the disk it lies in.
 
     Parameters
@@ -59,21 +75,25 @@ def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, 
         Target px per detector px.
     r_in, r_out : (R,) float64
         The nested disks' full-weight and outer radii, detector px, increasing.
-    out, cov : (R, H, W) float64
-        Per ring: weighted intensity and weight (coverage), added to. A pixel landing
-        outside the target image is dropped, as in ``splat_frames``.
+    out, cov : (R * sectors, H, W) float64
+        Per ring (and sector): weighted intensity and weight (coverage), added to. A pixel
+        landing outside the target image is dropped, as in ``splat_frames``.
+    sectors : {1, 8}
+        1: rings only. 8: each ring split into octants of the angle of the pixel's offset
+        from its frame's beam centre (:func:`octant`); part ``ring * 8 + octant``.
     """
     n = rows.shape[0]
     h = frames.shape[1]
     w = frames.shape[2]
-    R, H, W = out.shape
+    R = r_out.shape[0]
+    P, H, W = out.shape
     a00 = A[0, 0]
     a01 = A[0, 1]
     a10 = A[1, 0]
     a11 = A[1, 1]
     ro = r_out[R - 1]
     ro2 = ro * ro
-    acc = np.zeros((R, H, W, 2))
+    acc = np.zeros((P, H, W, 2))
     stride = sweep_stride(pix_scale, a01, a11)  # a row's pixels in interleaved sweeps
     for i in range(n):
         f = rows[i]
@@ -103,6 +123,7 @@ def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, 
                         continue
                     value = float(frames[f, y, x])
                     iy, ix, b00, b01, b10, b11 = bilinear_weights(uy, ux, 1.0)
+                    sec = 0 if sectors == 1 else octant(py - cy, px - cx)
                     prev = 0.0
                     for j in range(R):
                         wj = disk_weight(r2, r_in[j], r_out[j])
@@ -110,8 +131,8 @@ def splat_rings(frames, rows, pix_scale, pix_offset, centres, offsets, A, r_in, 
                         prev = wj
                         if share != 0.0:
                             _ring_splat(acc, iy, ix, b00 * share, b01 * share, b10 * share,
-                                        b11 * share, j, value)
-    for j in range(R):
+                                        b11 * share, j * sectors + sec, value)
+    for j in range(P):
         for yy in range(H):
             for xx in range(W):
                 out[j, yy, xx] += acc[j, yy, xx, 0]

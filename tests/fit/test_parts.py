@@ -116,8 +116,8 @@ def test_rotation_span_follows_the_scan_side():
 
 @pytest.mark.parametrize("overfocus_off", [0.0, 0.03])
 def test_rotation_sampled_again_where_the_overfocus_moved(small_case, monkeypatch, overfocus_off):
-    """The final stage samples the rotation at the overfocus it starts from; where the
-    overfocus it then finds differs by more than RESAMPLE_ROTATION, once more there."""
+    """Sampling the loss (method "samples"), the final stage samples the rotation at the
+    overfocus it starts from; where the overfocus it then finds differs by more than RESAMPLE_ROTATION, once more there."""
     truth, _, cache = small_case
     calls = []
     original = parts_module.scan_parameter
@@ -128,7 +128,7 @@ def test_rotation_sampled_again_where_the_overfocus_moved(small_case, monkeypatc
 
     monkeypatch.setattr(parts_module, "scan_parameter", recording)
     start = truth.replace(overfocus=truth.overfocus * (1 + overfocus_off))
-    fin = finish(cache, start, free=("scan_rotation", "overfocus"))
+    fin = finish(cache, start, free=("scan_rotation", "overfocus"), method="samples")
     rotations = [of for name, of in calls if name == "scan_rotation"]
     moved = abs(fin.params.overfocus / start.overfocus - 1) > RESAMPLE_ROTATION
     assert moved == (overfocus_off > 0)   # 3 % off: found near the truth; at the truth: stays

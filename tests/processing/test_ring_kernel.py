@@ -98,3 +98,48 @@ def test_ring_loss_one_sweep_equals_nested_disks():
         assert S.shape == S_ref.shape and S.shape[:2] == (3, 4)
         np.testing.assert_allclose(S, S_ref, rtol=1e-9, atol=1e-9 * np.abs(S_ref).max())
         np.testing.assert_allclose(C, C_ref, rtol=1e-9, atol=1e-9 * C_ref.max())
+
+
+def test_octant_is_the_angle_in_eighths():
+    from stemcal.processing.ring_kernel import octant
+
+    rng = np.random.default_rng(7)
+    for dy, dx in rng.normal(size=(2000, 2)) * 10:
+        angle = np.degrees(np.arctan2(dy, dx)) % 360
+        assert octant(dy, dx) == int(angle // 45), (dy, dx, angle)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_octants_are_the_frames_masked_to_each_octant(seed):
+    """sectors=8: part ``ring * 8 + k`` is the ring's projection of the pixels whose offset
+    from their frame's beam centre lies in octant ``k`` (each frame masked to it, with its
+    own centre), and the octants add up to the ring."""
+    frames, A, centres, offsets = _inside_case(seed)
+    n, h, w = frames.shape
+    shape = (90, 90)
+    out8, cov8 = np.zeros((24,) + shape), np.zeros((24,) + shape)
+    rows = np.arange(n)
+    splat_rings(frames, rows, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, out8, cov8, 8)
+    out1, cov1 = np.zeros((3,) + shape), np.zeros((3,) + shape)
+    splat_rings(frames, rows, 1.0, 0.0, centres, offsets, A, R_IN, R_OUT, out1, cov1)
+    np.testing.assert_allclose(out8.reshape(3, 8, *shape).sum(axis=1), out1, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(cov8.reshape(3, 8, *shape).sum(axis=1), cov1, rtol=1e-11, atol=1e-11)
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    for k in range(8):
+        S, C = np.zeros((3,) + shape), np.zeros((3,) + shape)
+        for i in range(n):   # frame i alone, masked to octant k about its own centre
+            angle = np.degrees(np.arctan2(yy - centres[i, 0], xx - centres[i, 1])) % 360
+            mask = (angle // 45 == k)
+            ref_S, ref_C = np.zeros((3,) + shape), np.zeros((3,) + shape)
+            splat_rings_numpy(frames[i:i + 1] * mask, np.arange(1), 1.0, 0.0, centres[i:i + 1],
+                              offsets[i:i + 1], A, R_IN, R_OUT, ref_S, ref_C)
+            ones_S, _ = np.zeros((3,) + shape), None
+            splat_rings_numpy(mask[None].astype(float), np.arange(1), 1.0, 0.0, centres[i:i + 1],
+                              offsets[i:i + 1], A, R_IN, R_OUT, ones_S, np.zeros((3,) + shape))
+            S += ref_S
+            C += ones_S
+        got = out8.reshape(3, 8, *shape)[:, k]
+        got_c = cov8.reshape(3, 8, *shape)[:, k]
+        assert C.sum() > 0
+        np.testing.assert_allclose(got, S, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(got_c, C, rtol=1e-10, atol=1e-8)
