@@ -1,12 +1,10 @@
-"""Normal equations of the Lucas-Kanade shift between each part's image and the rest.
+"""Normal equations of the Lucas-Kanade shift of images against their references.
 
-For images ``k`` = 0..n-1 given as shifted sums ``S[k]`` and coverages ``C[k]``
-(``image = S / C``), the reference of image ``k`` is the sum of the others,
-``(sum S - S[k]) / (sum C - C[k])``. Fitting ``image(x) = a ref(x) + b +
-a d . grad ref(x)`` (a shift ``d`` linearised, a gain ``a`` and offset ``b``
-free) over a mask is linear least squares in ``(a, b, -a d_y, -a d_x)``;
-:func:`shift_normal_equations` sums its normal equations in one sweep, the
-gradient by central differences (y, x), without building the reference images.
+Fitting ``image(x) = a ref(x) + b + a d . grad ref(x)`` (a shift ``d``
+linearised, a gain ``a`` and an offset ``b`` free) over a mask is linear least
+squares in ``(a, b, -a d_y, -a d_x)``; :func:`shift_normal_equations` sums its
+normal equations for several image/reference pairs in one sweep, the
+reference's gradient by central differences along (y, x).
 """
 from __future__ import annotations
 
@@ -16,69 +14,38 @@ __all__ = ["shift_normal_equations"]
 
 
 @numba.njit(nogil=True, cache=True)
-def shift_normal_equations(S, C, good, XtX, Xty):
-    """Add each image's ``X^T X`` (n, 4, 4) and ``X^T y`` (n, 4) over ``good`` (n, H, W).
+def shift_normal_equations(img, ref, good, XtX, Xty):
+    """Add each pair's ``X^T X`` (n, 4, 4) and ``X^T y`` (n, 4) over ``good`` (n, H, W).
 
-    Columns of ``X``: the reference, 1, its y and x gradient (per pixel); ``y`` the
-    image. ``good`` must be False on the outer pixel frame and where any of a pixel's
-    four neighbours has no coverage in the reference (the gradient reads them).
+    ``img``, ``ref`` (n, H, W). Columns of ``X``: the reference, 1, its y and x
+    gradient; ``y`` the image. ``good`` must be False on the outer pixel frame and
+    next to any pixel where the reference is not valid (the gradient reads the four
+    neighbours).
     """
-    n, H, W = S.shape
+    n, H, W = img.shape
     for k in range(n):
         for y in range(1, H - 1):
             for x in range(1, W - 1):
                 if not good[k, y, x]:
                     continue
-                c = C[k, y, x]
-                if c <= 0.0:
-                    continue
-                v = S[k, y, x] / c
-                # the reference at the pixel and its four neighbours
-                s0 = 0.0
-                c0 = 0.0
-                sn = 0.0
-                cn = 0.0
-                ss = 0.0
-                cs = 0.0
-                sw = 0.0
-                cw = 0.0
-                se = 0.0
-                ce = 0.0
-                for j in range(n):
-                    if j == k:
-                        continue
-                    s0 += S[j, y, x]
-                    c0 += C[j, y, x]
-                    sn += S[j, y - 1, x]
-                    cn += C[j, y - 1, x]
-                    ss += S[j, y + 1, x]
-                    cs += C[j, y + 1, x]
-                    sw += S[j, y, x - 1]
-                    cw += C[j, y, x - 1]
-                    se += S[j, y, x + 1]
-                    ce += C[j, y, x + 1]
-                if c0 <= 0.0 or cn <= 0.0 or cs <= 0.0 or cw <= 0.0 or ce <= 0.0:
-                    continue
-                r = s0 / c0
-                gy = 0.5 * (ss / cs - sn / cn)
-                gx = 0.5 * (se / ce - sw / cw)
-                col0 = r
-                col2 = gy
-                col3 = gx
-                XtX[k, 0, 0] += col0 * col0
-                XtX[k, 0, 1] += col0
-                XtX[k, 0, 2] += col0 * col2
-                XtX[k, 0, 3] += col0 * col3
+                v = img[k, y, x]
+                r = ref[k, y, x]
+                gy = 0.5 * (ref[k, y + 1, x] - ref[k, y - 1, x])
+                gx = 0.5 * (ref[k, y, x + 1] - ref[k, y, x - 1])
+                XtX[k, 0, 0] += r * r
+                XtX[k, 0, 1] += r
+                XtX[k, 0, 2] += r * gy
+                XtX[k, 0, 3] += r * gx
                 XtX[k, 1, 1] += 1.0
-                XtX[k, 1, 2] += col2
-                XtX[k, 1, 3] += col3
-                XtX[k, 2, 2] += col2 * col2
-                XtX[k, 2, 3] += col2 * col3
-                XtX[k, 3, 3] += col3 * col3
-                Xty[k, 0] += col0 * v
+                XtX[k, 1, 2] += gy
+                XtX[k, 1, 3] += gx
+                XtX[k, 2, 2] += gy * gy
+                XtX[k, 2, 3] += gy * gx
+                XtX[k, 3, 3] += gx * gx
+                Xty[k, 0] += r * v
                 Xty[k, 1] += v
-                Xty[k, 2] += col2 * v
-                Xty[k, 3] += col3 * v
+                Xty[k, 2] += gy * v
+                Xty[k, 3] += gx * v
         for i in range(4):
             for j in range(i):
                 XtX[k, i, j] = XtX[k, j, i]

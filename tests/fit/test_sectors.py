@@ -16,11 +16,14 @@ from stemcal.twin import OverfocusParams, simulate
 BASE = dict(scan_pixel_size=0.5e-9, camera_length=0.2, detector_pixel_size=55e-6)
 
 
-def test_shifts_of_known_displacements():
+def test_shifts_of_known_displacements(monkeypatch):
     """Eight copies of one textured image, each displaced by a known sub-pixel amount
     (Fourier shift) and with its own gain: each is measured against the sum of the
     others, i.e. ``d_k`` minus the others' mean (to first order: 3 % short at 0.3 px,
-    the shifts that matter being near zero at the optimum)."""
+    the shifts that matter being near zero at the optimum). With image and reference
+    smoothed alike (the fit's setting) the same shifts, within a common gain."""
+    import stemcal.fit.sectors as sectors
+
     rng = np.random.default_rng(3)
     base = ndimage.gaussian_filter(rng.normal(size=(140, 140)), 2.5)
     d = rng.uniform(-0.15, 0.15, size=(8, 2))
@@ -28,7 +31,13 @@ def test_shifts_of_known_displacements():
                   for k in range(8)])
     C = np.ones_like(S)
     C[:, :10] = 0   # no coverage at one edge: left out
+    monkeypatch.setattr(sectors, "SMOOTH", 0)
     got = shifts(S * C, C, overlap_masks(C))
+    monkeypatch.setattr(sectors, "SMOOTH", 1)
+    smoothed = shifts(S * C, C, overlap_masks(C))
+    gain = float((smoothed * got).sum() / (got * got).sum())
+    assert 0.8 < gain < 1.25
+    np.testing.assert_allclose(smoothed, gain * got, atol=0.01)
     # the reference of k: the others' sum, displaced by their gain-weighted mean shift
     gains = 1 + 0.1 * np.arange(8)
     for k in range(8):
