@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InlineContext", "make_context"]
+__all__ = ["InlineContext", "make_context", "skip_fft_probe"]
 
 
 class InlineContext:
@@ -105,3 +105,32 @@ def make_context(executor: str = "inline", cluster: str | None = None):
         from libertem.api import Context
         return Context.make_with("dask")
     raise ValueError(f"unknown executor {executor!r}; choose 'inline' or 'dask'")
+
+
+def skip_fft_probe() -> bool:
+    """Tell LiberTEM that pyFFTW is absent, in a process that runs only stemcal's UDFs.
+
+    Before each task LiberTEM sets the thread limits of the FFT libraries a UDF might
+    use, and the first time it imports pyFFTW where it is installed and runs a threaded
+    FFT to probe it: 0.8 s on this project's 2-core VM under load (abTEM, in the test
+    extra, brings pyFFTW; so may a facility's other software). stemcal's UDFs use no
+    FFT library, so the command line's own processes (``stemcal fit``, ``stemcal
+    calibrate``) skip the probe. Not done on import or in library calls (the profile,
+    notebooks, the app), where other UDFs may use pyFFTW and need LiberTEM's thread
+    limits and its threaded-executor work-around. A process that has imported pyFFTW
+    or where LiberTEM has probed already keeps LiberTEM's answer.
+
+    Returns whether the probe is now skipped.
+    """
+    import sys
+
+    if "pyfftw" in sys.modules:
+        return False
+    from libertem.common import threading as lt_threading
+
+    name = "__has_pyfftw"   # LiberTEM's module global: None until probed
+    if name not in vars(lt_threading) or vars(lt_threading)[name] is not None:
+        return False
+    setattr(lt_threading, name, False)
+    log.debug("LiberTEM's pyFFTW probe skipped: stemcal's UDFs use no FFT library")
+    return True

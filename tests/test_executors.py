@@ -95,3 +95,33 @@ def test_a_fit_on_the_default_context_does_not_import_libertem_api(npy):
     assert got == {**got, "api": False, "distributed": False, "ctx": "InlineContext",
                    "ctx2": "InlineContext"}
     assert got["sum"] > 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_the_command_lines_skip_libertems_fft_probe(npy, skip):
+    """skip_fft_probe (what `stemcal fit` and `stemcal calibrate` call first) leaves pyFFTW
+    unimported through a pass, with the same images; without it LiberTEM imports pyFFTW
+    in the first pass wherever it is installed (abTEM in the test extra brings it)."""
+    pyfftw = subprocess.run([sys.executable, "-c", "import pyfftw"], capture_output=True)
+    if not skip and pyfftw.returncode != 0:
+        pytest.skip("pyFFTW is not installed: LiberTEM has nothing to import")
+    code = (
+        "import json, sys\n"
+        "from stemcal.executors import make_context, skip_fft_probe\n"
+        f"skipped = skip_fft_probe() if {skip} else None\n"
+        "from stemcal.fit.passes import full_pass\n"
+        "from stemcal.formats.dataset import open_dataset\n"
+        "from stemcal.twin import OverfocusParams\n"
+        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
+        "ctx = make_context('inline')\n"
+        f"images = full_pass(ctx, open_dataset(ctx, {str(npy)!r}), p)\n"
+        "print(json.dumps({'skipped': skipped, 'again': skip_fft_probe() if skipped else None,"
+        " 'pyfftw': 'pyfftw' in sys.modules, 'sum': float(images['shifted_sum'].sum())}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["pyfftw"] is (not skip)
+    if skip:
+        assert got["skipped"] is True and got["again"] is False   # once; then LiberTEM's answer
+    assert got["sum"] > 0

@@ -10,9 +10,9 @@ position ``s + A q``; with the trial ``A`` off the instrument's ``A0`` by
 ``k`` is the specimen displaced by about ``E qbar_k`` (``qbar_k`` its pixels'
 mean offset), and the displacement of each octant's image against the sum of the
 others (Lucas-Kanade: the least-squares shift, with a gain and an offset free,
-:func:`shift`) measures ``E``; its projection on the two parameters'
-derivatives of ``A`` gives their corrections ``u`` (degrees, percent of the
-overfocus). At the instrument's parameters every octant shows the same image
+:func:`shifts`, both images smoothed alike by :data:`SMOOTH`) measures ``E``;
+its projection on the two parameters' derivatives of ``A`` gives their
+corrections ``u`` (degrees, percent of the overfocus). At the instrument's parameters every octant shows the same image
 and ``u`` is zero: this is a null measurement, so the sub-pixel interpolation
 biases a measured shift only where the shift is large.
 
@@ -68,6 +68,28 @@ PART_RINGS = {name: tuple(j for j, r in enumerate(RADII) if lo < r <= hi + 1e-9)
 #: A pixel of an octant's image (or of the sum of the others) takes part in the shift
 #: where its coverage is at least this share of the median coverage.
 MIN_COVERAGE = 0.3
+
+
+#: Passes of a [1, 2, 1] / 4 filter along y and x over each octant's image and its
+#: reference (the sum of the others; ratios of shifted sum to coverage) before the shift
+#: is measured. Against a noisy reference the measured shifts come out short (the noise in
+#: its gradient dilutes the least-squares slope: the gain J was 0.27 on a 33x33 scan of
+#: 107x107 frames at 3 counts/px); one pass raised it to 0.46 and cut the rotation's
+#: scatter there by 1.4x, the mean correction at the truth still zero within its error
+#: over 8 seeds; a second pass began to pull the overfocus (+0.04 %, 2.5 sigma). The
+#: reference alone smoothed left a blur mismatch that moved noise-free estimates by
+#: 0.01 deg; smoothing shifted sums and coverages (normalised smoothing) pulled the
+#: overfocus by +0.2 %: an octant's coverage falls off towards one side.
+SMOOTH = 1
+
+
+def _binomial(a: np.ndarray) -> np.ndarray:
+    """``a`` filtered by [1, 2, 1] / 4 along its last two axes (edges held)."""
+    out = a.copy()
+    out[..., 1:-1, :] = 0.25 * (a[..., :-2, :] + a[..., 2:, :]) + 0.5 * a[..., 1:-1, :]
+    b = out.copy()
+    out[..., :, 1:-1] = 0.25 * (b[..., :, :-2] + b[..., :, 2:]) + 0.5 * b[..., :, 1:-1]
+    return out
 
 
 def octant_offsets(rings: RingLoss) -> np.ndarray:
@@ -211,35 +233,13 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
     return dict(zip(parts, loss_pool().map(one, parts)))
 
 
-#: Passes of a [1, 2, 1] / 4 filter along y and x over each octant's image and its
-#: reference (the sum of the others; ratios of shifted sum to coverage) before the shift
-#: is measured. Against a noisy reference the measured shifts come out short (the noise in
-#: its gradient dilutes the least-squares slope: the gain J was 0.27 on a 33x33 scan of
-#: 107x107 frames at 3 counts/px); one pass raised it to 0.46 and cut the rotation's
-#: scatter there by 1.4x, the mean correction at the truth still zero within its error
-#: over 8 seeds; a second pass began to pull the overfocus (+0.04 %, 2.5 sigma). The
-#: reference alone smoothed left a blur mismatch that moved noise-free estimates by
-#: 0.01 deg; smoothing shifted sums and coverages (normalised smoothing) pulled the
-#: overfocus by +0.2 %: an octant's coverage falls off towards one side.
-SMOOTH = 1
-
-
-def _binomial(a: np.ndarray) -> np.ndarray:
-    """``a`` filtered by [1, 2, 1] / 4 along its last two axes (edges held)."""
-    out = a.copy()
-    out[..., 1:-1, :] = 0.25 * (a[..., :-2, :] + a[..., 2:, :]) + 0.5 * a[..., 1:-1, :]
-    b = out.copy()
-    out[..., :, 1:-1] = 0.25 * (b[..., :, :-2] + b[..., :, 2:]) + 0.5 * b[..., :, 1:-1]
-    return out
-
-
 def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
                      follow: str = "disk70") -> tuple[dict[str, dict[str, tuple[float, float]]], int]:
     """Rotation and overfocus from every part of the disk, by the octants' shifts.
 
     The corrections ``u`` are measured at ``params`` and at steps of each parameter
-    (``steps``: name -> degrees or percent of the overfocus), which give the gain ``J`` of every part and of every group left
-    out; then Newton steps ``J^-1 u`` of the ``follow`` part until one is below
+    (``steps``: name -> degrees or percent of the overfocus), which give the gain ``J``
+    of every part and of every group left out; then Newton steps ``J^-1 u`` of the ``follow`` part until one is below
     :data:`CONVERGED` of those steps (at most :data:`MAX_STEPS`). Each part's
     estimate is ``p + J^-1 u(p)`` at the last ``p``, its sigma the jackknife of the
     same over the groups left out.
