@@ -296,14 +296,13 @@ class Finish:
 
 #: How the final stage estimates rotation and overfocus where both are free: "samples"
 #: (:func:`scan_parameter` along each, 22 projections or more) or "sectors"
-#: (:mod:`.sectors`: from the octants' shifts, 4-6 projections; 1.6-1.9x faster). Not the
-#: default yet: noise-free it is exact (0.001 deg, +0.04 % on a 33x33 geometric scan), and
-#: on the multislice set of make validate it did as well (rotation RMS 0.028 against
-#: 0.030 deg) and better on the overfocus (RMS 0.16 against 0.21 %, largest 0.39 against
-#: 0.65 %), but at 3 counts/px its rotation scatters more on geometric data (RMS 0.027
-#: against 0.022 deg over 31 fits on 64x64 scans; 0.14 against 0.08 over ten 40x40 scans)
-#: and on a 33x33 scan with descan it came out 0.12-0.22 deg off at 2-3 sigma of its
-#: jackknife, where sampling the loss was 0.05 off.
+#: (:mod:`.sectors`: from the octants' shifts, 4-6 projections; the final stage 1.6-1.9x
+#: faster). Not the default: on make validate with it forced (docs/accuracy.md, "A faster
+#: final stage, measured and not taken") the overfocus was better on the multislice set
+#: (RMS 0.14 against 0.21 %, largest 0.28 against 0.65 %) and the geometric rotation as
+#: good (RMS 0.021 against 0.022 deg), but at 20 counts/px on the small multislice scans
+#: its rotation scattered up to twice as much (carbon_au_under over 8 seeds: RMS 0.087
+#: against 0.048 deg) and its overfocus uncertainty covered 73 of 79 fits against 77.
 METHOD = "samples"
 #: Steps of the projections that measure the octant shifts' gain, as a share of
 #: :func:`half_width` (0.25 deg and 0.75 % on a 64x64 scan).
