@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InlineContext", "make_context", "skip_fft_probe"]
+__all__ = ["InlineContext", "make_context", "skip_fft_probe", "skip_numba_extensions"]
 
 
 class InlineContext:
@@ -133,4 +133,28 @@ def skip_fft_probe() -> bool:
         return False
     setattr(lt_threading, name, False)
     log.debug("LiberTEM's pyFFTW probe skipped: stemcal's UDFs use no FFT library")
+    return True
+
+
+def skip_numba_extensions() -> bool:
+    """Tell Numba that the installed packages' Numba extensions are loaded, in a process
+    that runs only stemcal's kernels.
+
+    Before its first compilation or cache load Numba runs the ``numba_extensions``
+    entry point of every installed package; awkward's (it comes with tiled's ragged
+    arrays) imports ``awkward.operations`` and pyarrow: 0.1-0.2 s of every
+    ``stemcal fit`` here. stemcal's kernels take plain NumPy arrays and numbers, so
+    the command line's own processes skip them, as :func:`skip_fft_probe` (not in
+    library calls, where other code may pass an extension's types to Numba). A
+    process where Numba has loaded them already keeps them.
+
+    Returns whether they are now skipped.
+    """
+    from numba.core import entrypoints
+
+    name = "_already_initialized"   # Numba's module global: False until loaded
+    if vars(entrypoints).get(name) is not False:
+        return False
+    setattr(entrypoints, name, True)
+    log.debug("Numba's extension entry points skipped: stemcal's kernels need none")
     return True

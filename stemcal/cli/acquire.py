@@ -114,11 +114,12 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
 
     The true geometry is the twin's, for the simulated detector; None for a hardware one.
     """
-    from ..executors import skip_fft_probe
+    from ..executors import skip_fft_probe, skip_numba_extensions
     from ..plans import calibrate
     from ..session import catalog_location, make_session
 
-    skip_fft_probe()   # this process runs stemcal's UDFs only
+    skip_fft_probe()   # this process runs stemcal's UDFs and kernels only
+    skip_numba_extensions()
     detector = _detector_settings()
     sim = _sim_settings(args, detector.is_hardware)
     loc, _ = catalog_location(args.catalog)
