@@ -73,9 +73,9 @@ MIN_COVERAGE = 0.3
 #: reference (the sum of the others; ratios of shifted sum to coverage) before the shift
 #: is measured. Against a noisy reference the measured shifts come out short (the noise in
 #: its gradient dilutes the least-squares slope: the gain J was 0.27 on a 33x33 scan of
-#: 107x107 frames at 3 counts/px); one pass raised it to 0.46 and cut the rotation's
-#: scatter there by 1.4x, the mean correction at the truth still zero within its error
-#: over 8 seeds; a second pass began to pull the overfocus (+0.04 %, 2.5 sigma). The
+#: 107x107 frames at 3 counts/px); one pass raised it to 0.43 and cut the scatter of the
+#: rotation's correction there by 1.7x, the mean correction at the truth still zero
+#: within its error over 8 seeds; a second pass began to pull the overfocus (+0.04 %, 2.5 sigma). The
 #: reference alone smoothed left a blur mismatch that moved noise-free estimates by
 #: 0.01 deg; smoothing shifted sums and coverages (normalised smoothing) pulled the
 #: overfocus by +0.2 %: an octant's coverage falls off towards one side.
@@ -238,8 +238,9 @@ def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
 
     The corrections ``u`` are measured at ``params`` and at steps of each parameter
     (``steps``: name -> degrees or percent of the overfocus), which give the gain ``J``
-    of every part and of every group left out; then Newton steps ``J^-1 u`` of the ``follow`` part until one is below
-    :data:`CONVERGED` of those steps (at most :data:`MAX_STEPS`). Each part's
+    of every part and of every group left out; then Newton steps ``J^-1 u`` of the
+    ``follow`` part until one is below :data:`CONVERGED` of those steps (at most
+    :data:`MAX_STEPS`). Each part's
     estimate is ``p + J^-1 u(p)`` at the last ``p``, its sigma the jackknife of the
     same over the groups left out.
 
