@@ -20,7 +20,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InlineContext", "make_context", "skip_fft_probe", "skip_numba_extensions"]
+__all__ = ["InlineContext", "make_context", "skip_fft_probe", "skip_numba_extensions",
+           "command_line_process"]
 
 
 class InlineContext:
@@ -158,3 +159,11 @@ def skip_numba_extensions() -> bool:
     setattr(entrypoints, name, True)
     log.debug("Numba's extension entry points skipped: stemcal's kernels need none")
     return True
+
+
+def command_line_process() -> None:
+    """What a command-line process that runs only stemcal's UDFs and kernels skips
+    (``stemcal fit``, ``stemcal calibrate``): :func:`skip_fft_probe` and
+    :func:`skip_numba_extensions`."""
+    skip_fft_probe()
+    skip_numba_extensions()

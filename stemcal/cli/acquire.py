@@ -114,12 +114,11 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
 
     The true geometry is the twin's, for the simulated detector; None for a hardware one.
     """
-    from ..executors import skip_fft_probe, skip_numba_extensions
+    from ..executors import command_line_process
     from ..plans import calibrate
     from ..session import catalog_location, make_session
 
-    skip_fft_probe()   # this process runs stemcal's UDFs and kernels only
-    skip_numba_extensions()
+    command_line_process()
     detector = _detector_settings()
     sim = _sim_settings(args, detector.is_hardware)
     loc, _ = catalog_location(args.catalog)

@@ -122,11 +122,10 @@ def _missing_guesses(args: argparse.Namespace) -> list[str]:
 
 def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     """``fit``: open the dataset, calibrate it, return the JSON summary (writes ``--report``)."""
-    from ..executors import make_context, skip_fft_probe, skip_numba_extensions
+    from ..executors import command_line_process, make_context
     from ..formats import describe, open_dataset
 
-    skip_fft_probe()   # this process runs stemcal's UDFs and kernels only
-    skip_numba_extensions()
+    command_line_process()
     if args.refine_only and _missing_guesses(args):
         raise CLIError("--refine-only needs a starting guess: give "
                        + ", ".join(_missing_guesses(args)))

@@ -64,7 +64,7 @@ import numpy as np
 from ..twin.model import specimen_matrix
 from ..twin.params import OverfocusParams
 from .cache import ReducedCache
-from .rings import RingLoss, part_losses
+from .rings import RingLoss, jackknife_sigma, part_losses
 from .sectors import NAMES, sector_estimates
 
 __all__ = ["UPSAMPLE", "PARTS_Z", "POINTS", "HALF_WIDTH", "REFERENCE_SCAN", "half_width",
@@ -190,13 +190,10 @@ def scan_parameter(rings: RingLoss, params: OverfocusParams, name: str, *,
     for part, t in table.items():
         v = _vertex(xs, t[:, 0])
         reps = np.array([_vertex(xs, t[:, 1 + g]) for g in range(K)])
-        ok = np.isfinite(reps)
-        if math.isfinite(v) and ok.sum() >= 2:
-            r = reps[ok]
-            sigma = math.sqrt((len(r) - 1) / len(r) * float(((r - r.mean()) ** 2).sum()))
-        else:
+        sigma = jackknife_sigma(reps) if math.isfinite(v) else math.nan
+        if math.isfinite(v) and not math.isfinite(sigma):
             # too flat in the subsets to place a vertex: known to the sampled span only
-            sigma = half if math.isfinite(v) else math.nan
+            sigma = half
         value = getattr(_set(params, name, params, v), name) if math.isfinite(v) else math.nan
         if name == "overfocus":
             sigma = sigma / 100 * abs(params.overfocus)

@@ -16,6 +16,7 @@ any estimate made from it, at no extra projection.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +27,7 @@ from ..processing.ring_kernel import splat_rings
 from .loss import BlurLoss, loss_pool
 from .metrics import pair_contrasts
 
-__all__ = ["RADII", "PARTS", "RingLoss", "part_losses"]
+__all__ = ["RADII", "PARTS", "RingLoss", "part_losses", "jackknife_sigma"]
 
 #: Radii of the nested disks, fractions of the disk radius.
 RADII = (0.45, 0.7, 0.95)
@@ -140,3 +141,13 @@ def part_losses(pairs: np.ndarray, leave_out: Sequence[int | None] = (None,)) ->
         vals = vals[np.isfinite(vals)]
         out.append(-float(vals.mean()) if vals.size else np.nan)
     return np.asarray(out)
+
+
+def jackknife_sigma(replicas: np.ndarray) -> float:
+    """Jackknife 1-sigma of an estimate from its leave-one-group-out ``replicas`` (their
+    finite ones; NaN where fewer than two are)."""
+    r = np.asarray(replicas, dtype=float)
+    r = r[np.isfinite(r)]
+    if len(r) < 2:
+        return math.nan
+    return math.sqrt((len(r) - 1) / len(r) * float(((r - r.mean()) ** 2).sum()))

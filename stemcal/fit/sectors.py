@@ -50,7 +50,7 @@ from ..processing.shift_kernel import shift_normal_equations
 from ..twin.model import specimen_matrix
 from ..twin.params import OverfocusParams
 from .loss import loss_pool
-from .rings import PARTS, RADII, RingLoss
+from .rings import PARTS, RADII, RingLoss, jackknife_sigma
 
 __all__ = ["NAMES", "MAX_STEPS", "octant_offsets", "overlap_masks", "shifts", "corrections",
            "sector_estimates"]
@@ -82,13 +82,14 @@ MIN_COVERAGE = 0.3
 SMOOTH = 1
 
 
+_BINOMIAL = np.array([0.25, 0.5, 0.25])
+
+
 def _binomial(a: np.ndarray) -> np.ndarray:
-    """``a`` filtered by [1, 2, 1] / 4 along its last two axes (edges held)."""
-    out = a.copy()
-    out[..., 1:-1, :] = 0.25 * (a[..., :-2, :] + a[..., 2:, :]) + 0.5 * a[..., 1:-1, :]
-    b = out.copy()
-    out[..., :, 1:-1] = 0.25 * (b[..., :, :-2] + b[..., :, 2:]) + 0.5 * b[..., :, 1:-1]
-    return out
+    """``a`` filtered by [1, 2, 1] / 4 along its last two axes."""
+    for axis in (-2, -1):
+        a = ndimage.correlate1d(a, _BINOMIAL, axis=axis, mode="nearest")
+    return a
 
 
 def octant_offsets(rings: RingLoss) -> np.ndarray:
@@ -175,11 +176,12 @@ def _derivatives(params: OverfocusParams) -> np.ndarray:
 
 
 def corrections(S: np.ndarray, C: np.ndarray, good: np.ndarray, qbar: np.ndarray,
-                params: OverfocusParams, upsample: float) -> np.ndarray:
+                derivatives: np.ndarray, upsample: float) -> np.ndarray:
     """Corrections ``u`` (degrees, percent of the overfocus) that the octants' shifts call
     for, before the gain: ``S, C`` (8, H, W) one part's octant images, ``good`` their
-    :func:`overlap_masks`, ``qbar`` (8, 2) their mean offsets (detector px). NaN where
-    a shift could not be measured."""
+    :func:`overlap_masks`, ``qbar`` (8, 2) their mean offsets (detector px),
+    ``derivatives`` :func:`_derivatives` at the projection's parameters. NaN where a
+    shift could not be measured."""
     m = shifts(S, C, good) / upsample          # specimen px
     if not np.all(np.isfinite(m)):
         return np.full(2, np.nan)
@@ -190,7 +192,7 @@ def corrections(S: np.ndarray, C: np.ndarray, good: np.ndarray, qbar: np.ndarray
         rel[k] = qbar[k] - (w[:, None] * np.delete(qbar, k, axis=0)).sum(axis=0) / max(float(w.sum()), 1e-300)
     E = np.linalg.lstsq(rel, m, rcond=None)[0].T      # m_k = E rel_k: (2, 2), specimen px per det px
     # A0 = A - E: the parameters' change whose derivative of A best gives -E
-    return np.linalg.lstsq(_derivatives(params), -E.ravel(), rcond=None)[0]
+    return np.linalg.lstsq(derivatives, -E.ravel(), rcond=None)[0]
 
 
 def _set(params: OverfocusParams, x: np.ndarray, base: OverfocusParams) -> OverfocusParams:
@@ -213,6 +215,7 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
            slice(seen[1].min(), seen[1].max() + 1))
     S, C = S[box], C[box]
     cov = C.reshape(C.shape[:3] + (-1,)).sum(axis=-1)      # (K, R, 8)
+    derivatives = _derivatives(params)
 
     def one(part: str) -> np.ndarray:
         js = list(PART_RINGS[part])
@@ -222,9 +225,9 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
         all_S, all_C = Sp.sum(axis=0), Cp.sum(axis=0)
         good = overlap_masks(all_C)
         rows = np.full((K + 1, 2), np.nan)
-        rows[0] = corrections(all_S, all_C, good, qbar, params, rings.upsample)
+        rows[0] = corrections(all_S, all_C, good, qbar, derivatives, rings.upsample)
         for g in range(K if replicas else 0):
-            rows[1 + g] = corrections(all_S - Sp[g], all_C - Cp[g], good, qbar, params,
+            rows[1 + g] = corrections(all_S - Sp[g], all_C - Cp[g], good, qbar, derivatives,
                                       rings.upsample)
         return rows
 
@@ -291,13 +294,7 @@ def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
         est = {}
         for i, name in enumerate(NAMES):
             v = values[0, i]
-            reps = values[1:, i]
-            ok = np.isfinite(reps)
-            if math.isfinite(v) and ok.sum() >= 2:
-                r = reps[ok]
-                sigma = math.sqrt((len(r) - 1) / len(r) * float(((r - r.mean()) ** 2).sum()))
-            else:
-                sigma = math.nan
+            sigma = jackknife_sigma(values[1:, i]) if math.isfinite(v) else math.nan
             value = math.nan
             if math.isfinite(v):
                 moved = _set(p, np.array([v, 0.0]) if i == 0 else np.array([0.0, v]), base)

@@ -12,8 +12,8 @@ Ring ``j`` weighs a pixel by ``w_j(r) - w_{j-1}(r)`` (``w_{-1} = 0``), where
 ``r_in[j]``, falling linearly to 0 at ``r_out[j]``): exactly the difference of
 the nested disks' projections, without its rounding. With ``sectors=8`` each ring
 is split further into the octants of the angle of a pixel's offset from its
-frame's beam centre (the shift estimate of :mod:`stemcal.fit.sectors`). Coordinates (y, x) and the
-detector-pixel convention ``i * pix_scale + pix_offset`` as in
+frame's beam centre (the shift estimate of :mod:`stemcal.fit.sectors`).
+Coordinates (y, x) and the detector-pixel convention ``i * pix_scale + pix_offset`` as in
 :mod:`stemcal.processing.kernels`; :func:`splat_rings_numpy` is the NumPy twin.
 """
 from __future__ import annotations

@@ -46,12 +46,9 @@ def test_shifts_of_known_displacements(monkeypatch):
         np.testing.assert_allclose(got[k], want, rtol=0.03, atol=0.002)
 
 
-def test_octant_offsets_point_into_their_octants():
+def test_octant_offsets_point_into_their_octants(ctx):
     truth = OverfocusParams(overfocus=1e-6, semiconv=6e-3, cy=31.0, cx=33.5, **BASE)
     data = simulate(truth, (8, 8), (64, 64), dose=None, seed=1)
-    from libertem.api import Context
-
-    ctx = Context.make_with("inline")
     cache = build_cache(ctx, ctx.load("memory", data=data), bin=1, stride=1)
     q = octant_offsets(RingLoss(cache, truth))
     assert q.shape == (3, 8, 2)
