@@ -111,3 +111,21 @@ def test_finish_agrees_with_sampling_the_loss(geometric):
     assert a.nfev * 4 <= b.nfev
     with pytest.raises(ValueError, match="method"):
         finish(caches[10.0], start, free=free, method="newton")
+
+
+def test_the_hybrid_takes_the_overfocus_of_the_octants_and_samples_the_rotation(geometric):
+    """method="hybrid": the overfocus (value, part used and uncertainty) is the octants',
+    the rotation the loss's samples taken at that overfocus, within the samples' own
+    uncertainty of the truth; it costs the octants plus one sampling of the rotation."""
+    truth, caches = geometric
+    start = truth.replace(scan_rotation=truth.scan_rotation + 0.1, overfocus=truth.overfocus * 1.005)
+    free = ("scan_rotation", "overfocus")
+    octants = finish(caches[10.0], start, free=free, method="sectors")
+    hybrid = finish(caches[10.0], start, free=free, method="hybrid")
+    assert hybrid.params.overfocus == octants.params.overfocus
+    assert hybrid.uncertainty["overfocus"] == octants.uncertainty["overfocus"]
+    assert hybrid.parts["overfocus"]["used"] == octants.parts["overfocus"]["used"]
+    rotation = hybrid.params.scan_rotation
+    assert rotation != octants.params.scan_rotation
+    assert abs(rotation - truth.scan_rotation) < 2 * hybrid.uncertainty["scan_rotation"]
+    assert octants.nfev < hybrid.nfev < octants.nfev + 2 * 11
