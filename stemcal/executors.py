@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["InlineContext", "make_context", "skip_fft_probe", "skip_numba_extensions",
-           "command_line_process"]
+           "skip_preload", "command_line_process"]
 
 
 class InlineContext:
@@ -161,9 +161,46 @@ def skip_numba_extensions() -> bool:
     return True
 
 
+def skip_preload() -> bool:
+    """Let LiberTEM's inline executor start without its preload module's imports, in a
+    process that runs only stemcal's UDFs.
+
+    LiberTEM's :class:`~libertem.executor.inline.InlineJobExecutor` imports
+    ``libertem.preload`` when it is made, a module written for dask workers (that
+    their first task does not wait for slow imports): matplotlib's colours (0.1 s on
+    2 cores; stemcal's UDFs draw nothing), sparse, Numba's CUDA target, torch where
+    installed, hdf5plugin, and it raises the open-file limit. Here the filters of
+    hdf5plugin are registered (compressed HDF5, as DECTRIS writes, needs them) and
+    the file limit is raised as there; the rest is left to whoever needs it. For the
+    command line's own processes only, as :func:`skip_fft_probe` (the profile,
+    notebooks and the app may run LiberTEM's plots). A process that has imported
+    ``libertem.preload`` keeps it.
+
+    Returns whether the preload is now skipped.
+    """
+    import sys
+    import types
+
+    name = "libertem.preload"
+    if name in sys.modules:
+        return False
+    try:
+        import hdf5plugin  # noqa: F401  (registers the HDF5 compression filters)
+    except ImportError:
+        pass
+    from libertem.common.backend import set_file_limit
+
+    set_file_limit()
+    sys.modules[name] = types.ModuleType(name, "Stand-in put here by stemcal.executors."
+                                               "skip_preload: its imports were skipped.")
+    log.debug("LiberTEM's preload skipped: stemcal's UDFs need none of its imports")
+    return True
+
+
 def command_line_process() -> None:
     """What a command-line process that runs only stemcal's UDFs and kernels skips
-    (``stemcal fit``, ``stemcal calibrate``): :func:`skip_fft_probe` and
-    :func:`skip_numba_extensions`."""
+    (``stemcal fit``, ``stemcal calibrate``): :func:`skip_fft_probe`,
+    :func:`skip_numba_extensions` and :func:`skip_preload`."""
     skip_fft_probe()
     skip_numba_extensions()
+    skip_preload()

@@ -98,7 +98,8 @@ def test_a_fit_on_the_default_context_does_not_import_libertem_api(npy):
 
 
 #: What each of the command line's skips leaves unloaded (where it is installed).
-SKIPS = {"skip_fft_probe": "pyfftw", "skip_numba_extensions": "awkward"}
+SKIPS = {"skip_fft_probe": "pyfftw", "skip_numba_extensions": "awkward",
+         "skip_preload": "matplotlib"}
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -106,8 +107,9 @@ SKIPS = {"skip_fft_probe": "pyfftw", "skip_numba_extensions": "awkward"}
 def test_the_command_lines_skip_what_stemcal_does_not_use(npy, function, skip):
     """What `stemcal fit` and `stemcal calibrate` call first: skip_fft_probe (LiberTEM
     imports pyFFTW in the first pass wherever it is installed; abTEM in the test extra
-    brings it) and skip_numba_extensions (Numba loads awkward's extension before its first
-    compilation or cache load). With each, a pass gives the same images and leaves the
+    brings it), skip_numba_extensions (Numba loads awkward's extension before its first
+    compilation or cache load) and skip_preload (LiberTEM's inline executor imports its
+    dask workers' preload, matplotlib's colours among it). With each, a pass gives the same images and leaves the
     module unloaded; once skipped, a second call changes nothing."""
     module = SKIPS[function]
     installed = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)

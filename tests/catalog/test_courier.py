@@ -241,3 +241,27 @@ def test_no_process_for_a_courier_opens_the_catalog_in_process(catalog, spool_di
         assert run_state(session.client, a_run(session.keeper)) == "complete"
     finally:
         session.close()
+
+
+def test_the_courier_imports_ahead_what_writing_a_record_imports(tmp_path):
+    """The courier imports zarr and tiled's array adapters while the scan runs
+    (courier.warm_up): without that, a record's first array node imported them after the
+    fit (0.25 s). In a fresh interpreter: after warm_up, writing a record with images
+    imports none of zarr or tiled's adapters."""
+    code = ("import json, sys, warnings\n"
+            "warnings.simplefilter('ignore')\n"
+            "import numpy as np\n"
+            "from stemcal.catalog import open_catalog, write_record\n"
+            "from stemcal.catalog.courier import warm_up\n"
+            "sys.path.insert(0, 'tests/catalog')\n"
+            "from test_courier import make_record\n"
+            f"client = open_catalog({str(tmp_path / 'cat')!r})\n"
+            "warm_up()\n"
+            "before = set(sys.modules)\n"
+            "write_record(client, make_record(), {'point': np.ones((8, 8)), 'sum': np.ones((6, 6))})\n"
+            "print(json.dumps(sorted(m for m in set(sys.modules) - before\n"
+            "                        if m.startswith(('zarr', 'tiled.adapters')))))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
