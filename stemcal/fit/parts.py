@@ -23,10 +23,10 @@ where :data:`PARTS_Z` times its noise exceeds :data:`RIM_BIAS` of the
 overfocus (low dose, little detail), agreement says nothing and ``[0, 0.7] R``
 gives the value (:func:`_rim_test_sees`).
 
-With ``method="sectors"`` (not the default, :data:`METHOD`) rotation and
-overfocus are estimated together, per part, from how the octants of that part's
-shadow images move apart (:mod:`.sectors`: 4-6 projections); with ``"hybrid"``
-(not the default either) only the overfocus. Otherwise each
+By default (:data:`METHOD`, ``"hybrid"``) the overfocus is estimated, per part,
+from how the octants of that part's shadow images move apart (:mod:`.sectors`:
+4-6 projections); with ``method="sectors"`` the rotation as well. Otherwise (the
+rotation by default, the overfocus with ``method="samples"``, and the centre) each
 estimate is the vertex of a
 least-squares parabola through :data:`POINTS` samples of the loss along that
 parameter (the others held), with the target grid's sub-pixel phase stepped
@@ -292,18 +292,20 @@ class Finish:
         return self.rings.loss_of(used)
 
 
-#: How the final stage estimates rotation and overfocus where both are free: "samples"
-#: (:func:`scan_parameter` along each, 22 projections or more), "sectors" (:mod:`.sectors`:
-#: both from the octants' shifts, 4-6 projections) or "hybrid" (the overfocus from the
-#: octants, then the rotation sampled at it). make validate with each (docs/accuracy.md,
-#: "The final stage's method"): the octants measure the overfocus better (multislice RMS
-#: 0.14 against 0.21 %, largest 0.28 against 0.65 %), the samples the rotation (the
-#: octants' scattered up to twice as much at 20 counts/px on the small multislice scans).
-#: The hybrid has both, but its overfocus uncertainty, smaller than the samples', does
-#: not cover a wave-optical bias of -0.15..-0.27 % on the 64x64 carbon/Au scan with
-#: descan (5 of 8 seeds at 20 counts/px; tests/fit/test_wave.py's seed 2 fails), which
-#: the samples' larger sigma covered: 73 of 79 seeded fits against 77. Not the default.
-METHOD = "samples"
+#: How the final stage estimates rotation and overfocus where both are free: "hybrid"
+#: (the default since 2026-12-05, seventh session): the overfocus from the octants'
+#: shifts (:mod:`.sectors`, 4-6 projections), then the rotation by sampling the loss
+#: (:func:`scan_parameter`) at that overfocus; "samples": both by sampling (22
+#: projections or more; the default before); "sectors": both from the octants. make
+#: validate with each (docs/accuracy.md, "The final stage's method"): the octants measure
+#: the overfocus better, the samples the rotation (the octants' scattered up to twice as
+#: much at 20 counts/px on the small multislice scans). The hybrid against the samples:
+#: multislice overfocus RMS 0.14 against 0.21 % (largest 0.28 against 0.65 %), rotation
+#: RMS 0.026 against 0.030 deg; 20 counts/px over seeds overfocus RMS 0.28 against
+#: 0.37 %; the geometric set unchanged. Its overfocus sigma is about its scatter (the
+#: samples' was larger), so within 2 sigma it covers 73 of 79 seeded fits against 77, and
+#: 78 against 78 within 2 sigma plus the truth's ambiguity (a thick specimen's plane).
+METHOD = "hybrid"
 #: Steps of the projections that measure the octant shifts' gain, as a share of
 #: :func:`half_width` (0.25 deg and 0.75 % on a 64x64 scan).
 SECTOR_STEP = 0.5
@@ -326,9 +328,9 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
     """Each free parameter from the parts of the disk: each in turn by sampling the loss
     (``method="samples"``, :func:`scan_parameter`; the rotation once more where the
     overfocus moved by more than :data:`RESAMPLE_ROTATION` from where the rotation was
-    sampled), the default; or, where both are free, both from the octants' shifts
-    (``"sectors"``, :mod:`.sectors`) or the overfocus from them and the rotation by
-    sampling at it (``"hybrid"``; see :data:`METHOD`); the centre by sampling.
+    sampled); or, where both are free, the overfocus from the octants' shifts and the
+    rotation by sampling at it (``"hybrid"``, the default; see :data:`METHOD`) or both
+    from the octants (``"sectors"``, :mod:`.sectors`); the centre by sampling.
 
     See the module docstring for the choice of part and the uncertainty's terms;
     ``upsample`` maps parameters to target px per scan px (default :data:`UPSAMPLE`;

@@ -27,8 +27,9 @@ groups) gives its statistical error. The projections are three, plus one per
 Newton step (at most :data:`MAX_STEPS`), against the 22 or more of sampling the
 loss along each parameter (:func:`~stemcal.fit.parts.scan_parameter`).
 
-Not the final stage's default: :data:`~stemcal.fit.parts.METHOD` says what
-make validate measured. Noise-free it is exact (within 0.002 deg and 0.05 % on
+The final stage takes the overfocus from here and samples the rotation
+(:data:`~stemcal.fit.parts.METHOD`, ``"hybrid"``, says what make validate
+measured with each). Noise-free it is exact (within 0.002 deg and 0.05 % on
 geometric scans, with and without descan); at low counts it measures the
 overfocus better than sampling the loss and the rotation worse. In relative
 units its rotation and overfocus errors are alike, as the geometry says they

