@@ -31,7 +31,6 @@ from ..record import CalibrationRecord
 from . import replay, store
 from .journal import journal_dir, journals, read_journal, try_lock
 from .keys import KeyInURIError
-from .queries import COMPLETE, record_state
 from .spool import failure_reason, find, fsync_dir, locked, spool_dir, spool_record, spooled
 
 log = logging.getLogger(__name__)
@@ -274,10 +273,13 @@ def _sync_runs(d: Path, catalogs: Catalogs, report: SyncReport,
 
 
 def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
-    if record_state(client, entry.uid) == COMPLETE:
+    # write_record looks whether the catalog holds the record complete already (and
+    # refuses): asking here first as well cost two more requests to the catalog
+    try:
+        store.write_record(client, entry.record, entry.images)
+    except store.RecordExistsError:
         report.already_there.append((entry.uid, entry.location))
     else:
-        store.write_record(client, entry.record, entry.images)
         report.delivered.append((entry.uid, entry.location))
 
 
