@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
+import types
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,6 @@ def skip_fft_probe() -> bool:
 
     Returns whether the probe is now skipped.
     """
-    import sys
-
     if "pyfftw" in sys.modules:
         return False
     from libertem.common import threading as lt_threading
@@ -178,9 +178,6 @@ def skip_preload() -> bool:
 
     Returns whether the preload is now skipped.
     """
-    import sys
-    import types
-
     name = "libertem.preload"
     if name in sys.modules:
         return False

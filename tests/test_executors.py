@@ -109,8 +109,9 @@ def test_the_command_lines_skip_what_stemcal_does_not_use(npy, function, skip):
     imports pyFFTW in the first pass wherever it is installed; abTEM in the test extra
     brings it), skip_numba_extensions (Numba loads awkward's extension before its first
     compilation or cache load) and skip_preload (LiberTEM's inline executor imports its
-    dask workers' preload, matplotlib's colours among it). With each, a pass gives the same images and leaves the
-    module unloaded; once skipped, a second call changes nothing."""
+    dask workers' preload, matplotlib's colours among it). With each, a pass gives the
+    same images and leaves the module unloaded; once skipped, a second call changes
+    nothing."""
     module = SKIPS[function]
     installed = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     if not skip and installed.returncode != 0:

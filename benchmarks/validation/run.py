@@ -113,8 +113,9 @@ def seeds_set(ctx, quick: bool) -> list[dict]:
             data, truth = multislice.generate(specimen, dose=SEED_DOSE, noise_seed=seed,
                                               cache_dir=CACHE, **kw)
             row = {"set": "seeds", "case": name, "kind": kind, "dose": SEED_DOSE, "seed": seed,
-                   "truth": {k: truth.get(k, 0.0) for k in ("scan_rotation", "overfocus",
-                                                            "overfocus_ambiguity")},
+                   "truth": {"scan_rotation": truth["scan_rotation"],
+                             "overfocus": truth["overfocus"],
+                             "overfocus_ambiguity": truth.get("overfocus_ambiguity", 0.0)},
                    **_fit(ctx, data, truth)}
             rows.append(row)
             if "rot_err" in row:
@@ -230,9 +231,11 @@ def coverage(rows: list[dict]) -> dict:
     generator's docstring)."""
     fits = [r for r in rows if "rot_err" in r]
     rot = [abs(r["rot_err"]) <= 2 * (r["rot_sigma"] or 0) for r in fits]
-    of = [abs(r["of_err_rel"] * r["truth"]["overfocus"]) <= 2 * (r["of_sigma"] or 0) for r in fits]
-    amb = [abs(r["of_err_rel"] * r["truth"]["overfocus"])
-           <= 2 * (r["of_sigma"] or 0) + r["truth"].get("overfocus_ambiguity", 0.0) for r in fits]
+    # overfocus: (error, 2 sigma) in metres
+    err = [(abs(r["of_err_rel"] * r["truth"]["overfocus"]), 2 * (r["of_sigma"] or 0))
+           for r in fits]
+    of = [e <= s for e, s in err]
+    amb = [e <= s + r["truth"].get("overfocus_ambiguity", 0.0) for (e, s), r in zip(err, fits)]
     return {"fits": len(fits), "refused": len(rows) - len(fits), "rotation": sum(rot),
             "overfocus": sum(of), "overfocus_ambiguity": sum(amb)}
 
