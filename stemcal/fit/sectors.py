@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..processing.shift_kernel import shift_normal_equations
+from ..processing.shift_kernel import octant_shift_equations
 from ..twin.model import specimen_matrix
 from ..twin.params import OverfocusParams
 from .loss import loss_pool
@@ -140,18 +140,31 @@ def shifts(S: np.ndarray, C: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Least-squares displacement (target px, (y, x)) of each octant's image ``S[k] / C[k]``
     against the sum of the others, (8, 2): ``image(x) = a ref(x - d) + b`` linearised in
     ``d`` (Lucas-Kanade with a gain ``a`` and an offset ``b`` free) over ``good[k]``
-    (:func:`overlap_masks`). NaN where that is fewer than 16 pixels or the images share
-    no contrast."""
-    ref = np.divide(S.sum(axis=0)[None] - S, C.sum(axis=0)[None] - C,
-                    out=np.zeros(S.shape), where=(C.sum(axis=0)[None] - C) > 0)
-    img = np.divide(S, C, out=np.zeros(S.shape), where=C > 0)
-    for _ in range(SMOOTH):   # both alike: less noise in the gradient, the same blur
-        ref, img = _binomial(ref), _binomial(img)
-    XtX = np.zeros((len(S), 4, 4))
-    Xty = np.zeros((len(S), 4))
-    shift_normal_equations(img, ref, good, XtX, Xty)
-    out = np.full((len(S), 2), np.nan)
-    for k in range(len(S)):
+    (:func:`overlap_masks`), image and reference both smoothed :data:`SMOOTH` times.
+    NaN where that is fewer than 16 pixels or the images share no contrast."""
+    S, C = np.ascontiguousarray(S, dtype=float), np.ascontiguousarray(C, dtype=float)
+    none = np.zeros((0,) + S.shape)
+    XtX, Xty = _equations(S, C, none, none, good)
+    return _solve(XtX[0], Xty[0], good)
+
+
+def _equations(all_S: np.ndarray, all_C: np.ndarray, part_S: np.ndarray, part_C: np.ndarray,
+               good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The shifts' normal equations, (K + 1, 8, 4, 4) and (K + 1, 8, 4): all groups, then
+    each group of ``part_S``/``part_C`` (K, 8, H, W) left out
+    (:func:`~stemcal.processing.shift_kernel.octant_shift_equations`, one call)."""
+    rows, n = len(part_S) + 1, len(all_S)
+    XtX = np.zeros((rows, n, 4, 4))
+    Xty = np.zeros((rows, n, 4))
+    octant_shift_equations(all_S, all_C, part_S, part_C, np.ascontiguousarray(good, dtype=bool),
+                           SMOOTH, XtX, Xty)
+    return XtX, Xty
+
+
+def _solve(XtX: np.ndarray, Xty: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """(8, 2) shifts from one row's normal equations (:func:`shifts`)."""
+    out = np.full((len(XtX), 2), np.nan)
+    for k in range(len(XtX)):
         if good[k].sum() < 16:
             continue
         try:
@@ -183,12 +196,19 @@ def corrections(S: np.ndarray, C: np.ndarray, good: np.ndarray, qbar: np.ndarray
     :func:`overlap_masks`, ``qbar`` (8, 2) their mean offsets (detector px),
     ``derivatives`` :func:`_derivatives` at the projection's parameters. NaN where a
     shift could not be measured."""
-    m = shifts(S, C, good) / upsample          # specimen px
+    weight = C.reshape(len(C), -1).sum(axis=1)
+    return _corrections_from(shifts(S, C, good), weight, qbar, derivatives, upsample)
+
+
+def _corrections_from(m: np.ndarray, weight: np.ndarray, qbar: np.ndarray,
+                      derivatives: np.ndarray, upsample: float) -> np.ndarray:
+    """:func:`corrections` from the octants' shifts ``m`` (8, 2; target px) and their
+    coverages ``weight`` (8,)."""
+    m = m / upsample          # specimen px
     if not np.all(np.isfinite(m)):
         return np.full(2, np.nan)
-    weight = C.reshape(len(C), -1).sum(axis=1)
-    rel = np.empty((len(C), 2))
-    for k in range(len(C)):
+    rel = np.empty((len(m), 2))
+    for k in range(len(m)):
         w = np.delete(weight, k)
         rel[k] = qbar[k] - (w[:, None] * np.delete(qbar, k, axis=0)).sum(axis=0) / max(float(w.sum()), 1e-300)
     E = np.linalg.lstsq(rel, m, rcond=None)[0].T      # m_k = E rel_k: (2, 2), specimen px per det px
@@ -225,11 +245,16 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
         qbar = (w[..., None] * qbar_rings[js]).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-300)[:, None]
         all_S, all_C = Sp.sum(axis=0), Cp.sum(axis=0)
         good = overlap_masks(all_C)
+        groups = K if replicas else 0
+        # the normal equations of every row in one kernel call (no copies per row)
+        XtX, Xty = _equations(all_S, all_C, Sp[:groups], Cp[:groups], good)
+        weight = cov[:, js].sum(axis=1)                          # (K, 8): each group's coverage
+        total = weight.sum(axis=0)
         rows = np.full((K + 1, 2), np.nan)
-        rows[0] = corrections(all_S, all_C, good, qbar, derivatives, rings.upsample)
-        for g in range(K if replicas else 0):
-            rows[1 + g] = corrections(all_S - Sp[g], all_C - Cp[g], good, qbar, derivatives,
-                                      rings.upsample)
+        for r in range(groups + 1):
+            m = _solve(XtX[r], Xty[r], good)
+            rows[r] = _corrections_from(m, total - (weight[r - 1] if r else 0.0), qbar,
+                                        derivatives, rings.upsample)
         return rows
 
     # the parts on the loss's two threads (the shift kernel and NumPy's sums release the GIL)

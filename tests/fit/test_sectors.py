@@ -46,6 +46,57 @@ def test_shifts_of_known_displacements(monkeypatch):
         np.testing.assert_allclose(got[k], want, rtol=0.03, atol=0.002)
 
 
+def _reference_equations(S, C, good, passes):
+    """The shifts' normal equations written out with NumPy and SciPy (the kernel's
+    reference): image S_k / C_k, reference (sum S - S_k) / (sum C - C_k), both smoothed
+    by [1, 2, 1] / 4 along y and x, regressors (ref, 1, d ref / dy, d ref / dx)."""
+    rest_S, rest_C = S.sum(axis=0)[None] - S, C.sum(axis=0)[None] - C
+    ref = np.divide(rest_S, rest_C, out=np.zeros(S.shape), where=rest_C > 0)
+    img = np.divide(S, C, out=np.zeros(S.shape), where=C > 0)
+    for _ in range(passes):
+        for axis in (-2, -1):
+            ref = ndimage.correlate1d(ref, [0.25, 0.5, 0.25], axis=axis, mode="nearest")
+            img = ndimage.correlate1d(img, [0.25, 0.5, 0.25], axis=axis, mode="nearest")
+    gy = np.zeros_like(ref)
+    gx = np.zeros_like(ref)
+    gy[:, 1:-1] = 0.5 * (ref[:, 2:] - ref[:, :-2])
+    gx[:, :, 1:-1] = 0.5 * (ref[:, :, 2:] - ref[:, :, :-2])
+    XtX, Xty = [], []
+    for k in range(len(S)):
+        X = np.stack([ref[k][good[k]], np.ones(good[k].sum()), gy[k][good[k]], gx[k][good[k]]], axis=1)
+        XtX.append(X.T @ X)
+        Xty.append(X.T @ img[k][good[k]])
+    return np.array(XtX), np.array(Xty)
+
+
+@pytest.mark.parametrize("passes", [0, 1, 2])
+def test_shift_equations_of_all_groups_and_each_left_out(passes):
+    """One kernel call gives the normal equations of every row (all groups, then each
+    group left out) as the NumPy reference does on that row's sums, to rounding."""
+    from stemcal.processing.shift_kernel import octant_shift_equations
+
+    rng = np.random.default_rng(7)
+    K, H, W = 4, 40, 36
+    part_C = rng.uniform(0.0, 2.0, size=(K, 8, H, W))
+    part_C[:, :, :, :5] = 0.0                     # no coverage at one edge
+    part_C[1, 3, 10:20, 10:20] = 0.0              # a hole in one group's octant
+    part_S = part_C * rng.normal(1.0, 0.3, size=(K, 8, H, W))
+    all_S, all_C = part_S.sum(axis=0), part_C.sum(axis=0)
+    good = overlap_masks(all_C)
+    good[:, :passes + 1] = good[:, -passes - 1:] = False
+    good[:, :, :passes + 1] = good[:, :, -passes - 1:] = False
+    assert good.sum() > 1000
+    XtX = np.zeros((K + 1, 8, 4, 4))
+    Xty = np.zeros((K + 1, 8, 4))
+    octant_shift_equations(all_S, all_C, part_S, part_C, good, passes, XtX, Xty)
+    for row in range(K + 1):
+        S = all_S - (part_S[row - 1] if row else 0.0)
+        C = all_C - (part_C[row - 1] if row else 0.0)
+        want_XtX, want_Xty = _reference_equations(S, C, good, passes)
+        np.testing.assert_allclose(XtX[row], want_XtX, rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(Xty[row], want_Xty, rtol=1e-10, atol=1e-9)
+
+
 def test_octant_offsets_point_into_their_octants(ctx):
     truth = OverfocusParams(overfocus=1e-6, semiconv=6e-3, cy=31.0, cx=33.5, **BASE)
     data = simulate(truth, (8, 8), (64, 64), dose=None, seed=1)
