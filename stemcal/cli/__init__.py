@@ -10,6 +10,6 @@
 * :mod:`.app` -- ``app`` (the browser app, :mod:`stemcal.app`).
 """
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError
-from .main import build_parser, main
+from .main import build_parser, main, run
 
-__all__ = ["main", "build_parser", "CLIError", "EXIT_BAD_INPUT", "EXIT_NO_FEATURES"]
+__all__ = ["main", "run", "build_parser", "CLIError", "EXIT_BAD_INPUT", "EXIT_NO_FEATURES"]

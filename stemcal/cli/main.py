@@ -7,19 +7,29 @@ ends without a trusted record), never a traceback. An error nobody
 foresaw is reported the same way, with its type, and status 2; ``-vv``
 logs its traceback as well. Ctrl-C ends with ``stemcal: interrupted`` and
 status 130.
+
+The console script is :func:`run`: :func:`main`, then the interpreter's orderly
+part of leaving (non-daemon threads joined, ``atexit`` handlers run, output
+flushed) and an immediate exit, without tearing down every module's objects one
+by one (0.3-0.7 s of CPU after a fit or a calibration here: Numba's, LiberTEM's,
+bluesky's objects), which the operator would otherwise wait for after the answer.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import acquire, app, offline, records, serve
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
 
-__all__ = ["build_parser", "main", "EXIT_INTERRUPTED"]
+__all__ = ["build_parser", "main", "run", "EXIT_INTERRUPTED"]
 
 log = logging.getLogger("stemcal")
 
@@ -74,3 +84,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stemcal: error: {type(exc).__name__}: {msg} (run with -vv for the traceback)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def run() -> NoReturn:
+    """The ``stemcal`` console script: :func:`main`'s status as the exit status.
+
+    After a command has returned, what the interpreter's shutdown does that anyone can
+    observe is done here, in its order: non-daemon threads are joined (with the hooks
+    that stop thread pools), ``atexit`` handlers run (logging's flush, temporary
+    directories' clean-up, weak-reference finalizers), stdout and stderr are flushed;
+    then the process exits at once. Skipped is only the teardown of the modules'
+    objects, which writes nothing: every file a command writes is closed (and where
+    it matters fsync'd) before the command returns, as it must be to survive a
+    ``kill -9``. Where this Python lacks ``threading._shutdown`` (the interpreter's own
+    hook), and on ``SystemExit`` (``--help``, argument errors), the normal shutdown
+    runs.
+    """
+    status = main()
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None:
+        sys.exit(status)
+    _flush()
+    shutdown()
+    atexit._run_exitfuncs()
+    _flush()
+    os._exit(status if isinstance(status, int) else 1)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):   # closed, or a broken pipe
+            pass
