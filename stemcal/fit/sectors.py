@@ -235,12 +235,13 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
     box = (slice(None), slice(None), slice(None), slice(seen[0].min(), seen[0].max() + 1),
            slice(seen[1].min(), seen[1].max() + 1))
     S, C = S[box], C[box]
-    cov = C.reshape(C.shape[:3] + (-1,)).sum(axis=-1)      # (K, R, 8)
+    cov = C.sum(axis=(-2, -1))                             # (K, R, 8), without a copy of the box
     derivatives = _derivatives(params)
 
     def one(part: str) -> np.ndarray:
         js = list(PART_RINGS[part])
-        Sp, Cp = S[:, js].sum(axis=1), C[:, js].sum(axis=1)    # (K, 8, H, W)
+        rings_of = slice(js[0], js[-1] + 1)                      # consecutive rings: a view
+        Sp, Cp = S[:, rings_of].sum(axis=1), C[:, rings_of].sum(axis=1)    # (K, 8, H, W)
         w = cov[:, js].sum(axis=0)                               # (R', 8)
         qbar = (w[..., None] * qbar_rings[js]).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-300)[:, None]
         all_S, all_C = Sp.sum(axis=0), Cp.sum(axis=0)
