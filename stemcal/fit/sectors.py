@@ -83,16 +83,6 @@ MIN_COVERAGE = 0.3
 SMOOTH = 1
 
 
-_BINOMIAL = np.array([0.25, 0.5, 0.25])
-
-
-def _binomial(a: np.ndarray) -> np.ndarray:
-    """``a`` filtered by [1, 2, 1] / 4 along its last two axes."""
-    for axis in (-2, -1):
-        a = ndimage.correlate1d(a, _BINOMIAL, axis=axis, mode="nearest")
-    return a
-
-
 def octant_offsets(rings: RingLoss) -> np.ndarray:
     """Mean offset ``qbar`` (detector px, (y, x)) of each ring's octants, (rings, 8, 2).
 

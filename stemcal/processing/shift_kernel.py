@@ -5,6 +5,10 @@ linearised, a gain ``a`` and an offset ``b`` free) over a mask is linear least
 squares in ``(a, b, -a d_y, -a d_x)``; :func:`shift_normal_equations` sums its
 normal equations for several image/reference pairs in one sweep, the
 reference's gradient by central differences along (y, x).
+:func:`octant_shift_equations` makes the pairs of the final stage's octants
+itself (each octant's image against the sum of the others, smoothed alike) for
+all groups of frames and for each group left out, in one call and without
+copies per row.
 """
 from __future__ import annotations
 
