@@ -80,6 +80,37 @@ class _DropVersionLine(logging.Filter):
         return not record.getMessage().startswith("Tiled version")
 
 
+#: Path prefix of tiled's "close the stream of this node" endpoint (DELETE).
+STREAM_CLOSE_PREFIX = "/api/v1/stream/close/"
+
+
+class StreamCloseMiddleware:
+    """ASGI middleware: answers tiled's ``DELETE /api/v1/stream/close/...`` at once.
+
+    A Bluesky run's writer (``TiledWriter``) closes the stream of every node it made
+    when the run stops (7 requests for a record with four images). The server-side
+    close tells a streaming cache's subscribers and the webhooks that the node is
+    complete; an embedded catalog has neither (:func:`open_embedded` adds this
+    middleware only then), so the request does nothing but look the node up, and
+    through the in-process app and the write lock that cost 15-25 ms each (about a
+    fifth of a record's delivery). Answered here as tiled does (200, ``null``),
+    without that lookup.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if (scope["type"] == "http" and scope["method"] == "DELETE"
+                and scope["path"].startswith(STREAM_CLOSE_PREFIX)):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", b"4")]})
+            await send({"type": "http.response.body", "body": b"null"})
+            return
+        await self.app(scope, receive, send)
+
+
 def init_database(uri: str) -> None:
     """Create tiled's catalog tables in the empty database at ``uri`` (SQLite or PostgreSQL).
 
@@ -196,6 +227,9 @@ def open_embedded(directory: Path, readable: Sequence[str | Path] = (), *,
     try:
         app = build_app(adapter)
         app.add_middleware(WriteLockMiddleware, lock_path=directory / WRITE_LOCK)
+        if (getattr(adapter.context, "streaming_cache", None) is None
+                and getattr(adapter.context, "webhook_dispatcher", None) is None):
+            app.add_middleware(StreamCloseMiddleware)   # outermost: before the write lock
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette.testclient`")
             context = Context.from_app(app)
