@@ -83,10 +83,9 @@ def record_state(client: Any, uid: str) -> str | None:
         if a copy whose write was cut off is, else :data:`FAILED` if only a copy
         with another exit status is; None if none is.
     """
-    runs = record_runs(client, uid)
-    if len(_complete(runs)):
-        return COMPLETE
-    return _state_among({state_of(run.metadata) for run in runs.values()})
+    # one request: the copies' metadata (a count of the complete ones first cost a second
+    # request whenever the record is not there yet, as at every delivery)
+    return _state_among({state_of(run.metadata) for run in record_runs(client, uid).values()})
 
 
 def _state_among(states: set[str]) -> str | None:
