@@ -179,21 +179,13 @@ def _derivatives(params: OverfocusParams) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def corrections(S: np.ndarray, C: np.ndarray, good: np.ndarray, qbar: np.ndarray,
+def corrections(m: np.ndarray, weight: np.ndarray, qbar: np.ndarray,
                 derivatives: np.ndarray, upsample: float) -> np.ndarray:
     """Corrections ``u`` (degrees, percent of the overfocus) that the octants' shifts call
-    for, before the gain: ``S, C`` (8, H, W) one part's octant images, ``good`` their
-    :func:`overlap_masks`, ``qbar`` (8, 2) their mean offsets (detector px),
+    for, before the gain: ``m`` (8, 2) one part's :func:`shifts` (target px), ``weight``
+    (8,) the octants' coverages, ``qbar`` (8, 2) their mean offsets (detector px),
     ``derivatives`` :func:`_derivatives` at the projection's parameters. NaN where a
     shift could not be measured."""
-    weight = C.reshape(len(C), -1).sum(axis=1)
-    return _corrections_from(shifts(S, C, good), weight, qbar, derivatives, upsample)
-
-
-def _corrections_from(m: np.ndarray, weight: np.ndarray, qbar: np.ndarray,
-                      derivatives: np.ndarray, upsample: float) -> np.ndarray:
-    """:func:`corrections` from the octants' shifts ``m`` (8, 2; target px) and their
-    coverages ``weight`` (8,)."""
     m = m / upsample          # specimen px
     if not np.all(np.isfinite(m)):
         return np.full(2, np.nan)
@@ -244,8 +236,8 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
         rows = np.full((K + 1, 2), np.nan)
         for r in range(groups + 1):
             m = _solve(XtX[r], Xty[r], good)
-            rows[r] = _corrections_from(m, total - (weight[r - 1] if r else 0.0), qbar,
-                                        derivatives, rings.upsample)
+            rows[r] = corrections(m, total - (weight[r - 1] if r else 0.0), qbar, derivatives,
+                                  rings.upsample)
         return rows
 
     # the parts on the loss's two threads (the shift kernel and NumPy's sums release the GIL)
