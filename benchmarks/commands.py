@@ -10,8 +10,13 @@ wall time of ``--repeat`` runs after one untimed run, beside the baseline measur
 same run: a bare interpreter (``python -c pass``) for the commands, and for ``fit`` the
 fit's own time (``seconds`` of its JSON), so that ``fit beyond the fit`` is what the
 process costs around it; ``calibrate beyond the scan`` subtracts each run's scan (its
-acquisition run's start to stop document, read from the catalog afterwards). The catalog is a fresh embedded one in a temporary directory,
-holding the one record that ``calibrate`` writes; the data file a 64x64 scan of 128x128
+acquisition run's start to stop document, read from the catalog afterwards), once without
+spare couriers (``STEMCAL_COURIER_SPARE=0``: every run starts its own courier, as the first
+command does) and twice with them (each run claims the spare the run before left,
+:mod:`stemcal.catalog.spare`): one run right after another (the spare still imports while
+the next run starts) and each run once the spare waits (as after a pause of a few
+seconds; the wait is not timed). The catalog is a fresh embedded one in a temporary
+directory, holding the records that ``calibrate`` writes; the data file a 64x64 scan of 128x128
 frames (3 counts/px, descan) as in ``run.py``'s fit rows. Nothing is asserted.
 """
 from __future__ import annotations
@@ -32,10 +37,12 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from run import FIT_DESCAN, FIT_DOSE, geometry, load_average, table  # noqa: E402
 
 
-def timed(args: list[str], env: dict, repeat: int) -> tuple[float, list[str], list[float]]:
+def timed(args: list[str], env: dict, repeat: int, before=None) -> tuple[float, list[str], list[float]]:
     """Median wall time (s) of ``repeat`` runs after one untimed run, each run's stdout and
-    wall time."""
+    wall time; ``before()``, untimed, before each run."""
     def once() -> tuple[float, str]:
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
         took = time.perf_counter() - t0
@@ -71,17 +78,34 @@ def main(argv=None) -> int:
         rows.append(["python -c pass", f"{base:.2f}", "-", "1.00", "-"])
         t, _, _ = timed(cli + ["--help"], env, args.repeat)
         rows.append(["stemcal --help", f"{t:.2f}", "python", f"{t / base:.1f}", "instant"])
-        t, outs, walls = timed(cli + ["calibrate", "--json", "--no-progress"], env, args.repeat)
-        uid = json.loads(outs[-1])["uid"]
-        scans = scan_seconds(env["STEMCAL_CATALOG"],
-                             [json.loads(o)["acquisition_uid"] for o in outs])
-        beyond = statistics.median(w - s for w, s in zip(walls, scans))
-        rows.append(["stemcal calibrate (sim 40x40, 96x96)", f"{t:.2f}", "python",
-                     f"{t / base:.1f}", "-"])
-        rows.append(["  its scan (start to stop document)", f"{statistics.median(scans):.2f}",
-                     "-", "-", "-"])
-        rows.append(["stemcal calibrate beyond the scan", f"{beyond:.2f}", "python",
-                     f"{beyond / base:.1f}", "<= 3 s"])
+        # calibrate without spare couriers (a first command), then with: each run claims
+        # the spare the run before left, right after it (still importing: it competes with
+        # the run) and once it waits (as after a pause of a few seconds)
+        from stemcal.catalog.spare import dismiss, spare_waiting
+
+        def spare_ready(run_env=None) -> None:
+            end = time.monotonic() + 30
+            while not spare_waiting(run_env) and time.monotonic() < end:
+                time.sleep(0.05)
+
+        for label, spare, wait in ((" (no spare courier)", "0", False),
+                                   (" (spare, one after another)", "", False),
+                                   (" (a spare courier waiting)", "", True)):
+            run_env = {**env, "STEMCAL_COURIER_SPARE": spare}
+            ready = (lambda e=run_env: spare_ready(e)) if wait else None
+            t, outs, walls = timed(cli + ["calibrate", "--json", "--no-progress"], run_env,
+                                   args.repeat, before=ready)
+            uid = json.loads(outs[-1])["uid"]
+            scans = scan_seconds(env["STEMCAL_CATALOG"],
+                                 [json.loads(o)["acquisition_uid"] for o in outs])
+            beyond = statistics.median(w - s for w, s in zip(walls, scans))
+            rows.append([f"stemcal calibrate{label} (sim 40x40, 96x96)", f"{t:.2f}", "python",
+                         f"{t / base:.1f}", "-"])
+            rows.append(["  its scan (start to stop document)",
+                         f"{statistics.median(scans):.2f}", "-", "-", "-"])
+            rows.append([f"stemcal calibrate{label} beyond the scan", f"{beyond:.2f}", "python",
+                         f"{beyond / base:.1f}", "<= 3 s"])
+        dismiss(run_env)   # the spare the last run left
         for name, extra in (("history", []), ("history --json", ["--json"]),
                             ("show UID", [uid]), ("export UID", [uid])):
             cmd = name.split()[0]

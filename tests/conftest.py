@@ -11,11 +11,16 @@ from bluesky import RunEngine
 @pytest.fixture(autouse=True, scope="session")
 def _private_user_dirs(tmp_path_factory):
     """Per-user state, data and config directories of this test session, so that no
-    test writes a spooled record, catalog or config into the real home directory."""
+    test writes a spooled record, catalog or config into the real home directory; and
+    no spare couriers (:mod:`stemcal.catalog.spare`) outliving the tests."""
     base = tmp_path_factory.mktemp("xdg")
-    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")}
-    for key in saved:
+    xdg = ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")
+    saved = {k: os.environ.get(k) for k in (*xdg, "STEMCAL_COURIER_SPARE")}
+    for key in xdg:
         os.environ[key] = str(base / key.lower())
+    # no spare couriers left behind by the tests' commands (tests/catalog/test_spare.py
+    # turns them on where it tests them)
+    os.environ["STEMCAL_COURIER_SPARE"] = "0"
     yield
     for key, value in saved.items():
         if value is None:

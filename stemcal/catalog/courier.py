@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +48,12 @@ from typing import Any
 from ..locations import spool_dir
 from .delivery import UnavailableCatalog
 from .journal import journal_dir, note_kept, try_lock
+from .spare import SPARE_WAIT_S, ClaimedCourier, claim, spare_alive, start_spare
 from .spool import failure_reason, find, spool_record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeferredCatalog", "courier_argv", "COURIER_REASON", "COURIER_TIMEOUT_S", "main",
+__all__ = ["DeferredCatalog", "courier_argv", "courier_args", "COURIER_REASON", "COURIER_TIMEOUT_S", "main",
            "warm_up", "WARM_MODULES"]
 
 #: The reason a run or record is kept while the courier has it.
@@ -68,12 +70,17 @@ COURIER_TIMEOUT_S = 300.0
 MODULE = "stemcal.catalog.courier"
 
 
+def courier_args(location: str, spool: Path, readable: Sequence[str | os.PathLike]) -> list[str]:
+    """The arguments of :func:`main` for a courier of the embedded catalog at ``location``."""
+    args = [str(location), "--spool", str(spool)]
+    for r in readable:
+        args += ["--readable", str(r)]
+    return args
+
+
 def courier_argv(location: str, spool: Path, readable: Sequence[str | os.PathLike]) -> list[str]:
     """The command line of a courier for the embedded catalog at ``location``."""
-    argv = [sys.executable, "-P", "-m", MODULE, str(location), "--spool", str(spool)]
-    for r in readable:
-        argv += ["--readable", str(r)]
-    return argv
+    return [sys.executable, "-P", "-m", MODULE, *courier_args(location, spool, readable)]
 
 
 class DeferredCatalog(UnavailableCatalog):
@@ -102,21 +109,75 @@ class DeferredCatalog(UnavailableCatalog):
         self._done = False
         # its stderr to a file: a pipe read only at the end could fill and block it
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix="stemcal-courier-")
+        # the environment now: the command may change its own later (thread settings),
+        # and the spare it leaves must be one the next command can claim
+        self._env = os.environ.copy()
+        self._args = courier_args(self._stemcal_location, self.spool, readable)
+        self._popen: Any = None
+        self._failed: BaseException | None = None
+        self._claimer: threading.Thread | None = None
+        # uids kept before the courier is had, handed over in order once it is
+        self._lock = threading.Lock()
+        self._queued: list[str] = []
+        self._ready = False
         try:
-            self._proc = subprocess.Popen(
-                courier_argv(self._stemcal_location, self.spool, readable),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-                env=os.environ.copy())
+            if spare_alive(self._env):
+                # a spare courier (.spare), claimed beside the command: it may still be
+                # importing (the command before left it a moment ago)
+                self._claimer = threading.Thread(target=self._obtain, daemon=True,
+                                                 name="stemcal-courier-claim")
+                self._claimer.start()
+            else:
+                self._popen = self._start()
+                self._ready = True
         except BaseException:
             self._stderr.close()
             raise
 
-    def keep(self, uid: str) -> None:
-        """Hand the kept run or record ``uid`` to the courier."""
-        self.handed.append(uid)
+    def _start(self) -> subprocess.Popen:
+        """A courier process of this command's own."""
+        return subprocess.Popen([sys.executable, "-P", "-m", MODULE, *self._args],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=self._stderr, text=True, env=self._env)
+
+    def _obtain(self) -> None:
         try:
-            self._proc.stdin.write(uid + "\n")
-            self._proc.stdin.flush()
+            self._popen = (claim(self._args, self._stderr, environ=self._env, wait=SPARE_WAIT_S)
+                           or self._start())
+        except BaseException as exc:  # noqa: BLE001 - kept, with the reason, at finish
+            log.warning("no catalog courier: %s", exc)
+            self._failed = exc
+        with self._lock:
+            for uid in self._queued:
+                self._hand(uid)
+            self._queued.clear()
+            self._ready = True
+
+    @property
+    def _proc(self) -> Any:
+        """The courier (a :class:`subprocess.Popen`, or a :class:`ClaimedCourier`); None
+        where none could be had."""
+        if self._claimer is not None:
+            self._claimer.join()
+        return self._popen
+
+    def keep(self, uid: str) -> None:
+        """Hand the kept run or record ``uid`` to the courier (without waiting for a
+        spare being claimed: then once it is)."""
+        self.handed.append(uid)
+        with self._lock:
+            if not self._ready:
+                self._queued.append(uid)
+                return
+        self._hand(uid)
+
+    def _hand(self, uid: str) -> None:
+        proc = self._popen
+        if proc is None:   # none could be had: it stays kept
+            return
+        try:
+            proc.stdin.write(uid + "\n")
+            proc.stdin.flush()
         except (OSError, ValueError) as exc:  # the courier is gone: it stays kept
             log.debug("courier: cannot hand over %s (%s)", uid, exc)
 
@@ -130,13 +191,19 @@ class DeferredCatalog(UnavailableCatalog):
         if self._done:
             return self.answers
         self._done = True
-        try:
-            out, _ = self._proc.communicate(timeout=timeout)
-            ended = _ended(self._proc.returncode)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            out, _ = self._proc.communicate()
-            ended = f"did not finish within {timeout:g} s and was stopped"
+        proc = self._proc
+        if proc is None:
+            out, ended = "", f"could not be started ({self._failed})"
+        else:
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+                ended = (proc.ended if isinstance(proc, ClaimedCourier)
+                         else _ended(proc.returncode))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+                ended = f"did not finish within {timeout:g} s and was stopped"
+        start_spare(MODULE, self._env)   # for the next command; it runs on after this one
         self._stderr.seek(0)
         err = self._stderr.read()
         self._stderr.close()
@@ -222,7 +289,19 @@ def warm_up() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The courier process: open the catalog, then deliver each uid read on stdin."""
+    """The courier process: open the catalog, then deliver each uid read on stdin.
+
+    ``--spare KEY`` (alone): a spare courier (:mod:`.spare`) that imports ahead and
+    waits to be claimed, then runs as the claiming command's courier."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--spare"] and len(argv) == 2:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from .spare import serve
+
+        claimed = serve(argv[1], warm_up)
+        if claimed is None:   # not claimed within its idle time
+            os._exit(0)
+        argv = claimed
     ap = argparse.ArgumentParser(prog="python -m stemcal.catalog.courier",
                                  description="Deliver a session's kept runs and records.")
     ap.add_argument("location")
