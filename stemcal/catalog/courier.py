@@ -112,6 +112,7 @@ class DeferredCatalog(UnavailableCatalog):
         # the environment now: the command may change its own later (thread settings),
         # and the spare it leaves must be one the next command can claim
         self._env = os.environ.copy()
+        self._readable = list(readable)
         self._args = courier_args(self._stemcal_location, self.spool, readable)
         self._popen: Any = None
         self._failed: BaseException | None = None
@@ -136,7 +137,7 @@ class DeferredCatalog(UnavailableCatalog):
 
     def _start(self) -> subprocess.Popen:
         """A courier process of this command's own."""
-        return subprocess.Popen([sys.executable, "-P", "-m", MODULE, *self._args],
+        return subprocess.Popen(courier_argv(self._stemcal_location, self.spool, self._readable),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=self._stderr, text=True, env=self._env)
 
