@@ -151,7 +151,8 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                  data_dir: str | os.PathLike | None = None,
                  figure_dir: str | os.PathLike | None = None,
                  detector: "DetectorSettings | None" = None,
-                 call_returns_result: bool = True, courier: bool = False) -> Session:
+                 call_returns_result: bool = True, courier: bool = False,
+                 live_figure: bool = True) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
 
     ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
@@ -175,6 +176,11 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     :meth:`Session.close` waits for the deliveries. For a command that acquires and
     exits (``stemcal calibrate``); an interactive session wants a client it can query.
     Where the spool cannot be written the catalog is opened here instead.
+
+    ``live_figure``: whether the live views keep a figure (on screen where there is a
+    display, else off screen and saved into ``figure_dir``). ``stemcal calibrate``
+    turns it off where neither is there (no one would see it: matplotlib's import and
+    the redraws cost 0.3 s of the scan's time); the live projection runs either way.
     """
     from bluesky import RunEngine
 
@@ -202,7 +208,8 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     RE = RunEngine({}, call_returns_result=bool(call_returns_result))
     keeper = RunKeeper(client)
     RE.subscribe(keeper)
-    recorder = make_recorder(client, figure_dir=figure_dir)
+    recorder = make_recorder(client, figure_dir=figure_dir,
+                             live_kwargs=None if live_figure else {"figure": False})
     RE.subscribe(recorder)
     return Session(RE=RE, client=client, instrument=inst, recorder=recorder, data_dir=data,
                    remote=remote, keeper=keeper)

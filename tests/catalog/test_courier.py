@@ -161,16 +161,21 @@ def test_the_courier_goes_on_when_its_parent_dies(catalog, spool_dir):
 def test_calibrate_leaves_tiled_to_the_courier(tmp_path, spool_dir):
     """`stemcal calibrate` into an embedded catalog: the record and its acquisition are in
     the catalog when it returns, and the calibrating process never imported tiled's
-    server side (the courier did, while it scanned)."""
+    server side (the courier did, while it scanned). Without a display and without
+    ``--figures`` no one sees the live view's figure: matplotlib is not imported either
+    (it cost 0.3 s of the scan's time, tests/cli/test_cli_calibrate.py checks the
+    figure where ``--figures`` asks for it)."""
     code = ("import json, sys\n"
             "from stemcal.cli.main import main\n"
             f"rc = main(['calibrate', '--catalog', {str(tmp_path / 'cat')!r}, '--json', "
             f"*{[str(a) for a in SMALL]!r}])\n"
             "print(json.dumps({'rc': rc, 'tiled': sorted(m for m in sys.modules "
-            "if m.startswith(('tiled.catalog', 'tiled.server')))}))\n")
+            "if m.startswith(('tiled.catalog', 'tiled.server', 'matplotlib')))}))\n")
+    env = cli_env(STEMCAL_SPOOL=str(spool_dir))
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        env.pop(name, None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=REPO,
-                          env=cli_env(STEMCAL_SPOOL=str(spool_dir)))
+                          timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record_line, state_line = proc.stdout.strip().splitlines()[-2:]
     out, state = json.loads(record_line), json.loads(state_line)
