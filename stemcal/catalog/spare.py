@@ -321,14 +321,12 @@ def _read_line(s: socket.socket) -> str:
     return buf.decode()
 
 
-#: Spares started by this process (reaped by ``subprocess`` when it starts another).
-_started: list[subprocess.Popen] = []
-
-
-def start_spare(module: str, environ: Mapping[str, str] | None = None) -> subprocess.Popen | None:
+def start_spare(module: str, environ: Mapping[str, str] | None = None) -> bool:
     """Start a spare courier (``python -P -m module --spare KEY``) for this process's key
     where spares are on and none is alive for it; it runs on in a session of its own
-    after this process exits."""
+    after this process exits. It is started through ``sh -c 'CMD &'``, which returns at
+    once: the spare is not this process's child (no zombie in a long-lived process).
+    Returns whether one was started."""
     env = dict(os.environ if environ is None else environ)
     if not idle_seconds(env):
         return None
@@ -336,21 +334,20 @@ def start_spare(module: str, environ: Mapping[str, str] | None = None) -> subpro
         key = spare_key(env)
         _, lock_path = _paths(key, env)
         if _held(lock_path):   # one is alive (the spare takes the lock; a second exits)
-            return None
+            return False
         _dismiss_others(key, env)
     except OSError as exc:
         log.debug("no spare courier: %s", exc)
-        return None
+        return False
+    argv = [sys.executable, "-P", "-m", module, "--spare", key]
     try:
-        proc = subprocess.Popen([sys.executable, "-P", "-m", module, "--spare", key],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-                                cwd="/")
-    except OSError as exc:
+        subprocess.run(["/bin/sh", "-c", '"$@" &', "sh", *argv], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       start_new_session=True, env=env, cwd="/", timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
         log.debug("could not start a spare courier: %s", exc)
-        return None
-    _started.append(proc)
-    return proc
+        return False
+    return True
 
 
 def dismiss(environ: Mapping[str, str] | None = None, wait: float = 10.0) -> None:
