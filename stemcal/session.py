@@ -152,7 +152,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                  figure_dir: str | os.PathLike | None = None,
                  detector: "DetectorSettings | None" = None,
                  call_returns_result: bool = True, courier: bool = False,
-                 live_figure: bool = True) -> Session:
+                 live_figure: bool | None = True) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
 
     ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
@@ -178,9 +178,11 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     Where the spool cannot be written the catalog is opened here instead.
 
     ``live_figure``: whether the live views keep a figure (on screen where there is a
-    display, else off screen and saved into ``figure_dir``). ``stemcal calibrate``
-    turns it off where neither is there (no one would see it: matplotlib's import and
-    the redraws cost 0.3 s of the scan's time); the live projection runs either way.
+    display, else off screen and saved into ``figure_dir``); None: only where someone
+    sees it, a display or ``figure_dir`` (``stemcal calibrate``: without either,
+    matplotlib's import and the redraws cost 0.3 s of the scan's time). The live
+    projection runs either way. Decided after the courier is started: the callbacks'
+    imports (0.8 s) must not delay it.
     """
     from bluesky import RunEngine
 
@@ -208,6 +210,10 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     RE = RunEngine({}, call_returns_result=bool(call_returns_result))
     keeper = RunKeeper(client)
     RE.subscribe(keeper)
+    if live_figure is None:
+        from .callbacks.live_figure import has_display
+
+        live_figure = figure_dir is not None or has_display()
     recorder = make_recorder(client, figure_dir=figure_dir,
                              live_kwargs=None if live_figure else {"figure": False})
     RE.subscribe(recorder)

@@ -127,12 +127,9 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
         print(f"stemcal: opening the catalog {loc} and the "
               f"{'hardware' if detector.is_hardware else 'simulated'} microscope ...",
               file=sys.stderr, flush=True)
-    from ..callbacks.live_figure import has_display
-
-    # the live view's figure only where someone sees it: a window, or --figures
-    live_figure = bool(args.figures) or has_display()
+    # the live view's figure only where someone sees it (a window, or --figures): None
     session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
-                           detector=detector, courier=True, live_figure=live_figure)
+                           detector=detector, courier=True, live_figure=None)
     inst = session.instrument
     if bars:
         from ..callbacks.progress import progress_bars
