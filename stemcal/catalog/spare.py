@@ -48,6 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .journal import try_lock
+
 log = logging.getLogger(__name__)
 
 __all__ = ["IDLE_S", "ENV", "VOLATILE", "SPARE_WAIT_S", "idle_seconds", "spare_key", "spare_dir",
@@ -212,41 +214,41 @@ def _zombie(pid: int) -> bool:
 
 
 def _held(lock_path: Path) -> bool:
-    """Whether a spare holds ``lock_path`` (it is alive: importing, waiting or being claimed)."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR)
-    except OSError:
+    """Whether a spare holds ``lock_path`` (it is alive: importing, waiting or being claimed).
+    Lock files are never removed, so one that is there and not held has no spare."""
+    if not lock_path.exists():
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    fd = try_lock(lock_path)
+    if fd is None:
         return True
-    finally:
-        os.close(fd)   # closing drops the lock where this took it
+    os.close(fd)   # closing drops the lock this took
     return False
+
+
+def _spare_paths(environ: Mapping[str, str] | None) -> tuple[str, Path, Path] | None:
+    """(key, socket, lock) of this process's spare; None where spares are off or their
+    directory cannot be had."""
+    env = dict(os.environ if environ is None else environ)
+    if not idle_seconds(env):
+        return None
+    try:
+        key = spare_key(env)
+        return (key, *_paths(key, env))
+    except OSError as exc:
+        log.debug("no spare courier: %s", exc)
+        return None
 
 
 def spare_alive(environ: Mapping[str, str] | None = None) -> bool:
     """Whether a spare courier for this process's key is alive (spares on)."""
-    env = dict(os.environ if environ is None else environ)
-    if not idle_seconds(env):
-        return False
-    try:
-        return _held(_paths(spare_key(env), env)[1])
-    except OSError:
-        return False
+    paths = _spare_paths(environ)
+    return paths is not None and _held(paths[2])
 
 
 def spare_waiting(environ: Mapping[str, str] | None = None) -> bool:
     """Whether a spare courier for this process's key listens (its imports done)."""
-    env = dict(os.environ if environ is None else environ)
-    if not idle_seconds(env):
-        return False
-    try:
-        sock_path, lock_path = _paths(spare_key(env), env)
-    except OSError:
-        return False
-    return sock_path.exists() and _held(lock_path)
+    paths = _spare_paths(environ)
+    return paths is not None and paths[1].exists() and _held(paths[2])
 
 
 def claim(args: Sequence[str], stderr: TextIO, *, environ: Mapping[str, str] | None = None,
@@ -256,14 +258,10 @@ def claim(args: Sequence[str], stderr: TextIO, *, environ: Mapping[str, str] | N
     there is none (spares off, none alive, it declined or did not answer). A spare that
     is alive but not listening yet (importing) is waited for up to ``wait`` s."""
     env = dict(os.environ if environ is None else environ)
-    if not idle_seconds(env):
+    paths = _spare_paths(env)
+    if paths is None:
         return None
-    try:
-        key = spare_key(env)
-        sock_path, lock_path = _paths(key, env)
-    except OSError as exc:
-        log.debug("no spare courier: %s", exc)
-        return None
+    key, sock_path, lock_path = paths
     end = time.monotonic() + wait
     while True:
         if sock_path.exists():
@@ -328,17 +326,16 @@ def start_spare(module: str, environ: Mapping[str, str] | None = None) -> bool:
     once: the spare is not this process's child (no zombie in a long-lived process).
     Returns whether one was started."""
     env = dict(os.environ if environ is None else environ)
-    if not idle_seconds(env):
-        return None
+    paths = _spare_paths(env)
+    if paths is None:
+        return False
+    key, _, lock_path = paths
+    if _held(lock_path):   # one is alive (the spare takes the lock; a second exits)
+        return False
     try:
-        key = spare_key(env)
-        _, lock_path = _paths(key, env)
-        if _held(lock_path):   # one is alive (the spare takes the lock; a second exits)
-            return False
         _dismiss_others(key, env)
     except OSError as exc:
-        log.debug("no spare courier: %s", exc)
-        return False
+        log.debug("could not dismiss other spare couriers: %s", exc)
     argv = [sys.executable, "-P", "-m", module, "--spare", key]
     try:
         subprocess.run(["/bin/sh", "-c", '"$@" &', "sh", *argv], stdin=subprocess.DEVNULL,
