@@ -36,6 +36,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import select
 import socket
@@ -81,10 +82,17 @@ def idle_seconds(environ: Mapping[str, str] | None = None) -> float:
         return IDLE_S
     try:
         seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(value)
     except ValueError:
-        log.warning("%s=%r is not a number of seconds: no spare courier", ENV, value)
+        if value not in _warned:   # once per process, not at every look
+            _warned.add(value)
+            log.warning("%s=%r is not a number of seconds: no spare courier", ENV, value)
         return 0.0
     return max(seconds, 0.0)
+
+
+_warned: set[str] = set()
 
 
 def _tree_fingerprint(root: Path, pattern: str) -> list[tuple[str, int, int]]:

@@ -208,3 +208,17 @@ def test_spares_off_leave_none(spares, catalog, monkeypatch):
     time.sleep(1.0)
     assert _spares(spares) == {}
     assert not (spares / f"stemcal-{os.getuid()}").exists()
+
+
+def test_the_setting_is_read_as_seconds_and_a_bad_one_turns_spares_off_with_one_warning(caplog):
+    from stemcal.catalog.spare import IDLE_S, idle_seconds
+
+    seen = {v: idle_seconds({"STEMCAL_COURIER_SPARE": v})
+            for v in ("", "0", "12.5", "-3", "soon", "nan", "inf")}
+    assert seen == {"": IDLE_S, "0": 0.0, "12.5": 12.5, "-3": 0.0, "soon": 0.0, "nan": 0.0,
+                    "inf": 0.0}
+    caplog.clear()
+    for _ in range(3):
+        assert idle_seconds({"STEMCAL_COURIER_SPARE": "later"}) == 0.0
+    assert [r.getMessage() for r in caplog.records] == [
+        "STEMCAL_COURIER_SPARE='later' is not a number of seconds: no spare courier"]
