@@ -6,7 +6,9 @@ dask.dataframe), all of it before the first document could be written. A
 command that acquires and calibrates (``stemcal calibrate``) need not wait for
 it: :class:`DeferredCatalog` stands in for the catalog in the acquiring
 process and starts the courier at once, which opens the catalog while the
-microscope scans.
+microscope scans. Or rather claims one: each command whose courier is done leaves
+a spare courier with its imports done (:mod:`.spare`), which the next command
+with the same code and environment takes over as its own.
 
 What keeps the runs and records safe is what keeps them when a catalog is
 unavailable (:mod:`.journal`, :mod:`.spool`): every run is journalled and every
