@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         # the run) and once it waits (as after a pause of a few seconds)
         from stemcal.catalog.spare import dismiss, spare_waiting
 
-        def spare_ready(run_env=None) -> None:
+        def spare_ready(run_env: dict) -> None:
             end = time.monotonic() + 30
             while not spare_waiting(run_env) and time.monotonic() < end:
                 time.sleep(0.05)

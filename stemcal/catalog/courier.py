@@ -55,8 +55,8 @@ from .spool import failure_reason, find, spool_record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeferredCatalog", "courier_argv", "courier_args", "COURIER_REASON", "COURIER_TIMEOUT_S", "main",
-           "warm_up", "WARM_MODULES"]
+__all__ = ["DeferredCatalog", "courier_argv", "courier_args", "COURIER_REASON",
+           "COURIER_TIMEOUT_S", "main", "warm_up", "WARM_MODULES"]
 
 #: The reason a run or record is kept while the courier has it.
 COURIER_REASON = "handed to the catalog courier (a process of its own) for delivery"
@@ -115,7 +115,6 @@ class DeferredCatalog(UnavailableCatalog):
         # and the spare it leaves must be one the next command can claim
         self._env = os.environ.copy()
         self._readable = list(readable)
-        self._args = courier_args(self._stemcal_location, self.spool, readable)
         self._popen: Any = None
         self._failed: BaseException | None = None
         self._claimer: threading.Thread | None = None
@@ -145,7 +144,8 @@ class DeferredCatalog(UnavailableCatalog):
 
     def _obtain(self) -> None:
         try:
-            self._popen = (claim(self._args, self._stderr, environ=self._env, wait=SPARE_WAIT_S)
+            args = courier_args(self._stemcal_location, self.spool, self._readable)
+            self._popen = (claim(args, self._stderr, environ=self._env, wait=SPARE_WAIT_S)
                            or self._start())
         except BaseException as exc:  # noqa: BLE001 - kept, with the reason, at finish
             log.warning("no catalog courier: %s", exc)

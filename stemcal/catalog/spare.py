@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -54,7 +53,8 @@ from .journal import try_lock
 log = logging.getLogger(__name__)
 
 __all__ = ["IDLE_S", "ENV", "VOLATILE", "SPARE_WAIT_S", "idle_seconds", "spare_key", "spare_dir",
-           "spare_alive", "spare_waiting", "claim", "start_spare", "serve", "dismiss", "ClaimedCourier"]
+           "spare_alive", "spare_waiting", "claim", "start_spare", "serve", "dismiss",
+           "ClaimedCourier"]
 
 #: How long a spare waits to be claimed (s) before it exits.
 IDLE_S = 300.0
@@ -391,7 +391,7 @@ def _dismiss_others(key: str | None, environ: Mapping[str, str]) -> None:
 
 
 def _clear_stale(sock_path: Path) -> None:
-    """Remove a socket and lock file no spare holds (its spare was killed)."""
+    """Remove a socket whose lock no spare holds (its spare was killed; lock files stay)."""
     if _held(sock_path.with_suffix(".lock")):
         return   # alive after all (being claimed right now)
     with contextlib.suppress(OSError):
@@ -408,17 +408,12 @@ def serve(key: str, warm_up: Callable[[], None] = lambda: None) -> list[str] | N
     if key != spare_key():
         return None
     sock_path, lock_path = _paths(key)
-    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
     end = time.monotonic() + 0.3   # a command looking whether a spare is alive holds it briefly
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() > end:   # another spare of this key is alive
-                os.close(lock)
-                return None
-            time.sleep(0.01)
+    while (lock := try_lock(lock_path)) is None:
+        if time.monotonic() > end:   # another spare of this key is alive
+            return None
+        time.sleep(0.01)
     import importlib
 
     for name in IMPORTS:

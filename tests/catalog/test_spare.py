@@ -82,7 +82,7 @@ def catalog(tmp_path):
 
 def _waiting(base: Path) -> Path:
     """The socket of this environment's spare, once it listens."""
-    sock = spare_dir()/ f"courier-{spare_key()}.sock"
+    sock = spare_dir() / f"courier-{spare_key()}.sock"
     _wait(sock.exists, what="a spare courier to listen")
     assert spare_dir() == base / f"stemcal-{os.getuid()}"
     return sock
