@@ -12,15 +12,17 @@ from bluesky import RunEngine
 def _private_user_dirs(tmp_path_factory):
     """Per-user state, data and config directories of this test session, so that no
     test writes a spooled record, catalog or config into the real home directory; and
-    no spare couriers (:mod:`stemcal.catalog.spare`) outliving the tests."""
+    no spare couriers (:mod:`stemcal.catalog.spare`) or spare command processes
+    (:mod:`stemcal.cli.spare`) outliving the tests."""
     base = tmp_path_factory.mktemp("xdg")
     xdg = ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME")
-    saved = {k: os.environ.get(k) for k in (*xdg, "STEMCAL_COURIER_SPARE")}
+    saved = {k: os.environ.get(k) for k in (*xdg, "STEMCAL_COURIER_SPARE", "STEMCAL_COMMAND_SPARE")}
     for key in xdg:
         os.environ[key] = str(base / key.lower())
-    # no spare couriers left behind by the tests' commands (tests/catalog/test_spare.py
-    # turns them on where it tests them)
+    # no spares left behind by the tests' commands (tests/catalog/test_spare.py and
+    # tests/cli/test_command_spare.py turn them on where they test them)
     os.environ["STEMCAL_COURIER_SPARE"] = "0"
+    os.environ["STEMCAL_COMMAND_SPARE"] = "0"
     yield
     for key, value in saved.items():
         if value is None:

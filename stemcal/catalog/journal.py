@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..locations import spool_dir
+from ..locks import try_lock
 from .spool import failure_reason, fsync_dir, redact_location
 
 log = logging.getLogger(__name__)
@@ -107,20 +108,6 @@ def journals(spool: str | os.PathLike | None = None) -> list[Path]:
     """The journal files, oldest first."""
     d = journal_dir(spool)
     return sorted(d.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if d.is_dir() else []
-
-
-def try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive lock on ``path``, or None if another process holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def note_kept(path: Path, reason: str) -> bool:

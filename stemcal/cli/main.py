@@ -23,13 +23,13 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import acquire, app, offline, records, serve
+from . import acquire, app, offline, records, serve, spare
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
 
-__all__ = ["build_parser", "main", "run", "EXIT_INTERRUPTED"]
+__all__ = ["build_parser", "main", "run", "leave", "EXIT_INTERRUPTED"]
 
 log = logging.getLogger("stemcal")
 
@@ -89,25 +89,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> NoReturn:
     """The ``stemcal`` console script: :func:`main`'s status as the exit status.
 
+    ``calibrate`` and ``fit`` run in a spare command process where one is waiting
+    (:mod:`.spare`: its imports done ahead), and leave one for the next such command.
+
     After a command has returned, what the interpreter's shutdown does that anyone can
-    observe is done here, in its order: non-daemon threads are joined (with the hooks
-    that stop thread pools), ``atexit`` handlers run (logging's flush, temporary
-    directories' clean-up, weak-reference finalizers), stdout and stderr are flushed;
-    then the process exits at once. Skipped is only the teardown of the modules'
-    objects, which writes nothing: every file a command writes is closed (and where
-    it matters fsync'd) before the command returns, as it must be to survive a
-    ``kill -9``. Where this Python lacks ``threading._shutdown`` (the interpreter's own
-    hook), and on ``SystemExit`` (``--help``, argument errors), the normal shutdown
-    runs.
+    observe is done here, in its order (:func:`leave`).
     """
+    argv = sys.argv[1:]
+    environ = dict(os.environ)   # as the command starts (it may change its own later)
+    if spare.wants_spare(argv):
+        status = spare.run_in_spare(argv, environ)
+        if status is not None:
+            _flush()
+            os._exit(status)
     status = main()
+    leave(status, lambda: spare.leave_spare(argv, environ))
+
+
+def leave(status: int, last: Callable[[], None] | None = None) -> NoReturn:
+    """Exit with ``status`` after a command: non-daemon threads are joined (with the hooks
+    that stop thread pools), ``atexit`` handlers run (logging's flush, temporary
+    directories' clean-up, weak-reference finalizers), stdout and stderr are flushed,
+    ``last()`` is called; then the process exits at once. Skipped is only the teardown
+    of the modules' objects, which writes nothing: every file a command writes is
+    closed (and where it matters fsync'd) before the command returns, as it must be to
+    survive a ``kill -9``. Where this Python lacks ``threading._shutdown`` (the
+    interpreter's own hook), the normal shutdown runs (after ``last()``). On
+    ``SystemExit`` (``--help``, argument errors) :func:`main` does not return and the
+    normal shutdown runs.
+    """
     shutdown = getattr(threading, "_shutdown", None)
     if shutdown is None:
+        if last is not None:
+            last()
         sys.exit(status)
     _flush()
     shutdown()
     atexit._run_exitfuncs()
     _flush()
+    if last is not None:
+        last()
     os._exit(status if isinstance(status, int) else 1)
 
 
