@@ -26,6 +26,10 @@ def _serve(key: str) -> NoReturn:
     its status, leave."""
     from ..executors import command_line_process
 
+    # started as ``sh -c 'CMD &'``, it came with SIGINT and SIGQUIT ignored (a shell's
+    # background job) and so without Python's KeyboardInterrupt: a command has both
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     command_line_process()   # before LiberTEM and Numba are imported, as the commands do
     got = serve_claim(COMMAND, key, IMPORTS)
     if got is None:
