@@ -11,11 +11,13 @@ same run: a bare interpreter (``python -c pass``) for the commands, and for ``fi
 fit's own time (``seconds`` of its JSON), so that ``fit beyond the fit`` is what the
 process costs around it; ``calibrate beyond the scan`` subtracts each run's scan (its
 acquisition run's start to stop document, read from the catalog afterwards), once without
-spare couriers (``STEMCAL_COURIER_SPARE=0``: every run starts its own courier, as the first
-command does) and twice with them (each run claims the spare the run before left,
-:mod:`stemcal.catalog.spare`): one run right after another (the spare still imports while
-the next run starts) and each run once the spare waits (as after a pause of a few
-seconds; the wait is not timed). The catalog is a fresh embedded one in a temporary
+spares (``STEMCAL_COURIER_SPARE=0 STEMCAL_COMMAND_SPARE=0``: every run imports for itself
+and starts its own courier, as the first command does), once with a spare courier waiting
+only (:mod:`stemcal.catalog.spare`) and twice with both spares, the courier's and the
+command's (:mod:`stemcal.cli.spare`; each run claims the spares the run before left): one
+run right after another (the spares still import while the next run starts) and each
+run once they wait (as after a pause of a few seconds; the wait is not timed). ``fit``
+runs without and with a spare command process waiting. The catalog is a fresh embedded one in a temporary
 directory, holding the records that ``calibrate`` writes; the data file a 64x64 scan of 128x128
 frames (3 counts/px, descan) as in ``run.py``'s fit rows. Nothing is asserted.
 """
@@ -78,21 +80,31 @@ def main(argv=None) -> int:
         rows.append(["python -c pass", f"{base:.2f}", "-", "1.00", "-"])
         t, _, _ = timed(cli + ["--help"], env, args.repeat)
         rows.append(["stemcal --help", f"{t:.2f}", "python", f"{t / base:.1f}", "instant"])
-        # calibrate without spare couriers (a first command), then with: each run claims
-        # the spare the run before left, right after it (still importing: it competes with
-        # the run) and once it waits (as after a pause of a few seconds)
+        # calibrate without spares (a first command), with a spare courier only, then with
+        # both spares (the courier's and the command's): each run claims the spares the run
+        # before left, right after it (still importing: they compete with the run) and once
+        # they wait (as after a pause of a few seconds; the wait is untimed)
         from stemcal.catalog.spare import dismiss, spare_waiting
+        from stemcal.cli.spare import COMMAND
+        from stemcal.spares import dismiss as dismiss_spares, spare_waiting as waiting
 
-        def spare_ready(run_env: dict) -> None:
+        def spares_ready(run_env: dict) -> None:
+            """Wait until the spares that are on in ``run_env`` listen."""
+            courier = run_env.get("STEMCAL_COURIER_SPARE") != "0"
+            command = run_env.get("STEMCAL_COMMAND_SPARE") != "0"
             end = time.monotonic() + 30
-            while not spare_waiting(run_env) and time.monotonic() < end:
+            while time.monotonic() < end and not (
+                    (not courier or spare_waiting(run_env))
+                    and (not command or waiting(COMMAND, run_env))):
                 time.sleep(0.05)
 
-        for label, spare, wait in ((" (no spare courier)", "0", False),
-                                   (" (spare, one after another)", "", False),
-                                   (" (a spare courier waiting)", "", True)):
-            run_env = {**env, "STEMCAL_COURIER_SPARE": spare}
-            ready = (lambda e=run_env: spare_ready(e)) if wait else None
+        for label, courier, command, wait in (
+                (" (no spares)", "0", "0", False),
+                (" (a spare courier waiting)", "", "0", True),
+                (" (spares, one after another)", "", "", False),
+                (" (spares waiting)", "", "", True)):
+            run_env = {**env, "STEMCAL_COURIER_SPARE": courier, "STEMCAL_COMMAND_SPARE": command}
+            ready = (lambda e=run_env: spares_ready(e)) if wait else None
             t, outs, walls = timed(cli + ["calibrate", "--json", "--no-progress"], run_env,
                                    args.repeat, before=ready)
             uid = json.loads(outs[-1])["uid"]
@@ -105,7 +117,8 @@ def main(argv=None) -> int:
                          f"{statistics.median(scans):.2f}", "-", "-", "-"])
             rows.append([f"stemcal calibrate{label} beyond the scan", f"{beyond:.2f}", "python",
                          f"{beyond / base:.1f}", "<= 3 s"])
-        dismiss(run_env)   # the spare the last run left
+        dismiss(run_env)   # the spares the last run left
+        dismiss_spares(COMMAND, run_env)
         for name, extra in (("history", []), ("history --json", ["--json"]),
                             ("show UID", [uid]), ("export UID", [uid])):
             cmd = name.split()[0]
@@ -121,12 +134,16 @@ def main(argv=None) -> int:
                          "--camera-length", str(truth.camera_length), "--detector-pixel-size",
                          str(truth.detector_pixel_size), f"--overfocus={1.3 * truth.overfocus}",
                          "--json"]
-        t, outs, _ = timed(fit_cmd, env, args.repeat)
-        fit_s = statistics.median(json.loads(o)["seconds"] for o in outs)
-        rows.append(["stemcal fit (cold start, 64x64 x 128x128)", f"{t:.2f}", "its fit",
-                     f"{t / fit_s:.2f}", "-"])
-        rows.append(["stemcal fit beyond the fit", f"{t - fit_s:.2f}", "python",
-                     f"{(t - fit_s) / base:.1f}", "<= 1 s"])
+        for label, command in (("", "0"), (" (a spare waiting)", "")):
+            fit_env = {**env, "STEMCAL_COURIER_SPARE": "0", "STEMCAL_COMMAND_SPARE": command}
+            ready = ((lambda e=fit_env: spares_ready(e)) if command != "0" else None)
+            t, outs, _ = timed(fit_cmd, fit_env, args.repeat, before=ready)
+            fit_s = statistics.median(json.loads(o)["seconds"] for o in outs)
+            rows.append([f"stemcal fit{label} (cold start, 64x64 x 128x128)", f"{t:.2f}",
+                         "its fit", f"{t / fit_s:.2f}", "-"])
+            rows.append([f"stemcal fit{label} beyond the fit", f"{t - fit_s:.2f}", "python",
+                         f"{(t - fit_s) / base:.1f}", "<= 1 s"])
+        dismiss_spares(COMMAND, env)
     table(f"commands: median of {args.repeat} new processes after one untimed run "
           f"(catalog: embedded, fresh)",
           ["command", "wall s", "baseline", "ratio", "target"], rows)

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["IDLE_S", "VOLATILE", "CLAIM_TIMEOUT_S", "Kind", "idle_seconds", "spare_key",
            "spare_dir", "spare_alive", "spare_waiting", "spare_pid", "connect", "read_line",
-           "start_spare", "dismiss", "serve_claim"]
+           "start_spare", "spare_arguments", "dismiss", "serve_claim"]
 
 #: How long a spare waits to be claimed (s) before it exits.
 IDLE_S = 300.0
@@ -275,31 +275,54 @@ def read_line(s: socket.socket) -> str:
 
 
 def start_spare(kind: Kind, module: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Start a spare of ``kind`` (``python -P -m module --spare KEY``) for this process's
-    key where such spares are on and none is alive for it; it runs on in a session of
-    its own after this process exits. It is started through ``sh -c 'CMD &'``, which
-    returns at once: the spare is not this process's child (no zombie in a long-lived
-    process). Returns whether one was started."""
+    """Start a spare of ``kind`` (``python -P -m module --spare KEY --lock-fd N``) for
+    this process's key where such spares are on and none is alive for it; it runs on in
+    a session of its own after this process exits. Its lock is taken here and handed to
+    it (fd ``N``), so that it counts as alive from the moment this returns: a command
+    started right after this one's end waits for it instead of doing its imports beside
+    it. It is started through ``sh -c 'CMD &'``, which returns at once: the spare is not
+    this process's child (no zombie in a long-lived process). Returns whether one was
+    started."""
     env = dict(os.environ if environ is None else environ)
     paths = _spare_paths(kind, env)
     if paths is None:
         return False
     key, _, lock_path = paths
-    if _held(lock_path):   # one is alive (the spare takes the lock; a second exits)
+    try:
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        log.debug("could not start a %s: %s", kind.label, exc)
+        return False
+    lock = try_lock(lock_path)
+    if lock is None:   # one is alive (it holds the lock)
         return False
     try:
-        _dismiss_others(key, env, kind)
-    except OSError as exc:
-        log.debug("could not dismiss other %ss: %s", kind.label, exc)
-    argv = [sys.executable, "-P", "-m", module, "--spare", key]
-    try:
+        try:
+            _dismiss_others(key, env, kind)
+        except OSError as exc:
+            log.debug("could not dismiss other %ss: %s", kind.label, exc)
+        argv = [sys.executable, "-P", "-m", module, "--spare", key, "--lock-fd", str(lock)]
         subprocess.run(["/bin/sh", "-c", '"$@" &', "sh", *argv], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       start_new_session=True, env=env, cwd="/", timeout=10, check=True)
+                       start_new_session=True, env=env, cwd="/", timeout=10, check=True,
+                       pass_fds=(lock,))
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("could not start a %s: %s", kind.label, exc)
         return False
+    finally:
+        os.close(lock)   # the spare holds it now (the same open file)
     return True
+
+
+def spare_arguments(argv: Sequence[str]) -> tuple[str, int | None] | None:
+    """(key, lock fd or None) of a spare's command line ``--spare KEY [--lock-fd N]``;
+    None where ``argv`` is not one."""
+    argv = list(argv)
+    if len(argv) == 2 and argv[0] == "--spare":
+        return argv[1], None
+    if len(argv) == 4 and argv[0] == "--spare" and argv[2] == "--lock-fd" and argv[3].isdigit():
+        return argv[1], int(argv[3])
+    return None
 
 
 def dismiss(kind: Kind, environ: Mapping[str, str] | None = None, wait: float = 10.0) -> None:
@@ -346,22 +369,29 @@ def _clear_stale(sock_path: Path) -> None:
 
 
 def serve_claim(kind: Kind, key: str, imports: Sequence[str],
-                warm_up: Callable[[], None] = lambda: None) -> tuple[list[str], socket.socket] | None:
-    """A spare's life before it is claimed: take the key's lock (exit if another spare
-    holds it) and write this pid into it, import ``imports`` ahead, then ``warm_up()``,
-    listen; when claimed, take over the claiming command's streams, directory, umask and
-    environment and return its arguments with the connection (open). None: not claimed
-    within the idle time, told to leave, or the key is not this process's (code or
-    environment changed since it was started)."""
+                warm_up: Callable[[], None] = lambda: None, lock_fd: int | None = None,
+                ) -> tuple[list[str], socket.socket] | None:
+    """A spare's life before it is claimed: hold the key's lock (``lock_fd``, taken by
+    :func:`start_spare`; without one take it, and exit if another spare holds it) and
+    write this pid into it, import ``imports`` ahead, then ``warm_up()``, listen; when
+    claimed, take over the claiming command's streams, directory, umask and environment
+    and return its arguments with the connection (open). None: not claimed within the
+    idle time, told to leave, or the key is not this process's (code or environment
+    changed since it was started)."""
     if key != spare_key():
         return None
     sock_path, lock_path = _paths(kind, key)
-    os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
-    end = time.monotonic() + 0.3   # a command looking whether a spare is alive holds it briefly
-    while (lock := try_lock(lock_path)) is None:
-        if time.monotonic() > end:   # another spare of this key is alive
-            return None
-        time.sleep(0.01)
+    if lock_fd is not None:
+        lock = lock_fd
+        os.set_inheritable(lock, False)   # not to the command's own children
+    else:
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600))
+        end = time.monotonic() + 0.3   # a command looking whether one is alive holds it briefly
+        while (got := try_lock(lock_path)) is None:
+            if time.monotonic() > end:   # another spare of this key is alive
+                return None
+            time.sleep(0.01)
+        lock = got
     with contextlib.suppress(OSError):
         lock_path.write_text(f"{os.getpid()}\n")
     import importlib

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..locations import spool_dir
+from ..spares import spare_arguments
 from .delivery import UnavailableCatalog
 from .journal import journal_dir, note_kept, try_lock
 from .spare import SPARE_WAIT_S, ClaimedCourier, claim, spare_alive, start_spare
@@ -294,14 +295,14 @@ def warm_up() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The courier process: open the catalog, then deliver each uid read on stdin.
 
-    ``--spare KEY`` (alone): a spare courier (:mod:`.spare`) that imports ahead and
+    ``--spare KEY [--lock-fd N]`` (alone): a spare courier (:mod:`.spare`) that imports ahead and
     waits to be claimed, then runs as the claiming command's courier."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--spare"] and len(argv) == 2:
+    if (spare := spare_arguments(argv)) is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         from .spare import serve
 
-        claimed = serve(argv[1], warm_up)
+        claimed = serve(spare[0], warm_up, spare[1])
         if claimed is None:   # not claimed within its idle time
             os._exit(0)
         argv = claimed

@@ -149,11 +149,12 @@ def claim(args: Sequence[str], stderr: TextIO, *, environ: Mapping[str, str] | N
 
 
 
-def serve(key: str, warm_up: Callable[[], None] = lambda: None) -> list[str] | None:
+def serve(key: str, warm_up: Callable[[], None] = lambda: None,
+          lock_fd: int | None = None) -> list[str] | None:
     """The spare courier's life before it is claimed (``python -m stemcal.catalog.courier
-    --spare KEY``): :func:`serve_claim` with :data:`IMPORTS`; returns the courier
+    --spare KEY``): :func:`stemcal.spares.serve_claim` with :data:`IMPORTS`; returns the courier
     arguments of the command that claimed it, or None."""
-    got = spares.serve_claim(COURIER, key, IMPORTS, warm_up)
+    got = spares.serve_claim(COURIER, key, IMPORTS, warm_up, lock_fd)
     if got is None:
         return None
     args, conn = got

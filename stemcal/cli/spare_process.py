@@ -14,14 +14,14 @@ import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ..spares import serve_claim
+from ..spares import serve_claim, spare_arguments
 from .main import leave, main
 from .spare import COMMAND, IMPORTS, leave_spare
 
 __all__: list[str] = []
 
 
-def _serve(key: str) -> NoReturn:
+def _serve(key: str, lock_fd: int | None = None) -> NoReturn:
     """The spare: import ahead, wait to be claimed, run the claiming command, report
     its status, leave."""
     from ..executors import command_line_process
@@ -31,7 +31,7 @@ def _serve(key: str) -> NoReturn:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     command_line_process()   # before LiberTEM and Numba are imported, as the commands do
-    got = serve_claim(COMMAND, key, IMPORTS)
+    got = serve_claim(COMMAND, key, IMPORTS, lock_fd=lock_fd)
     if got is None:
         os._exit(0)
     argv, conn = got
@@ -75,10 +75,10 @@ def _watch(conn: socket.socket, done: threading.Event) -> None:
 
 
 def _main(argv: Sequence[str]) -> None:
-    if len(argv) == 2 and argv[0] == "--spare":
-        _serve(argv[1])
-    print("usage: python -m stemcal.cli.spare_process --spare KEY (started by stemcal itself)",
-          file=sys.stderr)
+    if (spare := spare_arguments(argv)) is not None:
+        _serve(*spare)
+    print("usage: python -m stemcal.cli.spare_process --spare KEY [--lock-fd N] (started by "
+          "stemcal itself)", file=sys.stderr)
     sys.exit(2)
 
 

@@ -241,3 +241,20 @@ def test_calibrate_in_a_spare_records_into_the_catalog(env):
     history = _run("history", "--json", env=env)
     uids = [r["uid"] for r in json.loads(history.stdout)]
     assert {json.loads(first.stdout)["uid"], json.loads(second.stdout)["uid"]} <= set(uids)
+
+
+def test_a_command_right_after_another_waits_for_the_spare_it_left(env, data):
+    from stemcal.spares import spare_alive
+
+    first = _run("fit", data, *FIT, env=env)
+    assert first.returncode == 0, first.stderr
+    # its lock was taken for it before the command ended: alive at once, still importing
+    assert spare_alive(COMMAND, env) and not spare_waiting(COMMAND, env)
+    second = _stemcal("fit", data, *FIT, env=env)   # claims it once it listens
+    _wait(lambda: spare_pid(COMMAND, env) is not None, 10, "the spare to write its pid")
+    spare = spare_pid(COMMAND, env)
+    out, err = second.communicate(timeout=TIMEOUT)
+    assert second.returncode == 0, err
+    assert json.loads(out)["overfocus"] == json.loads(first.stdout)["overfocus"]
+    _wait(lambda: not _alive(spare), 10, "the first one's spare to run the second and go")
+    assert _waiting_spare(env) != spare
