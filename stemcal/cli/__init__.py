@@ -7,7 +7,9 @@
 * :mod:`.acquire` -- ``calibrate``;
 * :mod:`.records` -- ``history``, ``show``, ``export``, ``sync``;
 * :mod:`.serve` -- ``serve``;
-* :mod:`.app` -- ``app`` (the browser app, :mod:`stemcal.app`).
+* :mod:`.app` -- ``app`` (the browser app, :mod:`stemcal.app`);
+* :mod:`.spare`, :mod:`.spare_process` -- the spare command process that ``fit`` and
+  ``calibrate`` leave for the next one, its imports done.
 """
 from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError
 from .main import build_parser, main, run
