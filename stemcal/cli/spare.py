@@ -2,9 +2,10 @@
 
 A ``stemcal calibrate`` spends about 1.2 s importing (ophyd, bluesky, LiberTEM,
 Numba, the devices and the fit) before its scan starts, and more on the way;
-``stemcal fit`` about 0.8 s. So when such a command ends it leaves a spare behind
-(:mod:`stemcal.spares`, kind :data:`COMMAND`): ``python -m stemcal.cli.spare_process
---spare KEY``, which does those imports at once and waits, for at most
+``stemcal fit`` about 0.8 s, and a process's first fit loads its Numba kernels. So
+when such a command ends it leaves a spare behind (:mod:`stemcal.spares`, kind
+:data:`COMMAND`): ``python -m stemcal.cli.spare_process --spare KEY``, which does those
+imports and a small fit at once and waits, for at most
 :data:`~stemcal.spares.IDLE_S` (or ``STEMCAL_COMMAND_SPARE`` seconds; ``0`` turns
 spares off), for the next such command. That command's process (the *client*)
 claims it: it hands over its arguments, working directory, umask, environment
@@ -57,9 +58,10 @@ MODULE = "stemcal.cli.spare_process"
 #: The commands a spare runs: those that import the acquisition and fitting machinery
 #: (the reading commands start in 0.2 s without one).
 COMMANDS = frozenset({"calibrate", "fit"})
-#: How long a client waits for a spare that is still importing (s; about 1.5 s of CPU)
-#: before it runs the command itself.
-SPARE_WAIT_S = 3.0
+#: How long a client waits for a spare that is still getting ready (s; it listens about
+#: 2.5 s after the command before ended: its imports, then a small fit) before it runs
+#: the command itself.
+SPARE_WAIT_S = 4.0
 #: What a spare imports ahead: what ``stemcal calibrate`` and ``stemcal fit`` import
 #: (``python -X importtime``), and the Numba modules its first kernel loads.
 IMPORTS = ("stemcal.cli.acquire", "stemcal.cli.offline", "stemcal.formats", "stemcal.plans",

@@ -6,6 +6,7 @@ what it is for and how the pair of client and spare behaves is in :mod:`.spare`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ from .spare import COMMAND, IMPORTS, leave_spare
 
 __all__: list[str] = []
 
+log = logging.getLogger(__name__)
+
 
 def _serve(key: str, lock_fd: int | None = None) -> NoReturn:
     """The spare: import ahead, wait to be claimed, run the claiming command, report
@@ -31,7 +34,7 @@ def _serve(key: str, lock_fd: int | None = None) -> NoReturn:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     command_line_process()   # before LiberTEM and Numba are imported, as the commands do
-    got = serve_claim(COMMAND, key, IMPORTS, lock_fd=lock_fd)
+    got = serve_claim(COMMAND, key, IMPORTS, _warm_up, lock_fd=lock_fd)
     if got is None:
         os._exit(0)
     argv, conn = got
@@ -60,6 +63,33 @@ def _serve(key: str, lock_fd: int | None = None) -> NoReturn:
         except OSError:
             pass
     leave(status, report)
+
+
+def _warm_up() -> None:
+    """What a command's first fit pays beyond the imports, paid ahead: a cold start on a
+    small simulated scan (16x16 frames of 64x64 uint16 counts, as a detector's) loads
+    the fit's Numba kernels from Numba's cache (or compiles them) and starts its thread
+    pools. Nothing of it is kept. Where it fails, the command pays as without it.
+
+    It takes the spare about 1 s more before it listens (2.5 s after the command before
+    ended, against 1.5 s); in five alternating pairs of ``stemcal calibrate`` (both spares
+    waiting) the command ended 0.1-1.6 s earlier with it (medians 4.13 against 4.75 s;
+    its fit, stop document to record, 2.07 against 2.28 s)."""
+    try:
+        from ..fit.coarse import cold_start
+        from ..twin import OverfocusParams
+        from ..twin.simulator import simulate
+
+        sig = (64, 64)
+        truth = OverfocusParams(overfocus=1e-6, scan_pixel_size=2.5e-10, camera_length=0.2,
+                                detector_pixel_size=55e-6, semiconv=0.3 * 64 * 55e-6 / 0.2,
+                                cy=35.0, cx=30.0, scan_rotation=23.0, flip_y=True)
+        data = simulate(truth, (16, 16), sig, dose=20, dtype="uint16")
+        cold_start(data, scan_pixel_size=truth.scan_pixel_size,
+                   camera_length=truth.camera_length,
+                   detector_pixel_size=truth.detector_pixel_size, overfocus=truth.overfocus)
+    except Exception as exc:  # noqa: BLE001 - only what it loads matters, not its result
+        log.debug("spare command process: the warm-up fit failed (%s)", exc)
 
 
 def _watch(conn: socket.socket, done: threading.Event) -> None:
