@@ -8,7 +8,6 @@ of this test (``$TMPDIR``) and are killed at its end.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -23,34 +22,8 @@ from stemcal.catalog.courier import DeferredCatalog
 from stemcal.catalog.journal import journal_dir, read_journal
 from stemcal.catalog.spare import ClaimedCourier, spare_dir, spare_key
 
+from spare_procs import remove_spares, living_spares as _spares, wait_for as _wait  # tests/spare_procs.py
 from test_courier import IMAGES, a_run, make_record  # tests/catalog/test_courier.py
-
-
-def _spares(base: Path) -> dict[int, str]:
-    """pid -> key of the living spare couriers (claimed or not) whose $TMPDIR is ``base``."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"--spare" not in argv:
-                continue
-            env = (proc / "environ").read_bytes().split(b"\0")
-            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"TMPDIR={base}".encode() in env and state != b"Z":
-            out[int(proc.name)] = argv[argv.index(b"--spare") + 1].decode()
-    return out
-
-
-def _wait(predicate, timeout: float = 90.0, what: str = "it") -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -63,12 +36,7 @@ def spares(tmp_path, monkeypatch):
     monkeypatch.setenv("STEMCAL_SPOOL", str(tmp_path / "spool"))
     warnings.simplefilter("ignore")
     yield base
-    for pid in _spares(base):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(base, ignore_errors=True)
+    remove_spares(base)
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ import pytest
 from stemcal.cli.spare import COMMAND, EXIT_LOST, wants_spare
 from stemcal.spares import spare_dir, spare_key, spare_pid, spare_waiting
 
+from spare_procs import remove_spares, alive as _alive, living_spares as _procs, wait_for as _wait  # tests/
+
 NAV, SIG = (32, 32), (64, 64)
 CAMERA_LENGTH, DETECTOR_PIXEL = 0.2, 55e-6
 SCAN_PIXEL = 0.5e-9 * SIG[0] / 128
@@ -32,40 +34,6 @@ FIT = ["--scan-pixel-size", repr(SCAN_PIXEL), "--camera-length", repr(CAMERA_LEN
        "--detector-pixel-size", repr(DETECTOR_PIXEL), "--overfocus", "1.2e-6", "--json",
        "--no-progress"]
 TIMEOUT = 120
-
-
-def _procs(base: Path) -> dict[int, str]:
-    """pid -> the module of the living spares (both kinds, claimed or not) of ``$TMPDIR``
-    ``base``."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            env = (proc / "environ").read_bytes().split(b"\0")
-            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"--spare" in argv and f"TMPDIR={base}".encode() in env and state != b"Z":
-            out[int(proc.name)] = argv[argv.index(b"-m") + 1].decode()
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "it") -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"waited {timeout:g} s for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -77,12 +45,7 @@ def env(tmp_path):
     e.update(TMPDIR=str(base), STEMCAL_COMMAND_SPARE="120", STEMCAL_COURIER_SPARE="0",
              STEMCAL_CATALOG=str(tmp_path / "catalog"), MPLBACKEND="Agg")
     yield e
-    for pid in _procs(base):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(base, ignore_errors=True)
+    remove_spares(base)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +82,16 @@ def _waiting_spare(env: dict) -> int:
     pid = spare_pid(COMMAND, env)
     assert pid and _alive(pid)
     return pid
+
+
+def _fit_in_the_spare(env: dict, data: Path) -> tuple[subprocess.Popen, int]:
+    """A fit (which leaves a spare), then another that has claimed that spare and runs
+    there: (the second's client, the spare's pid)."""
+    _run("fit", data, *FIT, env=env)
+    spare = _waiting_spare(env)
+    proc = _stemcal("fit", data, *FIT, env=env)
+    _wait(lambda: _claimed(env, spare), 20, "the spare to be claimed")
+    return proc, spare
 
 
 def _claimed(env: dict, pid: int) -> bool:
@@ -175,10 +148,7 @@ def test_statuses_and_errors_come_back_from_the_spare(env, data):
 
 
 def test_ctrl_c_reaches_the_command_in_the_spare(env, data):
-    _run("fit", data, *FIT, env=env)
-    spare = _waiting_spare(env)
-    proc = _stemcal("fit", data, *FIT, env=env)
-    _wait(lambda: _claimed(env, spare), 20, "the spare to be claimed")
+    proc, spare = _fit_in_the_spare(env, data)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, err
@@ -187,10 +157,7 @@ def test_ctrl_c_reaches_the_command_in_the_spare(env, data):
 
 
 def test_kill_9_of_the_client_kills_the_command_in_the_spare(env, data):
-    _run("fit", data, *FIT, env=env)
-    spare = _waiting_spare(env)
-    proc = _stemcal("fit", data, *FIT, env=env)
-    _wait(lambda: _claimed(env, spare), 20, "the spare to be claimed")
+    proc, spare = _fit_in_the_spare(env, data)
     proc.kill()
     proc.communicate(timeout=TIMEOUT)
     _wait(lambda: not _alive(spare), 5, "the spare to follow its client")
@@ -200,10 +167,7 @@ def test_kill_9_of_the_client_kills_the_command_in_the_spare(env, data):
 
 
 def test_a_spare_killed_under_its_command_is_reported(env, data):
-    _run("fit", data, *FIT, env=env)
-    spare = _waiting_spare(env)
-    proc = _stemcal("fit", data, *FIT, env=env)
-    _wait(lambda: _claimed(env, spare), 20, "the spare to be claimed")
+    proc, spare = _fit_in_the_spare(env, data)
     os.kill(spare, signal.SIGKILL)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == EXIT_LOST
