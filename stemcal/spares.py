@@ -25,7 +25,8 @@ otherwise), one socket and one lock file per kind (:class:`Kind`) and key; the
 lock is held by the living spare (which writes its pid into it), so there is at
 most one per kind and key, and a spare killed with ``kill -9`` leaves a socket file
 that the next spare replaces. A new spare dismisses the waiting spares of its kind
-for other keys (one idle spare of a kind per user). A spare accepts connections
+for other keys (one idle spare of a kind per user) and removes their lock files once
+no spare has held them for an hour. A spare accepts connections
 only from its own user (``SO_PEERCRED``). Each kind has an environment variable:
 ``0`` turns its spares off, another number sets their idle time in seconds.
 """
@@ -65,6 +66,8 @@ IDLE_S = 300.0
 VOLATILE = frozenset({"PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES"})
 #: How long a claim waits for the spare's answer (s); a spare that is waiting answers at once.
 CLAIM_TIMEOUT_S = 5.0
+#: Lock files of other keys that no spare holds are removed once they are this old (s).
+LOCK_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,7 @@ def start_spare(kind: Kind, module: str, environ: Mapping[str, str] | None = Non
     try:
         try:
             _dismiss_others(key, env, kind)
+            _clear_old_locks(kind, key, env)
         except OSError as exc:
             log.debug("could not dismiss other %ss: %s", kind.label, exc)
         argv = [sys.executable, "-P", "-m", module, "--spare", key, "--lock-fd", str(lock)]
@@ -358,6 +362,31 @@ def _dismiss_others(key: str | None, environ: Mapping[str, str], kind: Kind) -> 
             pass
         finally:
             s.close()
+
+
+def _clear_old_locks(kind: Kind, key: str, environ: Mapping[str, str],
+                     age: float = LOCK_AGE_S) -> None:
+    """Remove the lock files of ``kind`` and other keys that no spare holds and that are
+    older than ``age`` s: each version of the code or environment leaves one, and they
+    would pile up over the years (a lock file a spare is being started on is younger)."""
+    now = time.time()
+    for path in spare_dir(environ).glob(f"{kind.name}-*.lock"):
+        if path.name == f"{kind.name}-{key}.lock":
+            continue
+        try:
+            if now - path.stat().st_mtime < age:
+                continue
+        except OSError:
+            continue
+        fd = try_lock(path)
+        if fd is None:   # held: a spare of that key lives
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _clear_stale(sock_path: Path) -> None:
