@@ -26,7 +26,9 @@ lock is held by the living spare (which writes its pid into it), so there is at
 most one per kind and key, and a spare killed with ``kill -9`` leaves a socket file
 that the next spare replaces. A new spare dismisses the waiting spares of its kind
 for other keys (one idle spare of a kind per user) and removes their lock files once
-no spare has held them for an hour. A spare accepts connections
+no spare has held them for an hour. A spare that holds its lock but has not listened
+:data:`STUCK_S` after it started is taken for hung and killed by the next command
+that waits for it. A spare accepts connections
 only from its own user (``SO_PEERCRED``). Each kind has an environment variable:
 ``0`` turns its spares off, another number sets their idle time in seconds.
 """
@@ -68,6 +70,9 @@ VOLATILE = frozenset({"PWD", "OLDPWD", "_", "SHLVL", "COLUMNS", "LINES"})
 CLAIM_TIMEOUT_S = 5.0
 #: Lock files of other keys that no spare holds are removed once they are this old (s).
 LOCK_AGE_S = 3600.0
+#: A spare that has not listened this long after it started (s) is taken for hung and
+#: killed by the next command that waits for it (ready takes 1.5-3 s).
+STUCK_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -236,8 +241,33 @@ def connect(kind: Kind, args: Sequence[str], fds: Sequence[int], *,
         elif not _held(lock_path):
             return None
         if time.monotonic() >= end:
+            if not sock_path.exists():
+                _end_if_stuck(kind, key, lock_path)
             return None
         time.sleep(0.02)
+
+
+def _end_if_stuck(kind: Kind, key: str, lock_path: Path, age: float | None = None) -> bool:
+    """Kill the spare of ``key`` that holds ``lock_path`` but has not listened for ``age``
+    s (:data:`STUCK_S`) since it started (its pid and start are its lock file's content
+    and time): a spare hung in its imports would otherwise cost every command its wait.
+    The next command that ends starts a new one. Returns whether one was killed."""
+    age = STUCK_S if age is None else age
+    try:
+        started = lock_path.stat().st_mtime
+        pid = int(lock_path.read_text().strip() or 0)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid > 0 else []
+    except (OSError, ValueError):
+        return False
+    if time.time() - started < age or b"--spare" not in argv or key.encode() not in argv:
+        return False   # young, or not that spare (the pid was reused)
+    log.warning("a %s (pid %d) has not got ready in %.0f s: killed", kind.label, pid,
+                time.time() - started)
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        return False
+    return True
 
 
 def _connect_at(sock_path: Path, key: str, args: Sequence[str], fds: Sequence[int],

@@ -29,3 +29,36 @@ def test_old_unheld_lock_files_of_other_keys_are_removed(tmp_path):
         os.close(held)
     left = {p.name for p in d.iterdir()}
     assert left == set(names.values()) - {names["old"]}
+
+
+def test_a_spare_that_never_gets_ready_is_killed_by_the_next_claim():
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from stemcal.spares import connect, spare_key
+
+    base = tempfile.mkdtemp(prefix="sp", dir="/tmp")   # a short path, as sockets need
+    env = {**os.environ, "TMPDIR": base, "STEMCAL_PROBE_SPARE": "60"}
+    key = spare_key(env)
+    lock = spare_dir(env) / f"probe-{key}.lock"
+    lock.touch()
+    # a stand-in for a spare hung in its imports: holds the lock, writes its pid, never listens
+    hung = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d\\n' % os.getpid()); "
+         "print('held', flush=True); time.sleep(60)", str(lock), "--spare", key],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert hung.stdout.readline() == "held\n"
+        assert connect(KIND, [], [0, 1, 2], environ=env, wait=0.2) is None
+        assert hung.poll() is None   # young: waited for, not killed
+        old = time.time() - 600
+        os.utime(lock, (old, old))
+        assert connect(KIND, [], [0, 1, 2], environ=env, wait=0.2) is None
+        assert hung.wait(timeout=5) == -9   # taken for hung
+    finally:
+        hung.kill()
+        hung.wait()
+        shutil.rmtree(base, ignore_errors=True)

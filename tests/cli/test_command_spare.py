@@ -222,3 +222,16 @@ def test_a_command_right_after_another_waits_for_the_spare_it_left(env, data):
     assert json.loads(out)["overfocus"] == json.loads(first.stdout)["overfocus"]
     _wait(lambda: not _alive(spare), 10, "the first one's spare to run the second and go")
     assert _waiting_spare(env) != spare
+
+
+def test_two_commands_at_once_one_in_the_spare_one_by_itself(env, data):
+    _run("fit", data, *FIT, env=env)
+    spare = _waiting_spare(env)
+    procs = [_stemcal("fit", data, *FIT, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    assert json.loads(results[0][0])["overfocus"] == json.loads(results[1][0])["overfocus"]
+    _wait(lambda: not _alive(spare), 10, "the claimed spare to exit")
+    # one ran in the spare (gone), the other by itself; one spare is left for the next
+    assert len(_procs(Path(env["TMPDIR"]))) == 1
