@@ -114,6 +114,8 @@ def run_in_spare(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     before = {sig: signal.signal(sig, pass_on) for sig in FORWARDED}
     try:
         line = read_line(conn)
+    except OSError:   # reset: it died
+        line = ""
     finally:
         conn.close()
         for sig, handler in before.items():
