@@ -84,9 +84,9 @@ def main(argv=None) -> int:
         # both spares (the courier's and the command's): each run claims the spares the run
         # before left, right after it (still importing: they compete with the run) and once
         # they wait (as after a pause of a few seconds; the wait is untimed)
-        from stemcal.catalog.spare import dismiss, spare_waiting
+        from stemcal.catalog.spare import COURIER
         from stemcal.cli.spare import COMMAND
-        from stemcal.spares import dismiss as dismiss_spares, spare_waiting as waiting
+        from stemcal.spares import dismiss, spare_waiting
 
         def spares_ready(run_env: dict) -> None:
             """Wait until the spares that are on in ``run_env`` listen."""
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
             command = run_env.get("STEMCAL_COMMAND_SPARE") != "0"
             end = time.monotonic() + 30
             while time.monotonic() < end and not (
-                    (not courier or spare_waiting(run_env))
-                    and (not command or waiting(COMMAND, run_env))):
+                    (not courier or spare_waiting(COURIER, run_env))
+                    and (not command or spare_waiting(COMMAND, run_env))):
                 time.sleep(0.05)
 
         for label, courier, command, wait in (
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
                          f"{statistics.median(scans):.2f}", "-", "-", "-"])
             rows.append([f"stemcal calibrate{label} beyond the scan", f"{beyond:.2f}", "python",
                          f"{beyond / base:.1f}", "<= 3 s"])
-        dismiss(run_env)   # the spares the last run left
-        dismiss_spares(COMMAND, run_env)
+        for kind in (COURIER, COMMAND):   # the spares the last run left
+            dismiss(kind, run_env)
         for name, extra in (("history", []), ("history --json", ["--json"]),
                             ("show UID", [uid]), ("export UID", [uid])):
             cmd = name.split()[0]
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                          "its fit", f"{t / fit_s:.2f}", "-"])
             rows.append([f"stemcal fit{label} beyond the fit", f"{t - fit_s:.2f}", "python",
                          f"{(t - fit_s) / base:.1f}", "<= 1 s"])
-        dismiss_spares(COMMAND, env)
+        dismiss(COMMAND, env)
     table(f"commands: median of {args.repeat} new processes after one untimed run "
           f"(catalog: embedded, fresh)",
           ["command", "wall s", "baseline", "ratio", "target"], rows)

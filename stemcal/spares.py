@@ -171,7 +171,7 @@ class _Quit(Exception):
 
 def _held(lock_path: Path) -> bool:
     """Whether a spare holds ``lock_path`` (it is alive: importing, waiting or being claimed).
-    Lock files are never removed, so one that is there and not held has no spare."""
+    A lock file that is there and not held has no spare."""
     if not lock_path.exists():
         return False
     fd = try_lock(lock_path)
@@ -213,10 +213,15 @@ def spare_pid(kind: Kind, environ: Mapping[str, str] | None = None) -> int | Non
     paths = _spare_paths(kind, environ)
     if paths is None or not _held(paths[2]):
         return None
+    return _pid_in(paths[2]) or None
+
+
+def _pid_in(lock_path: Path) -> int:
+    """The pid a spare wrote into its lock file; 0 where there is none."""
     try:
-        return int(paths[2].read_text().strip() or 0) or None
+        return int(lock_path.read_text().strip() or 0)
     except (OSError, ValueError):
-        return None
+        return 0
 
 
 def connect(kind: Kind, args: Sequence[str], fds: Sequence[int], *,
@@ -247,19 +252,18 @@ def connect(kind: Kind, args: Sequence[str], fds: Sequence[int], *,
         time.sleep(0.02)
 
 
-def _end_if_stuck(kind: Kind, key: str, lock_path: Path, age: float | None = None) -> bool:
-    """Kill the spare of ``key`` that holds ``lock_path`` but has not listened for ``age``
-    s (:data:`STUCK_S`) since it started (its pid and start are its lock file's content
-    and time): a spare hung in its imports would otherwise cost every command its wait.
+def _end_if_stuck(kind: Kind, key: str, lock_path: Path) -> bool:
+    """Kill the spare of ``key`` that holds ``lock_path`` but has not listened for
+    :data:`STUCK_S` since it started (its pid and start are its lock file's content and
+    time): a spare hung in its imports would otherwise cost every command its wait.
     The next command that ends starts a new one. Returns whether one was killed."""
-    age = STUCK_S if age is None else age
+    pid = _pid_in(lock_path)
     try:
         started = lock_path.stat().st_mtime
-        pid = int(lock_path.read_text().strip() or 0)
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid > 0 else []
-    except (OSError, ValueError):
+    except OSError:
         return False
-    if time.time() - started < age or b"--spare" not in argv or key.encode() not in argv:
+    if time.time() - started < STUCK_S or b"--spare" not in argv or key.encode() not in argv:
         return False   # young, or not that spare (the pid was reused)
     log.warning("a %s (pid %d) has not got ready in %.0f s: killed", kind.label, pid,
                 time.time() - started)
@@ -394,17 +398,16 @@ def _dismiss_others(key: str | None, environ: Mapping[str, str], kind: Kind) -> 
             s.close()
 
 
-def _clear_old_locks(kind: Kind, key: str, environ: Mapping[str, str],
-                     age: float = LOCK_AGE_S) -> None:
+def _clear_old_locks(kind: Kind, key: str, environ: Mapping[str, str]) -> None:
     """Remove the lock files of ``kind`` and other keys that no spare holds and that are
-    older than ``age`` s: each version of the code or environment leaves one, and they
-    would pile up over the years (a lock file a spare is being started on is younger)."""
+    older than :data:`LOCK_AGE_S`: each version of the code or environment leaves one, and
+    they would pile up over the years (a lock file a spare is being started on is younger)."""
     now = time.time()
     for path in spare_dir(environ).glob(f"{kind.name}-*.lock"):
         if path.name == f"{kind.name}-{key}.lock":
             continue
         try:
-            if now - path.stat().st_mtime < age:
+            if now - path.stat().st_mtime < LOCK_AGE_S:
                 continue
         except OSError:
             continue
@@ -420,7 +423,8 @@ def _clear_old_locks(kind: Kind, key: str, environ: Mapping[str, str],
 
 
 def _clear_stale(sock_path: Path) -> None:
-    """Remove a socket whose lock no spare holds (its spare was killed; lock files stay)."""
+    """Remove a socket whose lock no spare holds (its spare was killed; its lock file is
+    left to :func:`_clear_old_locks`)."""
     if _held(sock_path.with_suffix(".lock")):
         return   # alive after all (being claimed right now)
     with contextlib.suppress(OSError):

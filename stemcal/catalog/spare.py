@@ -124,7 +124,6 @@ class ClaimedCourier:
         return self.returncode
 
 
-
 def claim(args: Sequence[str], stderr: TextIO, *, environ: Mapping[str, str] | None = None,
           wait: float = 0.0) -> ClaimedCourier | None:
     """The spare courier for this process's key, now running ``courier.main(args)`` with
@@ -148,7 +147,6 @@ def claim(args: Sequence[str], stderr: TextIO, *, environ: Mapping[str, str] | N
     return ClaimedCourier(pid, os.fdopen(in_w, "w"), os.fdopen(out_r, "r"))
 
 
-
 def serve(key: str, warm_up: Callable[[], None] = lambda: None,
           lock_fd: int | None = None) -> list[str] | None:
     """The spare courier's life before it is claimed (``python -m stemcal.catalog.courier
@@ -160,8 +158,6 @@ def serve(key: str, warm_up: Callable[[], None] = lambda: None,
     args, conn = got
     conn.close()
     return args
-
-
 
 
 def _zombie(pid: int) -> bool:
@@ -188,8 +184,8 @@ def spare_waiting(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def start_spare(module: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Start a spare courier (``python -P -m module --spare KEY``) where spares are on and
-    none is alive for this key (:func:`stemcal.spares.start_spare`)."""
+    """Start a spare courier (``python -P -m module --spare KEY --lock-fd N``) where spares
+    are on and none is alive for this key (:func:`stemcal.spares.start_spare`)."""
     return spares.start_spare(COURIER, module, environ)
 
 

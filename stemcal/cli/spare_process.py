@@ -80,9 +80,9 @@ def _warm_up() -> None:
         from ..twin import OverfocusParams
         from ..twin.simulator import simulate
 
-        sig = (64, 64)
+        sig = (64, 64)   # a disk of 0.3 x the detector, as benchmarks/run.py's geometry
         truth = OverfocusParams(overfocus=1e-6, scan_pixel_size=2.5e-10, camera_length=0.2,
-                                detector_pixel_size=55e-6, semiconv=0.3 * 64 * 55e-6 / 0.2,
+                                detector_pixel_size=55e-6, semiconv=0.3 * sig[0] * 55e-6 / 0.2,
                                 cy=35.0, cx=30.0, scan_rotation=23.0, flip_y=True)
         data = simulate(truth, (16, 16), sig, dose=20, dtype="uint16")
         cold_start(data, scan_pixel_size=truth.scan_pixel_size,

@@ -22,7 +22,8 @@ from stemcal.catalog.courier import DeferredCatalog
 from stemcal.catalog.journal import journal_dir, read_journal
 from stemcal.catalog.spare import ClaimedCourier, spare_dir, spare_key
 
-from spare_procs import remove_spares, living_spares as _spares, wait_for as _wait  # tests/spare_procs.py
+from spare_procs import living_spares as _spares  # tests/spare_procs.py
+from spare_procs import remove_spares, wait_for as _wait
 from test_courier import IMAGES, a_run, make_record  # tests/catalog/test_courier.py
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from stemcal.cli.spare import COMMAND, EXIT_LOST, wants_spare
-from stemcal.spares import spare_dir, spare_key, spare_pid, spare_waiting
+from stemcal.spares import spare_pid, spare_waiting
 
-from spare_procs import remove_spares, alive as _alive, living_spares as _procs, wait_for as _wait  # tests/
+from spare_procs import alive as _alive  # tests/spare_procs.py
+from spare_procs import living_spares as _procs, remove_spares, wait_for as _wait
 
 NAV, SIG = (32, 32), (64, 64)
 CAMERA_LENGTH, DETECTOR_PIXEL = 0.2, 55e-6
@@ -95,9 +96,9 @@ def _fit_in_the_spare(env: dict, data: Path) -> tuple[subprocess.Popen, int]:
 
 
 def _claimed(env: dict, pid: int) -> bool:
-    """Whether spare ``pid`` has been claimed (its socket gone, the process alive)."""
-    sock = spare_dir(env) / f"command-{spare_key(env)}.sock"
-    return not sock.exists() and _alive(pid)
+    """Whether spare ``pid``, which was waiting, has been claimed (it listens no more and
+    lives)."""
+    return not spare_waiting(COMMAND, env) and _alive(pid)
 
 
 def test_which_commands_a_spare_runs():
