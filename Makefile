@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/run.py
 	$(VENV)/bin/python benchmarks/app_redraw.py
 	$(VENV)/bin/python benchmarks/commands.py
+	$(VENV)/bin/python benchmarks/catalog_requests.py
 
 validate: $(STAMP)
 	$(VENV)/bin/python benchmarks/validation/run.py

@@ -216,6 +216,8 @@ def open_embedded(directory: Path, readable: Sequence[str | Path] = (), *,
     from tiled.client.context import Context
     from tiled.server.app import build_app
 
+    from .overrides import resolve_overrides
+
     if create:
         prepare(directory)
     writable, readable_storage = storage(directory, readable)
@@ -226,6 +228,7 @@ def open_embedded(directory: Path, readable: Sequence[str | Path] = (), *,
     app_log.addFilter(drop)
     try:
         app = build_app(adapter)
+        resolve_overrides(app)   # tiled's settings override, once instead of per request
         app.add_middleware(WriteLockMiddleware, lock_path=directory / WRITE_LOCK)
         if (getattr(adapter.context, "streaming_cache", None) is None
                 and getattr(adapter.context, "webhook_dispatcher", None) is None):

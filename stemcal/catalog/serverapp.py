@@ -127,9 +127,11 @@ def _app(config: Any, catalog: Path, admin_sha256: str | None, data_dirs: list[s
     from tiled.server.app import build_app_from_config
 
     from .appendonly import AppendOnlyMiddleware
+    from .overrides import resolve_overrides
     from .writelock import WRITE_LOCK, WriteLockMiddleware
 
     app = build_app_from_config(config)
+    resolve_overrides(app)   # tiled's settings override, once instead of per request
     # the last added is the outermost: the write lock holds around the append-only check
     app.add_middleware(AppendOnlyMiddleware, admin_sha256=admin_sha256, data_dirs=data_dirs)
     app.add_middleware(WriteLockMiddleware, lock_path=catalog / WRITE_LOCK)
