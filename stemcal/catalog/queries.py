@@ -83,9 +83,18 @@ def record_state(client: Any, uid: str) -> str | None:
         if a copy whose write was cut off is, else :data:`FAILED` if only a copy
         with another exit status is; None if none is.
     """
-    # one request: the copies' metadata (a count of the complete ones first cost a second
-    # request whenever the record is not there yet, as at every delivery)
-    return _state_among({state_of(run.metadata) for run in record_runs(client, uid).values()})
+    return state_of_copies(record_copies(client, uid))
+
+
+def record_copies(client: Any, uid: str) -> dict[str, dict]:
+    """Run uid -> metadata of every run holding record ``uid``, whatever its state (one
+    request: the search's page holds each run's metadata)."""
+    return {key: run.metadata for key, run in record_runs(client, uid).items()}
+
+
+def state_of_copies(copies: Mapping[str, Any]) -> str | None:
+    """:func:`record_state` from :func:`record_copies`' answer."""
+    return _state_among({state_of(md) for md in copies.values()})
 
 
 def _state_among(states: set[str]) -> str | None:

@@ -29,7 +29,7 @@ from ..locations import catalog_location, is_server_uri
 from ..record import CalibrationRecord
 from ..runs import RECORD_PLAN_NAME, RECORD_PURPOSE
 from .embedded import RUNS_SPEC, open_embedded
-from .queries import COMPLETE, record_state, state_of
+from .queries import COMPLETE, record_copies, state_of, state_of_copies
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,15 @@ def write_record(client: Any, record: CalibrationRecord,
     from bluesky_tiled_plugins import TiledWriter
 
     arrays = check_images(images)
-    if record_state(client, record.uid) == COMPLETE:
+    # one request: the record's copies by run uid. A run of uid record.uid is one of them
+    # (only write_record makes runs of a record's uid, and tiled creates a run with its
+    # start document's metadata in one request)
+    copies = record_copies(client, record.uid)
+    if state_of_copies(copies) == COMPLETE:
         raise RecordExistsError(
             f"the catalog already holds record {record.uid}; records are append-only "
             "(correct one with record.correct(...), which makes a new record)")
-    run_uid = record.uid if run_state(client, record.uid) is None else str(uuid.uuid4())
+    run_uid = record.uid if record.uid not in copies else str(uuid.uuid4())
     data: dict[str, Any] = {name: float(getattr(record, name)) for name in SCALARS}
     data_keys: dict[str, Any] = {name: {"source": "stemcal", "dtype": "number", "shape": [],
                                         "units": unit} for name, unit in SCALARS.items()}
