@@ -206,7 +206,7 @@ class RunKeeper:
 
     def __init__(self, client: Any, location: str | os.PathLike | None = None, *,
                  spool: str | os.PathLike | None = None) -> None:
-        from .store import catalog_location_of
+        from .store import catalog_location_of, tiled_writer
 
         loc = location if location is not None else catalog_location_of(client)
         self.location = None if loc is None else redact_location(loc)
@@ -216,8 +216,7 @@ class RunKeeper:
         self._keep = getattr(client, "keep", None) if self.unavailable is not None else None
         self.writer = None
         if self.unavailable is None:
-            from bluesky_tiled_plugins import TiledWriter
-            self.writer = TiledWriter(client)
+            self.writer = tiled_writer(client)
         self._runs: dict[str, _OpenRun] = {}
         self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self.kept: list[Path] = []  # journals kept for sync, in order

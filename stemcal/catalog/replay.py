@@ -107,9 +107,7 @@ def deliver_run(client: Any, journal: Journal, *, location: str | None,
     Exception
         Whatever the catalog or the file copies raise; the journal stays.
     """
-    from bluesky_tiled_plugins import TiledWriter
-
-    from .store import run_state
+    from .store import run_state, tiled_writer
 
     state = run_state(client, journal.run_uid)
     if state == COMPLETE:
@@ -120,7 +118,7 @@ def deliver_run(client: Any, journal: Journal, *, location: str | None,
     if state is not None:
         docs = _renamed(docs, journal.run_uid, str(uuid.uuid4()))
     docs, moved = _relocated(docs, data_dir_of(client, location), spool_raw)
-    writer = TiledWriter(client)
+    writer = tiled_writer(client)
     for name, doc in docs:
         writer(name, doc)
     for p in moved:

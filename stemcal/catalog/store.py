@@ -133,6 +133,30 @@ def run_state(client: Any, uid: str) -> str | None:
     return state_of(run.metadata)
 
 
+def tiled_writer(client: Any, **kwargs: Any) -> Any:
+    """bluesky_tiled_plugins' ``TiledWriter`` on ``client`` (``kwargs`` passed on).
+
+    The writer asks its client for a variation that includes data sources
+    (``include_data_sources()``: one request, a refresh of the root node, at every
+    writer made). That variation is made once per client and kept on it, so a courier
+    delivering run after run, and every record written, saves the request. The root
+    node's own metadata in it is that of its first use; a writer only creates nodes
+    below it.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    if not getattr(client, "_include_data_sources", True):
+        with_sources = getattr(client, "_stemcal_with_sources", None)
+        if with_sources is None:
+            with_sources = client.include_data_sources()
+            try:
+                client._stemcal_with_sources = with_sources
+            except AttributeError:  # a client that takes no attributes
+                pass
+        client = with_sources
+    return TiledWriter(client, **kwargs)
+
+
 def write_record(client: Any, record: CalibrationRecord,
                  images: Mapping[str, np.ndarray] | None = None) -> str:
     """Write ``record`` as a Bluesky run of its own.
@@ -170,7 +194,6 @@ def write_record(client: Any, record: CalibrationRecord,
     document says ``exit_status == "success"`` counts as the record.
     """
     import event_model
-    from bluesky_tiled_plugins import TiledWriter
 
     arrays = check_images(images)
     # one request: the record's copies by run uid. A run of uid record.uid is one of them
@@ -194,7 +217,7 @@ def write_record(client: Any, record: CalibrationRecord,
         "calibration": record.to_dict()})
     desc = run.compose_descriptor(name="primary", data_keys=data_keys)
     event = desc.compose_event(data=data, timestamps={k: record.time for k in data}, time=record.time)
-    writer = TiledWriter(client, max_array_size=0)  # every array as its own node, none in the table
+    writer = tiled_writer(client, max_array_size=0)  # every array as its own node, none in the table
     for name, doc in (("start", run.start_doc), ("descriptor", desc.descriptor_doc),
                       ("event", event), ("stop", run.compose_stop(exit_status="success"))):
         writer(name, doc)
