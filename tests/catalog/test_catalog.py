@@ -374,3 +374,27 @@ def test_old_duckdb_tables_are_moved_into_sqlite_once(tmp_path):
     again = open_catalog(d)
     assert len(calibration_history(again)) == 3
     again.context.close()
+
+
+def test_a_record_write_asks_before_it_writes_only_once(tmp_path, monkeypatch):
+    """Writing a record: one search for its copies (which also says whether a run of its
+    uid exists), and the writer's data-sources client made once per client: no
+    ``run_state`` lookup of the uid and no refresh of the root node at the second write."""
+    import httpx
+
+    client = open_catalog(tmp_path / "cat")
+    write_record(client, make_record(1.0), {"point": np.ones((4, 4), np.float32)})
+    sent = []
+    send = httpx.Client.send
+
+    def counting(self, request, *args, **kwargs):
+        sent.append((request.method, request.url.path))
+        return send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", counting)
+    rec = make_record(2.0)
+    write_record(client, rec, {"point": np.ones((4, 4), np.float32)})
+    gets = [path for method, path in sent if method == "GET"]
+    assert len(gets) == 1 and gets[0].endswith("/search/"), gets
+    assert ("POST", "/api/v1/metadata/") in sent        # the run, under the record's uid
+    assert rec.uid in client and rec.uid in [r.uid for r in calibration_history(client)]
