@@ -386,7 +386,10 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
         # rotation and overfocus together from the octants' shifts (.sectors); "hybrid"
         # keeps their overfocus only and samples the rotation at it
         steps = {n: SECTOR_STEP * half_width(n, cache.nav_shape) for n in NAMES}
-        raw, n = sector_estimates(ring_loss("overfocus"), p, steps)
+        # "hybrid" keeps the octants' overfocus only: their Newton steps end when its
+        # step is small (the rotation's is then sampled)
+        raw, n = sector_estimates(ring_loss("overfocus"), p, steps,
+                                  converge=NAMES if method == "sectors" else ("overfocus",))
         nfev += n
         taken = NAMES if method == "sectors" else ("overfocus",)
         for name in taken:

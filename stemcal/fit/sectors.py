@@ -245,14 +245,16 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
 
 
 def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
-                     follow: str = "disk70") -> tuple[dict[str, dict[str, tuple[float, float]]], int]:
+                     follow: str = "disk70", converge: Sequence[str] = NAMES,
+                     ) -> tuple[dict[str, dict[str, tuple[float, float]]], int]:
     """Rotation and overfocus from every part of the disk, by the octants' shifts.
 
     The corrections ``u`` are measured at ``params`` and at steps of each parameter
     (``steps``: name -> degrees or percent of the overfocus), which give the gain ``J``
     of every part and of every group left out; then Newton steps ``J^-1 u`` of the
-    ``follow`` part until one is below :data:`CONVERGED` of those steps (at most
-    :data:`MAX_STEPS`). Each part's
+    ``follow`` part until one is below :data:`CONVERGED` of those steps in the
+    parameters ``converge`` (at most :data:`MAX_STEPS`; none where the first is already
+    below: the estimate then comes from the projection at ``params``). Each part's
     estimate is ``p + J^-1 u(p)`` at the last ``p``, its sigma the jackknife of the
     same over the groups left out.
 
@@ -285,16 +287,19 @@ def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
             return np.full(2, np.nan)
 
     p, u = params, u0
+    watch = np.array([n in converge for n in NAMES])
     for _ in range(MAX_STEPS):
         dx = step_of(u, follow)
         if not np.all(np.isfinite(dx)):
             break
+        if np.all(np.abs(dx[watch]) <= CONVERGED * h[watch]):
+            break   # already within: the estimate p + J^-1 u(p) below, with no step more
         # at most the gain's steps twice over per Newton step (far from the optimum the
         # linearisation does not hold)
         dx = np.clip(dx, -2 * h, 2 * h)
         p = _set(p, dx, base)
         u = measure(p)
-        if np.all(np.abs(dx) <= CONVERGED * h):
+        if np.all(np.abs(dx[watch]) <= CONVERGED * h[watch]):
             break
     K = rings.groups
     out: dict[str, dict[str, tuple[float, float]]] = {}

@@ -145,6 +145,20 @@ def test_estimates_from_a_start_off_the_truth(geometric, off):
     assert abs(of[0] / truth.overfocus - 1) < 5e-3
 
 
+def test_no_newton_step_where_the_first_estimate_is_already_within(geometric):
+    """At the truth (noise-free) the first estimate's step is below CONVERGED of the gain's
+    steps: the estimate comes from the projection there and the two stepped ones (3
+    projections; a Newton step and its projection were made before, 4), and is as exact."""
+    truth, caches = geometric
+    steps = {"scan_rotation": 0.3, "overfocus": 0.75}
+    for converge in (("overfocus",), ("scan_rotation", "overfocus")):
+        est, n = sector_estimates(RingLoss(caches[None], truth), truth, steps, converge=converge)
+        assert n == 3, converge
+        rot, of = est["disk95"]["scan_rotation"], est["disk95"]["overfocus"]
+        assert abs(rot[0] - truth.scan_rotation) < 0.01
+        assert abs(of[0] / truth.overfocus - 1) < 5e-4
+
+
 def test_finish_agrees_with_sampling_the_loss(geometric):
     """The two ways of the final stage measure the same thing: on the same
     data (10 counts/px) their rotation and overfocus agree within their uncertainties, and the octants
