@@ -102,29 +102,34 @@ def _routes_version(app: Any) -> Callable[[], Any]:
     return lambda: tuple(map(id, router.routes))
 
 
-def _contexts(router: Any, seen: set[int]) -> Iterator[Any]:
-    """Every route object under ``router`` that may hold a dependant: routes, and (FastAPI
-    with included-router contexts) the effective route contexts, built now if not yet."""
-    if id(router) in seen:
-        return
-    seen.add(id(router))
-    for route in list(getattr(router, "routes", ())):
+def _contexts(router: Any) -> Iterator[Any]:
+    """Every route object under ``router`` that may hold a dependant (each once): routes,
+    and (FastAPI with included-router contexts) the effective route contexts of every
+    included router at any depth, built now if not yet, and the routes FastAPI makes for
+    some of them (``starlette_route``: the websocket routes of included routers)."""
+    seen: set[int] = set()
+    stack = list(getattr(router, "routes", ()))
+    while stack:
+        route = stack.pop()
+        if id(route) in seen:
+            continue
+        seen.add(id(route))
         yield route
-        if hasattr(route, "original_router"):         # an included router (FastAPI >= 0.13x)
+        own = getattr(route, "starlette_route", None)
+        if own is not None:
+            stack.append(own)
+        if hasattr(route, "original_router"):          # an included router (FastAPI >= 0.13x)
             for name in ("effective_candidates", "effective_low_priority_routes"):
                 build = getattr(route, name, None)
                 if callable(build):
-                    for ctx in build():
-                        yield ctx
-                        if hasattr(ctx, "original_router"):
-                            yield from _contexts(ctx, seen)
-            yield from _contexts(route.original_router, seen)
+                    stack.extend(build())
+            stack.extend(getattr(route.original_router, "routes", ()))
 
 
 def _dependants(app: Any) -> list[Any]:
     """Every dependant reachable from the app's routes (each once)."""
     out: dict[int, Any] = {}
-    stack = [getattr(r, "dependant", None) for r in _contexts(app.router, set())]
+    stack = [getattr(r, "dependant", None) for r in _contexts(app.router)]
     while stack:
         dep = stack.pop()
         if dep is None or id(dep) in out:

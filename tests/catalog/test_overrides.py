@@ -106,6 +106,34 @@ def test_the_embedded_catalog_resolves_tiled_settings_once(tmp_path, rebuilds):
     rebuilds.clear()
     assert list(client) == []
     assert rebuilds == []
+    _no_websocket_route_calls(app, get_settings)
+
+
+def _no_websocket_route_calls(app, original) -> None:
+    """tiled's websocket routes sit in included routers, for which FastAPI makes routes
+    of its own (``starlette_route`` of an effective route context) with their own
+    dependants: none of those may call ``original`` either."""
+    from fastapi.routing import APIWebSocketRoute
+
+    made = []
+    stack = list(app.router.routes)
+    while stack:
+        route = stack.pop()
+        if hasattr(route, "original_router"):
+            stack.extend(route.effective_candidates())
+            stack.extend(route.original_router.routes)
+        own = getattr(route, "starlette_route", None)
+        if isinstance(own, APIWebSocketRoute):
+            made.append(own)
+    assert made, "no websocket route of an included router found"
+    seen, deps = set(), [r.dependant for r in made]
+    while deps:
+        dep = deps.pop()
+        if id(dep) in seen:
+            continue
+        seen.add(id(dep))
+        assert dep.call is not original, dep
+        deps.extend(dep.dependencies)
 
 
 def test_the_server_app_resolves_tiled_settings_once(tmp_path, rebuilds):
@@ -133,6 +161,7 @@ def test_the_server_app_resolves_tiled_settings_once(tmp_path, rebuilds):
         rebuilds.clear()
         assert client.get("/api/v1/metadata/").status_code == 401
         assert rebuilds == []
+    _no_websocket_route_calls(app, get_settings)
 
 
 def test_the_environment_can_leave_the_overrides_to_fastapi(monkeypatch):
