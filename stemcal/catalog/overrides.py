@@ -4,9 +4,9 @@ tiled's app overrides one dependency (``get_settings`` by the settings it was
 built with) through ``app.dependency_overrides``. While that dict is not
 empty, FastAPI rebuilds every sub-dependency of every request from its
 callable's signature (``get_dependant`` per sub-dependency, whether overridden
-or not): on the embedded catalog that was about a quarter of a write request's
-CPU (a calibration record of 14 requests: 0.30 -> 0.23 s in one process,
-measured 2026-12-06 with FastAPI 0.165).
+or not): on the embedded catalog that was about a sixth of a record write (one
+image: 0.29-0.32 -> 0.24-0.26 s over four pairs of processes; four images: 541 ->
+483 ms, benchmarks/catalog_requests.py; measured 2026-12-06 with FastAPI 0.165).
 
 :func:`resolve_overrides` puts each override's callable into the route
 dependants that name the overridden one, once, and leaves the app with a
@@ -14,10 +14,10 @@ dependants that name the overridden one, once, and leaves the app with a
 override (tiled looks its settings up there), but is false while nothing
 changed since, so FastAPI takes its plain path. It falls back to FastAPI's own
 handling (the dict is true again) as soon as the app's routes change, and
-puts the original callables back when the dict is changed. Only parameterless overrides of
-parameterless dependencies are resolved (the dependant's shape stays the
-same); with any other, or where a route's dependants cannot be reached, nothing
-is changed.
+puts the original callables back when the dict is changed. Only parameterless
+overrides of parameterless dependencies are resolved (the dependant's shape
+stays the same); with any other, or where a route's dependants cannot be
+reached, nothing is changed.
 """
 from __future__ import annotations
 
