@@ -45,15 +45,20 @@ def make_record(i: int):
                              camera_length=0.2, detector_pixel_size=55e-6, semiconv=0.01)
 
 
-def writer(location: str, n: int, start_at: float) -> None:
-    """One writer process: ``n`` records into ``location``; prints one JSON line of timings."""
+def record_images() -> dict:
+    """The four 64x64 float32 images of a calibration record, as each record carries."""
     import numpy as np
 
+    return {k: np.random.default_rng(0).random((64, 64), dtype=np.float32)
+            for k in ("point", "selected", "shifted_sum_normalised", "sum")}
+
+
+def writer(location: str, n: int, start_at: float) -> None:
+    """One writer process: ``n`` records into ``location``; prints one JSON line of timings."""
     from stemcal.catalog import open_catalog, write_record
     warnings.simplefilter("ignore")
     client = open_catalog(location)
-    images = {k: np.random.default_rng(0).random((64, 64), dtype=np.float32)
-              for k in ("point", "selected", "shifted_sum_normalised", "sum")}
+    images = record_images()
     while time.time() < start_at:  # all writers start together
         time.sleep(0.01)
     t0 = time.time()

@@ -47,17 +47,10 @@ def open_pair(base: Path):
     return ours, plain
 
 
-def _images():
-    import numpy as np
-
-    return {k: np.random.default_rng(0).random((64, 64), dtype=np.float32)
-            for k in ("point", "selected", "shifted_sum_normalised", "sum")}
-
-
 def count_requests(client) -> int:
     """Requests one record write makes (httpx's send counted)."""
     import httpx
-    from catalog import make_record
+    from catalog import make_record, record_images
     from stemcal.catalog.store import write_record
 
     sent = []
@@ -69,7 +62,7 @@ def count_requests(client) -> int:
 
     httpx.Client.send = counting
     try:
-        write_record(client, make_record(10**6), _images())
+        write_record(client, make_record(10**6), record_images())
     finally:
         httpx.Client.send = send
     return len(sent)
@@ -77,11 +70,11 @@ def count_requests(client) -> int:
 
 def one_round(client, records: int, first: int) -> tuple[float, float]:
     """Seconds per record written, and seconds for one history read of all of them."""
-    from catalog import make_record
+    from catalog import make_record, record_images
     from stemcal.catalog.queries import calibration_history
     from stemcal.catalog.store import write_record
 
-    images = _images()
+    images = record_images()
     t0 = time.perf_counter()
     for i in range(records):
         write_record(client, make_record(first + i), images)

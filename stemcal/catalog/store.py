@@ -138,23 +138,21 @@ def tiled_writer(client: Any, **kwargs: Any) -> Any:
 
     The writer asks its client for a variation that includes data sources
     (``include_data_sources()``: one request, a refresh of the root node, at every
-    writer made). That variation is made once per client and kept on it, so a courier
-    delivering run after run, and every record written, saves the request. The root
-    node's own metadata in it is that of its first use; a writer only creates nodes
-    below it.
+    writer made; none where the client includes them already). That variation is made
+    once per client and kept on it, so a courier delivering run after run, and every
+    record written, saves the request. The root node's own metadata in it is that of
+    its first use; a writer only creates nodes below it.
     """
     from bluesky_tiled_plugins import TiledWriter
 
-    if not getattr(client, "_include_data_sources", True):
-        with_sources = getattr(client, "_stemcal_with_sources", None)
-        if with_sources is None:
-            with_sources = client.include_data_sources()
-            try:
-                client._stemcal_with_sources = with_sources
-            except AttributeError:  # a client that takes no attributes
-                pass
-        client = with_sources
-    return TiledWriter(client, **kwargs)
+    with_sources = getattr(client, "_stemcal_with_sources", None)
+    if with_sources is None:
+        with_sources = client.include_data_sources()
+        try:
+            client._stemcal_with_sources = with_sources
+        except AttributeError:  # a client that takes no attributes
+            pass
+    return TiledWriter(with_sources, **kwargs)
 
 
 def write_record(client: Any, record: CalibrationRecord,

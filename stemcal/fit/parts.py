@@ -386,12 +386,10 @@ def finish(cache: ReducedCache, start: OverfocusParams, *, free: Sequence[str],
         # rotation and overfocus together from the octants' shifts (.sectors); "hybrid"
         # keeps their overfocus only and samples the rotation at it
         steps = {n: SECTOR_STEP * half_width(n, cache.nav_shape) for n in NAMES}
-        # "hybrid" keeps the octants' overfocus only: their Newton steps end when its
-        # step is small (the rotation's is then sampled)
-        raw, n = sector_estimates(ring_loss("overfocus"), p, steps,
-                                  converge=NAMES if method == "sectors" else ("overfocus",))
-        nfev += n
         taken = NAMES if method == "sectors" else ("overfocus",)
+        # the Newton steps end when the steps of what is taken are small
+        raw, n = sector_estimates(ring_loss("overfocus"), p, steps, converge=taken)
+        nfev += n
         for name in taken:
             decide(name, {part: Estimate(*raw[part][name]) for part in raw})
         names = [n for n in names if n not in taken]

@@ -286,20 +286,24 @@ def sector_estimates(rings: RingLoss, params: OverfocusParams, steps: dict, *,
         except np.linalg.LinAlgError:
             return np.full(2, np.nan)
 
-    p, u = params, u0
     watch = np.array([n in converge for n in NAMES])
+
+    def within(dx: np.ndarray) -> bool:
+        return bool(np.all(np.abs(dx[watch]) <= CONVERGED * h[watch]))
+
+    p, u = params, u0
     for _ in range(MAX_STEPS):
         dx = step_of(u, follow)
         if not np.all(np.isfinite(dx)):
             break
-        if np.all(np.abs(dx[watch]) <= CONVERGED * h[watch]):
+        if within(dx):
             break   # already within: the estimate p + J^-1 u(p) below, with no step more
         # at most the gain's steps twice over per Newton step (far from the optimum the
         # linearisation does not hold)
         dx = np.clip(dx, -2 * h, 2 * h)
         p = _set(p, dx, base)
         u = measure(p)
-        if np.all(np.abs(dx[watch]) <= CONVERGED * h[watch]):
+        if within(dx):
             break
     K = rings.groups
     out: dict[str, dict[str, tuple[float, float]]] = {}
