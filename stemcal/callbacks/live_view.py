@@ -5,7 +5,10 @@
 one to each run it handles). Every ``stream_datum`` of the run's ``primary``
 stream announces frames; a worker thread reads them from the file the
 ``stream_resource`` names (HDF5, opened for SWMR reading while the detector
-still writes) and adds them to a :class:`LiveProjection`. On the thread that
+still writes; where HDF5 keeps them as one contiguous block, as
+:class:`~stemcal.devices.writers.frame_stream.FrameStreamWriter` does, through a
+:class:`~stemcal.callbacks.frame_map.FrameMap` of the file's pages) and adds them
+to a :class:`LiveProjection`. On the thread that
 delivers the documents (the RunEngine's, as GUI code needs) the
 :class:`LiveFigure` is redrawn at most every ``redraw_period`` seconds, and
 once more at ``stop`` with all frames; it is written as PNG to
@@ -40,6 +43,7 @@ from bluesky.callbacks.core import CallbackBase
 
 from ..processing.live_projection import LiveProjection
 from ..runs import PRIMARY_STREAM, frame_layout, projection_params, resource_path
+from .frame_map import FrameMap
 from .live_figure import LiveFigure
 
 __all__ = ["LiveView"]
@@ -229,6 +233,7 @@ class LiveView(CallbackBase):
         import h5py
 
         files: dict[Path, Any] = {}
+        maps: dict[tuple[Path, str], FrameMap | None] = {}
         try:
             while True:
                 item = self._queue.get()
@@ -243,7 +248,9 @@ class LiveView(CallbackBase):
                     ds = files[path][dataset]
                     if ndim == 2:
                         ds.refresh()
-                        self._add_frames(ds, lo, hi)
+                        if (path, dataset) not in maps:
+                            maps[path, dataset] = FrameMap.open(path, ds)
+                        self._add_frames(ds, lo, hi, maps[path, dataset])
                     else:  # (events, ny, nx, sy, sx): one whole scan per index
                         for event in range(lo, hi):
                             self._add_scan(ds, event)
@@ -251,11 +258,20 @@ class LiveView(CallbackBase):
                     self._fail(f"cannot read frames {lo}..{hi} of {path}: "
                                f"{type(exc).__name__}: {exc}")
         finally:
+            for m in maps.values():
+                if m is not None:
+                    m.close()
             for f in files.values():
                 f.close()
 
-    def _add_frames(self, ds: Any, lo: int, hi: int) -> None:
+    def _add_frames(self, ds: Any, lo: int, hi: int, mapped: FrameMap | None = None) -> None:
         assert self.projection is not None
+        if mapped is not None and hi <= mapped.shape[0]:
+            for i in range(lo, hi, READ_BLOCK):  # straight from the page cache: no copy
+                j = min(hi, i + READ_BLOCK)
+                self.projection.add(i, mapped.frames(i, j))
+                self.history.append((self._clock(), self.projection.frames_done))
+            return
         shape = (READ_BLOCK,) + tuple(ds.shape[1:])
         if self._buffer is None or self._buffer.shape != shape or self._buffer.dtype != ds.dtype:
             self._buffer = np.empty(shape, dtype=ds.dtype)  # reused: no fresh memory per block

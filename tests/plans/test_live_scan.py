@@ -23,6 +23,7 @@ from bluesky_tiled_plugins import TiledWriter
 from libertem.api import Context
 
 from stemcal.callbacks import CalibrationRecorder, RunNotCalibrated
+from stemcal.callbacks.frame_map import FrameMap
 from stemcal.callbacks.live_view import LiveView
 from stemcal.runs import projection_params
 from stemcal.callbacks.live_figure import LiveFigure, has_display
@@ -190,6 +191,82 @@ def test_frame_stream_writer_converts_and_leaves_unwritten_frames_zero(tmp_path)
         np.testing.assert_array_equal(ds[:5], frames[:5])
         assert not ds[5:].any()
         assert int(ds.attrs["frames_written"]) == 5 and not bool(ds.attrs["complete"])
+
+
+def test_frame_map_reads_the_writers_frames_and_refuses_what_it_cannot_map(tmp_path):
+    """The live view's map of a FrameStreamWriter file gives the frames written (zeros where
+    none came yet); a range outside the dataset or a file cut short after opening raises
+    instead of reading unmapped pages (SIGBUS); chunked, compressed or short files are
+    not mapped (the live view reads them through HDF5)."""
+    w = FrameStreamWriter(tmp_path)
+    w.open("merlin", "merlin_image")
+    path = w.begin((3, 4, 16, 32), np.uint16)
+    frames = (np.arange(12 * 16 * 32) % 60000).astype(np.uint16).reshape(12, 16, 32)
+    w.write_frames(0, frames[:7])
+    with h5py.File(path, "r", swmr=True) as f:
+        fm = FrameMap.open(path, f["/entry/data/data"])
+        assert fm is not None and fm.shape == (12, 16, 32) and fm.dtype == np.uint16
+        np.testing.assert_array_equal(fm.frames(2, 7), frames[2:7])
+        assert not fm.frames(7, 12).any()  # not written yet: the sparse file's zeros
+        w.write_frames(7, frames[7:])
+        np.testing.assert_array_equal(fm.frames(0, 12), frames)  # written after the map
+        assert fm.frames(5, 5).shape == (0, 16, 32)
+        block = fm.frames(3, 4)
+        assert not block.flags.writeable
+        for i, j in ((-1, 2), (11, 13), (4, 3)):
+            with pytest.raises(ValueError, match="outside the dataset's 12"):
+                fm.frames(i, j)
+        w.end(complete=True)
+        with open(path, "r+b") as raw:  # someone cuts the file while it is mapped
+            raw.truncate(f["/entry/data/data"].id.get_offset() + 10 * 16 * 32 * 2 - 1)
+        np.testing.assert_array_equal(block[0], frames[3])  # a block mapped before stays
+        np.testing.assert_array_equal(fm.frames(0, 9), frames[:9])
+        with pytest.raises(ValueError, match="shorter than its frames 9..10: it was cut"):
+            fm.frames(9, 10)  # one byte short
+        with pytest.raises(ValueError, match="shorter than its frames 0..12: it was cut"):
+            fm.frames(0, 12)
+        assert FrameMap.open(path, f["/entry/data/data"]) is None  # short from the start
+        fm.close()
+        fm.close()
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("chunked", data=frames, chunks=(1, 16, 32))
+        f.create_dataset("compressed", data=frames, compression="gzip")
+        f.create_dataset("contiguous", data=frames)
+        f.create_dataset("empty", shape=(0, 16, 32), dtype=np.uint16)
+        f.create_dataset("not_frames", data=frames[0])
+    with h5py.File(other, "r") as f:
+        for name in ("chunked", "compressed", "empty", "not_frames"):
+            assert FrameMap.open(other, f[name]) is None, name
+        fm = FrameMap.open(other, f["contiguous"])
+        np.testing.assert_array_equal(fm.frames(0, 12), frames)
+        fm.close()
+
+
+def test_live_view_reads_mapped_and_through_hdf5_alike(tmp_path):
+    """The live view's two ways of reading announced frames give the same images."""
+    params = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.25e-9, camera_length=0.2,
+                             detector_pixel_size=55e-6, semiconv=0.3 * 32 * 55e-6 / 0.2,
+                             cy=16.5, cx=15.0, scan_rotation=31.0, flip_y=True)
+    frames = simulate(params, (6, 7), (32, 32), dose=5, seed=4, dtype="uint16").reshape(-1, 32, 32)
+    w = FrameStreamWriter(tmp_path)
+    w.open("merlin", "merlin_image")
+    path = w.begin((6, 7, 32, 32), np.uint16)
+    w.write_frames(0, frames)
+    w.end(complete=True)
+    images = []
+    with h5py.File(path, "r") as f:
+        ds = f["/entry/data/data"]
+        for mapped in (FrameMap.open(path, ds), None):
+            view = LiveView(figure=False)
+            view.projection = LiveProjection(params, (6, 7), (32, 32), threads=2)
+            view._add_frames(ds, 0, 30, mapped)  # blocks of READ_BLOCK or less
+            view._add_frames(ds, 30, 42, mapped)
+            assert view.projection.frames_done == 42
+            images.append(view.projection.images())
+            if mapped is not None:
+                mapped.close()
+    assert_images_equal(images[0], images[1])
 
 
 # -- the live plan --------------------------------------------------------------------------
