@@ -157,6 +157,8 @@ def _quiet_catalog_warnings(verbose: int) -> None:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from ..catalog.spool import find as find_spooled
+    from .bus_error import install
+    install()  # the live view maps the scan's file: cut under it, one line, not "Bus error"
     _quiet_catalog_warnings(args.verbose)
     record, truth, kept_runs = run_calibrate(args)
     spooled = find_spooled(record.uid)

@@ -10,8 +10,11 @@ holds it lets go), writes one line to stderr and ends the process at once
 with exit status 2 (bad input), as the CLI's other errors do. Nothing
 recorded is touched: a fit writes only after its passes.
 
-Installed by the commands that read data files (``fit``, ``demo``, ``app``);
-a library never installs it. (LiberTEM's buffered reader would turn the
+Installed by the commands that read data files (``fit``, ``demo``, ``app``)
+and by ``calibrate``, whose live view maps the scan's file as it is written
+(:class:`~stemcal.callbacks.frame_map.FrameMap`: checked before each block,
+but a file cut while a block is read faults all the same); a library never
+installs it. (LiberTEM's buffered reader would turn the
 truncation into an exception instead, but it made the pass 35 % slower.)
 """
 from __future__ import annotations

@@ -82,3 +82,20 @@ def test_the_reading_commands_install_it(tmp_path, monkeypatch):
     assert main(["fit", str(path), "--scan-pixel-size", "1e-9", "--camera-length", "0.2",
                  "--detector-pixel-size", "55e-6", "--overfocus", "1e-6"]) == 0
     assert calls == ["installed", "fit"]
+
+
+def test_calibrate_installs_it_before_it_scans(monkeypatch):
+    """calibrate's live view maps the scan's file: the handler is set before the scan."""
+    from stemcal.cli import acquire, bus_error, main
+    from stemcal.cli.args import CLIError
+
+    calls = []
+
+    def scan(args):
+        calls.append("calibrate")
+        raise CLIError("no scan in this test")
+
+    monkeypatch.setattr(bus_error, "install", lambda: calls.append("installed") or True)
+    monkeypatch.setattr(acquire, "run_calibrate", scan)
+    assert main(["calibrate"]) == 2
+    assert calls == ["installed", "calibrate"]
