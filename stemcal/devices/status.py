@@ -32,10 +32,14 @@ class WatchMixin:
     ``fraction`` (the fraction *left*, 1 -> 0; ``target`` is None while
     the total is not known), ``time_elapsed`` and
     ``time_remaining`` (seconds; None until it can be estimated). Watchers
-    are called once when they register, at every :meth:`set_progress` and
-    when the status finishes. Call :meth:`_init_watch` in ``__init__``
+    are called once when they register, at :meth:`set_progress` (at most
+    every :attr:`notify_period` s while only the count moves) and when the
+    status finishes. Call :meth:`_init_watch` in ``__init__``
     before the status's own ``__init__`` (which may finish it at once).
     """
+
+    #: Seconds between two notifications that move only the count (0: at every one).
+    notify_period: float = 0.0
 
     def _init_watch(self, what: str, *, target: float = 100.0, unit: str = "%",
                     precision: int = 1) -> None:
@@ -45,6 +49,7 @@ class WatchMixin:
         self._current, self._target, self._unit = 0.0, float(target), unit
         self._precision = precision
         self._started = time.monotonic()
+        self._notified = -float("inf")   # when watchers last heard of a progress
 
     def _after_init_watch(self) -> None:
         """Call after the status's ``__init__``: watchers hear of its end too."""
@@ -54,18 +59,32 @@ class WatchMixin:
         """Call ``func(**progress)`` at every change of progress (and once now)."""
         with self._watch_lock:
             self._watchers.append(func)
+            self._notified = time.monotonic()
         self._call(func, self._progress())
 
     def set_progress(self, current: float, *, target: float | None = None,
                      label: str | None = None) -> None:
-        """``current`` of ``target`` (in the status's unit) done, at stage ``label``."""
+        """``current`` of ``target`` (in the status's unit) done, at stage ``label``.
+
+        Watchers hear of it at once where the target or stage changed or the
+        target is reached, otherwise at most every :attr:`notify_period`
+        seconds; with no watcher nothing is done beyond counting.
+        """
+        now = time.monotonic()
         with self._watch_lock:
+            changed = ((target is not None and float(target) != self._target)
+                       or (label is not None and str(label) != self._label))
             if target is not None:
                 self._target = float(target)
             if label is not None:
                 self._label = str(label)
             self._current = min(self._target, max(self._current, float(current)))
-        self._notify()
+            due = bool(self._watchers) and (changed or self._current >= self._target
+                                            or now - self._notified >= self.notify_period)
+            if due:
+                self._notified = now
+        if due:
+            self._notify()
 
     def _progress(self) -> dict[str, Any]:
         with self._watch_lock:
@@ -96,7 +115,10 @@ class WatchMixin:
 
 class AcquisitionStatus(WatchMixin, DeviceStatus):
     """A detector's acquisition: a :class:`~ophyd.DeviceStatus` whose progress is the
-    frames written so far of the scan (unit ``frames``)."""
+    frames written so far of the scan (unit ``frames``), set at every tile of
+    frames; watchers hear of it ten times a second (a bar's redraw)."""
+
+    notify_period = 0.1
 
     def __init__(self, device: Any, frames: int = 0, **kwargs: Any) -> None:
         self._init_watch(f"{getattr(device, 'name', device)}: acquisition",

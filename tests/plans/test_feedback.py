@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import time
 from types import SimpleNamespace
 
 import bluesky.plans as bp
@@ -210,3 +211,31 @@ def test_calibrate_can_be_summarized(tmp_path, capsys):
         assert text.count("Open Run") == 1 and text.count("Close Run") == 1, text
         assert "Read ['merlin', 'scan', 'optics']" in text or "Read ['scan', 'optics']" in text, \
             text
+
+
+def test_acquisition_progress_reaches_watchers_ten_times_a_second_and_always_its_end():
+    """A detector sets its progress at every tile; a bar hears of a changed target at once,
+    of the count at most every 0.1 s, and of the last frame always."""
+    from ophyd.sim import SynAxis
+
+    from stemcal.devices.status import AcquisitionStatus
+
+    heard = []
+    st = AcquisitionStatus(SynAxis(name="det"))
+    st.set_progress(0, target=1000)  # no watcher yet: nothing computed, nothing lost
+    st.watch(lambda **kw: heard.append((kw["current"], kw["target"])))
+    assert heard == [(0, 1000)]       # a new watcher hears where it stands
+    for k in range(8, 1000, 8):
+        st.set_progress(k)            # within 0.1 s: held back
+    assert heard == [(0, 1000)]
+    st.set_progress(1000)             # the end: heard at once
+    assert heard[-1] == (1000, 1000)
+    st.set_progress(1000, target=2000)
+    assert heard[-1] == (1000, 2000)  # a changed target: at once
+    time.sleep(0.11)
+    st.set_progress(1500)
+    assert heard[-1] == (1500, 2000)  # a tenth of a second later: heard
+    n = len(heard)
+    st.set_finished()
+    st.wait(5)
+    assert len(heard) == n + 1        # and the status's end
