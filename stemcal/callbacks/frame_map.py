@@ -5,7 +5,7 @@ one contiguous, unfiltered HDF5 dataset, allocated in full when the scan
 begins, and writes them with ``os.pwrite``. A reader that maps the file's
 pages gets the frames straight from the page cache; HDF5's read copies each
 frame once more (~0.02 ms of system time per 256x256 uint16 frame on the
-development machine, a third of the live chain's system time). Each block is
+development machine, a fifth to a quarter of the live chain's system time). Each block is
 mapped only while it is used, so the mapped pages do not pile up in the
 reader's resident memory over a scan.
 """

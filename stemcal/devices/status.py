@@ -56,7 +56,7 @@ class WatchMixin:
         self.add_callback(lambda _st: self._notify())  # type: ignore[attr-defined]
 
     def watch(self, func: Callable[..., None]) -> None:
-        """Call ``func(**progress)`` at every change of progress (and once now)."""
+        """Call ``func(**progress)`` as the progress changes (:meth:`set_progress`), and once now."""
         with self._watch_lock:
             self._watchers.append(func)
             self._notified = time.monotonic()
