@@ -266,19 +266,18 @@ class LiveView(CallbackBase):
 
     def _add_frames(self, ds: Any, lo: int, hi: int, mapped: FrameMap | None = None) -> None:
         assert self.projection is not None
-        if mapped is not None and hi <= mapped.shape[0]:
-            for i in range(lo, hi, READ_BLOCK):  # straight from the page cache: no copy
-                j = min(hi, i + READ_BLOCK)
-                self.projection.add(i, mapped.frames(i, j))
-                self.history.append((self._clock(), self.projection.frames_done))
-            return
-        shape = (READ_BLOCK,) + tuple(ds.shape[1:])
-        if self._buffer is None or self._buffer.shape != shape or self._buffer.dtype != ds.dtype:
-            self._buffer = np.empty(shape, dtype=ds.dtype)  # reused: no fresh memory per block
+        if mapped is None:
+            shape = (READ_BLOCK,) + tuple(ds.shape[1:])
+            if (self._buffer is None or self._buffer.shape != shape
+                    or self._buffer.dtype != ds.dtype):
+                self._buffer = np.empty(shape, dtype=ds.dtype)  # reused: no fresh memory
         for i in range(lo, hi, READ_BLOCK):
             j = min(hi, i + READ_BLOCK)
-            block = self._buffer[:j - i]
-            ds.read_direct(block, np.s_[i:j])
+            if mapped is not None:
+                block = mapped.frames(i, j)  # straight from the page cache: no copy
+            else:
+                block = self._buffer[:j - i]
+                ds.read_direct(block, np.s_[i:j])
             self.projection.add(i, block)
             self.history.append((self._clock(), self.projection.frames_done))
 
