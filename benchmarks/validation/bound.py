@@ -41,20 +41,10 @@ from stemcal.twin.simulator import default_specimen  # noqa: E402
 PARTS = {"whole disk": np.inf, "disk95": 0.95, "disk70": 0.7}
 
 
-def geometry(seed: int) -> OverfocusParams:
-    """The geometric set's truth for ``seed`` (as ``run.py``'s geometric_set, no descan)."""
-    sig = cases.LOW_DOSE["sig"]
-    rng = np.random.default_rng(500 + seed)
-    return OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
-                           detector_pixel_size=55e-6, semiconv=10e-3, cy=sig[0] / 2 + 3.3,
-                           cx=sig[1] / 2 - 2.7, scan_rotation=float(rng.uniform(-180, 180)),
-                           flip_y=bool(rng.integers(2)))
-
-
 def bounds(seed: int) -> dict[str, tuple[float, float]]:
     """``{part: (rotation bound in degree, overfocus bound in percent)}`` for ``seed``."""
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
-    p = geometry(seed)
+    p = cases.geometric_truth(seed)
     specimen = default_specimen(p, nav, sig, seed=seed)
 
     def mu(q: OverfocusParams) -> np.ndarray:

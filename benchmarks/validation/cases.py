@@ -69,6 +69,19 @@ LOW_DOSE = dict(nav=(64, 64), sig=(128, 128), dose=3.0, seeds=30)
 GEOMETRIC_DESCAN = ((0.06, -0.05), (0.045, 0.06))
 
 
+def geometric_truth(seed: int, descan=((0.0, 0.0), (0.0, 0.0))):
+    """The low-dose geometric case's true geometry for ``seed`` (rotation and flip drawn
+    from ``default_rng(500 + seed)``)."""
+    from stemcal.twin import OverfocusParams
+
+    sig = LOW_DOSE["sig"]
+    rng = np.random.default_rng(500 + seed)
+    return OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
+                           detector_pixel_size=55e-6, semiconv=10e-3, cy=sig[0] / 2 + 3.3,
+                           cx=sig[1] / 2 - 2.7, scan_rotation=float(rng.uniform(-180, 180)),
+                           flip_y=bool(rng.integers(2)), descan=descan)
+
+
 def noise_files(n: int = 100):
     """``n`` files without anything to calibrate on, as (label, array): pure Poisson
     noise without a beam (several shapes and means), a beam on a blank specimen (several

@@ -158,12 +158,8 @@ def geometric_set(ctx, quick: bool) -> list[dict]:
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
     seeds = 8 if quick else cases.LOW_DOSE["seeds"]
     for seed in range(seeds + 1):
-        rng = np.random.default_rng(500 + seed)
         descan = cases.GEOMETRIC_DESCAN if seed == seeds else ((0.0, 0.0), (0.0, 0.0))
-        p = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
-                            detector_pixel_size=55e-6, semiconv=10e-3, cy=sig[0] / 2 + 3.3,
-                            cx=sig[1] / 2 - 2.7, scan_rotation=float(rng.uniform(-180, 180)),
-                            flip_y=bool(rng.integers(2)), descan=descan)
+        p = cases.geometric_truth(seed, descan)
         data = simulate(p, nav, sig, dose=dose, seed=seed)
         truth = {**p.to_dict(), "descan": [list(r) for r in p.descan]}
         name = "geometric descan" if seed == seeds else f"geometric seed {seed}"
