@@ -5,18 +5,29 @@ set (64x64 scan of 128x128 frames, 3 counts/px in the disk, Poisson noise)?
 For Poisson counts with expectation ``mu(theta)`` the Fisher information is
 ``I_ij = sum (d mu / d theta_i)(d mu / d theta_j) / mu`` over every pixel of
 every frame; the bound on a parameter's standard deviation is
-``sqrt((I^-1)_ii)``. ``mu`` is the noise-free simulation of each seed's
-geometry and specimen (the geometric model, :func:`stemcal.twin.simulate`),
-its derivatives central differences (rotation +- 0.02 deg, overfocus +-
-0.1 %). The parameters: rotation (degree) and overfocus (percent), each
-bound with the other unknown (the centre is left out: the model's hard disk
-edge gives it an information no real aperture has, and it is not correlated
-with these two). Each bound is computed for the whole disk and for the
-pixels the fit's parts use (within 0.95 and 0.7 of the disk radius: the
-``disk95`` and ``disk70`` parts of :mod:`stemcal.fit.rings`, without their
-weights' taper).
+``sqrt((I^-1)_ii)``. ``mu`` is the geometric model as the simulator renders it
+(:func:`stemcal.twin.simulator.render_shadow_frames`: ``dose * edge * t``, with
+``t`` the specimen image sampled bilinearly at ``A (p - c) + s``), its
+derivatives those of the bilinear sampling. The parameters: rotation (degree)
+and overfocus (percent), each bound with the other unknown (the centre is left
+out: the model's hard disk edge gives it an information no real aperture has,
+and it is not correlated with these two).
 
-Run from the repository root (about 15 s per seed)::
+Two bounds per part of the disk:
+
+* ``known``: the specimen image known exactly (only the geometry estimated);
+* ``unknown``: every pixel of the specimen image (2 per scan px, as the
+  simulator samples it) a further unknown, as for any real fit, which must
+  learn the specimen from the same frames. The bound is the Schur complement
+  of the Fisher information over those ~40,000 pixels (a sparse 9-band system:
+  a pixel shares observations with its neighbours only), solved with a ridge
+  of 1e-5 of its mean diagonal (the bound did not move between 1e-3 and 1e-7).
+
+Each bound is computed for the whole disk and for the pixels the fit's parts
+use (within 0.95 and 0.7 of the disk radius: the ``disk95`` and ``disk70``
+parts of :mod:`stemcal.fit.rings`, without their weights' taper).
+
+Run from the repository root (a few seconds per seed)::
 
     .venv/bin/python benchmarks/validation/bound.py            # seeds 0-7
     .venv/bin/python benchmarks/validation/bound.py 22 25      # chosen seeds
@@ -26,45 +37,133 @@ It prints one row per seed; compare with the RMS of the fits' errors in
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
+import scipy.sparse as sparse
+import scipy.sparse.linalg as sparse_linalg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases  # noqa: E402
 
-from stemcal.twin import OverfocusParams, simulate  # noqa: E402
+from stemcal.twin.model import beam_centres, specimen_matrix  # noqa: E402
 from stemcal.twin.simulator import default_specimen  # noqa: E402
 
 #: Parts of the disk the bound is computed for: name -> largest radius (fraction of the disk's).
 PARTS = {"whole disk": np.inf, "disk95": 0.95, "disk70": 0.7}
+#: Ridge added to the specimen block's diagonal, as a share of its mean (pixels seen too
+#: little to be fixed by the data would make the block singular).
+RIDGE = 1e-5
 
 
-def bounds(seed: int) -> dict[str, tuple[float, float]]:
-    """``{part: (rotation bound in degree, overfocus bound in percent)}`` for ``seed``."""
+@numba.njit(cache=True)
+def fisher_sums(T, origin_y, origin_x, per_scan_px, A, dA, scan_yx, centres, radius, dose,
+                limit, sig_h, sig_w, I_tt, I_gt, I_gg):
+    """Add every pixel's Fisher information to ``I_gg`` (geometry x geometry, (P, P)),
+    ``I_gt`` (geometry x specimen pixel, (P, N)) and ``I_tt`` (specimen pixel x its 3x3
+    neighbours, (N, 9); neighbour ``(dy + 1) * 3 + dx + 1``). ``dA`` (P, 2, 2) is the
+    derivative of the specimen matrix ``A`` by each geometry parameter; pixels at or
+    beyond ``limit`` times the disk radius are left out."""
+    n = scan_yx.shape[0]
+    sh, sw = T.shape
+    P = dA.shape[0]
+    D = np.zeros(P)
+    phi = np.zeros(4)
+    for i in range(n):
+        cy = centres[i, 0]
+        cx = centres[i, 1]
+        for y in range(sig_h):
+            dy = y - cy
+            for x in range(sig_w):
+                dx = x - cx
+                r = math.sqrt(dy * dy + dx * dx)
+                edge = min(radius + 0.5 - r, 1.0)
+                if r >= limit * radius or edge <= 0.0:
+                    continue
+                qy = (A[0, 0] * dy + A[0, 1] * dx + scan_yx[i, 0] - origin_y) * per_scan_px
+                qx = (A[1, 0] * dy + A[1, 1] * dx + scan_yx[i, 1] - origin_x) * per_scan_px
+                iy = int(math.floor(qy))
+                ix = int(math.floor(qx))
+                if not (iy >= 1 and ix >= 1 and iy + 2 < sh and ix + 2 < sw):
+                    continue
+                wy = qy - iy
+                wx = qx - ix
+                t00, t01 = T[iy, ix], T[iy, ix + 1]
+                t10, t11 = T[iy + 1, ix], T[iy + 1, ix + 1]
+                g = dose * edge
+                mu = g * ((1 - wy) * ((1 - wx) * t00 + wx * t01) + wy * ((1 - wx) * t10 + wx * t11))
+                if mu <= 0.0:
+                    continue
+                gy = (1 - wx) * (t10 - t00) + wx * (t11 - t01)
+                gx = (1 - wy) * (t01 - t00) + wy * (t11 - t10)
+                for a in range(P):
+                    D[a] = g * per_scan_px * (gy * (dA[a, 0, 0] * dy + dA[a, 0, 1] * dx)
+                                              + gx * (dA[a, 1, 0] * dy + dA[a, 1, 1] * dx))
+                for a in range(P):
+                    for b in range(P):
+                        I_gg[a, b] += D[a] * D[b] / mu
+                phi[0] = (1 - wy) * (1 - wx)
+                phi[1] = (1 - wy) * wx
+                phi[2] = wy * (1 - wx)
+                phi[3] = wy * wx
+                for ca in range(4):
+                    ay, ax = ca // 2, ca % 2
+                    ja = (iy + ay) * sw + ix + ax
+                    for a in range(P):
+                        I_gt[a, ja] += D[a] * g * phi[ca] / mu
+                    for cb in range(4):
+                        by, bx = cb // 2, cb % 2
+                        I_tt[ja, (by - ay + 1) * 3 + bx - ax + 1] += g * g * phi[ca] * phi[cb] / mu
+
+
+def _bound_of(info: np.ndarray) -> tuple[float, float]:
+    cov = np.linalg.inv(info)
+    return float(math.sqrt(cov[0, 0])), float(math.sqrt(cov[1, 1]))
+
+
+def bounds(seed: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{part: {"known": (rotation deg, overfocus %), "unknown": (...)}}`` for ``seed``:
+    the bounds with the specimen known and with every specimen pixel unknown."""
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
     p = cases.geometric_truth(seed)
     specimen = default_specimen(p, nav, sig, seed=seed)
-
-    def mu(q: OverfocusParams) -> np.ndarray:
-        return simulate(q, nav, sig, specimen=specimen, intensity=dose,
-                        dtype="float64").reshape(-1)
-
-    m0 = mu(p)
-    # (name, step, scale to the unit reported): degree; percent of the overfocus
-    steps = (("scan_rotation", 0.02, 1.0), ("overfocus", 1e-3 * p.overfocus, p.overfocus / 100))
-    D = np.array([(mu(p.replace(**{n: getattr(p, n) + h})) - mu(p.replace(**{n: getattr(p, n) - h})))
-                  / (2 * h) * scale for n, h, scale in steps])
-    yy, xx = np.mgrid[0:sig[0], 0:sig[1]]
-    r = np.broadcast_to(np.hypot(yy - p.cy, xx - p.cx) / p.disk_radius_px,
-                        (nav[0] * nav[1],) + tuple(sig)).reshape(-1)
+    T = np.ascontiguousarray(specimen.image, dtype=np.float64)
+    iy, ix = np.mgrid[0:nav[0], 0:nav[1]]
+    scan_yx = np.stack([iy.ravel(), ix.ravel()], axis=-1).astype(float)
+    centres = beam_centres(p, scan_yx, nav)
+    # derivatives of A: per degree of rotation, per percent of overfocus
+    h_rot, h_of = 1e-4, 1e-6
+    dA = np.stack([
+        (specimen_matrix(p.replace(scan_rotation=p.scan_rotation + h_rot))
+         - specimen_matrix(p.replace(scan_rotation=p.scan_rotation - h_rot))) / (2 * h_rot),
+        (specimen_matrix(p.replace(overfocus=p.overfocus * (1 + h_of)))
+         - specimen_matrix(p.replace(overfocus=p.overfocus * (1 - h_of)))) / (2 * h_of * 100)])
+    N, sw = T.size, T.shape[1]
     out = {}
     for part, limit in PARTS.items():
-        ok = (m0 > 0) & (r < limit)
-        info = (D[:, ok] / m0[ok]) @ D[:, ok].T
-        cov = np.linalg.inv(info)
-        out[part] = (float(np.sqrt(cov[0, 0])), float(np.sqrt(cov[1, 1])))
+        I_tt, I_gt, I_gg = np.zeros((N, 9)), np.zeros((2, N)), np.zeros((2, 2))
+        fisher_sums(T, float(specimen.origin[0]), float(specimen.origin[1]),
+                    float(specimen.pixels_per_scan_px), specimen_matrix(p), dA, scan_yx, centres,
+                    p.disk_radius_px, dose, min(limit, 1e9), sig[0], sig[1], I_tt, I_gt, I_gg)
+        rows, cols, vals = [], [], []
+        idx = np.arange(N)
+        for k in range(9):
+            j = idx + (k // 3 - 1) * sw + (k % 3 - 1)
+            ok = (I_tt[:, k] != 0) & (j >= 0) & (j < N)
+            rows.append(idx[ok])
+            cols.append(j[ok])
+            vals.append(I_tt[ok, k])
+        M = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                              shape=(N, N))
+        seen = np.flatnonzero(M.diagonal() > 0)
+        M = M[seen][:, seen].tocsc()
+        M = M + sparse.identity(len(seen), format="csc") * RIDGE * float(M.diagonal().mean())
+        B = I_gt[:, seen].T
+        schur = I_gg - B.T @ sparse_linalg.spsolve(M, B)
+        out[part] = {"known": _bound_of(I_gg), "unknown": _bound_of(schur)}
     return out
 
 
@@ -72,20 +171,22 @@ def main(argv: list[str]) -> int:
     seeds = [int(s) for s in argv] or list(range(8))
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
     print(f"Cramer-Rao bounds, geometric set: {nav[0]}x{nav[1]} scan of {sig[0]}x{sig[1]} frames, "
-          f"{dose:g} counts/px, Poisson (rotation deg / overfocus %)")
-    head = "seed " + "".join(f"{part:>22}" for part in PARTS)
+          f"{dose:g} counts/px, Poisson (rotation deg / overfocus %), specimen known | unknown")
+    head = "seed " + "".join(f"{part:>32}" for part in PARTS)
     print(head)
     print("-" * len(head))
     rows = []
+
+    def cells(get) -> str:
+        return "".join(f"{get(p, 'known', 0):>8.4f}/{get(p, 'known', 1):.4f} |"
+                       f"{get(p, 'unknown', 0):>8.4f}/{get(p, 'unknown', 1):.4f}" for p in PARTS)
+
     for seed in seeds:
         b = bounds(seed)
         rows.append(b)
-        print(f"{seed:4d} " + "".join(f"{b[p][0]:>12.4f} /{b[p][1]:>7.4f}" for p in PARTS),
-              flush=True)
+        print(f"{seed:4d} " + cells(lambda p, k, i: b[p][k][i]), flush=True)
     print("-" * len(head))
-    print("RMS  " + "".join(
-        f"{np.sqrt(np.mean([b[p][0] ** 2 for b in rows])):>12.4f} /"
-        f"{np.sqrt(np.mean([b[p][1] ** 2 for b in rows])):>7.4f}" for p in PARTS))
+    print("RMS  " + cells(lambda p, k, i: float(np.sqrt(np.mean([b[p][k][i] ** 2 for b in rows])))))
     return 0
 
 
