@@ -15,13 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import optimize
-
 from ..twin.params import OverfocusParams
 from .cache import DEFAULT_BUDGET, DEFAULT_WORK, ReducedCache, build_cache
 from .loss import BlurLoss
 from .null import MIN_SIGNIFICANCE, contrast_significance
-from .optimise import minimise
+from .optimise import Minimum, minimise
 from .parts import finish
 from .passes import as_dataset, full_pass, image_quality
 from .result import FitResult
@@ -202,7 +200,8 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
     extra: dict = {"bin": cache.bin, "stride": cache.stride, "free": list(free)}
     if method == "none":
         found = {"params": start, "at_edge": [], "widened": 0, "nfev": 0, "k": 1,
-                 "result": optimize.OptimizeResult(success=True, message="polish only")}
+                 "result": Minimum(x=np.empty(0), fun=math.nan, success=True,
+                                   message="polish only")}
     else:
         stage("refinement")
         tol = coarse_tolerance if coarse_tolerance is not None else (0.03 if polish else 3e-3)
