@@ -124,11 +124,13 @@ def _bound_of(info: np.ndarray) -> tuple[float, float]:
     return float(math.sqrt(cov[0, 0])), float(math.sqrt(cov[1, 1]))
 
 
-def bounds(seed: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{part: {"known": (rotation deg, overfocus %), "unknown": (...)}}`` for ``seed``:
-    the bounds with the specimen known and with every specimen pixel unknown."""
+def bounds(seed: int, parts=tuple(PARTS), descan=((0.0, 0.0), (0.0, 0.0)),
+           ) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{part: {"known": (rotation deg, overfocus %), "unknown": (...)}}`` for ``seed``
+    (and ``descan``, as :func:`cases.geometric_truth`): the bounds with the specimen known
+    and with every specimen pixel unknown, for each of ``parts`` (names of :data:`PARTS`)."""
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
-    p = cases.geometric_truth(seed)
+    p = cases.geometric_truth(seed, descan)
     specimen = default_specimen(p, nav, sig, seed=seed)
     T = np.ascontiguousarray(specimen.image, dtype=np.float64)
     iy, ix = np.mgrid[0:nav[0], 0:nav[1]]
@@ -143,7 +145,8 @@ def bounds(seed: int) -> dict[str, dict[str, tuple[float, float]]]:
          - specimen_matrix(p.replace(overfocus=p.overfocus * (1 - h_of)))) / (2 * h_of * 100)])
     N, sw = T.size, T.shape[1]
     out = {}
-    for part, limit in PARTS.items():
+    for part in parts:
+        limit = PARTS[part]
         I_tt, I_gt, I_gg = np.zeros((N, 9)), np.zeros((2, N)), np.zeros((2, 2))
         fisher_sums(T, float(specimen.origin[0]), float(specimen.origin[1]),
                     float(specimen.pixels_per_scan_px), specimen_matrix(p), dA, scan_yx, centres,

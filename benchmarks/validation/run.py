@@ -11,6 +11,8 @@ Prints, as plain-text tables:
    reported 1-sigma uncertainty, the error in units of it and the quality;
 2. the low-dose geometric set: 30 seeded noise realisations at 3 counts/px
    (``stemcal.twin.simulate``), and a geometric case with descan up to 0.06 px/scan px;
+   then the fits' errors against the Cramer-Rao bound of their data with the specimen
+   unknown (``bound.py``, the ``disk95`` part the fits use; about 1.5 s per seed);
 3. coverage: the share of fits with |error| <= 2 sigma, rotation and overfocus, and the
    overfocus within 2 sigma plus the truth's own ambiguity (half the specimen's thickness:
    a thick specimen has no single plane the overfocus refers to);
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))       # the multislice generator lives with the tests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bound  # noqa: E402
 import cases  # noqa: E402
 import multislice  # noqa: E402
 from stemcal.fit.coarse import cold_start  # noqa: E402
@@ -164,7 +167,29 @@ def geometric_set(ctx, quick: bool) -> list[dict]:
         truth = {**p.to_dict(), "descan": [list(r) for r in p.descan]}
         name = "geometric descan" if seed == seeds else f"geometric seed {seed}"
         rows.append(_row(ctx, data, truth, "geometric", name, "geometric", dose))
+        rows[-1]["bound"] = bound.bounds(seed, ("disk95",), descan)["disk95"]["unknown"]
+    against_bound(rows)
     return rows
+
+
+def against_bound(rows: list[dict]) -> None:
+    """Print the geometric fits' errors against the Cramer-Rao bound of their data with
+    the specimen unknown (``row["bound"]``: rotation deg, overfocus %; :mod:`bound`):
+    the RMS of each over the fits, and every rotation error beyond 0.05 deg in units of
+    its seed's bound (docs/accuracy.md, "Geometric data")."""
+    fits = [r for r in rows if "rot_err" in r and "bound" in r]
+    if not fits:
+        return
+    rms = lambda v: math.sqrt(sum(x * x for x in v) / len(v))  # noqa: E731
+    rot, rot_b = rms([r["rot_err"] for r in fits]), rms([r["bound"][0] for r in fits])
+    of, of_b = rms([100 * r["of_err_rel"] for r in fits]), rms([r["bound"][1] for r in fits])
+    print(f"   against the Cramer-Rao bound with the specimen unknown (RMS over {len(fits)} "
+          f"fits): rotation {rot:.4f} deg against {rot_b:.4f} ({rot / rot_b:.2f}x), "
+          f"overfocus {of:.3f} % against {of_b:.3f} ({of / of_b:.2f}x)")
+    for r in fits:
+        if abs(r["rot_err"]) > 0.05:
+            print(f"   {r['case']}: rotation {r['rot_err']:+.3f} deg = "
+                  f"{r['rot_err'] / r['bound'][0]:+.1f} x its bound {r['bound'][0]:.4f}")
 
 
 def noise_set(ctx, n: int) -> list[dict]:

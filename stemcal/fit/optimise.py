@@ -2,7 +2,7 @@
 
 Pure functions of a loss callable; they know nothing of the data or the model.
 The Nelder-Mead is written here (:func:`nelder_mead`) rather than taken from
-``scipy.optimize``: importing that package costs about 0.2 s of every fitting
+``scipy.optimize``: importing that package costs about 0.16 s of every fitting
 process's start-up (its linear-programming and global optimisers load with it),
 for one routine of 60 lines; SciPy is imported only for ``method="shgo"``.
 """

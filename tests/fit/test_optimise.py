@@ -58,3 +58,18 @@ def test_minimise_takes_the_same_steps_as_scipys_nelder_mead(fun, dims, xatol, f
     assert m.fun == ref.fun and m.success == ref.success
     assert len(ours) - n_start == len(theirs)
     np.testing.assert_array_equal(np.array(ours[n_start:]), np.array(theirs))
+
+
+def test_minimise_by_shgo_returns_the_same_kind_of_result():
+    """``method="shgo"`` (SciPy's, imported only there) on a bowl whose minimum is known."""
+    m = minimise(tilted_bowl, [(-1.5, 2.0)] * 3, method="shgo", xatol=1e-6, fatol=1e-12)
+    # the minimum of the bowl: gradient zero
+    A = np.array([[2.0, 0.5, 0.0], [0.5, 4.0, 0.0], [0.0, 0.0, 0.2]])
+    b = np.array([0.6, -0.8, 0.0])
+    np.testing.assert_allclose(m.x, np.linalg.solve(A, b), atol=1e-4)
+    assert m.success and m.nfev > 0 and m.fun == pytest.approx(tilted_bowl(m.x))
+
+
+def test_minimise_refuses_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'bfgs'"):
+        minimise(tilted_bowl, [(-1.0, 1.0)] * 3, method="bfgs")
