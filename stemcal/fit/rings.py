@@ -63,6 +63,7 @@ class RingLoss:
     def __post_init__(self) -> None:
         self.disks = [BlurLoss(self.cache, self.start, upsample=self.upsample, groups=self.groups,
                                disk_fraction=r) for r in RADII]
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None   # project_sectors' reuse
 
     def loss_of(self, part: str) -> BlurLoss:
         """A :class:`BlurLoss` of a whole disk part (``disk70``, ``disk95``)."""
@@ -76,25 +77,42 @@ class RingLoss:
         S, C = self._sweep(params, grid_shift, 1)
         return S.transpose(1, 0, 2, 3), C.transpose(1, 0, 2, 3)
 
-    def project_sectors(self, params: OverfocusParams, grid_shift: float = 0.0):
+    def project_sectors(self, params: OverfocusParams, grid_shift: float = 0.0, *,
+                        reuse: bool = False):
         """Shifted sums and coverages of each ring split into the octants of the angle
         of a pixel's offset from its frame's beam centre, each (groups, rings, 8, H, W);
         one sweep over the frames (:func:`~stemcal.processing.ring_kernel.splat_rings`
-        with ``sectors=8``). Summed over the octants: :meth:`project`'s."""
-        S, C = self._sweep(params, grid_shift, 8)
+        with ``sectors=8``). Summed over the octants: :meth:`project`'s.
+
+        With ``reuse`` the two arrays are this loss's own, zeroed and filled again at
+        every such call (the caller must be done with the last ones): at 2 target px
+        per scan px they hold 34 MB each on a 64x64 scan, and memory that large is
+        mapped fresh at every allocation (glibc's malloc), its pages faulted in anew
+        (0.1 s a projection on this project's VM, half of it before the sweep starts).
+        """
+        S, C = self._sweep(params, grid_shift, 8, reuse=reuse)
         shape = (self.groups, len(RADII), 8) + S.shape[2:]
         return S.reshape(shape), C.reshape(shape)
 
-    def _sweep(self, params: OverfocusParams, grid_shift: float, sectors: int):
+    def _sweep(self, params: OverfocusParams, grid_shift: float, sectors: int, *,
+               reuse: bool = False):
         """(groups, rings * sectors, H, W) shifted sums and coverages, one sweep per group
-        on the loss's two threads (the kernel releases the GIL)."""
+        on the loss's two threads (the kernel releases the GIL); in the loss's own
+        buffers, zeroed, with ``reuse``."""
         outer = self.disks[-1]
         geo = outer._shifted(outer.geometry, grid_shift).with_params(params)
         A = np.ascontiguousarray(geo.A)
         r_out = np.array([d.geometry.r_out for d in self.disks])
         r_in = np.array([d.geometry.r_in for d in self.disks])
-        S = np.zeros((self.groups, len(RADII) * sectors) + geo.shape)
-        C = np.zeros_like(S)
+        shape = (self.groups, len(RADII) * sectors) + geo.shape
+        if reuse:
+            if self._buffers is None or self._buffers[0].shape != shape:
+                self._buffers = (np.zeros(shape), np.zeros(shape))
+            S, C = self._buffers
+            S.fill(0.0)
+            C.fill(0.0)
+        else:
+            S, C = np.zeros(shape), np.zeros(shape)
         c = self.cache
 
         def group(k: int) -> None:

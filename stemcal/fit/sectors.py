@@ -208,10 +208,14 @@ def _all_corrections(rings: RingLoss, params: OverfocusParams, qbar_rings: np.nd
                      parts: Sequence[str], replicas: bool = True) -> dict[str, np.ndarray]:
     """Part -> (K + 1, 2) corrections at ``params``: all groups, then each left out
     (NaN rows without ``replicas``)."""
-    S, C = rings.project_sectors(params)           # (K, R, 8, H, W)
+    S, C = rings.project_sectors(params, reuse=True)   # (K, R, 8, H, W); nothing kept
     K = S.shape[0]
-    # the area any octant covers (the grid has room for larger magnifications)
-    seen = np.nonzero(C.sum(axis=(0, 1, 2)) > 0)
+    # the area any octant covers (the grid has room for larger magnifications): its box is
+    # the outer ring's (each frame's inner rings lie within its outer ring's box), a third
+    # of the sum over every ring
+    seen = np.nonzero(C[:, -1].sum(axis=(0, 1)) > 0)
+    if not seen[0].size:
+        seen = np.nonzero(C.sum(axis=(0, 1, 2)) > 0)
     if not seen[0].size:
         return {part: np.full((K + 1, 2), np.nan) for part in parts}
     box = (slice(None), slice(None), slice(None), slice(seen[0].min(), seen[0].max() + 1),

@@ -121,6 +121,27 @@ def geometric(ctx):
     return truth, out
 
 
+def test_sector_projections_in_reused_buffers_are_fresh_ones(geometric):
+    """``project_sectors(reuse=True)`` fills the loss's own arrays again each call: the
+    second projection is the same as one into new arrays (nothing of the first left in
+    them), summed over the octants it is :meth:`RingLoss.project`'s, and the arrays are
+    the same ones."""
+    truth, caches = geometric
+    rings = RingLoss(caches[10.0], truth, upsample=2.0)
+    other = truth.replace(scan_rotation=truth.scan_rotation + 0.4)
+    S1, C1 = rings.project_sectors(other, reuse=True)
+    first = S1.copy()
+    S2, C2 = rings.project_sectors(truth, 0.3, reuse=True)
+    assert S2.base is S1.base and np.shares_memory(C1, C2)
+    S, C = rings.project_sectors(truth, 0.3)
+    np.testing.assert_array_equal(S2, S)
+    np.testing.assert_array_equal(C2, C)
+    assert not np.array_equal(first, S)
+    Sr, Cr = rings.project(truth, 0.3)
+    np.testing.assert_allclose(S2.sum(axis=2).transpose(1, 0, 2, 3), Sr, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(C2.sum(axis=2).transpose(1, 0, 2, 3), Cr, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("off", [(0.3, 1.0), (-0.2, -1.5)])
 def test_estimates_from_a_start_off_the_truth(geometric, off):
     """From a start 0.2-0.3 deg and 1-1.5 % off: noise-free every part lands within
