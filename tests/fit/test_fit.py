@@ -1,6 +1,7 @@
 """The blur loss, the reduced cache and the refinement."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from stemcal.fit import (BlurLoss, FitResult, ReducedCache, build_cache, choose_reduction,
                          contrast_loss, crete_blur, refine)
 from stemcal.fit.cache import DEFAULT_BUDGET, DEFAULT_WORK
+from stemcal.fit.rings import RingLoss
 from stemcal.processing.geometry import nav_coordinates
 from stemcal.twin import OverfocusParams, simulate
 
@@ -245,11 +247,42 @@ def test_build_cache_equals_reshape_binning(ctx, bin_, stride):
     H, W = 16 // bin_, 17 // bin_
     ref = sub[..., :H * bin_, :W * bin_].reshape(sub.shape[:2] + (H, bin_, W, bin_)).sum(axis=(3, 5))
     np.testing.assert_array_equal(cache.frames, ref.reshape((-1, H, W)).astype(np.float32))
+    # unbinned 16-bit counts kept as they are (half the memory); block sums in float32
+    assert cache.frames.dtype == (np.uint16 if bin_ == 1 else np.float32)
     iy, ix = np.mgrid[0:7:stride, 0:9:stride]
     np.testing.assert_array_equal(cache.scan_yx, np.stack([iy.ravel(), ix.ravel()], -1))
     np.testing.assert_allclose(cache.frame_sum, sub.sum(axis=(0, 1)))
     assert (cache.bin, cache.stride) == (bin_, stride)
     assert cache.pix_offset == (bin_ - 1) / 2 and cache.pix_scale == bin_
+
+
+@pytest.mark.parametrize("dtype, kept", [("uint8", "uint8"), ("uint16", "uint16"),
+                                          ("uint32", "float32"), ("int16", "float32"),
+                                          ("float32", "float32"), ("float64", "float32")])
+def test_a_cache_keeps_unbinned_16_bit_counts_as_they_are(ctx, dtype, kept):
+    """uint8 / uint16 frames at bin 1 are cached in their own dtype, anything else (and
+    every binned cache) in float32; the fits read either alike: the loss of a cache in
+    uint16 is the loss of the same frames in float32, to the last bit."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 200, size=(6, 6, 16, 16)).astype(dtype)
+    cache = build_cache(ctx, ctx.load("memory", data=data, num_partitions=2), bin=1, stride=1)
+    assert cache.frames.dtype == np.dtype(kept)
+    np.testing.assert_array_equal(cache.frames, data.reshape(-1, 16, 16).astype(np.float32))
+    assert build_cache(ctx, ctx.load("memory", data=data), bin=2, stride=1).frames.dtype == np.float32
+    if kept != "float32":
+        as_float = dataclasses.replace(cache, frames=cache.frames.astype(np.float32))
+        p = OverfocusParams(overfocus=1e-6, scan_pixel_size=1e-9, camera_length=0.2,
+                            detector_pixel_size=55e-6, semiconv=1.5e-3, cy=8.0, cx=8.0,
+                            scan_rotation=10.0, flip_y=False)
+        for c in (cache, as_float):
+            assert c.frames.dtype == (np.float32 if c is as_float else np.dtype(kept))
+        a = BlurLoss(cache, p, upsample=2.0).value(p)
+        b = BlurLoss(as_float, p, upsample=2.0).value(p)
+        assert a == b and np.isfinite(a)
+        ra = RingLoss(cache, p).pairs(p)
+        rb = RingLoss(as_float, p).pairs(p)
+        for part in ra:
+            np.testing.assert_array_equal(ra[part], rb[part])
 
 
 @pytest.mark.parametrize("factor", [2, 3])
