@@ -145,3 +145,38 @@ def full_pass_sum(npy) -> float:
 
     ctx = InlineContext()
     return float(full_pass(ctx, open_dataset(ctx, str(npy)), PARAMS)["shifted_sum"].sum())
+
+
+def test_a_command_line_process_registers_the_hdf5_filters_where_it_opens_hdf5(npy, tmp_path):
+    """skip_preload leaves hdf5plugin unloaded (a fit of an .npy file does not need it);
+    opening a compressed (bitshuffle-LZ4, DECTRIS-style) file registers its filters
+    through the HDF5 probe, and a pass over it gives the images of the same frames
+    uncompressed."""
+    from stemcal.formats.dectris import write_hdf5
+
+    data = np.load(npy)
+    master = write_hdf5(tmp_path / "scan.h5", data)   # bitshuffle-LZ4, a master file beside
+    code = (
+        "import json, sys\n"
+        "from stemcal.executors import command_line_process, make_context\n"
+        "command_line_process()\n"
+        "before = 'hdf5plugin' in sys.modules\n"
+        "from stemcal.fit.passes import full_pass\n"
+        "from stemcal.formats.dataset import open_dataset\n"
+        "from stemcal.twin import OverfocusParams\n"
+        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
+        "ctx = make_context('inline')\n"
+        f"npy_sum = float(full_pass(ctx, open_dataset(ctx, {str(npy)!r}), p)['shifted_sum'].sum())\n"
+        "after_npy = 'hdf5plugin' in sys.modules\n"
+        f"ds = open_dataset(ctx, {str(master)!r})\n"
+        "h5_sum = float(full_pass(ctx, ds, p)['shifted_sum'].sum())\n"
+        "print(json.dumps({'before': before, 'after_npy': after_npy, 'npy': npy_sum,"
+        " 'h5': h5_sum, 'after': 'hdf5plugin' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["before"] is False and got["after_npy"] is False and got["after"] is True
+    # the same frames: the same image, up to the order of the sums (other tiles)
+    assert got["npy"] == pytest.approx(full_pass_sum(npy), rel=1e-12)
+    assert got["h5"] == pytest.approx(got["npy"], rel=1e-12)
