@@ -20,6 +20,19 @@ PARAMS = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0
                          scan_rotation=25.0, flip_y=True, descan=((0.01, 0.0), (0.0, -0.02)))
 
 
+#: Lines of a child process's script: ``p`` the tests' geometry, ``ctx`` an inline context.
+PARAMS_AND_CONTEXT = (
+    f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
+    "ctx = make_context('inline')\n")
+
+
+def run_python(code: str) -> dict:
+    """Run ``code`` in a new interpreter; the JSON its last line of output holds."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def npy(tmp_path_factory):
     path = tmp_path_factory.mktemp("ctx") / "scan.npy"
@@ -79,8 +92,7 @@ def test_a_fit_on_the_default_context_does_not_import_libertem_api(npy):
         "from stemcal.fit.passes import as_dataset, full_pass\n"
         "from stemcal.formats.dataset import open_dataset\n"
         "from stemcal.twin import OverfocusParams\n"
-        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
-        "ctx = make_context('inline')\n"
+        + PARAMS_AND_CONTEXT +
         f"ds = open_dataset(ctx, {str(npy)!r})\n"
         "images = full_pass(ctx, ds, p)\n"
         "ctx2, _ = as_dataset(None, images['point'][None, None].repeat(2, 0).repeat(2, 1))\n"
@@ -89,9 +101,7 @@ def test_a_fit_on_the_default_context_does_not_import_libertem_api(npy):
         " 'ctx': type(ctx).__name__, 'ctx2': type(ctx2).__name__,"
         " 'sum': float(images['shifted_sum'].sum())}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_python(code)
     assert got == {**got, "api": False, "distributed": False, "ctx": "InlineContext",
                    "ctx2": "InlineContext"}
     assert got["sum"] > 0
@@ -123,15 +133,12 @@ def test_the_command_lines_skip_what_stemcal_does_not_use(npy, function, skip):
         "from stemcal.fit.passes import full_pass\n"
         "from stemcal.formats.dataset import open_dataset\n"
         "from stemcal.twin import OverfocusParams\n"
-        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
-        "ctx = make_context('inline')\n"
+        + PARAMS_AND_CONTEXT +
         f"images = full_pass(ctx, open_dataset(ctx, {str(npy)!r}), p)\n"
         "print(json.dumps({'skipped': skipped, 'again': skip() if skipped else None,"
         f" 'loaded': {module!r} in sys.modules, 'sum': float(images['shifted_sum'].sum())}}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_python(code)
     assert got["loaded"] is (not skip)
     if skip:
         assert got["skipped"] is True and got["again"] is False
@@ -164,8 +171,7 @@ def test_a_command_line_process_registers_the_hdf5_filters_where_it_opens_hdf5(n
         "from stemcal.fit.passes import full_pass\n"
         "from stemcal.formats.dataset import open_dataset\n"
         "from stemcal.twin import OverfocusParams\n"
-        f"p = OverfocusParams.from_dict(json.loads({json.dumps(json.dumps(PARAMS.to_dict()))}))\n"
-        "ctx = make_context('inline')\n"
+        + PARAMS_AND_CONTEXT +
         f"npy_sum = float(full_pass(ctx, open_dataset(ctx, {str(npy)!r}), p)['shifted_sum'].sum())\n"
         "after_npy = 'hdf5plugin' in sys.modules\n"
         f"ds = open_dataset(ctx, {str(master)!r})\n"
@@ -173,9 +179,7 @@ def test_a_command_line_process_registers_the_hdf5_filters_where_it_opens_hdf5(n
         "print(json.dumps({'before': before, 'after_npy': after_npy, 'npy': npy_sum,"
         " 'h5': h5_sum, 'after': 'hdf5plugin' in sys.modules}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_python(code)
     assert got["before"] is False and got["after_npy"] is False and got["after"] is True
     # the same frames: the same image, up to the order of the sums (other tiles)
     assert got["npy"] == pytest.approx(full_pass_sum(npy), rel=1e-12)
