@@ -259,7 +259,7 @@ def _refine_only(ctx: Any, ds: Any, args: argparse.Namespace, progress: bool) ->
     from ..fit.disk import check_disk_contrast, find_disk
     from ..twin import OverfocusParams
     cache = build_cache(ctx, ds, budget=512 * 2**20, work=2**62, progress=progress)
-    disk = find_disk(cache.frames.mean(axis=0, dtype="float32"))
+    disk = find_disk(cache.mean_frame())
     check_disk_contrast(cache.frames, disk)
     semiconv = args.semiconv
     if semiconv is None:

@@ -102,8 +102,8 @@ class ReducedCache:
     ----------
     frames : (n, hb, wb) float32, or the data's own uint8 / uint16 where ``bin`` is 1
         Binned frames (sums of ``bin x bin`` detector pixels; :func:`binned_dtype`). The
-        kernels read either; NumPy reductions over them name their dtype (a mean of
-        float32 frames accumulates in float32, of integers in float64).
+        kernels read either; :meth:`mean_frame` accumulates in float32 either way (NumPy's
+        mean of integers would accumulate in float64).
     scan_yx : (n, 2) float64
         Scan position of each cached frame, scan px.
     bin : int
@@ -133,6 +133,12 @@ class ReducedCache:
     @property
     def pix_offset(self) -> float:
         return (self.bin - 1) / 2.0
+
+    def mean_frame(self) -> np.ndarray:
+        """The mean cached frame, (hb, wb) float32: accumulated in float32 whatever the
+        frames' dtype (:func:`binned_dtype`), so that a cache of uint16 counts gives the
+        mean its float32 copy would."""
+        return self.frames.mean(axis=0, dtype=np.float32)
 
     @property
     def nbytes(self) -> int:

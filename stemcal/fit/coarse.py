@@ -60,7 +60,7 @@ def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: floa
         raise ValueError(f"overfocus guess must be finite and non-zero, got {overfocus}")
     b = cache.bin
     n = len(cache.frames)
-    mean_binned = cache.frames.mean(axis=0, dtype=np.float32)
+    mean_binned = cache.mean_frame()
     disk_b = find_disk(mean_binned)
     check_disk_contrast(cache.frames, disk_b)
     # The descan from the aperture edge of block averages (model-free, see .edge). The

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
 from ..twin.params import OverfocusParams
 from .cache import DEFAULT_BUDGET, DEFAULT_WORK, ReducedCache, build_cache
 from .loss import BlurLoss

@@ -276,6 +276,8 @@ def test_a_cache_keeps_unbinned_16_bit_counts_as_they_are(ctx, dtype, kept):
                             scan_rotation=10.0, flip_y=False)
         for c in (cache, as_float):
             assert c.frames.dtype == (np.float32 if c is as_float else np.dtype(kept))
+        np.testing.assert_array_equal(cache.mean_frame(), as_float.mean_frame())
+        assert cache.mean_frame().dtype == np.float32
         a = BlurLoss(cache, p, upsample=2.0).value(p)
         b = BlurLoss(as_float, p, upsample=2.0).value(p)
         assert a == b and np.isfinite(a)
