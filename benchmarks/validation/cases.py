@@ -6,7 +6,13 @@ first run simulates them. Each case is fitted noise-free and at the doses listed
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+
+#: Where the multislice cases' noise-free frames are kept.
+CACHE = Path(os.environ.get("STEMCAL_WAVE_CACHE") or Path(__file__).resolve().parent / "cache")
 
 #: name -> (generator arguments, kind, doses). ``kind``: "weak" (phase objects: the
 #: geometric model holds on the inner disk; overfocus within 0.5 %) or "strong" (Au

@@ -8,7 +8,9 @@ Run from the repository root::
 Prints, as plain-text tables:
 
 1. the multislice (abTEM) set of ``cases.py``: truth beside the cold-start fit, with the
-   reported 1-sigma uncertainty, the error in units of it and the quality;
+   reported 1-sigma uncertainty, the error in units of it and the quality; then each
+   noisy row's rotation error beyond 0.05 deg in units of the Cramer-Rao bound of its
+   data (``bound.py``);
 2. the low-dose geometric set: 30 seeded noise realisations at 3 counts/px
    (``stemcal.twin.simulate``), and a geometric case with descan up to 0.06 px/scan px;
    then the fits' errors against the Cramer-Rao bound of their data with the specimen
@@ -19,8 +21,10 @@ Prints, as plain-text tables:
 4. how many of 100 files of pure noise or blank specimens come back "ok";
 5. the low-dose multislice rows again over more Poisson seeds of the same noise-free
    frames (``SEED_DOSE`` counts/px, seeds 1-``SEEDS``): per case the RMS, mean and
-   scatter of the rotation and overfocus errors and the coverage, so that one row of
-   table 1 can be read as a draw from its case's spread.
+   scatter of the rotation and overfocus errors, the Cramer-Rao bound of the case's
+   data (``bound.multislice_bound``: the specimen its noise-free frames show, unknown)
+   and the coverage, so that one row of table 1 can be read as a draw from its case's
+   spread, and the spread beside what the data allow.
 
 Nothing is asserted (``tests/fit/test_wave.py`` and ``test_coverage.py`` assert the
 same on smaller sets). ``--json PATH`` also writes every row.
@@ -49,7 +53,7 @@ from stemcal.fit.coarse import cold_start  # noqa: E402
 from stemcal.fit.disk import NoFeaturesError  # noqa: E402
 from stemcal.twin import OverfocusParams, SimulatedSpecimen, simulate  # noqa: E402
 
-CACHE = Path(os.environ.get("STEMCAL_WAVE_CACHE") or Path(__file__).resolve().parent / "cache")
+CACHE = cases.CACHE
 
 
 def _fit(ctx, data, truth: dict) -> dict:
@@ -90,6 +94,12 @@ def multislice_set(ctx, quick: bool) -> list[dict]:
             data, truth = multislice.generate(specimen, dose=dose, noise_seed=1,
                                               cache_dir=CACHE, **kw)
             rows.append(_row(ctx, data, truth, "multislice", name, kind, dose))
+    for row in rows:
+        if row["dose"] is not None and abs(row.get("rot_err", 0.0)) > 0.05:
+            row["bound"] = bound.multislice_bound(row["case"], row["dose"])["unknown"]
+            print(f"   {row['case']} at {row['dose']:g} counts/px: rotation {row['rot_err']:+.3f} deg"
+                  f" = {row['rot_err'] / row['bound'][0]:+.1f} x the bound {row['bound'][0]:.4f} of"
+                  " its data (the specimen its noise-free frames show, unknown; bound.py)")
     return rows
 
 
@@ -104,8 +114,8 @@ def seeds_set(ctx, quick: bool) -> list[dict]:
     rows = []
     n = 3 if quick else SEEDS
     print(f"{'case':<22}{'fits':>5}{'refused':>8} | {'rot RMS':>8} {'mean':>7} {'sd':>6}"
-          f" {'sigma':>6} {'max':>6} {'<=0.05':>6} {'cover':>6} | {'of RMS%':>7} {'mean':>6}"
-          f" {'sd':>5} {'sigma':>6} {'cover':>6} {'+amb':>6}")
+          f" {'bound':>6} {'sigma':>6} {'max':>6} {'<=0.05':>6} {'cover':>6} | {'of RMS%':>7}"
+          f" {'mean':>6} {'sd':>5} {'bound':>6} {'sigma':>6} {'cover':>6} {'+amb':>6}")
     for name, (kwargs, kind, doses) in cases.MULTISLICE.items():
         if SEED_DOSE not in doses or (quick and name not in ("carbon_au", "smooth_wpo")):
             continue
@@ -124,6 +134,9 @@ def seeds_set(ctx, quick: bool) -> list[dict]:
             if "rot_err" in row:
                 fits.append(row)
         refused = n - len(fits)
+        bd = bound.multislice_bound(name, SEED_DOSE)["unknown"]
+        for row in rows[len(rows) - n:]:
+            row["bound"] = bd
         if not fits:
             print(f"{name:<22}{0:>5}{refused:>8} |")
             continue
@@ -135,11 +148,12 @@ def seeds_set(ctx, quick: bool) -> list[dict]:
         sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else math.nan)
         cov = coverage(fits)
         print(f"{name:<22}{len(fits):>5}{refused:>8} | {math.sqrt((re ** 2).mean()):>8.3f}"
-              f" {re.mean():>+7.3f} {sd(re):>6.3f} {np.median(rs):>6.3f} {np.abs(re).max():>6.3f}"
+              f" {re.mean():>+7.3f} {sd(re):>6.3f} {bd[0]:>6.3f} {np.median(rs):>6.3f}"
+              f" {np.abs(re).max():>6.3f}"
               f" {int((np.abs(re) <= 0.05).sum()):>3}/{len(fits):<2}"
               f" {cov['rotation']:>3}/{len(fits):<2} |"
               f" {math.sqrt((oe ** 2).mean()):>7.2f} {oe.mean():>+6.2f} {sd(oe):>5.2f}"
-              f" {np.median(os_):>6.2f} {cov['overfocus']:>3}/{len(fits):<2}"
+              f" {bd[1]:>6.2f} {np.median(os_):>6.2f} {cov['overfocus']:>3}/{len(fits):<2}"
               f" {cov['overfocus_ambiguity']:>3}/{len(fits):<2}",
               flush=True)
     return rows
