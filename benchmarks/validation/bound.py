@@ -30,7 +30,7 @@ parts of :mod:`stemcal.fit.rings`, without their weights' taper).
 The multislice cases (``cases.MULTISLICE``) have no specimen image of the
 geometric model: their frames are wave-optical. For them the bound is taken
 with the image the noise-free frames themselves show under the model at the
-truth (:func:`effective_specimen`): what a fit with the geometric model could
+truth (:func:`shown_specimen`): what a fit with the geometric model could
 learn from them at a given dose, within the pixels of ``disk95``, the centre
 and descan known. Checked on the geometric set, where the simulator's image is
 known, that image gives a bound 1.03x as wide (seeds 0 and 5); ``make
@@ -295,6 +295,11 @@ def main(argv: list[str]) -> int:
 
 def main_multislice(names: list[str]) -> int:
     names = names or list(cases.MULTISLICE)
+    unknown = [n for n in names if n not in cases.MULTISLICE]
+    if unknown:
+        print(f"bound.py: unknown case(s) {', '.join(unknown)}; the cases: "
+              f"{', '.join(cases.MULTISLICE)}", file=sys.stderr)
+        return 2
     print("Cramer-Rao bounds, multislice cases, disk95, the specimen the noise-free frames show "
           "(rotation deg / overfocus %), specimen known | unknown")
     head = f"{'case':<22}{'dose':>6}{'known':>18}{'unknown':>18}"
