@@ -106,10 +106,13 @@ class CacheProjector:
     def from_dataset(cls, ctx, dataset, start: OverfocusParams, *,
                      budget: int = DEFAULT_BUDGET, progress=False, **kwargs) -> "CacheProjector":
         """Read ``dataset`` once (one pass over the raw data) into a cache, as the fit does:
-        bounded by the memory ``budget`` (bytes) only, binned as the magnification allows.
-        ``progress``: LiberTEM's (a bool, or a ``ProgressReporter``)."""
+        bounded by the memory ``budget`` (bytes) only, binned as the magnification allows,
+        except that every pixel counts 4 bytes against the budget whatever the data (a
+        redraw projects every cached frame: the fit's cache of a 128x128 scan of uint16
+        frames holds four times the frames, which would make the all-frames redraw four
+        times slower). ``progress``: LiberTEM's (a bool, or a ``ProgressReporter``)."""
         cache = build_cache(ctx, dataset, params=start, budget=budget, work=2**62,
-                            progress=progress)
+                            budget_dtype=np.float32, progress=progress)
         return cls(cache, start, **kwargs)
 
     def _make_losses(self, start: OverfocusParams) -> dict[bool, BlurLoss]:

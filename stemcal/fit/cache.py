@@ -239,7 +239,7 @@ def loss_bin(ratio: float, sig_shape) -> int:
 
 def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
                      ratio: float | None = None, disk_radius: float | None = None,
-                     work: int = DEFAULT_WORK) -> tuple[int, int]:
+                     work: int = DEFAULT_WORK, dtype=np.float32) -> tuple[int, int]:
     """Choose (bin, stride) for a cache.
 
     Binning keeps the projected pixel pitch ``|ratio| * bin`` (specimen px per
@@ -255,14 +255,19 @@ def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
         Unknown: binning only as far as the memory budget needs.
     disk_radius : float, optional
         Used disk radius, detector px. Unknown: the whole frame counts.
+    dtype : dtype
+        The data's pixel type: the cache's bytes per pixel are those of
+        :func:`binned_dtype` (2 for unbinned ``uint16`` counts, 4 once binned; the
+        default counts 4 whatever the bin).
     """
     ny, nx = nav_shape
     sy, sx = sig_shape
     b = loss_bin(ratio, sig_shape) if ratio else 1
     while True:
+        itemsize = binned_dtype(dtype, b).itemsize
         for stride in range(1, max(ny, nx) + 1):
             n = math.ceil(ny / stride) * math.ceil(nx / stride)
-            mem = n * (sy // b) * (sx // b) * 4
+            mem = n * (sy // b) * (sx // b) * itemsize
             pix = (sy // b) * (sx // b)
             if disk_radius:
                 pix = min(pix, math.pi * (disk_radius / b) ** 2)
@@ -277,7 +282,7 @@ def choose_reduction(nav_shape, sig_shape, *, budget: int = DEFAULT_BUDGET,
 
 def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
                 work: int = DEFAULT_WORK, bin: int | None = None, stride: int | None = None,
-                progress: bool = False) -> ReducedCache:
+                budget_dtype=None, progress: bool = False) -> ReducedCache:
     """Read ``dataset`` once into a :class:`ReducedCache` (one pass over the raw data).
 
     Parameters
@@ -292,6 +297,12 @@ def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
     budget, work : int
         Bounds on the cache's size (bytes) and on one loss evaluation's work,
         used to choose ``bin``/``stride`` when they are not given.
+    budget_dtype : dtype, optional
+        Pixel type the budget counts the data as (:func:`choose_reduction`); default the
+        dataset's own, so that unbinned ``uint16`` counts, cached as they are, take 2
+        bytes a pixel (a 128x128 scan of 128x128 frames: every position in 512 MiB, where
+        4 bytes a pixel kept every other one). ``np.float32`` counts 4 bytes whatever
+        the data.
     """
     nav_shape = tuple(int(v) for v in dataset.shape.nav)
     sig_shape = tuple(int(v) for v in dataset.shape.sig)
@@ -301,7 +312,9 @@ def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
         ratio = params.magnification_ratio if params is not None else None
         radius = params.disk_radius_px if params is not None else None
         b, s = choose_reduction(nav_shape, sig_shape, budget=budget, ratio=ratio,
-                                disk_radius=radius, work=work)
+                                disk_radius=radius, work=work,
+                                dtype=(budget_dtype if budget_dtype is not None
+                                       else getattr(dataset, "dtype", np.float32)))
         bin = bin or b
         stride = stride or s
     roi = np.zeros(nav_shape, dtype=bool)

@@ -71,3 +71,26 @@ def test_first_geometry_is_measured_from_the_frame_sum(projected):
     assert start.cy == pytest.approx(truth.cy, abs=1.0)
     assert start.cx == pytest.approx(truth.cx, abs=1.0)
     assert start.disk_radius_px == pytest.approx(truth.disk_radius_px, rel=0.05)
+
+
+def test_the_app_s_cache_counts_four_bytes_a_pixel_where_the_fit_s_counts_two():
+    """The fit keeps every position of a uint16 scan that fits its budget at 2 bytes a
+    pixel; the app, whose every redraw projects the whole cache, counts 4 bytes a pixel
+    and keeps every other one (its redraw time stays what it was)."""
+    from libertem.io.dataset.memory import MemoryDataSet
+    from stemcal.fit.cache import build_cache
+    from stemcal.twin import OverfocusParams
+
+    data = np.random.default_rng(1).poisson(3.0, (32, 32, 32, 32)).astype(np.uint16)
+    p = OverfocusParams(overfocus=1e-6, scan_pixel_size=0.5e-9, camera_length=0.2,
+                        detector_pixel_size=55e-6, semiconv=2e-3, cy=16.0, cx=16.0)
+    ctx = Context.make_with("inline")
+    try:
+        ds = MemoryDataSet(data=data, num_partitions=2)
+        budget = 3 * 2**20     # the frames: 2 MiB as uint16, 4 MiB as float32
+        fit = build_cache(ctx, ds, params=p, budget=budget, work=2**62)
+        app = CacheProjector.from_dataset(ctx, ds, p, budget=budget).cache
+    finally:
+        ctx.close()
+    assert (fit.stride, app.stride) == (1, 2)
+    assert fit.frames.dtype == app.frames.dtype == np.uint16

@@ -155,12 +155,15 @@ def test_refine_accuracy(ctx, truth_args, offset, seed):
 
 # -- (c) cache reduction ------------------------------------------------------------------------
 
-def _mem_and_work(nav, sig, b, s, disk_radius):
+def _mem_and_work(nav, sig, b, s, disk_radius, dtype=np.float32):
+    """The cache's bytes (unbinned uint8/uint16 counts kept as they are, else float32) and
+    one evaluation's pixels."""
     n = math.ceil(nav[0] / s) * math.ceil(nav[1] / s)
     pix = (sig[0] // b) * (sig[1] // b)
     if disk_radius:
         pix = min(pix, math.pi * (disk_radius / b) ** 2)
-    return n * (sig[0] // b) * (sig[1] // b) * 4, n * pix
+    itemsize = np.dtype(dtype).itemsize if b == 1 and np.dtype(dtype).kind == "u" else 4
+    return n * (sig[0] // b) * (sig[1] // b) * min(itemsize, 4), n * pix
 
 
 @pytest.mark.parametrize("nav, sig", [((64, 64), (128, 128)), ((256, 256), (256, 256)),
@@ -169,10 +172,12 @@ def _mem_and_work(nav, sig, b, s, disk_radius):
 @pytest.mark.parametrize("budget, work", [(DEFAULT_BUDGET, DEFAULT_WORK), (16 * 2**20, 2_000_000),
                                           (2 * 2**20, 10**9)])
 @pytest.mark.parametrize("ratio, radius", [(None, None), (0.55, 36.0), (0.05, 200.0)])
-def test_choose_reduction_respects_budgets(nav, sig, budget, work, ratio, radius):
-    b, s = choose_reduction(nav, sig, budget=budget, work=work, ratio=ratio, disk_radius=radius)
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_choose_reduction_respects_budgets(nav, sig, budget, work, ratio, radius, dtype):
+    b, s = choose_reduction(nav, sig, budget=budget, work=work, ratio=ratio, disk_radius=radius,
+                            dtype=dtype)
     assert b >= 1 and s >= 1
-    mem, w = _mem_and_work(nav, sig, b, s, radius)
+    mem, w = _mem_and_work(nav, sig, b, s, radius, dtype)
     assert mem <= budget and w <= work
     if ratio:  # binning keeps the projected pitch <= 0.7 specimen px unless memory forced more
         ideal = min(max(1, int(0.7 / ratio)), max(1, min(sig) // 16))
@@ -180,8 +185,27 @@ def test_choose_reduction_respects_budgets(nav, sig, budget, work, ratio, radius
         if b > ideal:  # more binning only if the ideal one fails even on a <= 256-position scan
             st = next(st for st in range(1, max(nav) + 1)
                       if math.ceil(nav[0] / st) * math.ceil(nav[1] / st) <= 256)
-            mem, w = _mem_and_work(nav, sig, ideal, st, radius)
+            mem, w = _mem_and_work(nav, sig, ideal, st, radius, dtype)
             assert mem > budget or w > work
+    if s > 1:   # sub-sampled only where every position would not fit
+        mem, w = _mem_and_work(nav, sig, b, s - 1, radius, dtype)
+        assert mem > budget or w > work
+
+
+def test_a_uint16_cache_holds_twice_the_frames_before_the_scan_is_sub_sampled(ctx):
+    """Unbinned uint16 counts are cached as uint16 (:func:`binned_dtype`): 2 bytes a pixel,
+    so a budget that float32 would overrun keeps every scan position."""
+    assert choose_reduction((64, 64), (256, 256), disk_radius=26.0) == (1, 2)   # 1 GiB float32
+    assert choose_reduction((64, 64), (256, 256), disk_radius=26.0, dtype=np.uint16) == (1, 1)
+    assert choose_reduction((64, 64), (256, 256), disk_radius=26.0, dtype=np.uint32) == (1, 2)
+    from libertem.io.dataset.memory import MemoryDataSet
+    data = np.random.default_rng(0).poisson(3.0, (32, 32, 32, 32))
+    for dtype, stride in ((np.uint16, 1), (np.float32, 2)):
+        ds = MemoryDataSet(data=data.astype(dtype), num_partitions=2)
+        cache = build_cache(ctx, ds, budget=3 * 2**20)   # uint16 2 MiB, float32 4 MiB
+        assert (cache.bin, cache.stride) == (1, stride) and cache.frames.nbytes <= 3 * 2**20
+        assert cache.frames.dtype == (np.uint16 if dtype == np.uint16 else np.float32)
+        assert np.array_equal(cache.frames[0], data[0, 0])
 
 def test_choose_reduction_generous_budget_is_lossless():
     assert choose_reduction((32, 32), (64, 64), budget=2**30, work=10**12) == (1, 1)
