@@ -66,7 +66,7 @@ import multislice  # noqa: E402
 from stemcal.processing.kernels import splat_frames  # noqa: E402
 from stemcal.twin.model import beam_centres, specimen_matrix  # noqa: E402
 from stemcal.twin.params import OverfocusParams  # noqa: E402
-from stemcal.twin.simulator import default_specimen  # noqa: E402
+from stemcal.twin.simulator import default_specimen, specimen_cell  # noqa: E402
 
 #: Parts of the disk the bound is computed for: name -> largest radius (fraction of the disk's).
 PARTS = {"whole disk": np.inf, "disk95": 0.95, "disk70": 0.7}
@@ -105,14 +105,10 @@ def fisher_sums(T, origin_y, origin_x, per_scan_px, A, dA, scan_yx, centres, rad
                 edge = min(radius + 0.5 - r, 1.0)
                 if r >= limit * radius or edge <= 0.0:
                     continue
-                qy = (A[0, 0] * dy + A[0, 1] * dx + scan_yx[i, 0] - origin_y) * per_scan_px
-                qx = (A[1, 0] * dy + A[1, 1] * dx + scan_yx[i, 1] - origin_x) * per_scan_px
-                iy = int(math.floor(qy))
-                ix = int(math.floor(qx))
+                iy, ix, wy, wx = specimen_cell(A, dy, dx, scan_yx[i, 0], scan_yx[i, 1],
+                                               origin_y, origin_x, per_scan_px)
                 if not (iy >= 1 and ix >= 1 and iy + 2 < sh and ix + 2 < sw):
                     continue
-                wy = qy - iy
-                wx = qx - ix
                 t00, t01 = T[iy, ix], T[iy, ix + 1]
                 t10, t11 = T[iy + 1, ix], T[iy + 1, ix + 1]
                 g = dose * edge

@@ -14,6 +14,23 @@ from .params import OverfocusParams
 from .specimen import test_specimen
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def specimen_cell(A, dy, dx, sy, sx, origin_y, origin_x, per_scan):
+    """The specimen image's bilinear cell that a detector pixel samples under the model.
+
+    ``(dy, dx)``: the pixel's offset from its frame's beam centre (detector px); ``(sy,
+    sx)``: the frame's scan position (scan px); the image's pixel ``(j, i)`` lies at scan
+    px ``origin + (j, i) / per_scan``. The pixel sees specimen position ``A @ (dy, dx) +
+    (sy, sx)``; returns the cell's top-left pixel ``(iy, ix)`` and the fractions ``(wy,
+    wx)`` (not bounds-checked).
+    """
+    qy = (A[0, 0] * dy + A[0, 1] * dx + sy - origin_y) * per_scan
+    qx = (A[1, 0] * dy + A[1, 1] * dx + sx - origin_x) * per_scan
+    fy = math.floor(qy)
+    fx = math.floor(qx)
+    return int(fy), int(fx), qy - fy, qx - fx
+
+
 @numba.njit(nogil=True, cache=True)
 def render_shadow_frames(specimen, spec_origin_y, spec_origin_x, spec_per_scan, A,
                          scan_yx, centres, radius, dose, background, out):
@@ -46,14 +63,8 @@ def render_shadow_frames(specimen, spec_origin_y, spec_origin_x, spec_per_scan, 
                     continue
                 if edge > 1.0:
                     edge = 1.0
-                qy = (A[0, 0] * dy + A[0, 1] * dx + sy - spec_origin_y) * spec_per_scan
-                qx = (A[1, 0] * dy + A[1, 1] * dx + sx - spec_origin_x) * spec_per_scan
-                fy = math.floor(qy)
-                fx = math.floor(qx)
-                iy = int(fy)
-                ix = int(fx)
-                wy = qy - fy
-                wx = qx - fx
+                iy, ix, wy, wx = specimen_cell(A, dy, dx, sy, sx, spec_origin_y,
+                                               spec_origin_x, spec_per_scan)
                 t = 1.0
                 if iy >= 0 and ix >= 0 and iy + 1 < sh and ix + 1 < sw:
                     t = ((1 - wy) * ((1 - wx) * specimen[iy, ix] + wx * specimen[iy, ix + 1])
