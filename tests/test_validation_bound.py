@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "val
 import bound  # noqa: E402
 import cases  # noqa: E402
 
-from stemcal.twin.model import beam_centres, specimen_matrix  # noqa: E402
-from stemcal.twin.simulator import default_specimen, render_shadow_frames  # noqa: E402
+from stemcal.processing.geometry import nav_coordinates  # noqa: E402
+from stemcal.twin.model import beam_centres  # noqa: E402
+from stemcal.twin.simulator import default_specimen, simulate  # noqa: E402
 
 NAV, SIG, DOSE = (16, 16), (128, 128), 3.0
 
@@ -28,18 +29,13 @@ NAV, SIG, DOSE = (16, 16), (128, 128), 3.0
 def small_case():
     p = cases.geometric_truth(3, ((0.02, -0.01), (0.015, 0.03)))
     spec = default_specimen(p, NAV, SIG, seed=3)
-    iy, ix = np.mgrid[0:NAV[0], 0:NAV[1]]
-    scan = np.stack([iy.ravel(), ix.ravel()], axis=-1).astype(float)
-    return p, spec, scan
+    return p, spec, nav_coordinates(np.arange(NAV[0] * NAV[1]), NAV)
 
 
 def _render(p, spec, scan) -> np.ndarray:
-    out = np.empty((len(scan),) + SIG)
-    render_shadow_frames(np.ascontiguousarray(spec.image, dtype=float), float(spec.origin[0]),
-                         float(spec.origin[1]), float(spec.pixels_per_scan_px),
-                         specimen_matrix(p), scan, beam_centres(p, scan, NAV),
-                         p.disk_radius_px, DOSE, 0.0, out)
-    return out
+    """The simulator's noise-free frames, (scan positions, sy, sx), at ``DOSE``."""
+    frames = simulate(p, NAV, SIG, specimen=spec, intensity=DOSE, dtype="float64")
+    return frames.reshape((len(scan),) + SIG)
 
 
 def test_the_bound_is_the_fisher_information_of_the_simulator_s_frames(small_case):

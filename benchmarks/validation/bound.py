@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the mu
 import cases  # noqa: E402
 import multislice  # noqa: E402
 
+from stemcal.processing.geometry import nav_coordinates  # noqa: E402
 from stemcal.processing.kernels import splat_frames  # noqa: E402
 from stemcal.twin.model import beam_centres, specimen_matrix  # noqa: E402
 from stemcal.twin.params import OverfocusParams  # noqa: E402
@@ -182,11 +183,6 @@ def specimen_bounds(T: np.ndarray, origin: tuple[float, float], per_scan_px: flo
     return {"known": _bound_of(I_gg), "unknown": _bound_of(schur)}
 
 
-def _scan_positions(nav: tuple[int, int]) -> np.ndarray:
-    iy, ix = np.mgrid[0:nav[0], 0:nav[1]]
-    return np.stack([iy.ravel(), ix.ravel()], axis=-1).astype(float)
-
-
 def bounds(seed: int, parts=tuple(PARTS), descan=((0.0, 0.0), (0.0, 0.0)),
            ) -> dict[str, dict[str, tuple[float, float]]]:
     """``{part: {"known": (rotation deg, overfocus %), "unknown": (...)}}`` for ``seed``
@@ -195,7 +191,7 @@ def bounds(seed: int, parts=tuple(PARTS), descan=((0.0, 0.0), (0.0, 0.0)),
     nav, sig, dose = cases.LOW_DOSE["nav"], cases.LOW_DOSE["sig"], cases.LOW_DOSE["dose"]
     p = cases.geometric_truth(seed, descan)
     specimen = default_specimen(p, nav, sig, seed=seed)
-    scan_yx = _scan_positions(nav)
+    scan_yx = nav_coordinates(np.arange(nav[0] * nav[1]), nav)
     centres = beam_centres(p, scan_yx, nav)
     return {part: specimen_bounds(specimen.image, specimen.origin, specimen.pixels_per_scan_px,
                                   p, scan_yx, centres, sig, dose, PARTS[part])
@@ -222,7 +218,7 @@ def effective_specimen(frames: np.ndarray, p, per_scan_px: float = 2.0,
     r_out = limit * p.disk_radius_px
     margin = int(math.ceil(np.abs(A).sum(axis=1).max() * r_out)) + 3   # scan px
     H, W = int((ny + 2 * margin) * per_scan_px), int((nx + 2 * margin) * per_scan_px)
-    scan_yx = _scan_positions(nav)
+    scan_yx = nav_coordinates(np.arange(nav[0] * nav[1]), nav)
     centres = beam_centres(p, scan_yx, nav)
     origin = np.array([-margin, -margin], dtype=float)
     # target px of detector px q of frame i: per * (A (q - c_i) + s_i - origin)
@@ -259,7 +255,7 @@ def multislice_bound(name: str, dose: float, limit: float = 0.95) -> dict[str, t
         "cy", "cx", "scan_rotation", "flip_y")} | {"descan": tuple(map(tuple, truth["descan"]))})
     T, origin = shown_specimen(data / np.float32(truth["intensity"]), p, limit)
     nav, sig = tuple(truth["nav_shape"]), tuple(truth["sig_shape"])
-    scan_yx = _scan_positions(nav)
+    scan_yx = nav_coordinates(np.arange(nav[0] * nav[1]), nav)
     return specimen_bounds(T, origin, 2.0, p, scan_yx, beam_centres(p, scan_yx, nav), sig,
                            dose, limit)
 
