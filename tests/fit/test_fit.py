@@ -162,8 +162,9 @@ def _mem_and_work(nav, sig, b, s, disk_radius, dtype=np.float32):
     pix = (sig[0] // b) * (sig[1] // b)
     if disk_radius:
         pix = min(pix, math.pi * (disk_radius / b) ** 2)
-    itemsize = np.dtype(dtype).itemsize if b == 1 and np.dtype(dtype).kind == "u" else 4
-    return n * (sig[0] // b) * (sig[1] // b) * min(itemsize, 4), n * pix
+    dt = np.dtype(dtype)
+    itemsize = dt.itemsize if b == 1 and dt.kind == "u" and dt.itemsize <= 2 else 4
+    return n * (sig[0] // b) * (sig[1] // b) * itemsize, n * pix
 
 
 @pytest.mark.parametrize("nav, sig", [((64, 64), (128, 128)), ((256, 256), (256, 256)),
