@@ -265,7 +265,7 @@ def _deliver(uid: str, spool: Path, catalogs: Any) -> dict[str, Any]:
         report = sync(directory=spool, only={uid}, catalogs=catalogs)
     except Exception as exc:  # noqa: BLE001 - whatever stops it, the entry stays kept
         return {"uid": uid, "delivered": False, "reason": failure_reason(exc), "busy": False}
-    pending = report.pending + report.runs_pending
+    pending = report.pending + report.runs_pending + [(p, None, r) for p, r in report.damaged]
     done = bool(report.delivered or report.already_there or report.runs_delivered)
     return {"uid": uid, "delivered": done and not pending,
             "reason": pending[0][2] if pending else None, "busy": bool(report.busy)}

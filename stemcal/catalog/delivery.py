@@ -179,11 +179,15 @@ class SyncReport:
     runs_delivered: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
     runs_pending: list[tuple[str, str | None, str]] = dataclasses.field(default_factory=list)
     busy: list[str] = dataclasses.field(default_factory=list)
+    #: ``(path, reason)`` of spool files that cannot be read (cut off, overwritten): left in
+    #: place, named, and the others delivered all the same.
+    damaged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def stuck(self) -> bool:
-        """Whether something stays kept because its catalog failed (``sync`` exits 1)."""
-        return bool(self.pending or self.runs_pending)
+        """Whether something stays kept because its catalog failed or its file cannot be
+        read (``sync`` exits 1)."""
+        return bool(self.pending or self.runs_pending or self.damaged)
 
     def to_dict(self) -> dict[str, Any]:
         return {"delivered": [{"uid": u, "catalog": loc} for u, loc in self.delivered],
@@ -193,7 +197,8 @@ class SyncReport:
                                        for u, loc, h in self.runs_delivered],
                          "pending": [{"uid": u, "catalog": loc, "reason": r}
                                      for u, loc, r in self.runs_pending]},
-                "busy": list(self.busy)}
+                "busy": list(self.busy),
+                "damaged": [{"path": p, "reason": r} for p, r in self.damaged]}
 
 
 class Catalogs:
@@ -263,6 +268,7 @@ def _sync_runs(d: Path, catalogs: Catalogs, report: SyncReport,
             journal = read_journal(path)
         except (OSError, ValueError) as exc:
             log.warning("%s", exc)
+            report.damaged.append((str(path), str(exc)))
             continue
         how: list[str] = []
         if _attempt(catalogs, journal.location, journal.run_uid, report.runs_pending,
@@ -286,9 +292,18 @@ def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
 def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
                   only: Collection[str] | None) -> None:
     if only is None:
-        entries = spooled(d)
+        entries = spooled(d, damaged=report.damaged)
     else:  # the named ones only: no other spool file is read
-        entries = [e for e in (find(uid, d) for uid in only) if e is not None]
+        entries = []
+        for uid in only:
+            try:
+                entry = find(uid, d)
+            except ValueError as exc:
+                log.warning("%s", exc)
+                report.damaged.append((str(d / f"{uid}.npz"), str(exc)))
+                continue
+            if entry is not None:
+                entries.append(entry)
     for entry in _claimed(entries, lambda e: e.path, report):
         if _attempt(catalogs, entry.location, entry.uid, report.pending,
                     lambda c: _deliver_record(c, entry, report)):

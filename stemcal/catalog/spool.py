@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import zipfile
 import logging
 import os
 import re
@@ -186,16 +187,18 @@ def read_entry(path: str | os.PathLike) -> SpoolEntry:
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown spool format {meta.get('format')!r}")
         record = CalibrationRecord.from_dict(meta["record"])
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"unreadable spool file {p}: {exc}") from exc
+    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"unreadable spool file {p}: {type(exc).__name__}: {exc}") from exc
     return SpoolEntry(path=p, record=record, images=images, location=meta.get("location"),
                       reason=str(meta.get("reason", "")),
                       spooled_at=float(meta.get("spooled_at", 0)),
                       refused=bool(meta.get("refused", False)))
 
 
-def spooled(directory: str | os.PathLike | None = None) -> list[SpoolEntry]:
-    """The spooled records, oldest spooled first; unreadable files are skipped with a warning."""
+def spooled(directory: str | os.PathLike | None = None,
+            damaged: list[tuple[str, str]] | None = None) -> list[SpoolEntry]:
+    """The spooled records, oldest spooled first; unreadable files are skipped with a warning
+    (and, where ``damaged`` is given, added to it as ``(path, reason)``; they stay in place)."""
     d = Path(directory) if directory is not None else spool_dir()
     entries = []
     for p in sorted(d.glob("*.npz")) if d.is_dir() else ():
@@ -203,6 +206,8 @@ def spooled(directory: str | os.PathLike | None = None) -> list[SpoolEntry]:
             entries.append(read_entry(p))
         except ValueError as exc:
             log.warning("%s", exc)
+            if damaged is not None:
+                damaged.append((str(p), str(exc)))
     entries.sort(key=lambda e: e.spooled_at)
     return entries
 

@@ -275,7 +275,9 @@ def _sync(args: argparse.Namespace) -> int:
         print(f"still spooled  {uid} -> {loc}: {reason}")
     for uid in report.busy:
         print(f"being written  {uid} (by a running process; left alone)")
+    for path, reason in report.damaged:
+        print(f"damaged        {path}: {reason} (left in place: repair it or move it away)")
     if not (report.delivered or report.already_there or report.pending or report.runs_delivered
-            or report.runs_pending or report.busy):
+            or report.runs_pending or report.busy or report.damaged):
         print("nothing spooled")
     return 1 if report.stuck else 0

@@ -127,6 +127,38 @@ def test_path_not_creatable_spools_then_syncs_once(tmp_path):
     assert len(calibration_history(cat)) == 1
 
 
+@pytest.mark.parametrize("damage", ["cut", "empty", "garbage"])
+def test_a_damaged_spool_file_does_not_stop_the_others(catalog, spool_env, damage):
+    """One spool file cut in half, emptied or overwritten: ``stemcal sync`` delivers the
+    others, names the damaged one and leaves it where it is, and exits 1 (something stays
+    kept); a damaged run journal the same."""
+    good = [make_record(rotation=r) for r in (1.0, 2.0, 3.0)]
+    bad = make_record(rotation=4.0)
+    for rec in good + [bad]:
+        spool.spool_record(rec, IMAGES, str(catalog), "catalog was down")
+    path = spool_env / f"{bad.uid}.npz"
+    size = path.stat().st_size
+    {"cut": lambda: os.truncate(path, size // 2), "empty": lambda: os.truncate(path, 0),
+     "garbage": lambda: path.write_bytes(b"not a spool file" * 100)}[damage]()
+    journal = spool_env / "runs" / "0123456789abcdef.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b"\x00\x01 not json")
+    env = {**os.environ, "XDG_STATE_HOME": str(spool_env.parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "stemcal.cli", "sync"], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out and "error:" not in out, out
+    for rec in good:
+        assert f"delivered      {rec.uid}" in proc.stdout, out
+    assert f"damaged        {path}" in proc.stdout and str(journal) in proc.stdout, out
+    assert path.exists() and journal.exists()          # left in place, not deleted
+    cat = quiet_open(catalog)
+    assert sorted(r.uid for r in calibration_history(cat)) == sorted(r.uid for r in good)
+    report = sync()                                    # the damage stays reported
+    assert [p for p, _ in report.damaged] == [str(journal), str(path)] and report.stuck
+
+
 def test_record_already_in_catalog_is_not_written_twice(catalog):
     """A crash after the catalog write but before the spool entry was removed."""
     cat = quiet_open(catalog)
