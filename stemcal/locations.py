@@ -26,6 +26,8 @@ __all__ = ["catalog_location", "is_server_uri", "default_catalog_dir", "spool_di
            "config_path", "keys_file_path", "server_state_base"]
 
 _SERVER_URI = re.compile(r"https?://", re.IGNORECASE)
+#: A URI's scheme (two characters or more, so that no drive letter looks like one).
+_ANY_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -55,12 +57,24 @@ def catalog_location(location: str | os.PathLike | None = None,
     str or Path
         A tiled server URI as given (a ``str``), or a directory (a ``Path``,
         with ``~`` expanded, not resolved).
+
+    Raises
+    ------
+    ValueError
+        A string that looks like a URI but is not ``http(s)://`` (``htp://host``,
+        ``http:/host``, ``ftp://host``): taken as a directory it would quietly make a new
+        local catalog where the operator meant a server.
     """
     loc = location if location not in (None, "") else _env(environ).get("STEMCAL_CATALOG")
     if not loc:
         return default_catalog_dir(environ)
     if is_server_uri(str(loc)):
         return str(loc)
+    uri = _ANY_URI.match(loc) if isinstance(loc, str) else None
+    if uri:
+        raise ValueError(f"catalog {loc!r} is not an http:// or https:// address of a catalog "
+                         f"server (scheme {uri.group(1)!r}) nor a directory; for a directory "
+                         f"whose name holds ':/', write it as ./{loc}")
     return Path(loc).expanduser()
 
 

@@ -35,6 +35,8 @@ log = logging.getLogger("stemcal")
 
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
+#: Exit status when stdout's reader closed the pipe early (128 + SIGPIPE, as a shell's tools).
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoFeaturesError as exc:
         print(f"stemcal: error: nothing to calibrate on: {exc}", file=sys.stderr)
         return EXIT_NO_FEATURES
+    except BrokenPipeError:  # the reader went away (`stemcal history | head -1`): not an error
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except (DatasetError, ValueError, OSError) as exc:
         msg = " ".join(str(exc).split())
         print(f"stemcal: error: {msg}", file=sys.stderr)
@@ -84,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stemcal: error: {type(exc).__name__}: {msg} (run with -vv for the traceback)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that what is still buffered for a closed pipe is
+    dropped at exit instead of raising there again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's redirection): nothing to drop
+        pass
 
 
 def run() -> NoReturn:

@@ -30,11 +30,17 @@ from .cache import DEFAULT_BUDGET, ReducedCache, build_cache, loss_bin
 from .disk import NoFeaturesError, check_disk_contrast, find_disk
 from .edge import DescanEstimate, descan_from_edges
 from .fine import refine
-from .passes import as_dataset
+from .passes import as_dataset, require_2d_scan
 from .result import FitResult
 from .shift import MotionFit, measure_motion
 
 log = logging.getLogger(__name__)
+
+
+#: Least travel of the shadow image across the whole scan (detector px, along its slowest
+#: direction) that counts as motion. A real overfocused scan moves it by tens of px or more
+#: (64 scan px at 0.5-2 px each); frames that do not change with the scan give about 1e-6.
+MIN_TRAVEL = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,11 +88,14 @@ def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: floa
     motion = measure_motion(cache.frames, cache.scan_yx, cache.stride, tuple(c_mean), win_r,
                             pix_scale=cache.pix_scale)
     M = descan.matrix - motion.motion
-    det = float(np.linalg.det(M)) if np.isfinite(M).all() else 0.0
-    if not abs(det) > 1e-12 * max(float(np.abs(M).max()) ** 2, 1e-300):
-        # no shadow motion was found (e.g. a blank, noise-free specimen)
-        raise NoFeaturesError("the shadow image does not move with the scan: no specimen "
-                              "detail to calibrate on")
+    # the shadow's travel across the scan along its slowest direction (detector px): where
+    # it is below MIN_TRAVEL nothing moves with the scan (the same frame everywhere, a
+    # pattern fixed on the detector or moving with the beam only, a blank specimen)
+    slowest = float(np.linalg.svd(M, compute_uv=False).min()) if np.isfinite(M).all() else 0.0
+    if not slowest * max(cache.nav_shape) >= MIN_TRAVEL:
+        raise NoFeaturesError(
+            f"the shadow image does not move with the scan ({slowest * max(cache.nav_shape):.2g} "
+            f"detector px across it, {MIN_TRAVEL:g} needed): no specimen detail to calibrate on")
     A = np.linalg.inv(M)
     theta, flip, k = decompose_matrix(A)
     d_over_l = overfocus / camera_length
@@ -148,6 +157,7 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
     t0 = time.perf_counter()
     stage = on_stage or (lambda name: None)
     ctx, dataset = as_dataset(ctx, dataset)
+    require_2d_scan(dataset)
     stage("cache pass")
     # Bounded by memory only: the refinement sub-samples for its search itself, and
     # its final polish needs every frame (the rotation error at 3 counts/px doubles

@@ -22,7 +22,7 @@ from .loss import BlurLoss
 from .null import MIN_SIGNIFICANCE, contrast_significance
 from .optimise import Minimum, minimise
 from .parts import finish
-from .passes import as_dataset, full_pass, image_quality
+from .passes import as_dataset, full_pass, image_quality, require_2d_scan
 from .result import FitResult
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,7 @@ def refine(dataset, start: OverfocusParams, *, ctx=None, free: Sequence[str] = (
         raise ValueError("rotation_bound and centre_bound must be > 0")
     stage = on_stage or (lambda name: None)
     ctx, dataset = as_dataset(ctx, dataset)
+    require_2d_scan(dataset)
     passes = 0
     if cache is None:
         cache = build_cache(ctx, dataset, params=start, budget=budget, work=work, progress=progress)

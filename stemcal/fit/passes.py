@@ -21,6 +21,22 @@ def as_dataset(ctx, dataset):
     return ctx, dataset
 
 
+def require_2d_scan(dataset) -> tuple[int, int]:
+    """The scan shape ``(ny, nx)`` of a LiberTEM dataset, which a fit needs two-dimensional.
+
+    Raises
+    ------
+    ValueError
+        A line scan (one row or one column): the beam's motion along one line cannot
+        give the scan's rotation against the detector together with its handedness.
+    """
+    nav = tuple(int(n) for n in dataset.shape.nav)
+    if len(nav) != 2 or min(nav) < 2:
+        raise ValueError(f"a scan of {'x'.join(map(str, nav))} positions cannot be calibrated: "
+                         "rotation and flip need a 2D scan (at least 2 rows and 2 columns)")
+    return nav[0], nav[1]
+
+
 def full_pass(ctx, dataset, params: OverfocusParams, *, progress: bool = False) -> dict[str, np.ndarray]:
     """One OverfocusUDF pass over the raw data; the images as NumPy arrays."""
     from ..processing import OverfocusUDF

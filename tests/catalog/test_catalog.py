@@ -261,6 +261,17 @@ def test_direct_read_gives_what_tiled_gives(store, monkeypatch):
     assert "HEAVY []" in out.stderr, out.stderr
     listed = json.loads(out.stdout)
     assert [(r["uid"], r["state"]) for r in listed] == [(e.record.uid, e.state) for e in tiled]
+    # A reader that goes away (`stemcal history | head -1`) is not an error: nothing on
+    # stderr, the shell's status for a closed pipe.
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        out = subprocess.run([sys.executable, "-m", "stemcal.cli", "history", "--catalog",
+                              str(location)], stdout=w, stderr=subprocess.PIPE, text=True,
+                             timeout=120)
+    finally:
+        os.close(w)
+    assert (out.returncode, out.stderr) == (141, ""), out.stderr
     # Damaged: the direct read gives up and tiled's way reports it (one line, exit 2).
     broken = Path(location).parent / "broken-catalog"
     broken.mkdir()

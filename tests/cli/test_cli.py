@@ -194,6 +194,10 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
     write_npy(d / "zeros.npy", np.zeros((32, 32, *SIG), dtype=np.uint16))  # beam off the detector
     # pure counting noise, no beam: refine-only used to fit it and say "ok"
     write_npy(d / "noise.npy", np.random.default_rng(3).poisson(1.0, (32, 32, *SIG)).astype(np.uint16))
+    frames = np.load(good, mmap_mode="r")
+    write_npy(d / "line.npy", np.ascontiguousarray(frames[:1]))        # one scan row
+    # the same frame at every position: the beam does not move with the scan
+    write_npy(d / "same.npy", np.broadcast_to(frames[5, 5], (16, 16, *SIG)).copy())
 
     guess = [*GEOMETRY, "--overfocus", repr(TRUE_OVERFOCUS), "--json"]
     return stemcal_many({
@@ -211,6 +215,8 @@ def failures(sims, workdir) -> dict[str, subprocess.CompletedProcess]:
             good.with_suffix(".truth.json").read_text())["params"], TRUE_OVERFOCUS / 4)],
         "blank": ["fit", d / "blank.npy", *guess],
         "zeros": ["fit", d / "zeros.npy", *guess],
+        "line": ["fit", d / "line.npy", *guess],
+        "same": ["fit", d / "same.npy", *guess],
     })
 
 
@@ -323,6 +329,19 @@ def test_refine_only_needs_guesses(failures):
 def test_bad_input_one_line(failures, case, words):
     line = assert_one_line_error(failures[case], 2)
     assert words in line, line
+
+
+def test_a_line_scan_is_refused_with_the_reason(failures):
+    """One scan row: a clear refusal, not 'Singular matrix' from the descan's regression."""
+    line = assert_one_line_error(failures["line"], 2)
+    assert f"scan of 1x{NAV[1]} positions" in line and "2D scan" in line, line
+
+
+def test_frames_that_do_not_move_with_the_scan_exit_3(failures):
+    """The same frame everywhere: nothing to calibrate on (not a 'target image would be
+    7e12 px' error that blames the pixel sizes)."""
+    line = assert_one_line_error(failures["same"], 3)
+    assert "nothing to calibrate on" in line and "does not move with the scan" in line, line
 
 
 @pytest.mark.parametrize("option, value", [

@@ -205,6 +205,10 @@ def battery(d: Path) -> dict[str, list[str]]:
         "serve negative port": ["serve", "--port", "-1e-6"],
         "serve twice": ["serve", d / "c", "--catalog", d / "c"],
         "serve uri": ["serve", "--catalog", "http://127.0.0.1:1"],
+        # a mistyped server address is not quietly a new local directory
+        "calibrate htp": ["calibrate", "--catalog", "htp://localhost:8000", "--json"],
+        "history ftp": ["history", "--catalog", "ftp://host/cat"],
+        "show one slash": ["show", "abcdefgh", "--catalog", "http:/localhost:8000"],
     }
 
 
@@ -228,10 +232,14 @@ def assert_clean_failure(case: str, status: int, out: str, err: str) -> None:
 
 def test_battery_of_bad_arguments_in_process(bad, monkeypatch):
     monkeypatch.delenv("STEMCAL_CATALOG", raising=False)
+    monkeypatch.chdir(bad)
     for case, argv in battery(bad).items():
         status, out, err = run_main(argv)
         assert_clean_failure(case, status, out, err)
+        if case in ("calibrate htp", "history ftp", "show one slash"):
+            assert "is not an http:// or https:// address" in err, (case, err)
     assert not (bad / "no").exists()  # --report made no directory
+    assert not any(p.name in ("htp:", "ftp:", "http:") for p in bad.iterdir())  # no catalog made
 
 
 @pytest.mark.parametrize("case", ["no command", "fit truncated", "fit report dir missing",
