@@ -152,7 +152,8 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                  figure_dir: str | os.PathLike | None = None,
                  detector: "DetectorSettings | None" = None,
                  call_returns_result: bool = True, courier: bool = False,
-                 live_figure: bool | None = True) -> Session:
+                 live_figure: bool | None = True,
+                 context_managers: list | None = None) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
 
     ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
@@ -176,6 +177,10 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     :meth:`Session.close` waits for the deliveries. For a command that acquires and
     exits (``stemcal calibrate``); an interactive session wants a client it can query.
     Where the spool cannot be written the catalog is opened here instead.
+
+    ``context_managers``: the RunEngine's (``None``: bluesky's own, whose Ctrl-C pauses
+    the run for an interactive session to resume or abort; the command line passes its
+    own, :class:`stemcal.cli.acquire.AbortOnInterrupt`).
 
     ``live_figure``: whether the live views keep a figure (on screen where there is a
     display, else off screen and saved into ``figure_dir``); None: only where someone
@@ -207,7 +212,8 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     if det_cfg.is_hardware:
         from .devices.factory import make_hardware_detector
         inst = inst._replace(detector=make_hardware_detector(det_cfg, inst.scan, data))
-    RE = RunEngine({}, call_returns_result=bool(call_returns_result))
+    RE = RunEngine({}, call_returns_result=bool(call_returns_result),
+                   context_managers=context_managers)
     keeper = RunKeeper(client)
     RE.subscribe(keeper)
     if live_figure is None:

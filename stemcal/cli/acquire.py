@@ -18,7 +18,9 @@ from .args import CLIError, EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, integ
 from .output import record_summary, to_json
 from .records import print_record
 
-__all__ = ["add_parsers", "run_calibrate", "SIM_ONLY"]
+__all__ = ["add_parsers", "run_calibrate", "AbortOnInterrupt", "SIM_ONLY"]
+
+log = logging.getLogger(__name__)
 
 #: Options that describe the simulated detector and the twin's truth, with their defaults
 #: (``None`` in the parser, so that an option given can be told from a default).
@@ -108,6 +110,74 @@ def _sim_settings(args: argparse.Namespace, hardware: bool) -> Any:
                        **{**values, "sig_shape": tuple(values["sig_shape"])})
 
 
+class AbortOnInterrupt:
+    """The RunEngine's SIGINT handling for a command (a context manager it enters per run).
+
+    bluesky's own pauses at the next checkpoint on a first Ctrl-C and leaves the
+    RunEngine paused for someone at a prompt to resume or abort; a command has no prompt
+    (and bluesky's words went to stdout, into ``--json``). Here a Ctrl-C asks the
+    RunEngine to pause at once and :func:`run_calibrate` then aborts the run (its stop
+    document says ``abort``) and ends the command with ``stemcal: interrupted``, 130.
+    """
+
+    def __init__(self, RE: Any) -> None:
+        self.RE = RE
+
+    def __enter__(self) -> "AbortOnInterrupt":
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.RE._stemcal_interrupted = True
+        try:
+            self.RE.request_pause(defer=False)
+        except Exception:  # noqa: BLE001 - not pausable now (ending): noted above all the same
+            log.debug("Ctrl-C: the RunEngine could not pause", exc_info=True)
+
+
+def _run_plan(RE: Any, plan: Any) -> Any:
+    """``RE(plan)`` for a command: bluesky's chatter kept off stdout (it is for ``--json``),
+    and a Ctrl-C (:class:`AbortOnInterrupt`) ending in ``KeyboardInterrupt`` once the run
+    is aborted; whatever was recorded before it stays."""
+    import contextlib
+    import io
+
+    from bluesky.utils import RunEngineInterrupted
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            try:
+                result = RE(plan)
+            except RunEngineInterrupted:
+                if RE.state == "paused":
+                    quiet = logging.getLogger("bluesky")   # its "Run aborted" and traceback
+                    level = quiet.level
+                    quiet.setLevel(logging.CRITICAL)
+                    try:
+                        RE.abort(reason="interrupted (Ctrl-C)")
+                    finally:
+                        quiet.setLevel(level)
+                raise KeyboardInterrupt from None
+    finally:
+        if chatter.getvalue():
+            log.debug("bluesky: %s", chatter.getvalue().strip())
+    if getattr(RE, "_stemcal_interrupted", False):
+        raise KeyboardInterrupt
+    return result
+
+
 def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
     """Run the calibrate plan on the configured microscope; (record, true geometry or None,
     paths of the runs kept for ``stemcal sync``).
@@ -129,15 +199,17 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
               file=sys.stderr, flush=True)
     # the live view's figure only where someone sees it (a window, or --figures): None
     session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
-                           detector=detector, courier=True, live_figure=None)
+                           detector=detector, courier=True, live_figure=None,
+                           context_managers=[AbortOnInterrupt])
     inst = session.instrument
     if bars:
         from ..callbacks.progress import progress_bars
         session.RE.waiting_hook = progress_bars()
     try:
-        result = session.RE(calibrate(inst.detector, inst.scan, inst.optics,
-                                      callback=session.recorder,
-                                      max_attempts=args.max_attempts, live=args.live))
+        result = _run_plan(session.RE, calibrate(inst.detector, inst.scan, inst.optics,
+                                                 callback=session.recorder,
+                                                 max_attempts=args.max_attempts,
+                                                 live=args.live))
     finally:
         session.close()
     if detector.is_hardware:

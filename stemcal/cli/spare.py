@@ -78,6 +78,8 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 FATAL = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 #: The client's exit status where the spare ended without reporting one.
 EXIT_LOST = 1
+#: Exit status of a command ended by Ctrl-C (as :data:`stemcal.cli.main.EXIT_INTERRUPTED`).
+EXIT_INTERRUPTED = 130
 
 
 def wants_spare(argv: Sequence[str]) -> bool:
@@ -99,6 +101,9 @@ def run_in_spare(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     except OSError as exc:   # a standard stream closed, say: no spare then
         log.debug("no spare command process: %s", exc)
         return None
+    except KeyboardInterrupt:   # Ctrl-C while waiting for a spare to get ready
+        print("stemcal: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if got is None:
         return None
     conn, pid = got

@@ -155,3 +155,37 @@ def test_calibrate_on_a_terminal_speaks_at_once_then_shows_bars(tmp_path):
     assert rec["valid"] is True
     # The first line comes before the session (catalog, devices) is built: well before the end.
     assert first_at is not None and first_at < 0.5 * (time.monotonic() - t0)
+
+
+@pytest.mark.parametrize("spares", ["0", "1"])
+def test_ctrl_c_during_the_scan_ends_the_command_cleanly(tmp_path, spares):
+    """Ctrl-C (SIGINT) once the scan runs: the run is aborted and the command ends with
+    one line, ``stemcal: interrupted``, status 130, nothing on stdout; with bluesky's own
+    handling it paused at the next checkpoint and ended in 'RunEngineInterrupted ...
+    RE.resume() ... RE.abort()' (status 2), or let the calibration finish (status 0), and
+    wrote its words into --json's stdout. With spares on, the caller hands the signal on."""
+    import signal
+    import time
+
+    state = tmp_path / "state"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    env.update(STEMCAL_CATALOG=str(tmp_path / "cat"), XDG_STATE_HOME=str(state),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), STEMCAL_COMMAND_SPARE=spares,
+               STEMCAL_COURIER_SPARE=spares)
+    argv = [sys.executable, "-m", "stemcal.cli", "calibrate", "--json", "--no-progress"]
+    if spares == "1":   # a first command leaves the spares the second one is handed to
+        subprocess.run(argv, capture_output=True, timeout=TIMEOUT, cwd=REPO, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=env)
+    journals = state / "stemcal" / "spool" / "runs"
+    end = time.monotonic() + 120
+    before = set(journals.glob("*.jsonl")) if journals.is_dir() else set()
+    while time.monotonic() < end and proc.poll() is None:
+        if journals.is_dir() and set(journals.glob("*.jsonl")) - before:
+            break   # a run has started: its journal is kept until the catalog has it
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, out, err) == (130, "", "stemcal: interrupted\n")
