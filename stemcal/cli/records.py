@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import logging
 import math
+import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -163,10 +164,23 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What a uid argument may be: a uuid or a prefix of at least 8 of its characters.
+_UID_ARGUMENT = re.compile(r"[0-9a-fA-F-]{8,36}")
+
+
+def check_uid_argument(uid: str, what: str = "record") -> None:
+    """Refuse a uid argument that cannot name anything, before the catalog is opened (so
+    that the error names the argument, not the catalog)."""
+    if not _UID_ARGUMENT.fullmatch(str(uid)):
+        raise CLIError(f"{uid!r} is not a {what} uid: give the uid, or a unique prefix of at "
+                       "least 8 of its characters (hex digits and '-')")
+
+
 def _record_of(args: argparse.Namespace) -> tuple[Any, str]:
     """(record, state) of ``args.uid`` in ``--catalog``; failures are one-line errors."""
     from ..catalog.queries import find_entry, get_record, record_state
     from ..session import catalog_location
+    check_uid_argument(args.uid)
     runs = _record_runs(args)
     with catalog_errors(catalog_location(args.catalog)[0]):
         try:
@@ -202,6 +216,7 @@ def _show_run(args: argparse.Namespace) -> int:
     from ..attach import carried_calibration
     if args.uid:
         raise CLIError("give a record uid or --run RUN_UID, not both")
+    check_uid_argument(args.run, "run")
     from ..session import catalog_location
     client = open_for(args)
     with catalog_errors(catalog_location(args.catalog)[0]):

@@ -50,7 +50,8 @@ def _resolve_nav(path: Path, probe: Probe, nav_shape: Any) -> tuple[int, int]:
     if nav_shape is None:
         if probe.nav_shape is None:
             raise DatasetError(f"{path}: the file does not give a 2D scan shape for its "
-                               f"{probe.n_frames} frames; pass nav_shape=(ny, nx)")
+                               f"{probe.n_frames} frames; give the scan's shape (nav_shape=(ny, nx), "
+                               "--nav-shape NY NX on the command line)")
         return probe.nav_shape  # type: ignore[return-value]
     try:
         nav = tuple(_whole(n) for n in nav_shape)

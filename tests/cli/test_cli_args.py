@@ -208,7 +208,11 @@ def battery(d: Path) -> dict[str, list[str]]:
         # a mistyped server address is not quietly a new local directory
         "calibrate htp": ["calibrate", "--catalog", "htp://localhost:8000", "--json"],
         "history ftp": ["history", "--catalog", "ftp://host/cat"],
-        "show one slash": ["show", "abcdefgh", "--catalog", "http:/localhost:8000"],
+        "show one slash": ["show", "abcdef12", "--catalog", "http:/localhost:8000"],
+        # a uid too short to name anything: the argument is named, not the catalog
+        "show short uid": ["show", "f030", "--catalog", d / "no-such-catalog"],
+        "export bad uid": ["export", "not-a-uid!", "--catalog", d / "no-such-catalog"],
+        "show run short uid": ["show", "--run", "xyz", "--catalog", d / "no-such-catalog"],
     }
 
 
@@ -238,6 +242,8 @@ def test_battery_of_bad_arguments_in_process(bad, monkeypatch):
         assert_clean_failure(case, status, out, err)
         if case in ("calibrate htp", "history ftp", "show one slash"):
             assert "is not an http:// or https:// address" in err, (case, err)
+        if case in ("show short uid", "export bad uid", "show run short uid"):
+            assert "is not a record uid" in err or "is not a run uid" in err, (case, err)
     assert not (bad / "no").exists()  # --report made no directory
     assert not any(p.name in ("htp:", "ftp:", "http:") for p in bad.iterdir())  # no catalog made
 
