@@ -67,6 +67,24 @@ MULTISLICE = {
                                  semiconv=8e-3, seed=5,
                                  specimen_options=(("correlation", 10.0),)),
                             "weak", (None, 20.0, 200.0)),
+    # Added 2026-12-06 (sixteenth session), cases made to test the fit on data unlike the
+    # set above, before their fits were seen: 300 kV; a film five times thicker with twice
+    # the clusters; an Au crystal in [001] with a 10 mrad probe, whose {200} Bragg disks
+    # (9.7 mrad) overlap most of the bright-field disk; an amorphous film alone at 10 mrad.
+    "thick_carbon_au_300kV": (dict(specimen="carbon_au", nav_shape=(32, 32), sig_shape=(80, 80),
+                                   scan_rotation=-103.0, flip_y=True, overfocus=800e-9,
+                                   semiconv=7e-3, energy=300e3, seed=11,
+                                   specimen_options=(("film_thickness", 100.0),
+                                                     ("clusters", 12))),
+                              "strong", (None, 20.0, 200.0)),
+    "au_crystal_overlap": (dict(specimen="au_crystal", nav_shape=(24, 24), sig_shape=(80, 80),
+                                scan_rotation=33.0, flip_y=False, overfocus=500e-9,
+                                semiconv=10e-3, energy=300e3, seed=14),
+                           "strong", (None, 20.0, 200.0)),
+    "carbon_10mrad": (dict(specimen="carbon_au", nav_shape=(32, 32), sig_shape=(80, 80),
+                           scan_rotation=33.0, flip_y=False, overfocus=500e-9, semiconv=10e-3,
+                           energy=300e3, seed=14, specimen_options=(("clusters", 0),)),
+                      "weak", (None, 20.0, 200.0)),
 }
 
 #: The low-dose geometric case (``stemcal.twin.simulate``): 64x64 scan, 128x128
