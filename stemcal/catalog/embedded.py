@@ -176,12 +176,44 @@ def _create(directory: Path) -> None:
     os.replace(tmp, db)
 
 
+def orphaned_contents(directory: Path) -> str | None:
+    """Why ``directory`` holds a catalog's contents but no ``catalog.db`` (None where it
+    does not): tables in ``tables.sqlite`` or files under ``data/``. A first creation cut
+    off before ``catalog.db`` was renamed into place leaves neither."""
+    found = []
+    tables = directory / "tables.sqlite"
+    if tables.exists() and tables.stat().st_size:
+        try:
+            con = sqlite3.connect(f"file:{tables}?mode=ro", uri=True)
+            try:
+                n = con.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            n = 1   # unreadable: something was there
+        if n:
+            found.append("tables.sqlite holds tables")
+    data = directory / "data"
+    if data.is_dir() and any(data.iterdir()):
+        found.append("data/ holds files")
+    return " and ".join(found) or None
+
+
+class OrphanedCatalogError(RuntimeError):
+    """A catalog directory whose ``catalog.db`` is gone while its contents are there."""
+
+    def __init__(self, directory: Path, why: str) -> None:
+        super().__init__(f"catalog {directory} has no catalog.db but {why}: it was deleted "
+                         "or moved; restore it (or give another directory)")
+
+
 def prepare(directory: Path) -> None:
     """Create the catalog in ``directory`` if it is not there, or bring an old one up to date.
 
     Safe to call from many processes at once: one does the work under
     ``.init.lock``, the others wait and find it done. An existing
-    ``catalog.db`` is never re-created, whatever its state.
+    ``catalog.db`` is never re-created, whatever its state, nor a missing one where
+    the directory holds a catalog's contents (:class:`OrphanedCatalogError`).
     """
     (directory / "data").mkdir(parents=True, exist_ok=True)
     (directory / RAW).mkdir(exist_ok=True)
@@ -189,6 +221,9 @@ def prepare(directory: Path) -> None:
         if not (directory / "tables.sqlite").exists():
             _wal(directory / "tables.sqlite")  # before tiled's first use of the file
         if not (directory / "catalog.db").exists():
+            why = orphaned_contents(directory)
+            if why:   # a new catalog.db here would hide every record whose data are here
+                raise OrphanedCatalogError(directory, why)
             log.info("creating catalog %s", directory)
             _create(directory)
         from .migrate import legacy_tables, migrate_duckdb_tables

@@ -84,6 +84,10 @@ def open_catalog(location: str | Path | None = None, *,
         return client
     directory = Path(location).resolve()
     if not create and not (directory / "catalog.db").is_file():
+        from .embedded import OrphanedCatalogError, orphaned_contents
+        why = orphaned_contents(directory) if directory.is_dir() else None
+        if why:
+            raise OrphanedCatalogError(directory, why)
         raise FileNotFoundError(f"no catalog at {directory}")
     client = open_embedded(directory, [Path(p) for p in readable_storage], create=create)
     _remember_location(client, str(directory))

@@ -66,9 +66,10 @@ DAMAGES = {
     "pages": lambda d: _overwrite(d / "catalog.db", [1, 2, 3, 5, 8]),
     "tables": lambda d: (d / "tables.sqlite").write_bytes(b"not a database " * 500),
     "read-only": lambda d: _tree(d, 0o555, 0o444),
+    "deleted": lambda d: (d / "catalog.db").unlink(),
 }
 #: Damage that every reading command meets (the record's metadata is in catalog.db).
-CATALOG_DB = {"emptied", "cut", "pages"}
+CATALOG_DB = {"emptied", "cut", "pages", "deleted"}
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,10 @@ def test_reading_commands_give_one_line_whatever_the_damage(template, tmp_path):
 
 
 def test_calibrate_into_a_damaged_catalog_keeps_record_and_run(template, tmp_path):
+    """(With catalog.db deleted, calibrate used to start a new, empty catalog beside the
+    old one's tables and data, which then hid every record there.)"""
     spool_dir = tmp_path / "spool"
-    kinds = ["pages", "read-only"]
+    kinds = ["pages", "read-only", "deleted"]
     dirs = {k: damaged(template, k, tmp_path) for k in kinds}
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = dict(zip(kinds, pool.map(lambda k: run_cli(
@@ -142,7 +145,10 @@ def test_calibrate_into_a_damaged_catalog_keeps_record_and_run(template, tmp_pat
         assert line.startswith(f"stemcal: catalog {dirs[kind]} unavailable (")
         assert str(entry.path) in line and str(journal) in line and journal.is_file()
         kept[kind] = out
+    assert "has no catalog.db but tables.sqlite holds tables" in done["deleted"].stderr
+    assert not (dirs["deleted"] / "catalog.db").exists()      # no new catalog made there
     dirs["pages"].rename(dirs["pages"].with_name("pages.damaged"))  # replaced by a new one
+    shutil.copy(template[0] / "catalog.db", dirs["deleted"] / "catalog.db")   # restored
     # (the read-only one was made writable again)
     sync = run_cli(["sync", "--json"], "", STEMCAL_SPOOL=str(spool_dir))
     assert sync.returncode == 0, sync.stderr

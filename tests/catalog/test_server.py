@@ -130,7 +130,7 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     again = stemcal("sync", "--json", key=server.keys.writer)
     assert again.returncode == 0 and json.loads(again.stdout) == {
         "delivered": [], "already_there": [], "pending": [],
-        "runs": {"delivered": [], "pending": []}, "busy": []}
+        "runs": {"delivered": [], "pending": []}, "busy": [], "damaged": []}
 
     key = server.keys.writer
     for proc in (cli, down, up, again):

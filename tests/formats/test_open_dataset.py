@@ -151,7 +151,7 @@ def test_bad_hdr(ctx, data, tmp_path):
 def test_mib_without_hdr_needs_nav_shape(ctx, data, tmp_path):
     hdr = write_mib(tmp_path / "s.mib", data)
     hdr.unlink()
-    fails(ctx, tmp_path / "s.mib", "pass nav_shape")
+    fails(ctx, tmp_path / "s.mib", r"give the scan.s shape \(nav_shape=\(ny, nx\), --nav-shape NY NX")
     ds = open_dataset(ctx, tmp_path / "s.mib", nav_shape=(8, 8))
     assert np.array_equal(read_all(ctx, ds), data)
 
