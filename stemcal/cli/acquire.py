@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import warnings
+import weakref
 from typing import Any
 
 from .args import CLIError, EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, integer, number, shape
@@ -110,6 +111,10 @@ def _sim_settings(args: argparse.Namespace, hardware: bool) -> Any:
                        **{**values, "sig_shape": tuple(values["sig_shape"])})
 
 
+#: RunEngines that a Ctrl-C reached during a run (:class:`AbortOnInterrupt`).
+_INTERRUPTED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
 class AbortOnInterrupt:
     """The RunEngine's SIGINT handling for a command (a context manager it enters per run).
 
@@ -139,7 +144,7 @@ class AbortOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.RE._stemcal_interrupted = True
+        _INTERRUPTED.add(self.RE)
         try:
             self.RE.request_pause(defer=False)
         except Exception:  # noqa: BLE001 - not pausable now (ending): noted above all the same
@@ -173,7 +178,7 @@ def _run_plan(RE: Any, plan: Any) -> Any:
     finally:
         if chatter.getvalue():
             log.debug("bluesky: %s", chatter.getvalue().strip())
-    if getattr(RE, "_stemcal_interrupted", False):
+    if RE in _INTERRUPTED:
         raise KeyboardInterrupt
     return result
 
