@@ -24,12 +24,12 @@ the shadow radially, so it cannot turn the image or move the centre: where
 the rim disagrees on the rotation (or the centre) the model fails for that
 parameter, and the inner disk shares some of it. Measured (2026-12-06,
 sixteenth session) on an Au nanocrystal in [001] zone axis at 300 kV with a
-10 mrad probe, whose Bragg disks overlap the bright-field disk: rotation
--0.11 deg from ``[0, 0.45] R``, -0.23 from ``[0.45, 0.7] R``, -0.52 from the
-rim, noise-free, the halves of ``[0, 0.7] R`` within 3.1 sigma of each
-other. So for those parameters the rim is always one of the two halves
-compared: its disagreement is flagged and half of it taken into the
-uncertainty. For the overfocus the test must also be able to see the rim's pull:
+10 mrad probe at a sampling resonance of a loss on four groups of frames
+(:data:`GROUPS`): rotation -0.11 deg from ``[0, 0.45] R``, -0.23 from
+``[0.45, 0.7] R``, -0.52 from the rim, noise-free, the halves of ``[0, 0.7] R``
+within 3.1 sigma of each other. So for those parameters the rim is always one
+of the two halves compared: its disagreement is flagged and half of it taken
+into the uncertainty. For the overfocus the test must also be able to see the rim's pull:
 where :data:`PARTS_Z` times its noise exceeds :data:`RIM_BIAS` of the
 overfocus (low dose, little detail), agreement says nothing and ``[0, 0.7] R``
 gives the value (:func:`_rim_test_sees`).
