@@ -92,13 +92,16 @@ __all__ = ["UPSAMPLE", "GROUPS", "PARTS_Z", "POINTS", "HALF_WIDTH", "REFERENCE_S
 #: twice as much at 3 counts/px, as each group's coverage then has holes).
 UPSAMPLE = {"scan_rotation": 1.25, "overfocus": 2.0, "cy": 1.25, "cx": 1.25}
 #: Interleaved groups of frames of each parameter's loss (the contrast between groups;
-#: :class:`~stemcal.fit.rings.RingLoss`). The rotation's are nine (a 3x3 sub-lattice of the
-#: scan): with four (2x2), where the shadow moves by close to half-integer detector px per
-#: scan step along both axes ((1.525, 0.990) px on an amorphous film at 300 kV, 10 mrad,
-#: rotation 33 deg) each group sees the specimen at nearly one sub-pixel phase of the
-#: detector and detail at the pixel's scale aliases alike in every frame: rotation -0.050
-#: deg noise-free against -0.004 with nine, unchanged where there is no such resonance.
-GROUPS = {"scan_rotation": 9, "overfocus": 4, "cy": 4, "cx": 4}
+#: :class:`~stemcal.fit.rings.RingLoss`). Four (a 2x2 sub-lattice of the scan). Where the
+#: shadow moves by close to half-integer detector px per scan step along both axes
+#: ((1.525, 0.990) px on an amorphous film at 300 kV, 10 mrad, rotation 33 deg) each of
+#: four groups sees the specimen at nearly one sub-pixel phase of the detector and detail
+#: at the pixel's scale aliases alike in every frame: rotation -0.050 deg noise-free, -0.004
+#: with nine groups (3x3), which also gave make validate a better rotation everywhere
+#: (docs/accuracy.md). Not taken yet: on a 24x24 scan at 5 counts/px the nine groups'
+#: jackknife sigma came out half the four groups' (0.042 against 0.079 deg) for the same
+#: error (-0.15 deg). Meanwhile the rim rule below flags the resonance where the rim sees it.
+GROUPS = {"scan_rotation": 4, "overfocus": 4, "cy": 4, "cx": 4}
 #: Parts that differ by more than this many standard deviations of their noise disagree.
 PARTS_Z = 3.5
 #: Samples of the loss along one parameter, and their half-span (degrees, percent of the

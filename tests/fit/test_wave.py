@@ -184,13 +184,15 @@ RESONANT = dict(specimen="au_crystal", nav_shape=(16, 16), sig_shape=(80, 80), s
                 max_sampling=0.6)
 
 
-def test_sampling_resonance_does_not_bias_the_rotation(ctx, multislice_cache, monkeypatch):
+def test_sampling_resonance_is_flagged_and_nine_groups_remove_it(ctx, multislice_cache,
+                                                                  monkeypatch):
     """Where the shadow moves by nearly half-integer detector px per scan step, the loss's
-    four interleaved groups (2x2) each saw the specimen at one sub-pixel phase of the
-    detector, and the crystal's pixel-scale detail aliased alike in every frame: the
-    rotation came out 0.1 deg off, the rim's 1.6 deg from the inner disk's. The rotation's
-    nine groups (3x3) mix the phases: right and "ok". With four groups again, the rim
-    rule flags it (the edge effect cannot turn the shadow) and the sigma covers it."""
+    four interleaved groups (2x2) each see the specimen at one sub-pixel phase of the
+    detector, and the crystal's pixel-scale detail aliases alike in every frame: the
+    rotation comes out 0.1 deg off, the rim's 1.6 deg from the inner disk's. The rim rule
+    flags it (the edge effect cannot turn the shadow) and the sigma covers it (it said
+    "ok" before). Nine groups (3x3) mix the phases: right and "ok" (not the default yet:
+    parts.GROUPS)."""
     from stemcal.fit import parts
 
     kwargs = dict(RESONANT)
@@ -207,13 +209,14 @@ def test_sampling_resonance_does_not_bias_the_rotation(ctx, multislice_cache, mo
         return (f"{errors(truth, f)}, uncertainty {f.extra['uncertainty']}, quality "
                 f"{f.quality}, rotation parts {f.extra['uncertainty_parts']['scan_rotation']}")
 
+    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 9)
     nine = fit()
     err, unc = errors(truth, nine), nine.extra["uncertainty"]
     assert abs(err["rotation"]) <= 0.02 and nine.quality == "ok", report(nine)
     assert abs(err["rotation"]) <= 2 * unc["scan_rotation"], report(nine)
     assert nine.params.flip_y == truth["flip_y"] and err["centre"] <= 0.1, report(nine)
 
-    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 4)
+    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 4)   # the default
     four = fit()
     err, unc = errors(truth, four), four.extra["uncertainty"]
     rot = four.extra["uncertainty_parts"]["scan_rotation"]
