@@ -322,12 +322,12 @@ def carried_calibration(client: Any, run_uid: str) -> dict[str, Any]:
     ValueError
         ``run_uid`` is not uid-like, or the prefix matches several runs.
     """
-    import re
-
     from tiled.queries import Like
 
+    from .catalog.queries import is_uid_prefix
+
     prefix = str(run_uid).lower()
-    if not re.fullmatch(r"[0-9a-f-]{8,36}", prefix):
+    if not is_uid_prefix(prefix):
         raise ValueError(f"run uid must be >= 8 characters of a uuid (hex digits and '-'), "
                          f"got {run_uid!r}")
     found = list(client.search(Like("uid", f"{prefix}%")).values()[:2])

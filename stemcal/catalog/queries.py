@@ -252,9 +252,15 @@ def get_record(client: Any, uid: str) -> CalibrationRecord:
     return found[0].record
 
 
+def is_uid_prefix(uid: str) -> bool:
+    """Whether ``uid`` can name a record or run: a uuid or a prefix of at least 8 of its
+    characters (hex digits and '-', either case)."""
+    return bool(_UID_PREFIX.fullmatch(str(uid).lower()))
+
+
 def _check_prefix(uid: str) -> str:
     prefix = str(uid).lower()
-    if not _UID_PREFIX.fullmatch(prefix):
+    if not is_uid_prefix(prefix):
         raise ValueError(f"uid must be >= 8 characters of a uuid (hex digits and '-'), got {uid!r}")
     return prefix
 

@@ -26,13 +26,13 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import zipfile
 import logging
 import os
 import re
 import tempfile
 import time
 import urllib.parse
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 

@@ -85,7 +85,7 @@ def open_catalog(location: str | Path | None = None, *,
     directory = Path(location).resolve()
     if not create and not (directory / "catalog.db").is_file():
         from .embedded import OrphanedCatalogError, orphaned_contents
-        why = orphaned_contents(directory) if directory.is_dir() else None
+        why = orphaned_contents(directory)
         if why:
             raise OrphanedCatalogError(directory, why)
         raise FileNotFoundError(f"no catalog at {directory}")

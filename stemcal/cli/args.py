@@ -14,13 +14,15 @@ from collections.abc import Callable
 
 from .. import checks
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_FEATURES", "CLIError", "Parser", "HelpFormatter",
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_FEATURES", "EXIT_INTERRUPTED", "CLIError", "Parser", "HelpFormatter",
            "RANGES", "number", "integer", "shape", "add_geometry", "add_catalog"]
 
 #: Exit status of bad input (files, arguments, configuration).
 EXIT_BAD_INPUT = 2
 #: Exit status when the data hold nothing to calibrate on, or no trusted record was made.
 EXIT_NO_FEATURES = 3
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 #: What argparse must read as a (negative) number, not as an option: its own pattern
 #: (``-5``, ``-.5``, ``-0.5``) plus exponents (``-1e-6``, ``-2.5E+3``) and ``-inf``/``-nan``,

@@ -27,14 +27,12 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import acquire, app, offline, records, serve, spare
-from .args import EXIT_BAD_INPUT, EXIT_NO_FEATURES, CLIError, Parser
+from .args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_FEATURES, CLIError, Parser
 
 __all__ = ["build_parser", "main", "run", "leave", "EXIT_INTERRUPTED"]
 
 log = logging.getLogger("stemcal")
 
-#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
-EXIT_INTERRUPTED = 130
 #: Exit status when stdout's reader closed the pipe early (128 + SIGPIPE, as a shell's tools).
 EXIT_BROKEN_PIPE = 141
 

@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import logging
 import math
-import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -164,14 +163,11 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-#: What a uid argument may be: a uuid or a prefix of at least 8 of its characters.
-_UID_ARGUMENT = re.compile(r"[0-9a-fA-F-]{8,36}")
-
-
 def check_uid_argument(uid: str, what: str = "record") -> None:
     """Refuse a uid argument that cannot name anything, before the catalog is opened (so
     that the error names the argument, not the catalog)."""
-    if not _UID_ARGUMENT.fullmatch(str(uid)):
+    from ..catalog.queries import is_uid_prefix
+    if not is_uid_prefix(uid):
         raise CLIError(f"{uid!r} is not a {what} uid: give the uid, or a unique prefix of at "
                        "least 8 of its characters (hex digits and '-')")
 

@@ -43,6 +43,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from ..spares import Kind, connect, read_line, start_spare
+from .args import EXIT_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 FATAL = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 #: The client's exit status where the spare ended without reporting one.
 EXIT_LOST = 1
-#: Exit status of a command ended by Ctrl-C (as :data:`stemcal.cli.main.EXIT_INTERRUPTED`).
-EXIT_INTERRUPTED = 130
 
 
 def wants_spare(argv: Sequence[str]) -> bool:
