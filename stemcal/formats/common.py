@@ -46,6 +46,10 @@ class Probe:
     sig_shape: tuple[int, ...]
     nav_shape: tuple[int, ...] | None  # None: the file does not say (1D)
     load_kwargs: dict[str, Any]
+    #: The scan shape is the array's own two scan axes (a 4D ``.npy`` or HDF5 dataset), not
+    #: a count from a header: another shape with the same number of frames would put
+    #: frames at other scan positions.
+    nav_from_array: bool = False
 
 
 def check_dtype(path: Path, dtype: np.dtype) -> None:

@@ -64,6 +64,13 @@ def _resolve_nav(path: Path, probe: Probe, nav_shape: Any) -> tuple[int, int]:
     if math.prod(nav) != probe.n_frames:
         raise DatasetError(f"{path}: nav_shape {nav} has {math.prod(nav)} positions but the file "
                            f"holds {probe.n_frames} frames")
+    own = probe.nav_shape
+    if probe.nav_from_array and own is not None and nav != tuple(own) and min(own) > 1:
+        # a 2D scan stored as such: another shape would move frames to other positions
+        # (a series stored as one row or column, (1, n) or (n, 1), may be given its shape)
+        raise DatasetError(f"{path}: the file's array holds a {own[0]} x {own[1]} scan; nav_shape "
+                           f"{nav} would put its frames at other scan positions (leave the scan "
+                           "shape out, --nav-shape on the command line, to use the file's)")
     return nav  # type: ignore[return-value]
 
 
@@ -82,7 +89,10 @@ def open_dataset(ctx: Any, path: str | os.PathLike, *, nav_shape: tuple[int, int
     nav_shape
         Scan shape ``(ny, nx)``; its product must equal the number of frames.
         Required where the file does not give a 2D scan shape (3D HDF5 without
-        DECTRIS ``ntrigger``/``nimages``, a ``.mib`` without ``.hdr``).
+        DECTRIS ``ntrigger``/``nimages``, a ``.mib`` without ``.hdr``). It may
+        override a shape counted from a header (``.hdr``, DECTRIS counts), but not
+        a 4D array's own scan axes, except a series stored as ``(1, n)`` or
+        ``(n, 1)``.
     sig_dims
         Number of detector dimensions; only 2 is supported.
 
@@ -96,8 +106,8 @@ def open_dataset(ctx: Any, path: str | os.PathLike, *, nav_shape: tuple[int, int
     DatasetError
         With a one-line message, for a missing file, unknown suffix, unreadable,
         truncated or corrupt file, a non-4D ``.npy``, HDF5 without a 3D/4D dataset,
-        a ``nav_shape`` that does not match the frame count, zero frames, or an
-        unknown scan shape.
+        a ``nav_shape`` that does not match the frame count or an array's own scan
+        axes, zero frames, or an unknown scan shape.
     """
     path = Path(path)
     if sig_dims != 2:

@@ -125,7 +125,7 @@ def probe_hdf5(path: Path) -> Probe:
         raise DatasetError(f"{path}: not a readable HDF5 file "
                            f"({type(exc).__name__}: {exc})") from exc
     return Probe("hdf5", math.prod(shape[:nav_dims]), shape[nav_dims:], nav,
-                  {"path": str(path), "ds_path": name})
+                  {"path": str(path), "ds_path": name}, nav_from_array=nav_dims == 2)
 
 
 def write_hdf5(path: str | os.PathLike, data: np.ndarray, *, dataset: str = "entry/data/data",

@@ -42,7 +42,7 @@ def probe_npy(path: Path) -> Probe:
         raise DatasetError(f"{path}: file is {size} bytes but its header needs {expected} "
                            f"(truncated or corrupt)")
     return Probe("npy", shape[0] * shape[1], tuple(shape[2:]), tuple(shape[:2]),
-                  {"path": str(path)})
+                  {"path": str(path)}, nav_from_array=True)
 
 
 def write_npy(path: str | os.PathLike, data: np.ndarray) -> Path:

@@ -259,6 +259,14 @@ def test_zero_frames(capsys, tmp_path):
     one_error_line(fit(capsys, tmp_path / "s.mib", "--nav-shape", 1, 1), 2, "zero frames")
 
 
+def test_scan_shape_that_would_reorder_a_4d_array(capsys, good_npy, frames):
+    """--nav-shape with the frame count right but not the 4D array's own scan axes: named,
+    nothing fitted on frames put at other scan positions."""
+    ny, nx = frames.shape[:2]
+    one_error_line(fit(capsys, good_npy, "--nav-shape", ny // 2, nx * 2), 2,
+                   f"holds a {ny} x {nx} scan; nav_shape ({ny // 2}, {nx * 2}) would put its frames")
+
+
 def test_frames_of_zero_size(capsys, tmp_path):
     np.save(tmp_path / "s.npy", np.zeros((24, 24, 0, 48), np.uint16))
     one_error_line(fit(capsys, tmp_path / "s.npy"), 2, "frames are empty")

@@ -57,10 +57,21 @@ def test_open_npy(ctx, data, tmp_path):
     assert np.array_equal(read_all(ctx, ds), data)
 
 
-def test_open_npy_reshaped_nav(ctx, data, tmp_path):
-    ds = open_dataset(ctx, write_npy(tmp_path / "s.npy", data), nav_shape=(4, 16))
-    assert describe(ds)["nav_shape"] == (4, 16)
-    assert np.array_equal(read_all(ctx, ds), data.reshape(4, 16, 32, 32))
+def test_open_npy_series_given_its_scan_shape(ctx, data, tmp_path):
+    """A series stored as one row (1, n, sy, sx) may be given its scan shape."""
+    path = write_npy(tmp_path / "s.npy", data.reshape(1, 64, 32, 32))
+    ds = open_dataset(ctx, path, nav_shape=(8, 8))
+    assert describe(ds)["nav_shape"] == (8, 8)
+    assert np.array_equal(read_all(ctx, ds), data)
+
+
+def test_npy_scan_axes_are_not_reinterpreted(ctx, data, tmp_path):
+    """A 4D array's own 8x8 scan given as 4x16: refused, naming both shapes (it would put
+    frames at other scan positions); its own shape again is fine."""
+    path = write_npy(tmp_path / "s.npy", data)
+    fails(ctx, path, r"holds a 8 x 8 scan; nav_shape \(4, 16\) would put its frames at other",
+          nav_shape=(4, 16))
+    assert describe(open_dataset(ctx, path, nav_shape=(8, 8)))["nav_shape"] == (8, 8)
 
 
 @pytest.mark.parametrize("which", ["hdr", "mib"])
@@ -237,8 +248,7 @@ def test_open_detector_event_file(ctx, data, tmp_path):
     assert describe(ds) == {"nav_shape": (8, 8), "sig_shape": (32, 32), "dtype": "uint16",
                             "n_frames": 64}
     assert np.array_equal(read_all(ctx, ds), data)
-    ds = open_dataset(ctx, path, nav_shape=(4, 16))
-    assert np.array_equal(read_all(ctx, ds), data.reshape(4, 16, 32, 32))
+    fails(ctx, path, r"holds a 8 x 8 scan", nav_shape=(4, 16))   # its own scan axes
 
 
 def test_5d_hdf5_with_several_events_is_refused(ctx, data, tmp_path):
