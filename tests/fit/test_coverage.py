@@ -88,6 +88,33 @@ def test_low_dose_fits_are_near_the_cramer_rao_bound(low_dose_fits):
     assert ratios[0] <= 1.75 and ratios[1] <= 2.5, (ratios, rot, b_rot, of, b_of)
 
 
+#: Seeds of the small-scan coverage test: the first ten of the 52 measured (parts.GROUPS).
+N_SMALL = 10
+
+
+@pytest.mark.slow
+def test_small_scan_rotation_sigma_covers_the_error(ctx):
+    """On a 24x24 scan at 5 counts/px the rotation's sigma (nine interleaved groups'
+    jackknife, the parts, the loss's allowance) covers its error within 2 sigma in at
+    least 9 of 10 draws, and the errors scatter as measured over 52 seeds (RMS 0.093 deg;
+    seeds 0-9: 0.084, seed 3 3.7 sigma off). The final stage alone, from the truth."""
+    from stemcal.fit import build_cache
+    from stemcal.fit.parts import finish
+
+    truth = OverfocusParams(overfocus=1e-6, semiconv=6e-3, cy=31.0, cx=33.5, scan_rotation=20.0,
+                            flip_y=True, descan=((0.02, 0.0), (-0.01, 0.03)), **BASE)
+    rows = []
+    for seed in range(N_SMALL):
+        data = simulate(truth, (24, 24), (64, 64), dose=5.0, seed=seed)
+        cache = build_cache(ctx, ctx.load("memory", data=data, num_partitions=2), bin=1, stride=1)
+        fin = finish(cache, truth, free=("scan_rotation", "overfocus"))
+        rows.append((fin.params.scan_rotation - truth.scan_rotation, fin.uncertainty["scan_rotation"]))
+    errs = np.array([e for e, _ in rows])
+    covered = sum(abs(e) <= 2 * s for e, s in rows)
+    assert covered >= 0.9 * N_SMALL, rows
+    assert float(np.sqrt(np.mean(errs ** 2))) <= 0.12, rows
+
+
 #: Pure Poisson noise without a beam (shape, mean counts per px), and blank specimens under
 #: a beam (scan shape, dose, seed).
 NOISE = [((16, 16, 64, 64), 0.1), ((32, 32, 64, 64), 1.0), ((24, 20, 96, 96), 5.0),

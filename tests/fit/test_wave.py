@@ -191,8 +191,8 @@ def test_sampling_resonance_is_flagged_and_nine_groups_remove_it(ctx, multislice
     detector, and the crystal's pixel-scale detail aliases alike in every frame: the
     rotation comes out 0.1 deg off, the rim's 1.6 deg from the inner disk's. The rim rule
     flags it (the edge effect cannot turn the shadow) and the sigma covers it (it said
-    "ok" before). Nine groups (3x3) mix the phases: right and "ok" (not the default yet:
-    parts.GROUPS)."""
+    "ok" before). Nine groups (3x3, the default: parts.GROUPS) mix the phases: right and
+    "ok"."""
     from stemcal.fit import parts
 
     kwargs = dict(RESONANT)
@@ -209,14 +209,14 @@ def test_sampling_resonance_is_flagged_and_nine_groups_remove_it(ctx, multislice
         return (f"{errors(truth, f)}, uncertainty {f.extra['uncertainty']}, quality "
                 f"{f.quality}, rotation parts {f.extra['uncertainty_parts']['scan_rotation']}")
 
-    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 9)
+    assert parts.GROUPS["scan_rotation"] == 9   # the default
     nine = fit()
     err, unc = errors(truth, nine), nine.extra["uncertainty"]
     assert abs(err["rotation"]) <= 0.02 and nine.quality == "ok", report(nine)
     assert abs(err["rotation"]) <= 2 * unc["scan_rotation"], report(nine)
     assert nine.params.flip_y == truth["flip_y"] and err["centre"] <= 0.1, report(nine)
 
-    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 4)   # the default
+    monkeypatch.setitem(parts.GROUPS, "scan_rotation", 4)
     four = fit()
     err, unc = errors(truth, four), four.extra["uncertainty"]
     rot = four.extra["uncertainty_parts"]["scan_rotation"]
