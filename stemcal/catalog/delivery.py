@@ -31,7 +31,8 @@ from ..record import CalibrationRecord
 from . import replay, store
 from .journal import journal_dir, journals, read_journal, try_lock
 from .keys import KeyInURIError
-from .spool import failure_reason, find, fsync_dir, locked, spool_dir, spool_record, spooled
+from .spool import (failure_reason, find, fsync_dir, locked, spool_dir, spool_path, spool_record,
+                    spooled)
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,7 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
                 entry = find(uid, d)
             except ValueError as exc:
                 log.warning("%s", exc)
-                report.damaged.append((str(d / f"{uid}.npz"), str(exc)))
+                report.damaged.append((str(spool_path(uid, d)), str(exc)))
                 continue
             if entry is not None:
                 entries.append(entry)

@@ -143,7 +143,7 @@ def spool_record(record: CalibrationRecord, images: Mapping[str, np.ndarray] | N
     blob = json.dumps(meta, allow_nan=True).encode()
     d = Path(directory) if directory is not None else spool_dir()
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    final = d / f"{record.uid}.npz"
+    final = spool_path(record.uid, d)
     fd, tmp = tempfile.mkstemp(prefix=f".{record.uid}.", suffix=".tmp", dir=d)
     held = -1
     try:
@@ -212,10 +212,15 @@ def spooled(directory: str | os.PathLike | None = None,
     return entries
 
 
+def spool_path(uid: str, directory: str | os.PathLike | None = None) -> Path:
+    """Where record ``uid``'s spool file is (or would be): ``<directory>/<uid>.npz``."""
+    d = Path(directory) if directory is not None else spool_dir()
+    return d / f"{uid}.npz"
+
+
 def find(uid: str, directory: str | os.PathLike | None = None) -> SpoolEntry | None:
     """The spool entry of record ``uid`` (full uid), or None."""
-    d = Path(directory) if directory is not None else spool_dir()
-    p = d / f"{uid}.npz"
+    p = spool_path(uid, directory)
     if not _UID.fullmatch(uid) or not p.is_file():
         return None
     return read_entry(p)
@@ -249,5 +254,5 @@ def failure_reason(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-__all__ = ["failure_reason", "spool_dir", "spool_record", "spooled", "find", "read_entry",
-           "SpoolEntry", "redact", "redact_location", "locked", "fsync_dir"]
+__all__ = ["failure_reason", "spool_dir", "spool_path", "spool_record", "spooled", "find",
+           "read_entry", "SpoolEntry", "redact", "redact_location", "locked", "fsync_dir"]
