@@ -214,9 +214,12 @@ class RunKeeper:
         self.unavailable = getattr(client, "reason", None)
         # a stand-in is told of each run kept (a courier delivers it at once)
         self._keep = getattr(client, "keep", None) if self.unavailable is not None else None
+        # the catalog's writer is made at the first document (one request to the catalog):
+        # a catalog that went away since it was opened then fails that run, which is kept
+        # like any run the catalog failed, and the next run tries again
+        self._client = client if self.unavailable is None else None
+        self._make_writer = tiled_writer
         self.writer = None
-        if self.unavailable is None:
-            self.writer = tiled_writer(client)
         self._runs: dict[str, _OpenRun] = {}
         self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self.kept: list[Path] = []  # journals kept for sync, in order
@@ -247,8 +250,10 @@ class RunKeeper:
             log.debug("run journal: %s document of an unknown run", name)
             return
         run.add(name, doc)
-        if run.failed is None and self.writer is not None:
+        if run.failed is None and self._client is not None:
             try:
+                if self.writer is None:
+                    self.writer = self._make_writer(self._client)
                 self.writer(name, doc)
             except Exception as exc:  # noqa: BLE001 - the journal keeps the run
                 run.failed = failure_reason(exc)

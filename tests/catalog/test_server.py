@@ -256,3 +256,36 @@ def test_server_host_comes_from_configuration():
     assert server_settings({"server": {"host": "10.0.0.5", "port": 8123}}) == ("10.0.0.5", 8123)
     with pytest.raises(ValueError, match="keys do not belong"):
         server_settings({"server": {"api_key": "x"}})
+
+
+def test_catalog_gone_between_opening_and_the_first_run_keeps_the_run(server, monkeypatch,
+                                                                      tmp_path):
+    """The server dies after the catalog was opened and before the first run (the writer's
+    first request is at the run's first document, not when the keeper is made): that run is
+    journalled and kept for ``stemcal sync``, not an error; once the server is back the next
+    run goes to it."""
+    from event_model import compose_run
+
+    from stemcal.catalog import RunKeeper
+    from stemcal.catalog.journal import read_journal
+
+    monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
+    client = open_catalog(server.uri)
+    server.stop()
+    keeper = RunKeeper(client, spool=tmp_path / "spool")   # asks the server nothing yet
+
+    def run() -> str:
+        bundle = compose_run(metadata={"purpose": "test"})
+        keeper("start", bundle.start_doc)
+        keeper("stop", bundle.compose_stop(exit_status="success"))
+        return bundle.start_doc["uid"]
+
+    first = run()
+    kept, = list(keeper)
+    assert kept.stem == first
+    journal = read_journal(kept)
+    assert journal.location == server.uri and "ConnectError" in journal.kept, journal.kept
+    server.start()
+    second = run()
+    assert [p.stem for p in keeper] == [first]   # the second went to the server
+    assert second in open_catalog(server.uri) and first not in open_catalog(server.uri)
