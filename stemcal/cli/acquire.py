@@ -75,8 +75,9 @@ def add_parsers(sub: Any) -> None:
     cal.add_argument("--max-attempts", type=integer("--max-attempts", maximum=100), default=3,
                      metavar="N", help="most acquisitions, each at another focus")
     cal.add_argument("--data-dir", metavar="DIR",
-                     help="where the detector writes (default: CATALOG/raw, or the data "
-                          "directory a catalog server announces)")
+                     help="where the detector writes (default: the configuration's [paths] "
+                          "data_dir, else CATALOG/raw or the data directory a catalog server "
+                          "announces)")
     cal.add_argument("--figures", metavar="DIR",
                      help="write the report figure of each calibration "
                           "(calibration_<record uid8>.png) and the live view (live_<run uid8>.png)")
@@ -91,10 +92,10 @@ def add_parsers(sub: Any) -> None:
     cal.set_defaults(handler=_calibrate)
 
 
-def _detector_settings() -> Any:
+def _detector_settings(cfg: dict) -> Any:
     """The configuration's ``[detector]`` (:class:`~stemcal.config.DetectorSettings`)."""
-    from ..config import DetectorSettings, load_config
-    return DetectorSettings.from_mapping(load_config().get("detector", {}))
+    from ..config import DetectorSettings
+    return DetectorSettings.from_mapping(cfg.get("detector", {}))
 
 
 def _sim_settings(args: argparse.Namespace, hardware: bool) -> Any:
@@ -193,8 +194,13 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
     from ..plans import calibrate
     from ..session import catalog_location, make_session
 
+    from ..config import load_config
+
     command_line_process()
-    detector = _detector_settings()
+    cfg = load_config()
+    detector = _detector_settings(cfg)
+    # --data-dir, else the configuration's [paths] data_dir, else the catalog's
+    data_dir = args.data_dir if args.data_dir else cfg.get("paths", {}).get("data_dir")
     sim = _sim_settings(args, detector.is_hardware)
     loc, _ = catalog_location(args.catalog)
     bars = not args.no_progress and sys.stderr.isatty()
@@ -203,7 +209,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
               f"{'hardware' if detector.is_hardware else 'simulated'} microscope ...",
               file=sys.stderr, flush=True)
     # the live view's figure only where someone sees it (a window, or --figures): None
-    session = make_session(loc, sim=sim, data_dir=args.data_dir, figure_dir=args.figures,
+    session = make_session(loc, sim=sim, data_dir=data_dir, figure_dir=args.figures,
                            detector=detector, courier=True, live_figure=None,
                            context_managers=[AbortOnInterrupt])
     inst = session.instrument

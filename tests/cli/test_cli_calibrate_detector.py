@@ -45,7 +45,8 @@ def merlin(tmp_path_factory):
     config = d / "config.toml"
     config.write_text(f'[detector]\nkind = "merlin"\nbackend = "hardware"\n'
                       f'api_port = {server.control_port}\ndata_port = {server.data_port}\n'
-                      f'sig_shape = [{SIG[0]}, {SIG[1]}]\ntimeout = 10.0\n')
+                      f'sig_shape = [{SIG[0]}, {SIG[1]}]\ntimeout = 10.0\n'
+                      f'[paths]\ndata_dir = "{d / "frames"}"\n')
     yield d, config
     server.stop()
 
@@ -68,6 +69,8 @@ def test_calibrate_drives_the_configured_detector(merlin):
     assert rec["flip_y"] is False
     assert abs(rec["overfocus"] / SERVED.overfocus - 1) <= 0.005, rec
     assert abs(rec["cy"] - SERVED.cy) <= 0.5 and abs(rec["cx"] - SERVED.cx) <= 0.5, rec
+    # the detector wrote where the configuration's [paths] data_dir says
+    assert len(list((d / "frames").glob("*.h5"))) == 1
 
 
 @pytest.mark.parametrize("argv, named", [
