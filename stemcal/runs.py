@@ -72,7 +72,7 @@ from .twin.params import OverfocusParams, semiconv_for_disk
 __all__ = ["CALIBRATION_PURPOSE", "CHECK_PURPOSE", "RECORD_PURPOSE", "RESULT_PURPOSE",
            "RECORD_PLAN_NAME",
            "CALIBRATION_KEY", "STATUS_KEY", "PRIMARY_STREAM", "BASELINE_STREAM",
-           "INCOMPLETE_STREAM", "DEFAULT_TOLERANCES", "GUESS_KEYS", "plain", "check_guess",
+           "INCOMPLETE_STREAM", "DEFAULT_TOLERANCES", "OPTICS_STATE_KEYS", "GUESS_KEYS", "plain", "check_guess",
            "device_settings", "acquisition_start", "check_request", "read_check", "optics_state", "fit_inputs",
            "starting_geometry", "projection_params", "frame_layout", "resource_path"]
 
@@ -101,6 +101,17 @@ INCOMPLETE_STREAM = "incomplete"
 
 #: Example tolerances of :func:`optics_state` keys (absolute, in each key's unit), as used
 #: by :func:`stemcal.plans.recalibrate_if_stale` and :mod:`stemcal.attach`.
+#: The keys of :func:`optics_state` (a calibration's ``optics_state``), each from
+#: (device state, its key).
+_STATE_SOURCES = {"overfocus_setting": ("optics", "overfocus"),
+                  "camera_length": ("optics", "camera_length"),
+                  "high_tension": ("optics", "high_tension"),
+                  "magnification": ("optics", "magnification"),
+                  "scan_rotation_setting": ("scan", "rotation"),
+                  "scan_pixel_size": ("scan", "pixel_size")}
+#: What a record's optics state can hold, so all that tolerances can compare.
+OPTICS_STATE_KEYS = tuple(_STATE_SOURCES)
+
 DEFAULT_TOLERANCES: dict[str, float] = {
     "overfocus_setting": 20e-9,     # m
     "camera_length": 1e-3,          # m
@@ -238,12 +249,9 @@ def optics_state(optics: Mapping[str, Any], scan: Mapping[str, Any]) -> dict[str
         :func:`stemcal.catalog.staleness` tolerances refer to.
     """
     out: dict[str, Any] = {}
-    for key, src, name in (("overfocus_setting", optics, "overfocus"),
-                           ("camera_length", optics, "camera_length"),
-                           ("high_tension", optics, "high_tension"),
-                           ("magnification", optics, "magnification"),
-                           ("scan_rotation_setting", scan, "rotation"),
-                           ("scan_pixel_size", scan, "pixel_size")):
+    sources = {"optics": optics, "scan": scan}
+    for key, (device, name) in _STATE_SOURCES.items():
+        src = sources[device]
         if src.get(name) is not None:
             out[key] = plain(src[name])
     return out

@@ -34,6 +34,7 @@ Choices
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -116,6 +117,8 @@ class CalibrationRecorder:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._statuses: dict[str, ResultStatus] = {}
+        self._abandoned: dict[str, str] = {}   # run uid -> why nobody waits for its record
+        self._recorded: set[str] = set()       # runs whose record is being or was written
         self._fitted_views: list[Any] = []  # live views to redraw with their fit
         self._router = RunRouter([self.factory])
 
@@ -220,6 +223,33 @@ class CalibrationRecorder:
             except KeyError:
                 raise KeyError(f"run {run_uid} is not handled by this recorder") from None
 
+    def abandon(self, run_uid: str, reason: str) -> bool:
+        """Nobody waits for run ``run_uid``'s calibration any more (a plan's ``timeout``).
+
+        Its fit goes on (a pass cannot be stopped half-way), but the record it ends in is
+        written with ``quality`` ``"abandoned: <reason>"``: not valid, so it never becomes
+        the newest valid calibration that later runs are given. Returns True if so; False
+        where the record was written already (it stands as it is) or the run is unknown.
+        """
+        with self._lock:
+            status = self._statuses.get(run_uid)
+            if status is None or status.done or run_uid in self._recorded:
+                return False
+            self._abandoned[run_uid] = " ".join(str(reason).split())
+            return True
+
+    def _to_record(self, run_uid: str, record: CalibrationRecord) -> CalibrationRecord:
+        """``record`` as it is to be written: marked abandoned where :meth:`abandon` said so
+        before this (after this, :meth:`abandon` leaves it alone)."""
+        with self._lock:
+            self._recorded.add(run_uid)
+            reason = self._abandoned.pop(run_uid, None)
+        if reason is None:
+            return record
+        log.warning("run %s: its calibration finished after the plan stopped waiting; recorded "
+                    "as abandoned (not valid)", run_uid)
+        return dataclasses.replace(record, quality=f"abandoned: {reason}")
+
     # -- work -----------------------------------------------------------------------------
     def _submit(self, status: ResultStatus, work: Callable[..., Any],
                 start: dict, data: AcquiredData) -> None:
@@ -274,7 +304,8 @@ class CalibrationRecorder:
             fit = cold_start(dataset, ctx=ctx, **inputs,
                              **{"progress": progress, "on_stage": progress.stage, **self.fit_kwargs})
         except NoFeaturesError as exc:
-            record = self._no_features_record(start, data, state, settings, exc)
+            record = self._to_record(start["uid"],
+                                     self._no_features_record(start, data, state, settings, exc))
             write_record_or_spool(self.client, record)
             return record
         settings.update({"metric": fit.metric, "loss": fit.loss, "contrast": fit.contrast,
@@ -284,6 +315,7 @@ class CalibrationRecorder:
         record = CalibrationRecord.from_fit(fit, acquisition_uid=start["uid"], optics_state=state,
                                             fit_settings=settings)
         images = {k: fit.images[k] for k in IMAGE_NAMES if k in fit.images}
+        record = self._to_record(start["uid"], record)
         write_record_or_spool(self.client, record, images)
         view = self._view_of(start["uid"])
         if view is not None:  # redrawn on the RunEngine thread (next document, or close)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..checks import is_real
 from ..record import CalibrationRecord
-from ..runs import RECORD_PURPOSE
+from ..runs import OPTICS_STATE_KEYS, RECORD_PURPOSE
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,19 @@ def staleness(record: CalibrationRecord, optics_state: Mapping[str, Any],
 
 
 def check_tolerances(tolerances: Mapping[str, float]) -> None:
+    """``ValueError`` unless ``tolerances`` maps one or more keys of a calibration's optics
+    state (:data:`stemcal.runs.OPTICS_STATE_KEYS`) to finite numbers >= 0. With none, every
+    record would hold for every state; a key no record has (a typing error) would make
+    every record stale."""
+    if not isinstance(tolerances, Mapping):
+        raise ValueError(f"tolerances must map optics state keys to numbers, got {tolerances!r}")
+    if not tolerances:
+        raise ValueError("tolerances compare nothing: every calibration would hold for every "
+                         f"microscope state; give one or more of {', '.join(OPTICS_STATE_KEYS)}")
+    unknown = [k for k in tolerances if k not in OPTICS_STATE_KEYS]
+    if unknown:
+        raise ValueError(f"tolerances: unknown key(s) {', '.join(map(repr, unknown))}; a "
+                         f"calibration's optics state has {', '.join(OPTICS_STATE_KEYS)}")
     bad = {k: v for k, v in tolerances.items()
            if not is_real(v) or v < 0}
     if bad:

@@ -208,7 +208,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
                 if uid is None:  # no RunEngine (summarize_plan, a simulator): no run, no fit
                     return None
                 status = status_of(recorder, uid)
-                yield from wait_status(status, timeout, f"calibration of run {uid[:8]}")
+                yield from waited(status, recorder, uid, timeout)
                 record = status.result
                 if result_runs:
                     yield from read_result(record, md={"calibration_attempt": k,
@@ -221,6 +221,23 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
         return (yield from bpp.finalize_wrapper(inner(), restore))
 
     return subscribed(attempts(), recorder, bool(subscribe))
+
+
+def waited(status: Any, recorder: Any, uid: str, timeout: float | None) -> MsgGenerator[None]:
+    """Wait for run ``uid``'s calibration; past ``timeout``, tell the recorder that nobody
+    waits for it (:meth:`~stemcal.callbacks.CalibrationRecorder.abandon`: its record is then
+    written as abandoned, not valid) and raise ``TimeoutError`` saying so."""
+    try:
+        yield from wait_status(status, timeout, f"calibration of run {uid[:8]}")
+    except TimeoutError as exc:
+        abandon = getattr(recorder, "abandon", None)
+        if abandon is not None and abandon(uid, str(exc)):
+            raise TimeoutError(f"{exc}; its fit goes on, and its record will be written as "
+                               "abandoned (not valid, never attached to later runs)") from None
+        if status.done:
+            raise TimeoutError(f"{exc}; its calibration ended meanwhile, and what it "
+                               "recorded stands") from None
+        raise
 
 
 def read_result(record: CalibrationRecord, *, name: str = "fit",

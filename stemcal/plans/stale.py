@@ -6,8 +6,7 @@ from typing import Any
 
 from bluesky.utils import MsgGenerator
 
-from ..catalog import calibration_history, latest_calibration, staleness
-from ..checks import is_real
+from ..catalog import calibration_history, check_tolerances, latest_calibration, staleness
 from ..record import CalibrationRecord
 from ..runs import optics_state, plain
 from .calibrate import calibrate, check_calibrate_args
@@ -51,10 +50,7 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
         The stored record in force, or the new one (which may be invalid:
         check ``valid``).
     """
-    if not isinstance(tolerances, Mapping) or any(
-            not is_real(v) or v < 0
-            for v in tolerances.values()):
-        raise ValueError(f"tolerances must map state keys to finite numbers >= 0, got {tolerances!r}")
+    check_tolerances(tolerances)
     unknown = set(calibrate_kwargs) - {"max_attempts", "focus_limits", "focus_step", "timeout",
                                        "live"}
     if unknown:

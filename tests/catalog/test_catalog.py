@@ -290,7 +290,13 @@ def test_staleness_names_changed_keys():
     assert staleness(rec, {**OPTICS, "high_tension": 200e3, "overfocus_setting": 5.0}, tols) == [
         "high_tension"]  # overfocus_setting is not compared
     assert staleness(rec, {"camera_length": 0.1, "high_tension": 300e3}, tols) == ["magnification"]
-    assert staleness(rec, OPTICS, {"spot_size": 0.0}) == ["spot_size"]  # missing in the record
+    # a key no optics state has (a typing error) would make every record stale, and no key
+    # would let every record hold for every state: both refused, naming what can be compared
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'camera_lenght'; a calibration's "
+                       r"optics state has overfocus_setting, camera_length"):
+        staleness(rec, OPTICS, {"camera_lenght": 0.01})
+    with pytest.raises(ValueError, match="tolerances compare nothing"):
+        latest_calibration(None, OPTICS, {})
 
 
 def test_reopen_sees_records_via_env(store, tmp_path, monkeypatch):

@@ -230,6 +230,35 @@ def test_focus_restored_when_an_attempt_fails(session, tmp_path):
     assert acqs[0]["uid"] in uids and acqs[1]["uid"] in uids and acqs[2]["uid"] not in uids
 
 
+def test_a_calibration_the_plan_stopped_waiting_for_is_recorded_abandoned(session, tmp_path):
+    """``timeout`` ends the plan with TimeoutError while the fit goes on; the record it
+    ends in is written, but as abandoned: not valid, so not the calibration that later
+    runs are given (the newest valid record stays the one before)."""
+    from stemcal.catalog import latest_calibration
+
+    inst = instrument(tmp_path / "raw")
+    RE = RunEngine({}, call_returns_result=True)
+    docs: list = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    with CalibrationRecorder(session.client) as recorder:
+        RE.subscribe(recorder)
+        with pytest.raises(TimeoutError, match=r"did not finish within 0\.001 s; its fit goes on, "
+                           r"and its record will be written as abandoned"):
+            RE(calibrate(inst.detector, inst.scan, inst.optics, callback=recorder,
+                         timeout=1e-3))
+        acq, = starts(docs)
+        status = recorder.result_status(acq["uid"])
+        assert status.exception(timeout=120) is None   # the fit went on to its end
+        record = status.result
+        assert not recorder.abandon(acq["uid"], "too late")   # written: it stands as it is
+    assert record.quality.startswith("abandoned: calibration of run") and not record.valid
+    assert get_record(session.client, record.uid) == record
+    assert abs(record.scan_rotation - session.record.scan_rotation) < 0.2   # fitted all the same
+    state = optics_state(acq["optics"], acq["scan"])
+    latest = latest_calibration(session.client, state, TOLERANCES)
+    assert latest is not None and latest.uid != record.uid and latest.valid
+
+
 # -- the recorder's document handling -------------------------------------------------
 
 def _run_docs(purpose="calibration_data", exit_status="success"):
@@ -319,9 +348,13 @@ def test_plan_arguments_are_validated(session):
     with pytest.raises(ValueError, match="rotation_step"):
         verify_calibration(inst.detector, inst.scan, inst.optics, session.record,
                            callback=session.recorder, rotation_step=0)
-    with pytest.raises(ValueError, match="tolerances"):
-        recalibrate_if_stale(inst.detector, inst.scan, inst.optics, catalog_client=session.client,
-                             tolerances={"camera_length": -1.0}, callback=session.recorder)
+    for tolerances, match in (({"camera_length": -1.0}, "tolerances must be finite"),
+                              ({"bogus": 1}, r"tolerances: unknown key\(s\) 'bogus'"),
+                              ({}, "tolerances compare nothing")):
+        with pytest.raises(ValueError, match=match):   # when the plan is made, before a scan
+            recalibrate_if_stale(inst.detector, inst.scan, inst.optics,
+                                 catalog_client=session.client, tolerances=tolerances,
+                                 callback=session.recorder)
     with pytest.raises(ValueError, match="focus_limits"):
         session.RE(calibrate(inst.detector, inst.scan, inst.optics, callback=session.recorder,
                              focus_limits=(-1e-6, 2e-6)))
