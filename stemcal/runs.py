@@ -72,7 +72,8 @@ from .twin.params import OverfocusParams, semiconv_for_disk
 __all__ = ["CALIBRATION_PURPOSE", "CHECK_PURPOSE", "RECORD_PURPOSE", "RESULT_PURPOSE",
            "RECORD_PLAN_NAME",
            "CALIBRATION_KEY", "STATUS_KEY", "PRIMARY_STREAM", "BASELINE_STREAM",
-           "INCOMPLETE_STREAM", "DEFAULT_TOLERANCES", "OPTICS_STATE_KEYS", "GUESS_KEYS", "plain", "check_guess",
+           "INCOMPLETE_STREAM", "DEFAULT_TOLERANCES", "OPTICS_STATE_KEYS", "RESERVED_MD",
+           "check_md", "GUESS_KEYS", "plain", "check_guess",
            "device_settings", "acquisition_start", "check_request", "read_check", "optics_state", "fit_inputs",
            "starting_geometry", "projection_params", "frame_layout", "resource_path"]
 
@@ -185,6 +186,27 @@ def device_settings(device: Any) -> dict[str, Any]:
     if callable(state):
         return plain(state())
     return {k: plain(v["value"]) for k, v in device.read_configuration().items()}
+
+
+#: Start-document keys the plans set for the recorder (the contract above, and the
+#: attempt counters of :func:`stemcal.plans.calibrate`): a plan's ``md`` may not set them.
+RESERVED_MD = ("purpose", "optics", "scan", "detector", "guess", "live", "calibration_check",
+               "calibration_attempt", "max_attempts")
+
+
+def check_md(md: Any) -> dict[str, Any]:
+    """``md`` of a calibration plan as a dict; ``ValueError`` unless it is a mapping with
+    string keys and none of :data:`RESERVED_MD` (with ``purpose`` changed, for example, the
+    recorder would not know the run as one to calibrate, and the plan would wait in vain)."""
+    if md is None:
+        return {}
+    if not isinstance(md, Mapping) or not all(isinstance(k, str) for k in md):
+        raise ValueError(f"md must map strings to values, got {md!r}")
+    taken = [k for k in md if k in RESERVED_MD]
+    if taken:
+        raise ValueError(f"md must not set {', '.join(map(repr, taken))}: the plan sets it for "
+                         "the calibration recorder")
+    return dict(md)
 
 
 def acquisition_start(detector: Any, scan: Any, optics: Any, *, guess: Mapping[str, Any],

@@ -35,7 +35,7 @@ from bluesky.utils import MsgGenerator
 
 from ..checks import is_real
 from ..record import CalibrationRecord
-from ..runs import RESULT_PURPOSE, PRIMARY_STREAM
+from ..runs import RESULT_PURPOSE, PRIMARY_STREAM, check_md
 from .recorder_wait import check_recorder, status_of, subscribed, wait_status
 from .scan import check_live, overfocus_scan
 
@@ -174,6 +174,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
     """
     check_calibrate_args(max_attempts, focus_limits, focus_step, timeout)
     check_live(live)
+    md = check_md(md)
     if not isinstance(result_runs, bool):
         raise ValueError(f"result_runs must be true or false, got {result_runs!r}")
     check_recorder(callback)

@@ -8,7 +8,7 @@ from bluesky.utils import MsgGenerator
 
 from ..catalog import calibration_history, check_tolerances, latest_calibration, staleness
 from ..record import CalibrationRecord
-from ..runs import optics_state, plain
+from ..runs import check_md, optics_state, plain
 from .calibrate import calibrate, check_calibrate_args
 from .recorder_wait import check_recorder
 from .scan import check_live
@@ -59,6 +59,7 @@ def recalibrate_if_stale(detector: Any, scan: Any, optics: Any, *, catalog_clien
                           calibrate_kwargs.get("focus_limits"), calibrate_kwargs.get("focus_step"),
                           calibrate_kwargs.get("timeout", 600.0))
     check_live(calibrate_kwargs.get("live", False))
+    md = check_md(md)
     check_recorder(callback)
 
     def inner() -> MsgGenerator[CalibrationRecord]:

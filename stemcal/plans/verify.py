@@ -9,7 +9,7 @@ from bluesky.utils import MsgGenerator
 
 from ..checks import is_real
 from ..record import CalibrationRecord
-from ..runs import check_request
+from ..runs import check_md, check_request
 from .recorder_wait import check_recorder, status_of, subscribed, wait_status
 from .scan import check_live, overfocus_scan
 
@@ -92,6 +92,7 @@ def verify_calibration(detector: Any, scan: Any, optics: Any, record: Calibratio
     if not isinstance(record, CalibrationRecord):
         raise ValueError(f"record must be a CalibrationRecord, got {record!r}")
     check_live(live)
+    md = check_md(md)
     check_recorder(callback)
     recorder = callback
     _md: dict[str, Any] = {

@@ -348,6 +348,18 @@ def test_plan_arguments_are_validated(session):
     with pytest.raises(ValueError, match="rotation_step"):
         verify_calibration(inst.detector, inst.scan, inst.optics, session.record,
                            callback=session.recorder, rotation_step=0)
+    # md may not take the keys the recorder reads: with another purpose the run would not
+    # be calibrated and the plan would say 'subscribe the recorder'
+    with pytest.raises(ValueError, match="md must not set 'purpose': the plan sets it"):
+        calibrate(inst.detector, inst.scan, inst.optics, callback=session.recorder,
+                  md={"purpose": "something_else"})
+    with pytest.raises(ValueError, match="md must not set 'calibration_check'"):
+        verify_calibration(inst.detector, inst.scan, inst.optics, session.record,
+                           callback=session.recorder, md={"calibration_check": {}})
+    with pytest.raises(ValueError, match="md must not set 'optics', 'guess'"):
+        recalibrate_if_stale(inst.detector, inst.scan, inst.optics, catalog_client=session.client,
+                             tolerances={"camera_length": 1e-3}, callback=session.recorder,
+                             md={"optics": {}, "guess": {}, "sample": "fine"})
     for tolerances, match in (({"camera_length": -1.0}, "tolerances must be finite"),
                               ({"bogus": 1}, r"tolerances: unknown key\(s\) 'bogus'"),
                               ({}, "tolerances compare nothing")):
