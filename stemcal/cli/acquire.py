@@ -152,6 +152,14 @@ class AbortOnInterrupt:
             log.debug("Ctrl-C: the RunEngine could not pause", exc_info=True)
 
 
+class _NoTracebacks(logging.Filter):
+    """Drops bluesky's "Run aborted" and its traceback below ``-vv``: the command ends
+    with the error in one line (and ``-vv`` shows the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info or logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+
+
 def _run_plan(RE: Any, plan: Any) -> Any:
     """``RE(plan)`` for a command: bluesky's chatter kept off stdout (it is for ``--json``),
     and a Ctrl-C (:class:`AbortOnInterrupt`) ending in ``KeyboardInterrupt`` once the run
@@ -162,6 +170,9 @@ def _run_plan(RE: Any, plan: Any) -> Any:
     from bluesky.utils import RunEngineInterrupted
 
     chatter = io.StringIO()
+    bluesky_log = logging.getLogger("bluesky")
+    tracebacks = _NoTracebacks()
+    bluesky_log.addFilter(tracebacks)
     try:
         with contextlib.redirect_stdout(chatter):
             try:
@@ -177,6 +188,7 @@ def _run_plan(RE: Any, plan: Any) -> Any:
                         quiet.setLevel(level)
                 raise KeyboardInterrupt from None
     finally:
+        bluesky_log.removeFilter(tracebacks)
         if chatter.getvalue():
             log.debug("bluesky: %s", chatter.getvalue().strip())
     if RE in _INTERRUPTED:
@@ -216,17 +228,39 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
     if bars:
         from ..callbacks.progress import progress_bars
         session.RE.waiting_hook = progress_bars()
+    failed = None
     try:
         result = _run_plan(session.RE, calibrate(inst.detector, inst.scan, inst.optics,
                                                  callback=session.recorder,
                                                  max_attempts=args.max_attempts,
                                                  live=args.live))
+    except (KeyboardInterrupt, CLIError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - said below, with the runs it kept
+        failed = exc
     finally:
         session.close()
+    if failed is not None:
+        kept = list(session.keeper)
+        if not kept:
+            raise failed
+        raise CLIError(_failure_line(failed, kept)) from failed
     if detector.is_hardware:
         return result.plan_result, None, list(session.keeper)
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
     return result.plan_result, truth, list(session.keeper)
+
+
+def _failure_line(exc: BaseException, kept: list) -> str:
+    """One line for a calibration that failed: what failed, and where the runs it made are
+    kept for ``stemcal sync`` (where the catalog did not take them)."""
+    msg = " ".join(str(exc).split()) or "(no message)"
+    line = f"{type(exc).__name__}: {msg}"
+    if kept:
+        line += (f"; the run{'s' if len(kept) > 1 else ''} it made kept in "
+                 f"{', '.join(map(str, kept))}; `stemcal sync` delivers "
+                 f"{'them' if len(kept) > 1 else 'it'}")
+    return line + " (run with -vv for the traceback)"
 
 
 def _quiet_catalog_warnings(verbose: int) -> None:

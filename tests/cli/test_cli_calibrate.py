@@ -189,3 +189,32 @@ def test_ctrl_c_during_the_scan_ends_the_command_cleanly(tmp_path, spares):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (130, "", "stemcal: interrupted\n")
+
+
+def test_detector_write_failure_ends_in_one_line(tmp_path):
+    """The detector's file cannot be written (a file-size limit, as a full disk would):
+    one line naming the failure, no 'Run aborted' and traceback from bluesky's logger
+    (there were 80 lines of them), status 2; any run the catalog did not take is named
+    with `stemcal sync`."""
+    import resource
+
+    def small_files() -> None:   # 300 kB: the catalog's files fit, the scan's frames do not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, resource.RLIM_INFINITY))
+
+    state = tmp_path / "state"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    env.update(STEMCAL_CATALOG=str(tmp_path / "cat"), XDG_STATE_HOME=str(state),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), STEMCAL_COMMAND_SPARE="0",
+               STEMCAL_COURIER_SPARE="0")
+    proc = subprocess.run([sys.executable, "-m", "stemcal.cli", "calibrate", "--json",
+                           "--no-progress", "--nav-shape", "24", "24", "--sig-shape", "64", "64"],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO, env=env,
+                          preexec_fn=small_files)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    line, = proc.stderr.splitlines()
+    assert line.startswith("stemcal: error: AcquisitionFailed: merlin: acquisition failed"), line
+    assert line.endswith("(run with -vv for the traceback)"), line
+    kept = sorted((state / "stemcal" / "spool" / "runs").glob("*.jsonl"))
+    assert all(str(p) in line for p in kept) and ("stemcal sync" in line) == bool(kept), line
