@@ -279,11 +279,13 @@ def _sync_runs(d: Path, catalogs: Catalogs, report: SyncReport,
             _remove(path)
 
 
-def _deliver_record(client: Any, entry: Any, report: SyncReport) -> None:
+def _deliver_record(client: Any, entry: Any, report: SyncReport, spool_raw: Path) -> None:
     # write_record looks whether the catalog holds the record complete already (and
-    # refuses): asking here first as well cost two more requests to the catalog
+    # refuses): asking here first as well cost two more requests to the catalog. Its frames
+    # moved with its run (runs are synced first): the record says where they are now
+    record = replay.relocated_record(entry.record, client, entry.location, spool_raw)
     try:
-        store.write_record(client, entry.record, entry.images)
+        store.write_record(client, record, entry.images)
     except store.RecordExistsError:
         report.already_there.append((entry.uid, entry.location))
     else:
@@ -307,7 +309,7 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
                 entries.append(entry)
     for entry in _claimed(entries, lambda e: e.path, report):
         if _attempt(catalogs, entry.location, entry.uid, report.pending,
-                    lambda c: _deliver_record(c, entry, report)):
+                    lambda c: _deliver_record(c, entry, report, d / "raw")):
             _remove(entry.path)
             log.info("spooled record %s is in catalog %s", entry.uid, entry.location)
 

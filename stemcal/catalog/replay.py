@@ -98,6 +98,32 @@ def _relocated(docs: list[tuple[str, dict]], data_dir: Path | None,
     return out, moved
 
 
+def relocated_record(record: Any, client: Any, location: str | None,
+                     spool_raw: Path) -> Any:
+    """``record`` with ``fit_settings["data"]["uri"]`` pointing where :func:`deliver_run`
+    moved its frames (from ``spool_raw`` into the catalog's data directory; the spool's
+    URI kept as ``spooled_uri``); unchanged where they were not in the spool or are there
+    still (their run not delivered yet)."""
+    import dataclasses
+
+    data = dict((record.fit_settings or {}).get("data") or {})
+    uri = data.get("uri")
+    if not (isinstance(uri, str) and uri.startswith("file:")):
+        return record
+    try:
+        src = resource_path(uri)
+    except ValueError:
+        return record
+    data_dir = data_dir_of(client, location)
+    if data_dir is None or not _inside(src, spool_raw) or src.exists():
+        return record
+    dst = data_dir / src.name
+    if not dst.exists():
+        return record
+    data.update(uri=dst.resolve().as_uri(), spooled_uri=uri)
+    return dataclasses.replace(record, fit_settings={**record.fit_settings, "data": data})
+
+
 def deliver_run(client: Any, journal: Journal, *, location: str | None,
                 spool_raw: Path) -> str:
     """Deliver the run of ``journal`` to ``client``; returns what was done (see module docstring).

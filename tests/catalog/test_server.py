@@ -144,6 +144,14 @@ def test_server_stops_mid_run_record_spooled_then_synced_once(server, monkeypatc
     hist = calibration_history(client)
     assert sorted(r.uid for r in hist) == sorted([rec_a.uid, uid_b])  # each exactly once
     assert get_record(client, rec_a.uid) == rec_a
+    # The second record's frames were written into the spool (the server was down) and sync
+    # moved them into the server's data directory: the record says where they are now
+    data_b = get_record(client, uid_b).fit_settings["data"]
+    assert data_b["spooled_uri"].startswith((tmp_path / "state").as_uri()), data_b
+    from stemcal.runs import resource_path
+    moved = resource_path(data_b["uri"])
+    assert moved.parent == server.catalog / "raw" and moved.is_file(), data_b
+    assert not resource_path(data_b["spooled_uri"]).exists()
     np.testing.assert_allclose(record_images(client, rec_a.uid)["point"],
                                np.nan_to_num(entry.images["point"]))
     # Both acquisitions resolve to complete runs whose frames the server reads. The first was
