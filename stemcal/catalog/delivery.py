@@ -74,27 +74,43 @@ def is_refusal(exc: BaseException) -> bool:
     return type(exc).__name__ == "CannotPrompt"  # tiled: a server that needs a key, none given
 
 
+def is_not_a_catalog(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a server answered, but not as a tiled server: a page that
+    is not JSON (another web server), JSON that is not tiled's description of itself, or
+    no such address (HTTP 404). A server error (5xx) or no answer counts as an outage."""
+    import json
+
+    from pydantic import ValidationError
+
+    response = getattr(exc, "response", None)
+    return (isinstance(exc, (json.JSONDecodeError, ValidationError))
+            or getattr(response, "status_code", None) == 404)
+
+
 def open_catalog_or_unavailable(location: str | Path | None = None, *,
                                 readable_storage: Iterable[str | Path] = ()) -> Any:
     """:func:`~stemcal.catalog.store.open_catalog`, or an :class:`UnavailableCatalog` where it
     cannot be opened.
 
-    A server that is down or refuses the key, or a directory that cannot be
-    created, written or read, gives the stand-in (with one warning) so that a
-    calibration can still run and keep what it makes. A server that answers but
-    is not a catalog of Bluesky runs, or a URI holding a key, is still a
-    ``ValueError`` (bad input, nothing to keep yet).
+    A server that is down, fails (5xx) or refuses the key, or a directory that
+    cannot be created, written or read, gives the stand-in (with one warning) so
+    that a calibration can still run and keep what it makes. A server that answers
+    but is not a tiled server (:func:`is_not_a_catalog`: kept runs could never be
+    delivered there) or not a catalog of Bluesky runs, or a URI holding a key, is
+    a ``ValueError`` (bad input, nothing to keep yet).
     """
     location = catalog_location(location)
     try:
         return store.open_catalog(location, readable_storage=readable_storage)
     except KeyInURIError:
         raise
-    except ValueError as exc:
-        if "CatalogOfBlueskyRuns" in str(exc):
+    except Exception as exc:  # noqa: BLE001 - sorted below
+        if is_server_uri(location) and is_not_a_catalog(exc):
+            raise ValueError(f"{location} answers, but not as a tiled catalog server "
+                             f"({failure_reason(exc)}): check the address (tiled serves "
+                             "http(s)://HOST:PORT/api)") from exc
+        if isinstance(exc, ValueError) and "CatalogOfBlueskyRuns" in str(exc):
             raise
-        reason, refused = failure_reason(exc), False
-    except Exception as exc:  # noqa: BLE001 - whatever stops it, records must not be lost
         reason, refused = failure_reason(exc), is_refusal(exc)
     if not is_server_uri(location):
         location = Path(location).resolve()

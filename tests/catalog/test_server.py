@@ -297,3 +297,51 @@ def test_catalog_gone_between_opening_and_the_first_run_keeps_the_run(server, mo
     second = run()
     assert [p.stem for p in keeper] == [first]   # the second went to the server
     assert second in open_catalog(server.uri) and first not in open_catalog(server.uri)
+
+
+@pytest.mark.parametrize("status, content_type, body, kept", [
+    (200, "text/html", b"<html><body>a web page</body></html>", False),   # not JSON
+    (404, "text/html", b"<html>no such page</html>", False),             # no such API here
+    (200, "application/json", b'{"garbage": [1, 2, 3]}', False),         # not tiled's JSON
+    (500, "text/html", b"<html>internal error</html>", True),            # a failing server
+])
+def test_a_web_server_that_is_not_tiled_is_bad_input(tmp_path, monkeypatch, status, content_type,
+                                                      body, kept):
+    """A catalog address that reaches another web server was taken for an outage: the
+    calibration was kept for a catalog that can never take it (`sync` failed ever after).
+    Now an answer that is not tiled's is a ValueError naming the address (the command's
+    status 2, before anything is scanned); a server error (5xx) is still an outage."""
+    import threading
+    import tiled.client.utils as tcu
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stemcal.catalog import UnavailableCatalog, open_catalog_or_unavailable
+
+    class Answer(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 1)
+    monkeypatch.setattr(tcu, "TILED_RETRY_TIMEOUT", 1.0)
+    monkeypatch.setenv("TILED_API_KEY", "k" * 32)
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{web.server_address[1]}/api"
+    try:
+        if kept:
+            assert isinstance(open_catalog_or_unavailable(uri), UnavailableCatalog)
+        else:
+            with pytest.raises(ValueError, match=f"{uri} answers, but not as a tiled catalog "
+                               r"server \(.*\): check the address"):
+                open_catalog_or_unavailable(uri)
+    finally:
+        web.shutdown()
