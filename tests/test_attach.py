@@ -228,6 +228,30 @@ def test_catalog_unavailable_does_not_stop_the_run(devices):
     assert len(starts) == 1
 
 
+def test_a_session_started_without_its_catalog_says_why(devices):
+    """A session started while its catalog server was down holds a stand-in for the
+    catalog (UnavailableCatalog): every run said 'AttributeError: 'UnavailableCatalog'
+    object has no attribute 'search''. Now the run carries why, and what to do; asked
+    directly, the catalog's queries say the same."""
+    from stemcal.catalog import UnavailableCatalog, latest_calibration
+    from stemcal.catalog.delivery import CatalogUnavailableError
+
+    optics, scan = devices
+    stand_in = UnavailableCatalog("http://127.0.0.1:9/api", "ConnectError: refused")
+    RE = RunEngine({})
+    RE.preprocessors.append(attach_calibration(stand_in, optics, scan, timeout=5.0))
+    starts = starts_of(RE)
+    RE(bp.count([optics]))
+    st = starts[0]["calibration_status"]
+    assert st["status"] == "catalog unavailable" and starts[0]["calibration"] is None
+    assert st["reason"].startswith("CatalogUnavailableError: catalog http://127.0.0.1:9/api "
+                                   "could not be opened (ConnectError: refused)"), st["reason"]
+    assert "start it again once the catalog is back" in st["reason"]
+    with pytest.raises(CatalogUnavailableError, match="could not be opened"):
+        latest_calibration(stand_in, STATE, {"camera_length": 1e-3})
+    assert getattr(stand_in, "finish", None) is None   # getattr's default still works
+
+
 def test_unreadable_optics_do_not_stop_the_run(RE, store, devices):
     _, client, _ = store
     optics, scan = devices

@@ -36,7 +36,7 @@ from .spool import (failure_reason, find, fsync_dir, locked, spool_dir, spool_pa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnavailableCatalog", "open_catalog_or_unavailable", "write_record_or_spool", "sync",
+__all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable", "write_record_or_spool", "sync",
            "SyncReport", "Catalogs", "is_refusal"]
 
 
@@ -64,6 +64,21 @@ class UnavailableCatalog:
     def keep(self, uid: str) -> None:
         """Called once the run or record ``uid`` for this catalog is kept (its journal
         closed, its spool file written); here it waits for ``stemcal sync``."""
+
+    def __getattr__(self, name: str) -> Any:
+        # a catalog's own attribute (search, values, ...) asked of the stand-in: say why
+        # there is no catalog, not "'UnavailableCatalog' object has no attribute 'search'"
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise CatalogUnavailableError(
+            f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
+            "made meanwhile is kept for `stemcal sync`. A session opens its catalog once, "
+            "when it starts: start it again once the catalog is back")
+
+
+class CatalogUnavailableError(AttributeError):
+    """A catalog's attribute asked of an :class:`UnavailableCatalog` (an ``AttributeError``,
+    so ``getattr(client, name, default)`` still gives the default)."""
 
 
 def is_refusal(exc: BaseException) -> bool:
