@@ -201,10 +201,23 @@ class AttachCalibration:
                 f"enabled={self.enabled})")
 
     def client(self) -> Any:
-        """The catalog client, opened on first use when a location was given."""
+        """The catalog client, opened on first use when a location was given; where it is
+        the stand-in of a catalog that could not be opened (a session started while its
+        server was down), opened again from the stand-in's location at each run until it
+        opens (only read here: what the session writes stays kept for ``stemcal sync``
+        until the session is started again)."""
+        from .catalog import UnavailableCatalog, open_catalog
+
         if self._client is None:
-            from .catalog import open_catalog
             self._client = open_catalog(self.catalog)
+        elif (isinstance(self._client, UnavailableCatalog)
+              and not getattr(self._client, "expected", False)):
+            location = getattr(self._client, "_stemcal_location", None)
+            if location is not None:
+                try:
+                    self._client = open_catalog(location)
+                except Exception as exc:  # noqa: BLE001 - still unavailable: said below
+                    log.debug("catalog %s still unavailable: %s", location, exc)
         return self._client
 
     def _metadata(self, readings: dict[str, Any] | None,

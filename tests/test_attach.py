@@ -228,28 +228,42 @@ def test_catalog_unavailable_does_not_stop_the_run(devices):
     assert len(starts) == 1
 
 
-def test_a_session_started_without_its_catalog_says_why(devices):
+def test_a_session_started_without_its_catalog_says_why_and_reads_it_once_back(
+        store, devices, monkeypatch):
     """A session started while its catalog server was down holds a stand-in for the
     catalog (UnavailableCatalog): every run said 'AttributeError: 'UnavailableCatalog'
-    object has no attribute 'search''. Now the run carries why, and what to do; asked
-    directly, the catalog's queries say the same."""
+    object has no attribute 'search''. Now each run tries the catalog again; while it
+    stays away the run carries why, and what to do (the catalog's queries say the same);
+    once it is back, the run carries the calibration in force."""
+    import tiled.client.utils as tcu
+
     from stemcal.catalog import UnavailableCatalog, latest_calibration
     from stemcal.catalog.delivery import CatalogUnavailableError
 
+    monkeypatch.setattr(tcu, "TILED_RETRY_ATTEMPTS", 1)
+    monkeypatch.setattr(tcu, "TILED_RETRY_TIMEOUT", 1.0)
     optics, scan = devices
-    stand_in = UnavailableCatalog("http://127.0.0.1:9/api", "ConnectError: refused")
+    down = f"http://127.0.0.1:{free_port()}/api"   # nothing listens there
+    stand_in = UnavailableCatalog(down, "ConnectError: refused")
     RE = RunEngine({})
-    RE.preprocessors.append(attach_calibration(stand_in, optics, scan, timeout=5.0))
+    RE.preprocessors.append(attach_calibration(stand_in, optics, scan, timeout=30.0))
     starts = starts_of(RE)
     RE(bp.count([optics]))
     st = starts[0]["calibration_status"]
     assert st["status"] == "catalog unavailable" and starts[0]["calibration"] is None
-    assert st["reason"].startswith("CatalogUnavailableError: catalog http://127.0.0.1:9/api "
-                                   "could not be opened (ConnectError: refused)"), st["reason"]
+    assert st["reason"].startswith(f"CatalogUnavailableError: catalog {down} could not be "
+                                   "opened (ConnectError: refused)"), st["reason"]
     assert "start it again once the catalog is back" in st["reason"]
     with pytest.raises(CatalogUnavailableError, match="could not be opened"):
         latest_calibration(stand_in, STATE, {"camera_length": 1e-3})
     assert getattr(stand_in, "finish", None) is None   # getattr's default still works
+
+    directory, _, recs = store   # a catalog that is there (now)
+    RE.preprocessors[0] = attach_calibration(UnavailableCatalog(directory, "was locked"),
+                                             optics, scan)
+    RE(bp.count([optics]))
+    assert starts[1]["calibration"]["uid"] == recs["good"].uid
+    assert starts[1]["calibration_status"]["status"] == "ok"
 
 
 def test_unreadable_optics_do_not_stop_the_run(RE, store, devices):
