@@ -209,7 +209,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
                 if uid is None:  # no RunEngine (summarize_plan, a simulator): no run, no fit
                     return None
                 status = status_of(recorder, uid)
-                yield from waited(status, recorder, uid, timeout)
+                yield from _waited(status, recorder, uid, timeout)
                 record = status.result
                 if result_runs:
                     yield from read_result(record, md={"calibration_attempt": k,
@@ -224,7 +224,7 @@ def calibrate(detector: Any, scan: Any, optics: Any, *, callback: Any = None,
     return subscribed(attempts(), recorder, bool(subscribe))
 
 
-def waited(status: Any, recorder: Any, uid: str, timeout: float | None) -> MsgGenerator[None]:
+def _waited(status: Any, recorder: Any, uid: str, timeout: float | None) -> MsgGenerator[None]:
     """Wait for run ``uid``'s calibration; past ``timeout``, tell the recorder that nobody
     waits for it (:meth:`~stemcal.callbacks.CalibrationRecorder.abandon`: its record is then
     written as abandoned, not valid) and raise ``TimeoutError`` saying so."""
