@@ -36,8 +36,9 @@ from .spool import (failure_reason, find, fsync_dir, locked, spool_dir, spool_pa
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable", "write_record_or_spool", "sync",
-           "SyncReport", "Catalogs", "is_refusal"]
+__all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable",
+           "write_record_or_spool", "sync", "SyncReport", "Catalogs", "is_refusal",
+           "is_not_a_catalog"]
 
 
 class UnavailableCatalog:
@@ -72,8 +73,8 @@ class UnavailableCatalog:
             raise AttributeError(name)
         raise CatalogUnavailableError(
             f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
-            "made meanwhile is kept for `stemcal sync`. A session opens its catalog once, "
-            "when it starts: start it again once the catalog is back")
+            "made meanwhile is kept for `stemcal sync`. A session writes to the catalog it "
+            "opened when it started: start it again once the catalog is back")
 
 
 class CatalogUnavailableError(AttributeError):
