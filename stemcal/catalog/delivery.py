@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,47 @@ def is_not_a_catalog(exc: BaseException) -> bool:
             or getattr(response, "status_code", None) == 404)
 
 
+#: Seconds to wait for a catalog server to answer when it is opened
+#: (``$STEMCAL_CATALOG_TIMEOUT`` overrides): a port that accepts and never answers
+#: otherwise held a calibration for about 60 s of tiled's retries before its scan.
+OPEN_TIMEOUT = 20.0
+
+
+def open_timeout() -> float:
+    """:data:`OPEN_TIMEOUT`, or ``$STEMCAL_CATALOG_TIMEOUT`` (seconds > 0) where set."""
+    text = os.environ.get("STEMCAL_CATALOG_TIMEOUT", "").strip()
+    if not text:
+        return OPEN_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"$STEMCAL_CATALOG_TIMEOUT must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _open_within(location: str, readable_storage: Iterable[str | Path], timeout: float) -> Any:
+    """:func:`store.open_catalog` of a server, in a thread given ``timeout`` seconds
+    (``TimeoutError`` after that; the thread is left to end on its own)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["client"] = store.open_catalog(location, readable_storage=readable_storage)
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="stemcal-catalog-open", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s ($STEMCAL_CATALOG_TIMEOUT)")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
+
+
 def open_catalog_or_unavailable(location: str | Path | None = None, *,
                                 readable_storage: Iterable[str | Path] = ()) -> Any:
     """:func:`~stemcal.catalog.store.open_catalog`, or an :class:`UnavailableCatalog` where it
@@ -110,13 +153,17 @@ def open_catalog_or_unavailable(location: str | Path | None = None, *,
 
     A server that is down, fails (5xx) or refuses the key, or a directory that
     cannot be created, written or read, gives the stand-in (with one warning) so
-    that a calibration can still run and keep what it makes. A server that answers
+    that a calibration can still run and keep what it makes; so does a server that
+    does not answer within :func:`open_timeout` (20 s by default). A server that answers
     but is not a tiled server (:func:`is_not_a_catalog`: kept runs could never be
     delivered there) or not a catalog of Bluesky runs, or a URI holding a key, is
     a ``ValueError`` (bad input, nothing to keep yet).
     """
     location = catalog_location(location)
+    timeout = open_timeout() if is_server_uri(location) else None
     try:
+        if timeout is not None:
+            return _open_within(location, readable_storage, timeout)
         return store.open_catalog(location, readable_storage=readable_storage)
     except KeyInURIError:
         raise

@@ -345,3 +345,29 @@ def test_a_web_server_that_is_not_tiled_is_bad_input(tmp_path, monkeypatch, stat
                 open_catalog_or_unavailable(uri)
     finally:
         web.shutdown()
+
+
+def test_a_server_that_never_answers_is_an_outage_within_the_timeout(monkeypatch):
+    """A port that accepts connections and never answers held a calibration for about
+    60 s of tiled's retries before its scan; now the catalog counts as unavailable after
+    $STEMCAL_CATALOG_TIMEOUT seconds (20 by default) and what is made is kept for sync. A
+    timeout that is not a number of seconds > 0 is refused."""
+    import socket
+    import time
+
+    from stemcal.catalog import UnavailableCatalog, open_catalog_or_unavailable
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)   # connections are accepted by the kernel, never answered
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        monkeypatch.setenv("STEMCAL_CATALOG_TIMEOUT", "1.5")
+        t0 = time.monotonic()
+        client = open_catalog_or_unavailable(uri)
+        took = time.monotonic() - t0
+        assert isinstance(client, UnavailableCatalog) and 1.4 < took < 5, took
+        assert client.reason.startswith("TimeoutError: no answer within 1.5 s"), client.reason
+        for bad in ("0", "-1", "soon", "nan"):
+            monkeypatch.setenv("STEMCAL_CATALOG_TIMEOUT", bad)
+            with pytest.raises(ValueError, match="STEMCAL_CATALOG_TIMEOUT must be a number"):
+                open_catalog_or_unavailable(uri)
