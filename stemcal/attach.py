@@ -45,7 +45,6 @@ hold every run for the client's half-minute of retries).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -206,13 +205,13 @@ class AttachCalibration:
         server was down), opened again from the stand-in's location at each run until it
         opens (only read here: what the session writes stays kept for ``stemcal sync``
         until the session is started again)."""
-        from .catalog import UnavailableCatalog, open_catalog
+        from .catalog import UnavailableCatalog, catalog_location_of, open_catalog
 
         if self._client is None:
             self._client = open_catalog(self.catalog)
         elif (isinstance(self._client, UnavailableCatalog)
               and not getattr(self._client, "expected", False)):
-            location = getattr(self._client, "_stemcal_location", None)
+            location = catalog_location_of(self._client)
             if location is not None:
                 try:
                     self._client = open_catalog(location)
@@ -243,22 +242,10 @@ class AttachCalibration:
         the run should not wait that long. A lookup that overruns is left to
         finish (or fail) in the background.
         """
-        box: dict[str, Any] = {}
+        from .catalog.delivery import answer_within
 
-        def work() -> None:
-            try:
-                box["result"] = lookup_calibration(self.client(), state, self.tolerances)
-            except BaseException as exc:  # handed to the RunEngine thread below
-                box["error"] = exc
-
-        worker = threading.Thread(target=work, name="stemcal-calibration-lookup", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            raise TimeoutError(f"no answer within {self.timeout:g} s")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        return answer_within(lambda: lookup_calibration(self.client(), state, self.tolerances),
+                             self.timeout, name="stemcal-calibration-lookup")
 
     def _insert(self, msg: Msg) -> MsgGenerator[Any]:
         readings: dict[str, Any] | None = {}

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable",
            "write_record_or_spool", "sync", "SyncReport", "Catalogs", "is_refusal",
-           "is_not_a_catalog"]
+           "is_not_a_catalog", "answer_within"]
 
 
 class UnavailableCatalog:
@@ -125,25 +125,28 @@ def open_timeout() -> float:
     return value
 
 
-def _open_within(location: str, readable_storage: Iterable[str | Path], timeout: float) -> Any:
-    """:func:`store.open_catalog` of a server, in a thread given ``timeout`` seconds
-    (``TimeoutError`` after that; the thread is left to end on its own)."""
+def answer_within(request: Callable[[], Any], timeout: float, *, name: str,
+                  setting: str = "") -> Any:
+    """``request()`` (a catalog request) in a daemon thread, waiting at most ``timeout``
+    seconds: its result, or what it raised; ``TimeoutError`` (``"no answer within T s"``
+    and ``setting``) past that, the request left to end on its own. A tiled client retries
+    a server that accepts and never answers for about a minute."""
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            box["client"] = store.open_catalog(location, readable_storage=readable_storage)
-        except BaseException as exc:  # handed to the caller below
+            box["result"] = request()
+        except BaseException as exc:  # handed to the calling thread below
             box["error"] = exc
 
-    worker = threading.Thread(target=work, name="stemcal-catalog-open", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise TimeoutError(f"no answer within {timeout:g} s ($STEMCAL_CATALOG_TIMEOUT)")
+        raise TimeoutError(f"no answer within {timeout:g} s{setting}")
     if "error" in box:
         raise box["error"]
-    return box["client"]
+    return box["result"]
 
 
 def open_catalog_or_unavailable(location: str | Path | None = None, *,
@@ -163,7 +166,9 @@ def open_catalog_or_unavailable(location: str | Path | None = None, *,
     timeout = open_timeout() if is_server_uri(location) else None
     try:
         if timeout is not None:
-            return _open_within(location, readable_storage, timeout)
+            return answer_within(
+                lambda: store.open_catalog(location, readable_storage=readable_storage),
+                timeout, name="stemcal-catalog-open", setting=" ($STEMCAL_CATALOG_TIMEOUT)")
         return store.open_catalog(location, readable_storage=readable_storage)
     except KeyInURIError:
         raise
