@@ -15,7 +15,8 @@ import warnings
 import weakref
 from typing import Any
 
-from .args import CLIError, EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, integer, number, shape
+from .args import (CLIError, EXIT_BAD_INPUT, EXIT_NO_FEATURES, add_catalog, error_line, integer,
+                   number, shape)
 from .output import record_summary, to_json
 from .records import print_record
 
@@ -234,7 +235,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
                                                  callback=session.recorder,
                                                  max_attempts=args.max_attempts,
                                                  live=args.live))
-    except (KeyboardInterrupt, CLIError):
+    except CLIError:
         raise
     except Exception as exc:  # noqa: BLE001 - said below, with the runs it kept
         failed = exc
@@ -244,23 +245,19 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
         kept = list(session.keeper)
         if not kept:
             raise failed
-        raise CLIError(_failure_line(failed, kept)) from failed
+        raise CLIError(error_line(failed, _kept_runs(kept))) from failed
     if detector.is_hardware:
         return result.plan_result, None, list(session.keeper)
     truth = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
     return result.plan_result, truth, list(session.keeper)
 
 
-def _failure_line(exc: BaseException, kept: list) -> str:
-    """One line for a calibration that failed: what failed, and where the runs it made are
-    kept for ``stemcal sync`` (where the catalog did not take them)."""
-    msg = " ".join(str(exc).split()) or "(no message)"
-    line = f"{type(exc).__name__}: {msg}"
-    if kept:
-        line += (f"; the run{'s' if len(kept) > 1 else ''} it made kept in "
-                 f"{', '.join(map(str, kept))}; `stemcal sync` delivers "
-                 f"{'them' if len(kept) > 1 else 'it'}")
-    return line + " (run with -vv for the traceback)"
+def _kept_runs(kept: list) -> str:
+    """What a failed calibration's error line adds: where the runs it made are kept for
+    ``stemcal sync`` (the catalog did not take them)."""
+    many = len(kept) > 1
+    return (f"; the run{'s' if many else ''} it made kept in {', '.join(map(str, kept))}; "
+            f"`stemcal sync` delivers {'them' if many else 'it'}")
 
 
 def _quiet_catalog_warnings(verbose: int) -> None:

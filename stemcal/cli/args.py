@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from .. import checks
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_FEATURES", "EXIT_INTERRUPTED", "CLIError", "Parser", "HelpFormatter",
-           "RANGES", "number", "integer", "shape", "add_geometry", "add_catalog"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_FEATURES", "EXIT_INTERRUPTED", "CLIError", "error_line",
+           "Parser", "HelpFormatter", "RANGES", "number", "integer", "shape", "add_geometry",
+           "add_catalog"]
 
 #: Exit status of bad input (files, arguments, configuration).
 EXIT_BAD_INPUT = 2
@@ -29,6 +30,13 @@ EXIT_INTERRUPTED = 130
 #: which the number types then refuse by name.
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
                              re.IGNORECASE)
+
+
+def error_line(exc: BaseException, said: str = "") -> str:
+    """An unforeseen error in one line: its type and message (and ``said``, what the
+    command adds), with the hint that ``-vv`` shows the traceback."""
+    msg = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {msg}{said} (run with -vv for the traceback)"
 
 
 class CLIError(Exception):

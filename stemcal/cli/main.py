@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import acquire, app, offline, records, serve, spare
-from .args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_FEATURES, CLIError, Parser
+from .args import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_NO_FEATURES, CLIError, Parser, error_line
 
 __all__ = ["build_parser", "main", "run", "leave", "EXIT_INTERRUPTED"]
 
@@ -83,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
         log.debug("uncaught error", exc_info=True)
-        msg = " ".join(str(exc).split()) or "(no message)"
-        print(f"stemcal: error: {type(exc).__name__}: {msg} (run with -vv for the traceback)",
-              file=sys.stderr)
+        print(f"stemcal: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
