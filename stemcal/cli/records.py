@@ -90,14 +90,22 @@ def catalog_errors(loc: Any) -> Iterator[None]:
 def open_for(args: argparse.Namespace, readable: Sequence[Path] = ()) -> Any:
     """The catalog of ``--catalog`` (or the default); a reading command needs it to exist.
 
-    Failures are :class:`CLIError` lines (:func:`catalog_errors`).
+    A server is given :func:`~stemcal.catalog.delivery.open_timeout` seconds to answer
+    (``$STEMCAL_CATALOG_TIMEOUT``, 20 by default; a port that accepts and never answers
+    otherwise held the command for about a minute of tiled's retries). Failures are
+    :class:`CLIError` lines (:func:`catalog_errors`).
     """
     from ..catalog import open_catalog
     from ..session import catalog_location
     loc, remote = catalog_location(args.catalog)
     with catalog_errors(loc), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return open_catalog(loc, readable_storage=readable, create=False)
+        if not remote:
+            return open_catalog(loc, readable_storage=readable, create=False)
+        from ..catalog.delivery import answer_within, open_timeout
+        return answer_within(lambda: open_catalog(loc, readable_storage=readable, create=False),
+                             open_timeout(), name="stemcal-catalog-read",
+                             setting=" ($STEMCAL_CATALOG_TIMEOUT)")
 
 
 def print_record(record: Any, *, truth: Any = None, provenance: bool = False) -> None:

@@ -371,3 +371,28 @@ def test_a_server_that_never_answers_is_an_outage_within_the_timeout(monkeypatch
             monkeypatch.setenv("STEMCAL_CATALOG_TIMEOUT", bad)
             with pytest.raises(ValueError, match="STEMCAL_CATALOG_TIMEOUT must be a number"):
                 open_catalog_or_unavailable(uri)
+
+
+def test_reading_commands_give_up_on_a_server_that_never_answers(monkeypatch, capsys):
+    """'history', 'show' and 'export' against a port that accepts and never answers took
+    about a minute of tiled's retries; now one line naming the catalog and the timeout
+    after $STEMCAL_CATALOG_TIMEOUT seconds, exit status 2."""
+    import socket
+    import time
+
+    from stemcal.cli import main
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        monkeypatch.setenv("STEMCAL_CATALOG_TIMEOUT", "1")
+        monkeypatch.setenv("TILED_API_KEY", "k" * 32)
+        for argv in (["history"], ["show", "0123abcd"], ["export", "0123abcd"]):
+            t0 = time.monotonic()
+            rc = main([*argv, "--catalog", uri])
+            took = time.monotonic() - t0
+            err = capsys.readouterr().err
+            assert rc == 2 and took < 4, (argv, rc, took)
+            assert f"cannot read catalog {uri}: TimeoutError: no answer within 1 s " \
+                   "($STEMCAL_CATALOG_TIMEOUT)" in err, err
