@@ -202,15 +202,17 @@ class AttachCalibration:
     def client(self) -> Any:
         """The catalog client, opened on first use when a location was given; where it is
         the stand-in of a catalog that could not be opened (a session started while its
-        server was down), opened again from the stand-in's location at each run until it
-        opens (only read here: what the session writes stays kept for ``stemcal sync``
-        until the session is started again)."""
+        server was down), the catalog the session found again
+        (:class:`stemcal.reconnect.Reconnector`), else opened again from the stand-in's
+        location at each run until it opens (for reading only)."""
         from .catalog import UnavailableCatalog, catalog_location_of, open_catalog
+        from .catalog.delivery import current_catalog
 
         if self._client is None:
             self._client = open_catalog(self.catalog)
-        elif (isinstance(self._client, UnavailableCatalog)
-              and not getattr(self._client, "expected", False)):
+        self._client = current_catalog(self._client)
+        if (isinstance(self._client, UnavailableCatalog)
+                and not getattr(self._client, "expected", False)):
             location = catalog_location_of(self._client)
             if location is not None:
                 try:

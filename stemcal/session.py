@@ -74,8 +74,25 @@ class Session:
     data_dir: Path
     remote: bool
     keeper: Any = None
+    #: Where the catalog could not be opened at the start: finds it again
+    #: (:class:`stemcal.reconnect.Reconnector`, one of the RunEngine's preprocessors).
+    reconnector: Any = None
+
+    def reconnect(self, timeout: float | None = None) -> bool:
+        """Try the catalog now, between plans: True when the session writes to it (again or
+        still); what was kept meanwhile is then delivered in the background. A session
+        does this by itself at the first plan after its catalog is back."""
+        if self.reconnector is None:
+            return True
+        if self.RE.state != "idle":
+            raise RuntimeError("reconnect between plans: the RunEngine is "
+                               f"{self.RE.state}")
+        return self.reconnector.reconnect(timeout)
 
     def close(self) -> None:
+        if self.reconnector is not None:
+            self.reconnector.close()
+            self.reconnector.wait(60)
         self.recorder.close()
         if self.keeper is not None:
             self.keeper.close()
@@ -153,7 +170,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
                  detector: "DetectorSettings | None" = None,
                  call_returns_result: bool = True, courier: bool = False,
                  live_figure: bool | None = True,
-                 context_managers: list | None = None) -> Session:
+                 context_managers: list | None = None, reconnect: bool = True) -> Session:
     """RunEngine + catalog client + simulated instrument + :class:`CalibrationRecorder`.
 
     ``call_returns_result``: ``RE(plan)`` returns a ``RunEngineResult`` (with
@@ -178,6 +195,11 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     exits (``stemcal calibrate``); an interactive session wants a client it can query.
     Where the spool cannot be written the catalog is opened here instead.
 
+    ``reconnect``: where the catalog cannot be opened at the start, keep trying it in the
+    background and switch over at the first plan after it is back
+    (:class:`stemcal.reconnect.Reconnector`; :meth:`Session.reconnect`). A command that
+    runs one plan and exits passes False (its kept runs wait for ``stemcal sync``).
+
     ``context_managers``: the RunEngine's (``None``: bluesky's own, whose Ctrl-C pauses
     the run for an interactive session to resume or abort; the command line passes its
     own, :class:`stemcal.cli.acquire.AbortOnInterrupt`).
@@ -191,7 +213,7 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     """
     from bluesky import RunEngine
 
-    from .catalog import RunKeeper, open_catalog_or_unavailable
+    from .catalog import RunKeeper, UnavailableCatalog, open_catalog_or_unavailable
 
     loc, remote = catalog_location(catalog)
     readable = () if remote or not data_dir else (Path(data_dir).expanduser().resolve(),)
@@ -223,8 +245,32 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     recorder = make_recorder(client, figure_dir=figure_dir,
                              live_kwargs=None if live_figure else {"figure": False})
     RE.subscribe(recorder)
-    return Session(RE=RE, client=client, instrument=inst, recorder=recorder, data_dir=data,
-                   remote=remote, keeper=keeper)
+    session = Session(RE=RE, client=client, instrument=inst, recorder=recorder, data_dir=data,
+                      remote=remote, keeper=keeper)
+    if reconnect and isinstance(client, UnavailableCatalog) and not client.expected:
+        session.reconnector = _reconnector(session, loc, remote, readable, data_dir)
+        RE.preprocessors.append(session.reconnector)
+    return session
+
+
+def _reconnector(session: Session, loc: Any, remote: bool, readable: tuple,
+                 data_dir: str | os.PathLike | None) -> Any:
+    """The session's :class:`~stemcal.reconnect.Reconnector`: the catalog opened as at the
+    start, the detector's files then where they would have gone had it been there."""
+    from .catalog import open_catalog
+    from .reconnect import Reconnector
+
+    def opener() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_catalog(loc, readable_storage=readable)
+
+    def switched(client: Any, data: Path) -> None:
+        session.client, session.data_dir = client, data
+
+    return Reconnector(session.client, opener,
+                       lambda client: _data_dir(data_dir, loc, remote, client),
+                       detector=session.instrument.detector, on_switch=switched)
 
 
 def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:

@@ -253,7 +253,7 @@ def test_a_session_started_without_its_catalog_says_why_and_reads_it_once_back(
     assert st["status"] == "catalog unavailable" and starts[0]["calibration"] is None
     assert st["reason"].startswith(f"CatalogUnavailableError: catalog {down} could not be "
                                    "opened (ConnectError: refused)"), st["reason"]
-    assert "start it again once the catalog is back" in st["reason"]
+    assert "writes to it once it is back (session.reconnect() tries at once)" in st["reason"]
     with pytest.raises(CatalogUnavailableError, match="could not be opened"):
         latest_calibration(stand_in, STATE, {"camera_length": 1e-3})
     assert getattr(stand_in, "finish", None) is None   # getattr's default still works

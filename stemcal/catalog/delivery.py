@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable",
            "write_record_or_spool", "sync", "SyncReport", "Catalogs", "is_refusal",
-           "is_not_a_catalog", "answer_within"]
+           "is_not_a_catalog", "answer_within", "current_catalog"]
 
 
 class UnavailableCatalog:
@@ -55,28 +55,52 @@ class UnavailableCatalog:
     specs: tuple = ()
     #: Whether keeping is this stand-in's normal course (logged at INFO, not WARNING).
     expected: bool = False
+    #: The catalog's client once it came back (:meth:`found`; a session that reconnects):
+    #: what holds the stand-in then reaches the catalog (:func:`current_catalog`).
+    replaced_by: Any = None
 
     def __init__(self, location: str | Path | None, reason: str, refused: bool = False) -> None:
         self._stemcal_location = None if location is None else str(location)
         self.reason = reason
         self.refused = refused
+        #: uids of the runs and records kept for this catalog, in order (:meth:`keep`)
+        self.kept: list[str] = []
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._stemcal_location!r}, {self.reason!r})"
+        back = ", back" if self.replaced_by is not None else ""
+        return f"{type(self).__name__}({self._stemcal_location!r}, {self.reason!r}{back})"
 
     def keep(self, uid: str) -> None:
         """Called once the run or record ``uid`` for this catalog is kept (its journal
-        closed, its spool file written); here it waits for ``stemcal sync``."""
+        closed, its spool file written); here it waits for ``stemcal sync`` (or for the
+        session to find the catalog again, :class:`stemcal.reconnect.Reconnector`)."""
+        self.kept.append(uid)
+
+    def found(self, client: Any) -> None:
+        """The catalog is back as ``client``: from now on writes given this stand-in go
+        there (:func:`current_catalog`), and so do a catalog's attributes asked of it."""
+        self.replaced_by = client
 
     def __getattr__(self, name: str) -> Any:
-        # a catalog's own attribute (search, values, ...) asked of the stand-in: say why
-        # there is no catalog, not "'UnavailableCatalog' object has no attribute 'search'"
+        # a catalog's own attribute (search, values, ...) asked of the stand-in: the
+        # catalog's, once it is back; else say why there is no catalog, not
+        # "'UnavailableCatalog' object has no attribute 'search'"
         if name.startswith("_"):
             raise AttributeError(name)
+        if self.replaced_by is not None:
+            return getattr(self.replaced_by, name)
         raise CatalogUnavailableError(
             f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
-            "made meanwhile is kept for `stemcal sync`. A session writes to the catalog it "
-            "opened when it started: start it again once the catalog is back")
+            "made meanwhile is kept for `stemcal sync`. A session tries it again at each plan "
+            "and writes to it once it is back (session.reconnect() tries at once)")
+
+
+def current_catalog(client: Any) -> Any:
+    """``client``, or the catalog a stand-in was replaced by once it came back
+    (:meth:`UnavailableCatalog.found`)."""
+    if isinstance(client, UnavailableCatalog) and client.replaced_by is not None:
+        return client.replaced_by
+    return client
 
 
 class CatalogUnavailableError(AttributeError):
@@ -223,6 +247,7 @@ def write_record_or_spool(client: Any, record: CalibrationRecord,
         The spool could not be written (then nothing was tried).
     """
     store.check_images(images)
+    client = current_catalog(client)
     loc = location if location is not None else store.catalog_location_of(client)
     if isinstance(client, UnavailableCatalog):
         spool_record(record, images, loc, client.reason, refused=client.refused,

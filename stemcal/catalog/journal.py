@@ -218,6 +218,9 @@ class RunKeeper:
         # a catalog that went away since it was opened then fails that run, which is kept
         # like any run the catalog failed, and the next run tries again
         self._client = client if self.unavailable is None else None
+        # a stand-in that a reconnecting session replaces (UnavailableCatalog.found): the
+        # runs that start after that go to the catalog
+        self._stand_in = client if self.unavailable is not None else None
         self._make_writer = tiled_writer
         self.writer = None
         self._runs: dict[str, _OpenRun] = {}
@@ -242,6 +245,7 @@ class RunKeeper:
     def __call__(self, name: str, doc: dict) -> None:
         run_uid = self._run_of(name, doc)
         if name == "start":
+            self._found_again()
             self._runs[run_uid] = _OpenRun(self.directory, run_uid, self.location)
             if self.unavailable is not None:
                 self._runs[run_uid].failed = self.unavailable
@@ -267,6 +271,19 @@ class RunKeeper:
                 self.kept.append(run.path)
                 if self._keep is not None:
                     self._keep(run_uid)
+
+    def _found_again(self) -> None:
+        """Write to the catalog from this run on where the stand-in was replaced by it."""
+        back = getattr(self._stand_in, "replaced_by", None)
+        if back is None:
+            return
+        from .store import catalog_location_of
+
+        loc = catalog_location_of(back)
+        self.location = redact_location(loc) if loc is not None else self.location
+        self.unavailable, self._keep, self._stand_in = None, None, None
+        self._client, self.writer = back, None
+        log.info("the catalog %s is back: runs go there again", self.location)
 
     def close(self) -> None:
         """Keep the journals of runs still open (a plan that never stopped them)."""

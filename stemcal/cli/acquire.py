@@ -224,7 +224,7 @@ def run_calibrate(args: argparse.Namespace) -> tuple[Any, Any, list]:
     # the live view's figure only where someone sees it (a window, or --figures): None
     session = make_session(loc, sim=sim, data_dir=data_dir, figure_dir=args.figures,
                            detector=detector, courier=True, live_figure=None,
-                           context_managers=[AbortOnInterrupt])
+                           context_managers=[AbortOnInterrupt], reconnect=False)
     inst = session.instrument
     if bars:
         from ..callbacks.progress import progress_bars

@@ -396,3 +396,71 @@ def test_reading_commands_give_up_on_a_server_that_never_answers(monkeypatch, ca
             assert rc == 2 and took < 4, (argv, rc, took)
             assert f"cannot read catalog {uri}: TimeoutError: no answer within 1 s " \
                    "($STEMCAL_CATALOG_TIMEOUT)" in err, err
+
+
+def test_a_session_started_while_the_server_is_down_writes_to_it_once_it_is_back(
+        server, monkeypatch, tmp_path):
+    """A session (the profile's) started while its catalog server was down kept every run
+    and record for `stemcal sync` until it was started again. Now it tries the server in
+    the background; the first plan after the server is back writes its runs and record
+    there, its frames into the server's data directory, and what was kept meanwhile is
+    delivered (frames moved with it). Whoever holds the stand-in (the profile's `catalog`)
+    then reads the catalog."""
+    from stemcal import reconnect
+    from stemcal.catalog import UnavailableCatalog, resolve_run
+    from stemcal.config import SimSettings
+    from stemcal.plans import calibrate
+    from stemcal.runs import resource_path
+    from stemcal.session import make_session
+
+    monkeypatch.setenv("TILED_API_KEY", server.keys.writer)
+    monkeypatch.setattr(reconnect, "INTERVAL", 0.2)
+    server.stop()
+    sim = SimSettings(nav_shape=(16, 16), sig_shape=(64, 64), dose=50.0)
+    session = make_session(server.uri, sim=sim)
+    stand_in = session.client
+    assert isinstance(stand_in, UnavailableCatalog) and session.reconnector is not None
+    spool_raw = session.data_dir
+    assert spool_raw != server.catalog / "raw"
+    inst = session.instrument
+
+    def one() -> CalibrationRecord:
+        return session.RE(calibrate(inst.detector, inst.scan, inst.optics,
+                                    callback=session.recorder, max_attempts=1)).plan_result
+
+    try:
+        kept = one()   # the server is down: kept
+        session.recorder.wait(60)
+        assert spool.find(kept.uid) is not None
+        assert kept.acquisition_uid in stand_in.kept and kept.uid in stand_in.kept
+        assert not session.reconnect()   # still down: said so, nothing switched
+        assert "ConnectError" in session.reconnector.reason
+        server.start()
+        deadline = __import__("time").monotonic() + 30
+        while session.reconnector._ready is None and __import__("time").monotonic() < deadline:
+            __import__("time").sleep(0.1)   # the background attempt finds it
+        assert session.reconnector._ready is not None and not session.reconnector.switched
+        live = one()   # this plan starts by switching over
+        session.recorder.wait(60)
+        assert session.reconnector.switched and session.client is not stand_in
+        assert session.data_dir == server.catalog / "raw"
+        assert session.reconnector.wait(60)
+        report = session.reconnector.report
+        assert report is not None and not report.stuck, report
+        assert kept.uid in {u for u, _ in report.delivered}
+        assert kept.acquisition_uid in {u for u, _, _ in report.runs_delivered}
+        assert live.uid not in stand_in.kept and spool.find(live.uid) is None
+    finally:
+        session.close()
+    assert spool.spooled() == []
+    client = open_catalog(server.uri)
+    assert sorted(r.uid for r in calibration_history(client)) == sorted([kept.uid, live.uid])
+    for rec in (kept, live):   # each acquisition complete, its frames where the server reads
+        run = resolve_run(client, rec.acquisition_uid)
+        assert run.metadata["stop"]["exit_status"] == "success"
+        uri = get_record(client, rec.uid).fit_settings["data"]["uri"]
+        assert resource_path(uri).parent == server.catalog / "raw", uri
+        assert run["primary"]["merlin_image"].shape[-2:] == (64, 64)
+    assert not any(spool_raw.glob("*.h5"))
+    # the stand-in the profile's `catalog` holds now reads the catalog
+    assert sorted(r.uid for r in calibration_history(stand_in)) == sorted([kept.uid, live.uid])

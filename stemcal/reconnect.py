@@ -1,0 +1,205 @@
+"""A session that finds its catalog again: what it makes goes there once it is back.
+
+A session (the IPython profile) started while its catalog could not be opened holds a
+stand-in (:class:`~stemcal.catalog.UnavailableCatalog`): every run and record is kept
+in the spool and the detector writes its files into the spool's ``raw/``, for
+``stemcal sync``. Before, that lasted until the session was started again.
+
+The :class:`Reconnector` tries the catalog again in a thread of its own, one attempt
+after the other (each bounded by tiled's own retries), every :data:`INTERVAL` seconds,
+so that no plan ever waits for it. Once the catalog opens, the next plan starts by
+switching over, between plans only, never inside one:
+
+1. the detector's files go to the catalog's data directory (the one the session
+   would have used had the catalog been there at its start);
+2. the stand-in is told (:meth:`~stemcal.catalog.UnavailableCatalog.found`): the run
+   keeper, the calibration recorder, the attach step and whoever else holds it (the
+   profile's ``catalog``) write to and read from the catalog from then on;
+3. what was kept for it meanwhile (its runs and records, by uid) is delivered by
+   :func:`~stemcal.catalog.sync` in another thread, the frames moved with their runs.
+
+:meth:`Reconnector.reconnect` does the same at once (``session.reconnect()``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INTERVAL", "Reconnector"]
+
+#: Seconds between the end of one attempt to open the catalog and the next.
+INTERVAL = 15.0
+
+
+class Reconnector:
+    """RunEngine preprocessor: switches a session from its stand-in to the catalog once
+    that opens (module docstring).
+
+    Parameters
+    ----------
+    stand_in : UnavailableCatalog
+        The session's stand-in for its catalog.
+    opener : callable ``() -> client``
+        Opens the catalog (raises while it cannot).
+    data_dir_for : callable ``client -> Path``
+        The detector's data directory with that catalog (raises ``ValueError`` where it
+        cannot be used from here: the switch is then not made, and said so).
+    detector : device, optional
+        Its ``writer`` and ``stream_writer`` get the new ``write_dir``.
+    on_switch : callable ``(client, data_dir) -> None``, optional
+        Told after the switch (the session updates its ``client`` and ``data_dir``).
+    interval : float
+        :data:`INTERVAL`; ``None``: no thread, only :meth:`reconnect`.
+    """
+
+    def __init__(self, stand_in: Any, opener: Callable[[], Any],
+                 data_dir_for: Callable[[Any], Path], *, detector: Any = None,
+                 on_switch: Callable[[Any, Path], None] | None = None,
+                 interval: float | None = INTERVAL) -> None:
+        self.stand_in = stand_in
+        self.opener = opener
+        self.data_dir_for = data_dir_for
+        self.detector = detector
+        self.on_switch = on_switch
+        self.interval = interval
+        #: why the last attempt failed (None before the first or once switched)
+        self.reason: str | None = None
+        #: the :class:`~stemcal.catalog.SyncReport` of the delivery after the switch
+        self.report: Any = None
+        self._lock = threading.Lock()
+        self._ready: tuple[Any, Path] | None = None
+        self._switched = False
+        self._stop = threading.Event()
+        self._attempt_lock = threading.Lock()
+        self._prober: threading.Thread | None = None
+        self._delivery: threading.Thread | None = None
+        if interval is not None:
+            self._prober = threading.Thread(target=self._probe_loop, daemon=True,
+                                            name="stemcal-catalog-reconnect")
+            self._prober.start()
+
+    def __repr__(self) -> str:
+        state = "switched" if self._switched else ("ready" if self._ready else "waiting")
+        return f"{type(self).__name__}({self.stand_in!r}, {state})"
+
+    @property
+    def switched(self) -> bool:
+        """Whether the session writes to the catalog again."""
+        return self._switched
+
+    def _attempt(self) -> bool:
+        """One attempt to open the catalog and find its data directory; True once ready."""
+        with self._attempt_lock:
+            if self._ready is not None or self._switched:
+                return True
+            from .catalog.delivery import UnavailableCatalog
+
+            try:
+                client = self.opener()
+                if isinstance(client, UnavailableCatalog):   # the opener gave a stand-in
+                    raise ConnectionError(client.reason)
+                data = Path(self.data_dir_for(client))
+            except Exception as exc:  # noqa: BLE001 - any failure: not back yet
+                from .catalog.spool import failure_reason
+
+                reason = failure_reason(exc)
+                if isinstance(exc, ValueError) and reason != self.reason:
+                    log.warning("the catalog opens again, but cannot be written from here: %s",
+                                reason)
+                self.reason = reason
+                return False
+            with self._lock:
+                self._ready = (client, data)
+            log.info("the catalog %s is back: the next plan writes to it", _where(self.stand_in))
+            return True
+
+    def _probe_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._attempt():
+                return
+            self._stop.wait(self.interval)
+
+    def _switch(self) -> bool:
+        """Switch over if the catalog is ready (between plans only); True once switched."""
+        with self._lock:
+            if self._switched:
+                return True
+            if self._ready is None:
+                return False
+            client, data = self._ready
+            for writer in (getattr(self.detector, "writer", None),
+                           getattr(self.detector, "stream_writer", None)):
+                if writer is not None and hasattr(writer, "write_dir"):
+                    writer.write_dir = data
+            self.stand_in.found(client)
+            self._switched, self.reason = True, None
+            if self.on_switch is not None:
+                self.on_switch(client, data)
+            kept = list(self.stand_in.kept)
+            self._delivery = threading.Thread(target=self._deliver, args=(client, kept),
+                                              daemon=True, name="stemcal-catalog-deliver")
+            self._delivery.start()
+        log.warning("catalog %s is back: runs and records go there again (%d kept meanwhile "
+                    "being delivered)", _where(self.stand_in), len(kept))
+        return True
+
+    def _deliver(self, client: Any, kept: list[str]) -> None:
+        from .catalog.delivery import Catalogs, sync
+        from .catalog.spool import redact_location
+        from .catalog.store import open_catalog
+
+        catalogs = Catalogs(lambda loc: open_catalog(loc))
+        where = _where(self.stand_in)
+        if where is not None:
+            for loc in {where, redact_location(where)}:
+                catalogs.clients[loc] = client
+        try:
+            self.report = sync(only=kept, catalogs=catalogs)
+        except Exception:  # noqa: BLE001 - all stays kept for `stemcal sync`
+            log.warning("delivering what was kept for %s failed; `stemcal sync` delivers it",
+                        where, exc_info=True)
+            return
+        if self.report.stuck:
+            log.warning("some of what was kept for %s could not be delivered yet; "
+                        "`stemcal sync` tries again", where)
+
+    def reconnect(self, timeout: float | None = None) -> bool:
+        """Try the catalog now and switch over if it opens; True once switched (the
+        delivery of what was kept goes on in the background: :meth:`wait`). Call it
+        between plans. ``timeout``: seconds to wait for an attempt already under way."""
+        if self._switched:
+            return True
+        if not self._attempt_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._attempt_lock.release()
+        return self._attempt() and self._switch()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the delivery after the switch; True when it ended (or none started)."""
+        thread = self._delivery
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def close(self) -> None:
+        """No more attempts (the session closes)."""
+        self._stop.set()
+
+    def __call__(self, plan: Generator) -> Generator:
+        def switched_first() -> Generator:
+            self._switch()
+            return (yield from plan)
+
+        return switched_first()
+
+
+def _where(stand_in: Any) -> str | None:
+    from .catalog.store import catalog_location_of
+
+    return catalog_location_of(stand_in)
