@@ -18,7 +18,11 @@ switching over, between plans only, never inside one:
 3. what was kept for it meanwhile (its runs and records, by uid) is delivered by
    :func:`~stemcal.catalog.sync` in another thread, the frames moved with their runs.
 
-:meth:`Reconnector.reconnect` does the same at once (``session.reconnect()``).
+Where the catalog fails again later, the run keeper keeps that run and the recorder
+its record as before; each later plan then starts a delivery of what is kept for this
+catalog (the run keeper's journals and the spooled records meant for it) in the
+background, until the catalog takes it. :meth:`Reconnector.reconnect` switches at once
+(``session.reconnect()``).
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ class Reconnector:
         cannot be used from here: the switch is then not made, and said so).
     detector : device, optional
         Its ``writer`` and ``stream_writer`` get the new ``write_dir``.
+    keeper : RunKeeper, optional
+        The session's: where it keeps runs after the switch (the catalog failed again),
+        the next plan delivers them.
     on_switch : callable ``(client, data_dir) -> None``, optional
         Told after the switch (the session updates its ``client`` and ``data_dir``).
     interval : float
@@ -59,12 +66,13 @@ class Reconnector:
 
     def __init__(self, stand_in: Any, opener: Callable[[], Any],
                  data_dir_for: Callable[[Any], Path], *, detector: Any = None,
-                 on_switch: Callable[[Any, Path], None] | None = None,
+                 keeper: Any = None, on_switch: Callable[[Any, Path], None] | None = None,
                  interval: float | None = INTERVAL) -> None:
         self.stand_in = stand_in
         self.opener = opener
         self.data_dir_for = data_dir_for
         self.detector = detector
+        self.keeper = keeper
         self.on_switch = on_switch
         self.interval = interval
         #: why the last attempt failed (None before the first or once switched)
@@ -141,32 +149,50 @@ class Reconnector:
             if self.on_switch is not None:
                 self.on_switch(client, data)
             kept = list(self.stand_in.kept)
-            self._delivery = threading.Thread(target=self._deliver, args=(client, kept),
-                                              daemon=True, name="stemcal-catalog-deliver")
-            self._delivery.start()
+            self._start_delivery(client, kept)
         log.warning("catalog %s is back: runs and records go there again (%d kept meanwhile "
                     "being delivered)", _where(self.stand_in), len(kept))
         return True
 
+    def _kept_since(self) -> list[str]:
+        """uids of what waits for this catalog after the switch: the run keeper's journals
+        still there, and then every spooled record (:meth:`_deliver` takes only those
+        meant for this catalog)."""
+        runs = [p.stem for p in (self.keeper if self.keeper is not None else ())]
+        if not runs:
+            return []
+        from .catalog.spool import spool_dir
+
+        return runs + sorted(p.stem for p in spool_dir().glob("*.npz"))
+
+    def _start_delivery(self, client: Any, uids: list[str]) -> None:
+        self._delivery = threading.Thread(target=self._deliver, args=(client, uids),
+                                          daemon=True, name="stemcal-catalog-deliver")
+        self._delivery.start()
+
     def _deliver(self, client: Any, kept: list[str]) -> None:
         from .catalog.delivery import Catalogs, sync
         from .catalog.spool import redact_location
-        from .catalog.store import open_catalog
 
-        catalogs = Catalogs(lambda loc: open_catalog(loc))
         where = _where(self.stand_in)
-        if where is not None:
-            for loc in {where, redact_location(where)}:
-                catalogs.clients[loc] = client
+        ours = {where, redact_location(where)} if where is not None else set()
+
+        def not_ours(loc: str) -> Any:
+            raise LookupError(f"kept for another catalog ({loc}): `stemcal sync` delivers it")
+
+        catalogs = Catalogs(not_ours)
+        for loc in ours:
+            catalogs.clients[loc] = client
         try:
             self.report = sync(only=kept, catalogs=catalogs)
         except Exception:  # noqa: BLE001 - all stays kept for `stemcal sync`
             log.warning("delivering what was kept for %s failed; `stemcal sync` delivers it",
                         where, exc_info=True)
             return
-        if self.report.stuck:
-            log.warning("some of what was kept for %s could not be delivered yet; "
-                        "`stemcal sync` tries again", where)
+        mine = [p for p in self.report.pending + self.report.runs_pending if p[1] in ours]
+        if mine or self.report.damaged:
+            log.warning("%d of what was kept for %s could not be delivered yet; the next "
+                        "plan (or `stemcal sync`) tries again", len(mine), where)
 
     def reconnect(self, timeout: float | None = None) -> bool:
         """Try the catalog now and switch over if it opens; True once switched (the
@@ -193,7 +219,10 @@ class Reconnector:
 
     def __call__(self, plan: Generator) -> Generator:
         def switched_first() -> Generator:
-            self._switch()
+            if self._switch() and not (self._delivery and self._delivery.is_alive()):
+                later = self._kept_since()   # the catalog failed again since the switch
+                if later:
+                    self._start_delivery(self.stand_in.replaced_by, later)
             return (yield from plan)
 
         return switched_first()

@@ -270,7 +270,8 @@ def _reconnector(session: Session, loc: Any, remote: bool, readable: tuple,
 
     return Reconnector(session.client, opener,
                        lambda client: _data_dir(data_dir, loc, remote, client),
-                       detector=session.instrument.detector, on_switch=switched)
+                       detector=session.instrument.detector, keeper=session.keeper,
+                       on_switch=switched)
 
 
 def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:

@@ -81,18 +81,37 @@ class UnavailableCatalog:
         there (:func:`current_catalog`), and so do a catalog's attributes asked of it."""
         self.replaced_by = client
 
+    def _catalog(self) -> Any:
+        if self.replaced_by is not None:
+            return self.replaced_by
+        raise CatalogUnavailableError(
+            f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
+            "made meanwhile is kept for `stemcal sync`. A session tries it again at each plan "
+            "and writes to it once it is back (session.reconnect() tries at once)")
+
     def __getattr__(self, name: str) -> Any:
         # a catalog's own attribute (search, values, ...) asked of the stand-in: the
         # catalog's, once it is back; else say why there is no catalog, not
         # "'UnavailableCatalog' object has no attribute 'search'"
         if name.startswith("_"):
             raise AttributeError(name)
-        if self.replaced_by is not None:
-            return getattr(self.replaced_by, name)
-        raise CatalogUnavailableError(
-            f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
-            "made meanwhile is kept for `stemcal sync`. A session tries it again at each plan "
-            "and writes to it once it is back (session.reconnect() tries at once)")
+        return getattr(self._catalog(), name)
+
+    # what a person does with a catalog (catalog[-1], len(catalog), uid in catalog)
+    def __getitem__(self, key: Any) -> Any:
+        return self._catalog()[key]
+
+    def __len__(self) -> int:
+        return len(self._catalog())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._catalog())
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._catalog()
+
+    def __bool__(self) -> bool:   # a stand-in is there, whether or not its catalog is
+        return True
 
 
 def current_catalog(client: Any) -> Any:

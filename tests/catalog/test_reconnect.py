@@ -1,0 +1,112 @@
+"""stemcal.reconnect: a session's stand-in replaced by its catalog, between plans only.
+
+The whole round against a real server (kept, back, switched, delivered; down and back
+again) is tests/catalog/test_server.py; here the embedded catalog and the cases where
+no switch may happen.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import bluesky.plan_stubs as bps
+import pytest
+from bluesky import RunEngine
+
+from stemcal.catalog import UnavailableCatalog, open_catalog
+from stemcal.reconnect import Reconnector
+
+
+def test_no_switch_until_the_catalog_opens_and_its_data_directory_can_be_used(tmp_path, caplog):
+    directory = tmp_path / "catalog"
+    stand_in = UnavailableCatalog(directory, "database is locked")
+    usable = {"data": False}
+    switched = []
+
+    def data_dir_for(client):
+        if not usable["data"]:
+            raise ValueError(f"the data directory {tmp_path / 'raw'} is not writable here")
+        return tmp_path / "raw"
+
+    rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False), data_dir_for,
+                      on_switch=lambda client, data: switched.append(data), interval=None)
+    assert not rec.reconnect() and rec.reason.startswith("FileNotFoundError: no catalog at")
+    open_catalog(directory)   # now there is one, but its data directory cannot be written
+    with caplog.at_level(logging.WARNING, logger="stemcal.reconnect"):
+        assert not rec.reconnect()
+    assert "cannot be written from here" in caplog.text and "not writable here" in rec.reason
+    assert stand_in.replaced_by is None and switched == []
+    usable["data"] = True
+    assert rec.reconnect() and rec.switched and switched == [tmp_path / "raw"]
+    assert stand_in.replaced_by is not None
+    assert len(stand_in) == 0   # the stand-in reads the catalog now (empty)
+    assert rec.wait(30) and not rec.report.stuck
+
+
+def test_the_switch_waits_for_the_next_plan_and_the_thread_keeps_trying(tmp_path):
+    """Found by the background attempts while a plan runs, the catalog is switched to only
+    at the start of the next plan: a run's documents and frames never go to two places."""
+    directory = tmp_path / "catalog"
+    open_catalog(tmp_path / "restored")
+    stand_in = UnavailableCatalog(directory, "database is locked")
+    rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
+                      lambda client: tmp_path / "raw", interval=0.05)
+    RE = RunEngine({})
+    RE.preprocessors.append(rec)
+    seen = []
+
+    def plan():
+        (tmp_path / "restored").rename(directory)   # the catalog comes back during the plan
+        deadline = time.monotonic() + 30
+        while rec._ready is None and time.monotonic() < deadline:
+            yield from bps.sleep(0.05)
+        seen.append((rec._ready is not None, rec.switched, stand_in.replaced_by))
+        yield from bps.null()
+
+    try:
+        RE(plan())
+        assert seen == [(True, False, None)]   # found, not switched inside the plan
+        RE(bps.null())
+        assert rec.switched and stand_in.replaced_by is not None
+    finally:
+        rec.close()
+
+
+def test_the_session_refuses_to_reconnect_inside_a_plan(tmp_path, monkeypatch):
+    from stemcal.config import SimSettings
+    from stemcal.session import make_session
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    (directory / "catalog.db").write_bytes(b"not a database")   # cannot be opened
+    session = make_session(directory, sim=SimSettings(nav_shape=(8, 8), sig_shape=(32, 32)))
+    try:
+        assert isinstance(session.client, UnavailableCatalog) and session.reconnector
+        errors = []
+
+        def plan():
+            try:
+                session.reconnect()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            yield from bps.null()
+
+        session.RE(plan())
+        assert errors and "between plans" in errors[0]
+        assert not session.reconnect(timeout=30)   # still damaged: said why
+        assert session.reconnector.reason
+    finally:
+        session.close()
+    with pytest.raises(Exception):
+        open_catalog(directory, create=False)
+
+
+def test_the_stand_in_says_why_for_what_a_person_does_with_a_catalog():
+    from stemcal.catalog.delivery import CatalogUnavailableError
+
+    stand_in = UnavailableCatalog("http://127.0.0.1:9/api", "ConnectError: refused")
+    for use in (lambda c: c[-1], len, list, lambda c: "abc" in c, lambda c: c.search({})):
+        with pytest.raises(CatalogUnavailableError, match=r"could not be opened \(ConnectError"):
+            use(stand_in)
+    assert bool(stand_in) and getattr(stand_in, "finish", None) is None
