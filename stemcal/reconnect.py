@@ -58,6 +58,12 @@ class Reconnector:
     keeper : RunKeeper, optional
         The session's: where it keeps runs after the switch (the catalog failed again),
         the next plan delivers them.
+    settle : callable, optional
+        Called before the switch (which waits for another plan where it raises): the
+        recorder finishes the fits of runs made before it,
+        so that their records are kept with their runs and delivered with them (a record
+        written to the catalog after the switch would name its frames in the spool, which
+        the delivery then moves).
     on_switch : callable ``(client, data_dir) -> None``, optional
         Told after the switch (the session updates its ``client`` and ``data_dir``).
     interval : float
@@ -66,13 +72,14 @@ class Reconnector:
 
     def __init__(self, stand_in: Any, opener: Callable[[], Any],
                  data_dir_for: Callable[[Any], Path], *, detector: Any = None,
-                 keeper: Any = None, on_switch: Callable[[Any, Path], None] | None = None,
+                 keeper: Any = None, settle: Callable[[], Any] | None = None, on_switch: Callable[[Any, Path], None] | None = None,
                  interval: float | None = INTERVAL) -> None:
         self.stand_in = stand_in
         self.opener = opener
         self.data_dir_for = data_dir_for
         self.detector = detector
         self.keeper = keeper
+        self.settle = settle
         self.on_switch = on_switch
         self.interval = interval
         #: why the last attempt failed (None before the first or once switched)
@@ -140,6 +147,13 @@ class Reconnector:
             if self._ready is None:
                 return False
             client, data = self._ready
+            if self.settle is not None:
+                try:
+                    self.settle()
+                except Exception as exc:  # noqa: BLE001 - a fit still running: next plan
+                    log.warning("catalog back, but fits of earlier runs still run (%s): the "
+                                "switch waits for the next plan", exc)
+                    return False
             for writer in (getattr(self.detector, "writer", None),
                            getattr(self.detector, "stream_writer", None)):
                 if writer is not None and hasattr(writer, "write_dir"):

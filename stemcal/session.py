@@ -253,6 +253,10 @@ def make_session(catalog: str | os.PathLike | None = None, *, sim: SimSettings =
     return session
 
 
+#: Seconds the switch to a catalog that is back waits for the fits of earlier runs.
+SETTLE_TIMEOUT = 60.0
+
+
 def _reconnector(session: Session, loc: Any, remote: bool, readable: tuple,
                  data_dir: str | os.PathLike | None) -> Any:
     """The session's :class:`~stemcal.reconnect.Reconnector`: the catalog opened as at the
@@ -271,7 +275,7 @@ def _reconnector(session: Session, loc: Any, remote: bool, readable: tuple,
     return Reconnector(session.client, opener,
                        lambda client: _data_dir(data_dir, loc, remote, client),
                        detector=session.instrument.detector, keeper=session.keeper,
-                       on_switch=switched)
+                       settle=lambda: session.recorder.wait(SETTLE_TIMEOUT), on_switch=switched)
 
 
 def session_from_config(cfg: dict[str, Any], *, call_returns_result: bool = True) -> Session:

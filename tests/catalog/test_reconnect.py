@@ -110,3 +110,22 @@ def test_the_stand_in_says_why_for_what_a_person_does_with_a_catalog():
         with pytest.raises(CatalogUnavailableError, match=r"could not be opened \(ConnectError"):
             use(stand_in)
     assert bool(stand_in) and getattr(stand_in, "finish", None) is None
+
+
+def test_no_switch_while_fits_of_earlier_runs_still_run(tmp_path):
+    """A record of a run made before the switch must be kept with that run (its frames are
+    in the spool and move with it): while the recorder's fits still run, no switch."""
+    directory = tmp_path / "catalog"
+    open_catalog(directory)
+    stand_in = UnavailableCatalog(directory, "database is locked")
+    busy = {"fits": 1}
+
+    def settle():
+        if busy["fits"]:
+            raise TimeoutError("1 fit still running")
+
+    rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
+                      lambda client: tmp_path / "raw", settle=settle, interval=None)
+    assert not rec.reconnect() and stand_in.replaced_by is None
+    busy["fits"] = 0
+    assert rec.reconnect() and stand_in.replaced_by is not None
