@@ -203,8 +203,10 @@ class AttachCalibration:
         """The catalog client, opened on first use when a location was given; where it is
         the stand-in of a catalog that could not be opened (a session started while its
         server was down), the catalog the session found again
-        (:class:`stemcal.reconnect.Reconnector`), else opened again from the stand-in's
-        location at each run until it opens (for reading only)."""
+        (:class:`stemcal.reconnect.Reconnector`, which watches the stand-in: runs read the
+        catalog from its switch on, as they write to it), else, where no session watches
+        it, opened again from the stand-in's location at each run until it opens (for
+        reading only)."""
         from .catalog import UnavailableCatalog, catalog_location_of, open_catalog
         from .catalog.delivery import current_catalog
 
@@ -212,7 +214,7 @@ class AttachCalibration:
             self._client = open_catalog(self.catalog)
         self._client = current_catalog(self._client)
         if (isinstance(self._client, UnavailableCatalog)
-                and not getattr(self._client, "expected", False)):
+                and not (self._client.expected or self._client.watched)):
             location = catalog_location_of(self._client)
             if location is not None:
                 try:

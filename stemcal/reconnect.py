@@ -75,6 +75,7 @@ class Reconnector:
                  keeper: Any = None, settle: Callable[[], Any] | None = None, on_switch: Callable[[Any, Path], None] | None = None,
                  interval: float | None = INTERVAL) -> None:
         self.stand_in = stand_in
+        stand_in.watched = True   # readers wait for the switch (reads and writes move together)
         self.opener = opener
         self.data_dir_for = data_dir_for
         self.detector = detector

@@ -58,6 +58,9 @@ class UnavailableCatalog:
     #: The catalog's client once it came back (:meth:`found`; a session that reconnects):
     #: what holds the stand-in then reaches the catalog (:func:`current_catalog`).
     replaced_by: Any = None
+    #: Whether a session's :class:`~stemcal.reconnect.Reconnector` tries the catalog again:
+    #: readers (the attach step) then wait for its switch instead of opening it themselves.
+    watched: bool = False
 
     def __init__(self, location: str | Path | None, reason: str, refused: bool = False) -> None:
         self._stemcal_location = None if location is None else str(location)

@@ -129,3 +129,43 @@ def test_no_switch_while_fits_of_earlier_runs_still_run(tmp_path):
     assert not rec.reconnect() and stand_in.replaced_by is None
     busy["fits"] = 0
     assert rec.reconnect() and stand_in.replaced_by is not None
+
+
+def test_runs_read_the_catalog_from_the_switch_on_as_they_write_to_it(tmp_path):
+    """Where a session watches its stand-in, the attach step does not open the catalog
+    itself (each run used to, a tiled client left retrying a server that is down in a
+    thread per run): runs say why there is no catalog at once, and read the catalog
+    from the switch on."""
+    import socket
+
+    import bluesky.plans as bp
+
+    from stemcal.attach import attach_calibration
+    from stemcal.devices import MicroscopeOptics, ScanGenerator
+
+    optics, scan = MicroscopeOptics(name="optics"), ScanGenerator(name="scan")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}/api"   # nothing listens there
+    directory = tmp_path / "catalog"
+    open_catalog(directory)
+    for location in (down, directory):
+        stand_in = UnavailableCatalog(location, "ConnectError: refused")
+        rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
+                          lambda client: tmp_path / "raw", interval=None)
+        attach = attach_calibration(stand_in, optics, scan)
+        RE = RunEngine({})
+        RE.preprocessors.append(rec)
+        RE.preprocessors.append(attach)
+        starts = []
+        RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+        RE(bp.count([optics]))
+        assert attach.client() is stand_in
+        if location == down:   # said at once, without trying the server
+            status = starts[0]["calibration_status"]
+            assert status["status"] == "catalog unavailable", status
+            assert status["reason"].startswith("CatalogUnavailableError"), status
+        assert rec.reconnect()
+        RE(bp.count([optics]))
+        assert attach.client() is stand_in.replaced_by is not None
+        assert starts[-1]["calibration_status"]["status"] == "none", starts[-1]
