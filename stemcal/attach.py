@@ -208,7 +208,7 @@ class AttachCalibration:
         it, opened again from the stand-in's location at each run until it opens (for
         reading only)."""
         from .catalog import UnavailableCatalog, catalog_location_of, open_catalog
-        from .catalog.delivery import current_catalog
+        from .catalog.standin import current_catalog
 
         if self._client is None:
             self._client = open_catalog(self.catalog)

@@ -19,10 +19,10 @@ switching over, between plans only, never inside one:
    :func:`~stemcal.catalog.sync` in another thread, the frames moved with their runs.
 
 Where the catalog fails again later, the run keeper keeps that run and the recorder
-its record as before; each later plan then starts a delivery of what is kept for this
-catalog (the run keeper's journals and the spooled records meant for it) in the
+its record as before; each later plan then starts a delivery of what the spool keeps
+for this catalog (runs before their records, whichever process kept them) in the
 background, until the catalog takes it. :meth:`Reconnector.reconnect` switches at once
-(``session.reconnect()``).
+(``session.reconnect()``, bounded by ``$STEMCAL_CATALOG_TIMEOUT``).
 """
 from __future__ import annotations
 
@@ -55,49 +55,46 @@ class Reconnector:
         cannot be used from here: the switch is then not made, and said so).
     detector : device, optional
         Its ``writer`` and ``stream_writer`` get the new ``write_dir``.
-    keeper : RunKeeper, optional
-        The session's: where it keeps runs after the switch (the catalog failed again),
-        the next plan delivers them.
     settle : callable, optional
         Called before the switch (which waits for another plan where it raises): the
-        recorder finishes the fits of runs made before it,
-        so that their records are kept with their runs and delivered with them (a record
-        written to the catalog after the switch would name its frames in the spool, which
-        the delivery then moves).
+        recorder finishes the fits of runs made before it, so that their records are
+        kept with their runs and delivered with them (a record written to the catalog
+        after the switch would name its frames in the spool, which the delivery moves).
     on_switch : callable ``(client, data_dir) -> None``, optional
         Told after the switch (the session updates its ``client`` and ``data_dir``).
-    interval : float
-        :data:`INTERVAL`; ``None``: no thread, only :meth:`reconnect`.
+    interval : float or None
+        Seconds between attempts (default :data:`INTERVAL` when made); ``None``: no
+        thread, only :meth:`reconnect`.
     """
 
     def __init__(self, stand_in: Any, opener: Callable[[], Any],
                  data_dir_for: Callable[[Any], Path], *, detector: Any = None,
-                 keeper: Any = None, settle: Callable[[], Any] | None = None, on_switch: Callable[[Any, Path], None] | None = None,
-                 interval: float | None = INTERVAL) -> None:
+                 settle: Callable[[], Any] | None = None,
+                 on_switch: Callable[[Any, Path], None] | None = None,
+                 interval: float | None | str = "default") -> None:
         self.stand_in = stand_in
         stand_in.watched = True   # readers wait for the switch (reads and writes move together)
         self.opener = opener
         self.data_dir_for = data_dir_for
         self.detector = detector
-        self.keeper = keeper
         self.settle = settle
         self.on_switch = on_switch
-        self.interval = interval
+        self.interval = INTERVAL if interval == "default" else interval
         #: why the last attempt failed (None before the first or once switched)
         self.reason: str | None = None
-        #: the :class:`~stemcal.catalog.SyncReport` of the delivery after the switch
+        #: the :class:`~stemcal.catalog.SyncReport` of the last delivery
         self.report: Any = None
         self._lock = threading.Lock()
         self._ready: tuple[Any, Path] | None = None
         self._switched = False
         self._stop = threading.Event()
         self._attempt_lock = threading.Lock()
-        self._prober: threading.Thread | None = None
         self._delivery: threading.Thread | None = None
-        if interval is not None:
-            self._prober = threading.Thread(target=self._probe_loop, daemon=True,
-                                            name="stemcal-catalog-reconnect")
-            self._prober.start()
+        #: uids kept in the spool for other catalogs (left to `stemcal sync`)
+        self._not_ours: set[str] = set()
+        if self.interval is not None:
+            threading.Thread(target=self._probe_loop, daemon=True,
+                             name="stemcal-catalog-reconnect").start()
 
     def __repr__(self) -> str:
         state = "switched" if self._switched else ("ready" if self._ready else "waiting")
@@ -110,28 +107,28 @@ class Reconnector:
 
     def _attempt(self) -> bool:
         """One attempt to open the catalog and find its data directory; True once ready."""
+        from .catalog.spool import failure_reason
+        from .catalog.standin import UnavailableCatalog
+
         with self._attempt_lock:
             if self._ready is not None or self._switched:
                 return True
-            from .catalog.delivery import UnavailableCatalog
-
             try:
                 client = self.opener()
                 if isinstance(client, UnavailableCatalog):   # the opener gave a stand-in
                     raise ConnectionError(client.reason)
                 data = Path(self.data_dir_for(client))
             except Exception as exc:  # noqa: BLE001 - any failure: not back yet
-                from .catalog.spool import failure_reason
-
                 reason = failure_reason(exc)
                 if isinstance(exc, ValueError) and reason != self.reason:
                     log.warning("the catalog opens again, but cannot be written from here: %s",
                                 reason)
-                self.reason = reason
+                self.reason = self.stand_in.reason = reason   # what kept files say from now
                 return False
             with self._lock:
                 self._ready = (client, data)
-            log.info("the catalog %s is back: the next plan writes to it", _where(self.stand_in))
+            log.info("the catalog %s answers again: the next plan writes to it",
+                     _where(self.stand_in))
             return True
 
     def _probe_loop(self) -> None:
@@ -152,8 +149,9 @@ class Reconnector:
                 try:
                     self.settle()
                 except Exception as exc:  # noqa: BLE001 - a fit still running: next plan
-                    log.warning("catalog back, but fits of earlier runs still run (%s): the "
-                                "switch waits for the next plan", exc)
+                    log.warning("the catalog answers again, but fits of earlier runs still "
+                                "run (%s): the switch waits for the next plan",
+                                type(exc).__name__)
                     return False
             for writer in (getattr(self.detector, "writer", None),
                            getattr(self.detector, "stream_writer", None)):
@@ -163,24 +161,26 @@ class Reconnector:
             self._switched, self.reason = True, None
             if self.on_switch is not None:
                 self.on_switch(client, data)
-            kept = list(self.stand_in.kept)
+            kept = self._kept()
             self._start_delivery(client, kept)
         log.warning("catalog %s is back: runs and records go there again (%d kept meanwhile "
                     "being delivered)", _where(self.stand_in), len(kept))
         return True
 
-    def _kept_since(self) -> list[str]:
-        """uids of what waits for this catalog after the switch: the run keeper's journals
-        still there, and then every spooled record (:meth:`_deliver` takes only those
-        meant for this catalog)."""
-        runs = [p.stem for p in (self.keeper if self.keeper is not None else ())]
-        if not runs:
-            return []
+    def _kept(self) -> list[str]:
+        """uids of what the spool keeps (run journals, then records), less those found to
+        be kept for other catalogs: :meth:`_deliver` takes only this catalog's."""
+        from .catalog.journal import journal_dir
         from .catalog.spool import spool_dir
 
-        return runs + sorted(p.stem for p in spool_dir().glob("*.npz"))
+        d = spool_dir()
+        uids = ([p.stem for p in journal_dir(d).glob("*.jsonl")]
+                + [p.stem for p in d.glob("*.npz")]) if d.is_dir() else []
+        return [u for u in uids if u not in self._not_ours]
 
     def _start_delivery(self, client: Any, uids: list[str]) -> None:
+        if not uids:
+            return
         self._delivery = threading.Thread(target=self._deliver, args=(client, uids),
                                           daemon=True, name="stemcal-catalog-deliver")
         self._delivery.start()
@@ -199,45 +199,63 @@ class Reconnector:
         for loc in ours:
             catalogs.clients[loc] = client
         try:
-            self.report = sync(only=kept, catalogs=catalogs)
+            self.report = report = sync(only=kept, catalogs=catalogs)
         except Exception:  # noqa: BLE001 - all stays kept for `stemcal sync`
             log.warning("delivering what was kept for %s failed; `stemcal sync` delivers it",
                         where, exc_info=True)
             return
-        mine = [p for p in self.report.pending + self.report.runs_pending if p[1] in ours]
-        if mine or self.report.damaged:
+        left = report.pending + report.runs_pending
+        self._not_ours.update(u for u, loc, _ in left if loc not in ours)
+        mine = [u for u, loc, _ in left if loc in ours]
+        if mine or report.damaged:
             log.warning("%d of what was kept for %s could not be delivered yet; the next "
                         "plan (or `stemcal sync`) tries again", len(mine), where)
 
     def reconnect(self, timeout: float | None = None) -> bool:
-        """Try the catalog now and switch over if it opens; True once switched (the
-        delivery of what was kept goes on in the background: :meth:`wait`). Call it
-        between plans. ``timeout``: seconds to wait for an attempt already under way."""
+        """Try the catalog now and switch over if it opens; True once switched (what was
+        kept is then delivered in the background: :meth:`wait`). Call it between plans.
+        ``timeout``: seconds to wait for the catalog's answer (default
+        ``$STEMCAL_CATALOG_TIMEOUT``, 20 s); the attempt goes on in the background past it."""
         if self._switched:
             return True
-        if not self._attempt_lock.acquire(timeout=-1 if timeout is None else timeout):
+        from .catalog.delivery import answer_within, open_timeout
+
+        limit = open_timeout() if timeout is None else timeout
+        try:
+            ready = answer_within(self._attempt, limit, name="stemcal-catalog-reconnect-now",
+                                  setting=" ($STEMCAL_CATALOG_TIMEOUT)")
+        except TimeoutError as exc:
+            self.reason = f"TimeoutError: {exc}"
             return False
-        self._attempt_lock.release()
-        return self._attempt() and self._switch()
+        return ready and self._switch()
+
+    def deliver_kept(self) -> None:
+        """After the switch, start delivering what the spool keeps for this catalog (the
+        catalog failed again since), unless a delivery runs already."""
+        if self._switched and not (self._delivery and self._delivery.is_alive()):
+            self._start_delivery(self.stand_in.replaced_by, self._kept())
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the delivery after the switch; True when it ended (or none started)."""
+        """Wait for the delivery under way; True when it ended (or none runs)."""
         thread = self._delivery
         if thread is None:
             return True
         thread.join(timeout)
         return not thread.is_alive()
 
-    def close(self) -> None:
-        """No more attempts (the session closes)."""
+    def close(self, timeout: float = 60.0) -> None:
+        """No more attempts; wait up to ``timeout`` s for a delivery under way, and say so
+        where it is cut off (what it has not delivered stays kept for ``stemcal sync``)."""
         self._stop.set()
+        if not self.wait(timeout):
+            log.warning("the delivery of what was kept for %s is still running after %g s; "
+                        "what it has not delivered when this process ends stays kept: run "
+                        "`stemcal sync`", _where(self.stand_in), timeout)
 
     def __call__(self, plan: Generator) -> Generator:
         def switched_first() -> Generator:
-            if self._switch() and not (self._delivery and self._delivery.is_alive()):
-                later = self._kept_since()   # the catalog failed again since the switch
-                if later:
-                    self._start_delivery(self.stand_in.replaced_by, later)
+            if self._switch():
+                self.deliver_kept()   # the catalog failed again since the switch
             return (yield from plan)
 
         return switched_first()

@@ -92,7 +92,6 @@ class Session:
     def close(self) -> None:
         if self.reconnector is not None:
             self.reconnector.close()
-            self.reconnector.wait(60)
         self.recorder.close()
         if self.keeper is not None:
             self.keeper.close()
@@ -274,7 +273,7 @@ def _reconnector(session: Session, loc: Any, remote: bool, readable: tuple,
 
     return Reconnector(session.client, opener,
                        lambda client: _data_dir(data_dir, loc, remote, client),
-                       detector=session.instrument.detector, keeper=session.keeper,
+                       detector=session.instrument.detector,
                        settle=lambda: session.recorder.wait(SETTLE_TIMEOUT), on_switch=switched)
 
 

@@ -23,6 +23,7 @@ from bokeh.models import TabPanel, Tabs
 
 from ..catalog import (UnavailableCatalog, calibration_history, open_catalog_or_unavailable,
                        record_images)
+from ..catalog.standin import current_catalog
 from ..record import CalibrationRecord
 from .adjust_tab import AdjustTab
 from .history_tab import HistoryTab
@@ -110,6 +111,8 @@ class StemcalApp:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     self._catalog = open_catalog_or_unavailable(self._location)
+            # a stand-in the session replaced once its catalog came back: that catalog
+            self._catalog = current_catalog(self._catalog)
             return self._catalog
 
     def history(self, limit: int | None = 200) -> list[CalibrationRecord]:

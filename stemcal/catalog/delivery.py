@@ -33,6 +33,7 @@ from ..record import CalibrationRecord
 from . import replay, store
 from .journal import journal_dir, journals, read_journal, try_lock
 from .keys import KeyInURIError
+from .standin import CatalogUnavailableError, UnavailableCatalog, current_catalog
 from .spool import (failure_reason, find, fsync_dir, locked, spool_dir, spool_path, spool_record,
                     spooled)
 
@@ -41,93 +42,6 @@ log = logging.getLogger(__name__)
 __all__ = ["UnavailableCatalog", "CatalogUnavailableError", "open_catalog_or_unavailable",
            "write_record_or_spool", "sync", "SyncReport", "Catalogs", "is_refusal",
            "is_not_a_catalog", "answer_within", "current_catalog"]
-
-
-class UnavailableCatalog:
-    """Stands in for a catalog that could not be opened; records and runs for it are kept.
-
-    Made by :func:`open_catalog_or_unavailable`; :func:`write_record_or_spool`
-    spools every record given with it and :class:`~stemcal.catalog.journal.RunKeeper`
-    keeps every run. ``refused``: the catalog refused the API key (a wrong or
-    missing key, not an outage).
-    """
-
-    specs: tuple = ()
-    #: Whether keeping is this stand-in's normal course (logged at INFO, not WARNING).
-    expected: bool = False
-    #: The catalog's client once it came back (:meth:`found`; a session that reconnects):
-    #: what holds the stand-in then reaches the catalog (:func:`current_catalog`).
-    replaced_by: Any = None
-    #: Whether a session's :class:`~stemcal.reconnect.Reconnector` tries the catalog again:
-    #: readers (the attach step) then wait for its switch instead of opening it themselves.
-    watched: bool = False
-
-    def __init__(self, location: str | Path | None, reason: str, refused: bool = False) -> None:
-        self._stemcal_location = None if location is None else str(location)
-        self.reason = reason
-        self.refused = refused
-        #: uids of the runs and records kept for this catalog, in order (:meth:`keep`)
-        self.kept: list[str] = []
-
-    def __repr__(self) -> str:
-        back = ", back" if self.replaced_by is not None else ""
-        return f"{type(self).__name__}({self._stemcal_location!r}, {self.reason!r}{back})"
-
-    def keep(self, uid: str) -> None:
-        """Called once the run or record ``uid`` for this catalog is kept (its journal
-        closed, its spool file written); here it waits for ``stemcal sync`` (or for the
-        session to find the catalog again, :class:`stemcal.reconnect.Reconnector`)."""
-        self.kept.append(uid)
-
-    def found(self, client: Any) -> None:
-        """The catalog is back as ``client``: from now on writes given this stand-in go
-        there (:func:`current_catalog`), and so do a catalog's attributes asked of it."""
-        self.replaced_by = client
-
-    def _catalog(self) -> Any:
-        if self.replaced_by is not None:
-            return self.replaced_by
-        raise CatalogUnavailableError(
-            f"catalog {self._stemcal_location} could not be opened ({self.reason}); what is "
-            "made meanwhile is kept for `stemcal sync`. A session tries it again at each plan "
-            "and writes to it once it is back (session.reconnect() tries at once)")
-
-    def __getattr__(self, name: str) -> Any:
-        # a catalog's own attribute (search, values, ...) asked of the stand-in: the
-        # catalog's, once it is back; else say why there is no catalog, not
-        # "'UnavailableCatalog' object has no attribute 'search'"
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._catalog(), name)
-
-    # what a person does with a catalog (catalog[-1], len(catalog), uid in catalog)
-    def __getitem__(self, key: Any) -> Any:
-        return self._catalog()[key]
-
-    def __len__(self) -> int:
-        return len(self._catalog())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._catalog())
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._catalog()
-
-    def __bool__(self) -> bool:   # a stand-in is there, whether or not its catalog is
-        return True
-
-
-def current_catalog(client: Any) -> Any:
-    """``client``, or the catalog a stand-in was replaced by once it came back
-    (:meth:`UnavailableCatalog.found`)."""
-    if isinstance(client, UnavailableCatalog) and client.replaced_by is not None:
-        return client.replaced_by
-    return client
-
-
-class CatalogUnavailableError(AttributeError):
-    """A catalog's attribute asked of an :class:`UnavailableCatalog` (an ``AttributeError``,
-    so ``getattr(client, name, default)`` still gives the default)."""
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -438,7 +352,15 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
                 continue
             if entry is not None:
                 entries.append(entry)
+    damaged = {Path(p).stem for p, _ in report.damaged}
     for entry in _claimed(entries, lambda e: e.path, report):
+        run = entry.record.acquisition_uid
+        if run and run not in damaged and (journal_dir(d) / f"{run}.jsonl").exists():
+            # its run is still kept (pending, being written, or not asked for): delivered
+            # now, the record would name frames that move when the run is delivered
+            report.pending.append((entry.uid, entry.location,
+                                   f"its acquisition run {run} is not delivered yet"))
+            continue
         if _attempt(catalogs, entry.location, entry.uid, report.pending,
                     lambda c: _deliver_record(c, entry, report, d / "raw")):
             _remove(entry.path)
@@ -458,6 +380,9 @@ def sync(*, open_catalog: Callable[[str], Any] | None = None,
     never counting as a record. So a sync is never stuck on a cut-off write.
     A run or record whose catalog cannot be opened or written stays kept with
     the reason; one a live process is writing right now is left alone (``busy``).
+    A record whose acquisition run is still kept (not delivered by this sync, its
+    journal readable) waits for it: delivered first, it would name frames that move
+    into the catalog's data directory with the run.
 
     Parameters
     ----------

@@ -420,6 +420,9 @@ def resolve_run(client: Any, uid: str) -> Any:
     from tiled.client.container import Container
     from tiled.queries import Key
 
+    from .standin import current_catalog
+
+    client = current_catalog(client)   # a stand-in a session replaced: its catalog
     try:
         run = Container.__getitem__(client, uid)
     except KeyError:

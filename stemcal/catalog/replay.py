@@ -98,12 +98,36 @@ def _relocated(docs: list[tuple[str, dict]], data_dir: Path | None,
     return out, moved
 
 
+def _same_file_in(src: Path, data_dir: Path | None) -> Path | None:
+    """``data_dir``'s copy of the spool file ``src`` (same name and size), or None."""
+    if data_dir is None:
+        return None
+    dst = data_dir / src.name
+    try:
+        if dst.is_file() and (not src.exists() or dst.stat().st_size == src.stat().st_size):
+            return dst
+    except OSError:
+        return None
+    return None
+
+
+def _remove_delivered_copies(docs: list[tuple[str, dict]], data_dir: Path | None,
+                             spool_raw: Path) -> None:
+    """Remove the spool's copies of a delivered run's frames that the data directory holds."""
+    for name, doc in docs:
+        if name == "stream_resource" and str(doc.get("uri", "")).startswith("file:"):
+            src = resource_path(doc["uri"])
+            if _inside(src, spool_raw) and src.exists() and _same_file_in(src, data_dir):
+                src.unlink(missing_ok=True)
+                log.info("removed %s: its run's catalog has it in %s", src, data_dir)
+
+
 def relocated_record(record: Any, client: Any, location: str | None,
                      spool_raw: Path) -> Any:
     """``record`` with ``fit_settings["data"]["uri"]`` pointing where :func:`deliver_run`
     moved its frames (from ``spool_raw`` into the catalog's data directory; the spool's
-    URI kept as ``spooled_uri``); unchanged where they were not in the spool or are there
-    still (their run not delivered yet)."""
+    URI kept as ``spooled_uri``); unchanged where they were not in the spool or the data
+    directory holds no copy of them yet (their run not delivered)."""
     import dataclasses
 
     data = dict((record.fit_settings or {}).get("data") or {})
@@ -114,11 +138,10 @@ def relocated_record(record: Any, client: Any, location: str | None,
         src = resource_path(uri)
     except ValueError:
         return record
-    data_dir = data_dir_of(client, location)
-    if data_dir is None or not _inside(src, spool_raw) or src.exists():
+    if not _inside(src, spool_raw):
         return record
-    dst = data_dir / src.name
-    if not dst.exists():
+    dst = _same_file_in(src, data_dir_of(client, location))
+    if dst is None:   # not moved yet (its run not delivered)
         return record
     data.update(uri=dst.resolve().as_uri(), spooled_uri=uri)
     return dataclasses.replace(record, fit_settings={**record.fit_settings, "data": data})
@@ -137,6 +160,9 @@ def deliver_run(client: Any, journal: Journal, *, location: str | None,
 
     state = run_state(client, journal.run_uid)
     if state == COMPLETE:
+        # a delivery cut off after the catalog took the run, before the spool's copies of
+        # its frames were removed: they are in the data directory, so those go now
+        _remove_delivered_copies(journal.documents, data_dir_of(client, location), spool_raw)
         return ALREADY_THERE
     if state is not None and not journal.has_stop:
         return CUT_OFF

@@ -130,6 +130,9 @@ def run_state(client: Any, uid: str) -> str | None:
     """The state of run ``uid`` (exact uid): None (no such run) or :func:`state_of` its metadata."""
     from tiled.client.container import Container
 
+    from .standin import current_catalog
+
+    client = current_catalog(client)   # a stand-in a session replaced: its catalog
     try:  # the plain container lookup: no partial-uid or scan_id matching
         run = Container.__getitem__(client, uid)
     except KeyError:

@@ -17,6 +17,13 @@ from stemcal.catalog import UnavailableCatalog, open_catalog
 from stemcal.reconnect import Reconnector
 
 
+@pytest.fixture(autouse=True)
+def own_spool(tmp_path, monkeypatch):
+    """Each test its own spool (what a switch delivers is what the spool keeps)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STEMCAL_SPOOL", raising=False)
+
+
 def test_no_switch_until_the_catalog_opens_and_its_data_directory_can_be_used(tmp_path, caplog):
     directory = tmp_path / "catalog"
     stand_in = UnavailableCatalog(directory, "database is locked")
@@ -40,7 +47,7 @@ def test_no_switch_until_the_catalog_opens_and_its_data_directory_can_be_used(tm
     assert rec.reconnect() and rec.switched and switched == [tmp_path / "raw"]
     assert stand_in.replaced_by is not None
     assert len(stand_in) == 0   # the stand-in reads the catalog now (empty)
-    assert rec.wait(30) and not rec.report.stuck
+    assert rec.wait(30) and rec.report is None   # nothing kept, nothing to deliver
 
 
 def test_the_switch_waits_for_the_next_plan_and_the_thread_keeps_trying(tmp_path):
@@ -169,3 +176,79 @@ def test_runs_read_the_catalog_from_the_switch_on_as_they_write_to_it(tmp_path):
         RE(bp.count([optics]))
         assert attach.client() is stand_in.replaced_by is not None
         assert starts[-1]["calibration_status"]["status"] == "none", starts[-1]
+
+
+def test_after_the_switch_each_plan_delivers_what_is_kept_for_this_catalog_only(tmp_path):
+    """A record kept after the switch with no run kept beside it (the catalog failed
+    during an asynchronous fit) waited for `stemcal sync`; now the next plan delivers it.
+    What the spool keeps for another catalog is left alone, and not tried again."""
+    from stemcal.catalog import calibration_history, spool, write_record_or_spool
+    from stemcal.record import CalibrationRecord
+
+    def record(rotation):
+        return CalibrationRecord(acquisition_uid=None, scan_rotation=rotation, flip_y=False,
+                                 overfocus=1e-6, cy=40.0, cx=41.0, quality="ok",
+                                 optics_state={"camera_length": 0.2}, scan_pixel_size=2.5e-10,
+                                 camera_length=0.2, detector_pixel_size=55e-6, semiconv=0.01)
+
+    directory = tmp_path / "catalog"
+    open_catalog(directory)
+    stand_in = UnavailableCatalog(directory, "database is locked")
+    rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
+                      lambda client: tmp_path / "raw", interval=None)
+    RE = RunEngine({})
+    RE.preprocessors.append(rec)
+    assert rec.reconnect()
+    mine, other = record(1.0), record(2.0)
+    write_record_or_spool(UnavailableCatalog(directory, "failed during the fit"), mine)
+    write_record_or_spool(UnavailableCatalog(tmp_path / "elsewhere", "down"), other)
+    RE(bps.null())
+    assert rec.wait(60)
+    assert [r.uid for r in calibration_history(stand_in)] == [mine.uid]
+    assert [e.uid for e in spool.spooled()] == [other.uid]   # another catalog's: left
+    assert other.uid in rec._not_ours
+    last = rec._delivery
+    RE(bps.null())
+    assert rec.wait(60) and rec._delivery is last   # nothing of ours kept: no new delivery
+    assert [e.uid for e in spool.spooled()] == [other.uid]
+
+
+def test_the_replaced_stand_in_serves_run_lookups_and_the_app(tmp_path):
+    """Lookups that go around a client's own [] (resolve_run, run_state) and the app's
+    history took the stand-in for the catalog after the switch: AttributeError _queries,
+    'catalog ... unavailable'. Now they reach the catalog that replaced it."""
+    from stemcal.app.application import StemcalApp
+    from stemcal.catalog import resolve_run, run_state
+
+    directory = tmp_path / "catalog"
+    open_catalog(directory)
+    stand_in = UnavailableCatalog(directory, "database is locked")
+    app = StemcalApp(catalog=stand_in)
+    with pytest.raises(OSError, match="unavailable: database is locked"):
+        app.history()
+    rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
+                      lambda client: tmp_path / "raw", interval=None)
+    assert rec.reconnect()
+    assert run_state(stand_in, "0" * 32) is None
+    with pytest.raises(KeyError):
+        resolve_run(stand_in, "0" * 32)
+    assert app.history() == []
+
+
+def test_reconnect_now_is_bounded_by_the_catalog_timeout(tmp_path, monkeypatch):
+    """Against a port that accepts and never answers, session.reconnect() took a minute of
+    tiled's retries; now $STEMCAL_CATALOG_TIMEOUT (the attempt goes on in the background)."""
+    import socket
+
+    monkeypatch.setenv("TILED_API_KEY", "k" * 32)
+    monkeypatch.setenv("STEMCAL_CATALOG_TIMEOUT", "1")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}/api"
+        rec = Reconnector(UnavailableCatalog(uri, "no answer"), lambda: open_catalog(uri),
+                          lambda client: tmp_path / "raw", interval=None)
+        t0 = time.monotonic()
+        assert not rec.reconnect()
+        assert time.monotonic() - t0 < 4
+        assert rec.reason.startswith("TimeoutError: no answer within 1 s"), rec.reason

@@ -477,3 +477,63 @@ def test_a_session_started_while_the_server_is_down_writes_to_it_once_it_is_back
     assert not any(spool_raw.glob("*.h5"))
     # the stand-in the profile's `catalog` holds now reads the catalog
     assert len(calibration_history(stand_in)) == 4
+
+
+def test_a_record_waits_for_its_run_and_a_cut_off_delivery_leaves_no_stale_frames(
+        server, tmp_path):
+    """Two ways a delivered record named frames the catalog cannot read (an adversarial
+    sweep of the session's reconnect found both): (1) a record delivered while its run
+    was still kept (another process's, or not asked for) named the spool's copy of the
+    frames, which the run's delivery then moved; now it waits for its run. (2) A delivery
+    killed after the catalog took the run, before the spool's copy of its frames was
+    removed: the run was 'already there' ever after, the copy stayed, and the record was
+    delivered naming it; now the copy goes and the record names the data directory."""
+    from stemcal.catalog import sync
+    from stemcal.catalog.journal import journal_dir
+    from stemcal.runs import resource_path
+
+    from servers import SMALL
+
+    key = server.keys.writer
+    server.stop()
+    made = []
+    for _ in range(2):
+        cli = stemcal("calibrate", "--catalog", server.uri, "--json", *SMALL, key=key)
+        assert cli.returncode == 0, cli.stderr
+        made.append(json.loads(cli.stdout.strip()))
+    server.start()
+    raw = server.catalog / "raw"
+    os.environ["TILED_API_KEY"] = key
+    try:
+        # (1) the record alone, its run still kept: it waits
+        first = made[0]
+        report = sync(only=[first["uid"]])
+        (uid, _, why), = report.pending
+        assert uid == first["uid"] and why == (f"its acquisition run {first['acquisition_uid']} "
+                                               "is not delivered yet"), report.pending
+        assert report.delivered == [] and spool.find(first["uid"]) is not None
+        # (2) the second run delivered, then its journal and its frames' spool copy put
+        # back: what a kill -9 between the catalog taking the run and the cleanup leaves
+        second = made[1]
+        journal = journal_dir() / f"{second['acquisition_uid']}.jsonl"
+        frames = resource_path(spool.find(second["uid"]).record.fit_settings["data"]["uri"])
+        saved_journal, saved_frames = journal.read_bytes(), frames.read_bytes()
+        report = sync(only=[second["acquisition_uid"]])
+        assert [u for u, _, _ in report.runs_delivered] == [second["acquisition_uid"]]
+        assert not frames.exists() and (raw / frames.name).is_file()
+        journal.write_bytes(saved_journal)
+        frames.write_bytes(saved_frames)
+        report = sync()
+        assert not report.stuck, report
+        runs = {u: how for u, _, how in report.runs_delivered}   # and each plan's result run
+        assert len(runs) == 4 and runs[first["acquisition_uid"]] == "delivered"
+        assert runs[second["acquisition_uid"]] == "already there", runs
+        assert sorted(u for u, _ in report.delivered) == sorted(m["uid"] for m in made)
+        assert not frames.exists()   # the stale copy is gone
+        client = open_catalog(server.uri)
+        for m in made:   # each record names frames the server reads
+            uri = get_record(client, m["uid"]).fit_settings["data"]["uri"]
+            assert resource_path(uri).parent == raw and resource_path(uri).is_file(), uri
+        assert spool.spooled() == [] and not any(journal_dir().glob("*.jsonl"))
+    finally:
+        os.environ.pop("TILED_API_KEY", None)
