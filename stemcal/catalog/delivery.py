@@ -337,6 +337,14 @@ def _deliver_record(client: Any, entry: Any, report: SyncReport, spool_raw: Path
         report.delivered.append((entry.uid, entry.location))
 
 
+def _kept_reason(path: Path) -> str | None:
+    """Why the run journal at ``path`` was kept, where it can be read."""
+    try:
+        return read_journal(path).kept
+    except (OSError, ValueError):
+        return None
+
+
 def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
                   only: Collection[str] | None) -> None:
     if only is None:
@@ -353,13 +361,22 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
             if entry is not None:
                 entries.append(entry)
     damaged = {Path(p).stem for p, _ in report.damaged}
+    why_runs = {uid: why for uid, _, why in report.runs_pending}
+    why_runs.update((uid, "being written") for uid in report.busy)
     for entry in _claimed(entries, lambda e: e.path, report):
         run = entry.record.acquisition_uid
         if run and run not in damaged and (journal_dir(d) / f"{run}.jsonl").exists():
             # its run is still kept (pending, being written, or not asked for): delivered
-            # now, the record would name frames that move when the run is delivered
+            # now, the record would name frames that move when the run is delivered. Where
+            # the catalog cannot be had at all, that is the reason that counts
+            client, why = catalogs.get(entry.location)
+            if client is None:
+                report.pending.append((entry.uid, entry.location, why))
+                continue
+            why = why_runs.get(run) or _kept_reason(journal_dir(d) / f"{run}.jsonl")
+            why = f" ({why})" if why else ""
             report.pending.append((entry.uid, entry.location,
-                                   f"its acquisition run {run} is not delivered yet"))
+                                   f"its acquisition run {run} is not delivered yet{why}"))
             continue
         if _attempt(catalogs, entry.location, entry.uid, report.pending,
                     lambda c: _deliver_record(c, entry, report, d / "raw")):
