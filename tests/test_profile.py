@@ -80,3 +80,46 @@ def test_bad_config_is_refused(tmp_path):
         load_config(bad)
     with pytest.raises(ValueError, match="no configuration file"):
         load_config(tmp_path / "missing.toml")
+
+
+RECONNECT_SCRIPT = r"""
+import json, os
+kept = RE(calibrate_here()).plan_result        # the catalog is damaged: kept
+os.rename(BROKEN, BROKEN + ".damaged")          # an admin puts the catalog back
+os.rename(GOOD, BROKEN)
+back = session.reconnect()
+live = RE(calibrate_here()).plan_result         # written to it
+session.reconnector.wait(60)
+print("RESULT " + json.dumps({
+    "back": back, "uids": sorted(r.uid for r in calibration_history(catalog)),
+    "kept": kept.uid, "live": live.uid, "data_dir": str(session.data_dir)}))
+"""
+
+
+def test_profile_started_without_its_catalog_says_so_and_writes_to_it_once_back(tmp_path):
+    """The profile's session started while its catalog could not be opened (a damaged
+    catalog.db): one line says so and what happens; once the catalog is back, the session
+    switches to it, and both calibrations (the kept one and the new one) are in it."""
+    from stemcal.catalog import open_catalog
+
+    broken, good = tmp_path / "catalog", tmp_path / "restored"
+    broken.mkdir()
+    (broken / "catalog.db").write_bytes(b"not a database")
+    open_catalog(good)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[catalog]\nlocation = "{broken}"\n'
+                      '[simulation]\nnav_shape = [16, 16]\nsig_shape = [64, 64]\ndose = 50.0\n')
+    env = dict(os.environ, STEMCAL_CONFIG=str(config), MPLBACKEND="Agg",
+               IPYTHONDIR=str(tmp_path / "ipython"), XDG_STATE_HOME=str(tmp_path / "state"))
+    env.pop("STEMCAL_SPOOL", None)
+    script = f"BROKEN, GOOD = {str(broken)!r}, {str(good)!r}\n" + RECONNECT_SCRIPT
+    proc = subprocess.run([sys.executable, "-m", "IPython", "--profile-dir", str(PROFILE),
+                           "--no-banner", "--HistoryManager.enabled=False", "-c", script],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"stemcal: catalog {broken} unavailable (" in proc.stdout, proc.stdout[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(line[0][len("RESULT "):])
+    assert res["back"] and res["uids"] == sorted([res["kept"], res["live"]])
+    assert res["data_dir"] == str(broken / "raw")

@@ -23,6 +23,12 @@ session = session_from_config(stemcal_config, call_returns_result=not _is_re_wor
 RE = session.RE
 catalog = session.client
 recorder = session.recorder
+if session.reconnector is not None:   # the catalog could not be opened at the start
+    from stemcal.catalog import catalog_location_of
+
+    print(f"stemcal: catalog {catalog_location_of(catalog)} unavailable ({catalog.reason}); "
+          "runs and records are kept and go there once it is back (the first plan after "
+          "that switches; session.reconnect() tries now)")
 # What a person at the microscope sees while plans run: bluesky's own progress bars for
 # whatever the RunEngine waits on (the calibration's fit reports its stages and passes),
 # and BestEffortCallback's tables (the devices hint readable fields: overfocus in nm; each
