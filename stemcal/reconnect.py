@@ -149,6 +149,7 @@ class Reconnector:
                 try:
                     self.settle()
                 except Exception as exc:  # noqa: BLE001 - a fit still running: next plan
+                    self.reason = "the catalog answers, but fits of earlier runs still run"
                     log.warning("the catalog answers again, but fits of earlier runs still "
                                 "run (%s): the switch waits for the next plan",
                                 type(exc).__name__)

@@ -134,6 +134,7 @@ def test_no_switch_while_fits_of_earlier_runs_still_run(tmp_path):
     rec = Reconnector(stand_in, lambda: open_catalog(directory, create=False),
                       lambda client: tmp_path / "raw", settle=settle, interval=None)
     assert not rec.reconnect() and stand_in.replaced_by is None
+    assert rec.reason == "the catalog answers, but fits of earlier runs still run"
     busy["fits"] = 0
     assert rec.reconnect() and stand_in.replaced_by is not None
 
