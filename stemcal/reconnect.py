@@ -15,8 +15,10 @@ switching over, between plans only, never inside one:
 2. the stand-in is told (:meth:`~stemcal.catalog.UnavailableCatalog.found`): the run
    keeper, the calibration recorder, the attach step and whoever else holds it (the
    profile's ``catalog``) write to and read from the catalog from then on;
-3. what was kept for it meanwhile (its runs and records, by uid) is delivered by
-   :func:`~stemcal.catalog.sync` in another thread, the frames moved with their runs.
+3. what the spool keeps for it (this session's runs and records of the outage, and any
+   another process kept for the same catalog) is delivered by
+   :func:`~stemcal.catalog.sync` in another thread: runs before the records that name
+   them, frames moved with their runs; entries kept for other catalogs are left alone.
 
 Where the catalog fails again later, the run keeper keeps that run and the recorder
 its record as before; each later plan then starts a delivery of what the spool keeps
