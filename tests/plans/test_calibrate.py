@@ -371,3 +371,21 @@ def test_plan_arguments_are_validated(session):
         session.RE(calibrate(inst.detector, inst.scan, inst.optics, callback=session.recorder,
                              focus_limits=(-1e-6, 2e-6)))
     assert inst.optics.overfocus.get() == 1e-6
+
+
+def test_reserved_md_covers_every_key_the_plans_set_for_the_recorder(tmp_path):
+    """runs.RESERVED_MD is written beside acquisition_start and check_request (which need
+    devices and a record to build their keys): every key they set, and the attempt
+    counters of calibrate, must be refused in a plan's md, or a user's md would take a
+    run away from the recorder."""
+    from stemcal.runs import RESERVED_MD, acquisition_start, check_md, check_request
+
+    inst = instrument(tmp_path / "raw")
+    contract = set(acquisition_start(inst.detector, inst.scan, inst.optics, guess={}, live=False))
+    params = inst.microscope.geometry(inst.scan.state(), inst.optics.state())
+    contract |= set(check_request("0" * 32, params, 0.3, 0.005))
+    contract |= {"calibration_attempt", "max_attempts"}
+    assert contract <= set(RESERVED_MD), contract - set(RESERVED_MD)
+    for key in contract:
+        with pytest.raises(ValueError, match=f"md must not set '{key}'"):
+            check_md({key: 1})
