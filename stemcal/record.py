@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -65,6 +66,14 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
     return repr(value)
+
+
+#: What a record's uid, ``acquisition_uid`` and ``supersedes`` may be: a uuid4 string, or
+#: any 1-128 letters, digits, ``.``, ``_`` and ``-`` (names of catalog nodes, shown in pages).
+UID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: A record's ``time`` is before this (3000-01-01 UTC, seconds since 1970): one from far
+#: ahead would be the "newest" calibration for ever, and cannot be shown as a date.
+LATEST_TIME = 32503680000.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -146,6 +155,11 @@ class CalibrationRecord:
         for name in ("acquisition_uid", "supersedes"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string or None, got {getattr(self, name)!r}")
+        for name in ("uid", "acquisition_uid", "supersedes"):
+            value = getattr(self, name)
+            if value is not None and not UID_PATTERN.fullmatch(value):
+                raise ValueError(f"{name} must be 1-128 letters, digits, '.', '_' or '-' "
+                                 f"(starting with a letter or digit), got {value[:80]!r}")
         for name in ("uncertainty", "optics_state", "fit_settings", "versions"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict, got {getattr(self, name)!r}")
@@ -155,6 +169,9 @@ class CalibrationRecord:
             object.__setattr__(self, "blur", float(self.blur))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"time and blur must be numbers, got {self.time!r}, {self.blur!r}") from exc
+        if not 0 <= self.time < LATEST_TIME:
+            raise ValueError(f"time must be seconds since 1970 before the year 3000, got "
+                             f"{self.time!r}")
         p = OverfocusParams(**{name: getattr(self, name) for name in _GEOMETRY})  # validates
         for name, value in p.to_dict().items():
             object.__setattr__(self, name, value)

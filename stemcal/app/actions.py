@@ -23,8 +23,11 @@ over the raw data at the recorded values; its uncertainty is not determined
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from ..callbacks.recorder import IMAGE_NAMES
 from ..catalog import write_record_or_spool
@@ -97,8 +100,19 @@ def manual_record(ctx: Any, source: Source, params: OverfocusParams, *, client: 
     """
     if not adjusted_by.strip():
         raise ValueError("say who adjusted the values (the operator field is empty)")
-    images = full_pass(ctx, source.dataset, params, progress=progress)
+    try:
+        images = full_pass(ctx, source.dataset, params, progress=progress)
+    except AssertionError as exc:   # LiberTEM's reader finding fewer bytes than it opened
+        raise OSError(f"cannot read the frames of {source.label}: the file changed since it "
+                      "was opened (cut short?); open it again") from exc
     blur, _ = image_quality(images)
+    if not math.isfinite(blur):
+        # NaN or infinite pixels in the frames, or nothing the blur can be measured on: the
+        # operator cannot have seen the specimen line up, so there is nothing to vouch for
+        bad = "sum" in images and not np.all(np.isfinite(np.asarray(images["sum"])))
+        raise ValueError("nothing to record: " + (
+            "the frames hold NaN or infinite values" if bad else
+            "the images at this geometry give no blur (nothing sharp to judge)"))
     progress.enter(1)
     prior = source.record
     settings = {"method": MANUAL_METHOD, "adjusted_by": adjusted_by.strip(),

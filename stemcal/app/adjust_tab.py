@@ -56,12 +56,14 @@ class AdjustTab:
         self.source = Div(name="source", text="no dataset: open a record in the History tab")
         self.blur = Div(name="blur", text="blur: -", styles={"font-size": "18px"})
         self.contrast = Div(name="contrast", text="")
-        self.drawn = Div(name="drawn", text="", visible=False)
-        self.recorded = Div(name="recorded", text="", visible=False)
+        self.drawn = Div(name="drawn", text="", visible=False, render_as_text=True)
+        self.recorded = Div(name="recorded", text="", visible=False, render_as_text=True)
         self.jobs = Div(name="jobs", text=json.dumps({"running": None, "finished": 0}),
                         visible=False)
         self._finished = 0
-        self.status = Div(name="status", text="", width=700)
+        # messages quote file names, uids and errors: text, never markup
+        self.status = Div(name="status", text="", width=700, render_as_text=True)
+        self._problem: str | None = None   # the complaint about the page's geometry shown
         self.progress = Progress(name="progress", value=0, min=0, max=100, width=300)
         self.operator = TextInput(name="operator", title="adjusted by", value=app.operator,
                                   width=160)
@@ -128,8 +130,11 @@ class AdjustTab:
 
     def _show(self, result: Projection | Exception) -> None:
         if isinstance(result, Exception):
-            self.status.text = f"cannot project: {one_line(result)}"
+            self._geometry_problem(f"cannot project: {one_line(result)}")
             return
+        if self._problem is not None and self.status.text == self._problem:
+            self.status.text = ""   # the geometry is good again: its old complaint goes
+        self._problem = None
         self.images.show(result.images)
         self.shown.append((result.params, result.preview, result.seconds))
         self.shown_count += 1
@@ -207,7 +212,7 @@ class AdjustTab:
         try:
             return self.loaded, self.controls.params(self.loaded.base)
         except ValueError as exc:
-            self.status.text = f"not a geometry: {one_line(exc)}"
+            self._geometry_problem(f"not a geometry: {one_line(exc)}")
             return None
 
     def _refine(self) -> None:
@@ -254,6 +259,10 @@ class AdjustTab:
             self.recorded.text = record.uid
             self.app.records_changed()
         self._job(actions.RECORD_STAGES, work, done, "record")
+
+    def _geometry_problem(self, text: str) -> None:
+        """Say what is wrong with the geometry on the page, until images are drawn again."""
+        self.status.text = self._problem = text
 
     def _enable(self) -> None:
         ready = self.loaded is not None and not self.busy

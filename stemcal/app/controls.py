@@ -73,7 +73,10 @@ def params_with(base: OverfocusParams, values: dict[str, float], flip_y: bool) -
     Raises
     ------
     ValueError
-        A value is not finite, or the geometry is invalid (e.g. overfocus 0).
+        A value is not finite or its field is empty (``None``), or the geometry is invalid
+        (e.g. overfocus 0).
+
+    The rotation is taken modulo 360 degrees, into [-180, 180).
     """
     specs = {s.name: s for s in PARAMETERS}
     plain = {}
@@ -81,6 +84,8 @@ def params_with(base: OverfocusParams, values: dict[str, float], flip_y: bool) -
         if v is None or not math.isfinite(float(v)):
             raise ValueError(f"{specs[name].label} must be a number")
         plain[name] = float(v) / specs[name].scale
+    if "scan_rotation" in plain:
+        plain["scan_rotation"] = (plain["scan_rotation"] + 180.0) % 360.0 - 180.0
     descan = [[plain.pop(f"descan_{a}{b}") for b in "yx"] for a in "yx"]
     return base.replace(**plain, descan=descan, flip_y=bool(flip_y))
 
@@ -99,7 +104,7 @@ class GeometryControls:
         self._on_change = on_change
         self._quiet = False
         self._ranged: set[str] = set()  # sliders whose range was set around a value
-        self.values: dict[str, float] = {}
+        self.values: dict[str, float | None] = {}
         self.sliders: dict[str, Slider] = {}
         self.fields: dict[str, NumericInput] = {}
         rows = []
@@ -120,7 +125,11 @@ class GeometryControls:
     def _changed(self, name: str, other: Slider | NumericInput, preview: bool):
         """A callback: a slider or field of ``name`` changed; the ``other`` one follows."""
         def callback(attr, old, new) -> None:
-            if new is None or self._quiet:
+            if self._quiet:
+                return
+            if new is None:   # a field emptied: no geometry until it holds a number again
+                self.values[name] = None
+                self._on_change(False)
                 return
             self.values[name] = float(new)
             self._quiet = True  # the other's own callback must not ask again

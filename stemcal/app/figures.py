@@ -50,6 +50,12 @@ class ImageRow:
             self.figures.append(fig)
         self.layout = row(*self.figures)
 
+    def clear(self) -> None:
+        """Blank every figure (another dataset's images must not stay under new details)."""
+        blank = np.full((1, 1), np.nan, np.float32)
+        for name in self.names:
+            self.sources[name].data = {"image": [blank], "dw": [1], "dh": [1]}
+
     def show(self, images: Mapping[str, np.ndarray]) -> None:
         """Draw ``images`` (name -> 2D array); names not given keep their image.
 

@@ -46,6 +46,7 @@ class HistoryTab:
                  on_adjust: Callable[[CalibrationRecord], None]) -> None:
         self.app, self.doc, self._on_adjust = app, doc, on_adjust
         self.records: list[CalibrationRecord] = []
+        self._showing: str | None = None   # uid of the record whose images are asked for
         self.table_source = ColumnDataSource(data={name: [] for name, *_ in _COLUMNS},
                                              name="history_table")
         columns = [TableColumn(field=name, title=title, width=width,
@@ -57,7 +58,7 @@ class HistoryTab:
         self.table_source.selected.on_change("indices", self._selected)
         self.images = ImageRow("history", HISTORY_IMAGES, size=220)
         self.details = Div(name="history_details", text="", width=980)
-        self.status = Div(name="history_status", text="")
+        self.status = Div(name="history_status", text="", render_as_text=True)
         self.refresh_button = Button(name="history_refresh", label="Refresh", width=100)
         self.adjust_button = Button(name="history_adjust", label="Adjust this record",
                                     disabled=True, width=160)
@@ -106,19 +107,31 @@ class HistoryTab:
         record = self.records[new[0]]
         self.adjust_button.disabled = not (record.fit_settings.get("data") or {}).get("uri")
         self.details.text = _details(record)
-        run_then(self.doc, lambda: self.app.record_images(record.uid), self._show_images,
-                 self._failed_images, name="stemcal-app-record-images")
+        self.images.clear()   # the last record's images must not stay under these details
+        self._showing = record.uid
+        run_then(self.doc, lambda: self.app.record_images(record.uid),
+                 lambda images: self._show_images(record.uid, images),
+                 lambda exc: self._failed_images(record.uid, exc),
+                 name="stemcal-app-record-images")
 
-    def _show_images(self, images: dict[str, Any]) -> None:
+    def _show_images(self, uid: str, images: dict[str, Any]) -> None:
+        if uid != self._showing:   # another record was selected while these were read
+            return
         shown = {k: v for k, v in images.items() if k in HISTORY_IMAGES}
+        if not shown:
+            self.status.text = f"record {uid[:8]} holds no images"
+            return
         if "shifted_sum_normalised" in shown:  # stored with 0 where nothing was projected
             img = np.array(shown["shifted_sum_normalised"], dtype=np.float32)
             img[img == 0] = np.nan
             shown["shifted_sum_normalised"] = img
         self.images.show(shown)
 
-    def _failed_images(self, exc: BaseException) -> None:
-        self.status.text = f"cannot read the record's images: {one_line(exc)}"
+    def _failed_images(self, uid: str, exc: BaseException) -> None:
+        if uid != self._showing:
+            return
+        self.status.text = (f"cannot read record {uid[:8]}'s images (their files may be gone "
+                            f"or damaged): {one_line(exc)}")
 
     def _adjust(self) -> None:
         idx = self.table_source.selected.indices
@@ -129,7 +142,7 @@ class HistoryTab:
 def _details(r: CalibrationRecord) -> str:
     """A record's values and provenance as a line of HTML."""
     s = r.fit_settings
-    parts = [f"<b>{r.uid}</b>", f"rotation {r.scan_rotation:.3f} deg", f"flip y {r.flip_y}",
+    parts = [f"<b>{html.escape(r.uid)}</b>", f"rotation {r.scan_rotation:.3f} deg", f"flip y {r.flip_y}",
              f"overfocus {r.overfocus * 1e9:.1f} nm", f"centre ({r.cy:.2f}, {r.cx:.2f}) px",
              f"blur {r.blur:.4f}", f"quality {html.escape(r.quality)}",
              f"made by {html.escape(str(s.get('method', '?')))}"]
@@ -138,7 +151,7 @@ def _details(r: CalibrationRecord) -> str:
     if s.get("from_record"):
         parts.append(f"from record {html.escape(str(s['from_record'])[:8])}")
     if r.supersedes:
-        parts.append(f"supersedes {r.supersedes[:8]}")
+        parts.append(f"supersedes {html.escape(r.supersedes[:8])}")
     if r.acquisition_uid:
-        parts.append(f"run {r.acquisition_uid[:8]}")
+        parts.append(f"run {html.escape(r.acquisition_uid[:8])}")
     return ", ".join(parts)

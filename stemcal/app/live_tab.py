@@ -38,7 +38,8 @@ class LiveTab:
                  on_adjust: Callable[[CalibrationRecord], None]) -> None:
         self.app, self.doc, self._on_adjust = app, doc, on_adjust
         self.images = ImageRow("live", HISTORY_IMAGES)
-        self.status = Div(name="live_status", text="no live run yet", width=900)
+        self.status = Div(name="live_status", text="no live run yet", width=900,
+                          render_as_text=True)
         self.adjust_button = Button(name="live_adjust", label="Adjust this run's record",
                                     disabled=True, width=200)
         self.adjust_button.on_click(self._adjust)

@@ -122,3 +122,66 @@ def test_a_record_without_its_frames_says_so(opened, tmp_path):
     moved = bare.correct(fit_settings={"data": {"uri": (tmp_path / "gone.npy").as_uri()}})
     with pytest.raises(ValueError, match="not here any more"):
         open_record(ctx, moved)
+
+
+def test_nothing_is_recorded_from_frames_holding_nan(opened, tmp_path):
+    """Frames with NaN pixels: the page showed 'blur: nan' and Record wrote a record with
+    quality 'ok' and no blur. Now Record refuses, naming the NaN; nothing is written."""
+    ctx, source, truth = opened
+    from stemcal.runs import resource_path
+    frames = np.load(resource_path(source.data["uri"])).astype(np.float32)
+    frames[3, 5, 40, 40] = np.nan
+    path = tmp_path / "with_nan.npy"
+    np.save(path, frames)
+    bad = open_file(ctx, path, SIZES)
+    catalog = open_catalog(tmp_path / "catalog")
+    with pytest.raises(ValueError, match="nothing to record: the frames hold NaN"):
+        actions.manual_record(ctx, bad, truth, client=catalog, adjusted_by="dora",
+                              steps=["file"], progress=progress_log(actions.RECORD_STAGES)[0])
+    assert calibration_history(catalog) == [] and spooled() == []
+
+
+def test_the_page_s_values_an_empty_field_and_a_rotation_beyond_a_turn():
+    """An emptied field (the browser sends null) kept its last value, which Record then
+    wrote; a rotation typed as 1000 deg was recorded as 1000. Now an empty field is no
+    geometry (said on the page), and the rotation is taken modulo a turn."""
+    from stemcal.app.controls import GeometryControls, params_with
+
+    from scan_setup import TRUTH as SIZES_PARAMS
+
+    changes = []
+    controls = GeometryControls(changes.append)
+    controls.set(SIZES_PARAMS)
+    assert controls.params(SIZES_PARAMS).scan_rotation == pytest.approx(
+        SIZES_PARAMS.scan_rotation)
+    controls.fields["cx"].value = None
+    assert changes[-1] is False
+    with pytest.raises(ValueError, match="must be a number"):
+        controls.params(SIZES_PARAMS)
+    controls.fields["cx"].value = 40.0
+    assert controls.params(SIZES_PARAMS).cx == 40.0
+    values = {**controls.values, "scan_rotation": 1000.0}
+    assert params_with(SIZES_PARAMS, values, False).scan_rotation == pytest.approx(-80.0)
+    values["scan_rotation"] = 180.0
+    assert params_with(SIZES_PARAMS, values, False).scan_rotation == pytest.approx(-180.0)
+
+
+def test_a_file_cut_short_after_it_was_opened_says_so(small_scan, tmp_path):
+    """Record on a .npy cut to half after the page opened it: 'record failed:
+    AssertionError'. Now it says the file changed since it was opened."""
+    import shutil
+
+    path, truth = small_scan
+    copy = tmp_path / "copy.npy"
+    shutil.copyfile(path, copy)
+    ctx = Context.make_with("inline")
+    try:
+        source = open_file(ctx, copy, SIZES)
+        with open(copy, "r+b") as f:
+            f.truncate(copy.stat().st_size // 2)
+        with pytest.raises(OSError, match="the file changed since it was opened"):
+            actions.manual_record(ctx, source, truth, client=UnavailableCatalog(tmp_path, "x"),
+                                  adjusted_by="erin", steps=["file"],
+                                  progress=progress_log(actions.RECORD_STAGES)[0])
+    finally:
+        ctx.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -143,3 +144,57 @@ def test_bad_command_lines_are_one_line_errors(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("stemcal: error:"), (name, proc.stderr)
         assert words in lines[0], (name, lines[0])
         assert proc.stdout == "", name
+
+
+def test_names_and_messages_are_text_never_markup(served, browser):
+    """An adversarial sweep ran script in the page: a record naming frames at a path with
+    markup in it ('<img src=x onerror=...>'), whose 'not here any more' message went into
+    the status line as HTML. Messages, file names and uids are shown as text now: the
+    markup is there to read, no element is made and no script runs."""
+    from stemcal.catalog import open_catalog, write_record
+    from stemcal.record import CalibrationRecord
+
+    app, truth, d = served
+    hostile = d / "<img src=x onerror=window.__xss=1>.npy"   # never created: a missing file
+    record = CalibrationRecord(scan_rotation=1.0, flip_y=False, overfocus=1e-6, cy=40.0,
+                               cx=40.0, scan_pixel_size=1e-9, camera_length=0.2,
+                               detector_pixel_size=55e-6, semiconv=0.01,
+                               quality="<b>bold</b> <script>window.__xss=2</script>",
+                               fit_settings={"data": {"uri": hostile.as_uri()},
+                                             "method": "<img src=y onerror=window.__xss=3>"})
+    with_images = CalibrationRecord(scan_rotation=2.0, flip_y=False, overfocus=1e-6, cy=40.0,
+                                    cx=40.0, scan_pixel_size=1e-9, camera_length=0.2,
+                                    detector_pixel_size=55e-6, semiconv=0.01)
+    client = open_catalog(d / "catalog")
+    write_record(client, with_images, {"shifted_sum_normalised": np.ones((12, 10), np.float32)})
+    write_record(client, record)
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.set_default_timeout(60_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
+    try:
+        page.goto(app.url)
+        wait_ready(page)
+        page.get_by_text("History", exact=True).click()
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_function("(u) => Bokeh.documents[0].get_model_by_name('history_table')"
+                               ".data.uid.includes(u)", arg=record.uid[:8])
+        # a record with images, then one without: its details must not stand above the
+        # other's images (they stayed, in the sweep)
+        page.get_by_text(with_images.uid[:8], exact=True).click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('history_shifted_sum_"
+                               "normalised').data.dw[0] == 10")
+        page.get_by_text(record.uid[:8], exact=True).click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('history_status')"
+                               ".text.includes('holds no images')")
+        assert model(page, "history_shifted_sum_normalised", "data")["dw"] == [1]
+        page.get_by_role("button", name="Adjust this record").click()
+        page.wait_for_function("() => Bokeh.documents[0].get_model_by_name('status').text"
+                               ".includes('not here any more')")
+        status = model(page, "status", "text")
+        assert "<img src=x onerror=window.__xss=1>.npy" in status, status
+        assert page.locator("img[src=x], img[src=y], b:text('bold')").count() == 0
+        assert page.evaluate("() => window.__xss === undefined"), "script ran in the page"
+        assert dialogs == []
+    finally:
+        page.close()

@@ -65,6 +65,35 @@ def test_record_rejects_bad_dicts():
         CalibrationRecord.from_dict({**d, "camera_length": -1.0})
 
 
+def test_record_refuses_uids_and_times_a_page_or_a_history_cannot_show(tmp_path, caplog):
+    """An adversarial sweep of the app: a uid with markup ran script in the History tab,
+    and a record from the year 33658 (time 1e12) broke every page's history and `stemcal
+    history` (ValueError: year is out of range) and would have been the newest calibration
+    for ever. Both are refused; one already in a catalog is skipped, with a warning."""
+    d = make_record(1000.0).to_dict()
+    for key, bad, words in (("uid", "<img src=x onerror=alert(1)>", "uid must be 1-128"),
+                            ("uid", "a" * 129, "uid must be 1-128"),
+                            ("acquisition_uid", "run 1", "acquisition_uid must be"),
+                            ("supersedes", "../x", "supersedes must be"),
+                            ("time", 1e12, "before the year 3000"),
+                            ("time", -1.0, "before the year 3000"),
+                            ("time", math.inf, "before the year 3000")):
+        with pytest.raises(ValueError, match=words):
+            CalibrationRecord.from_dict({**d, key: bad})
+    assert CalibrationRecord.from_dict({**d, "acquisition_uid": "acq-1.5_x"}).acquisition_uid
+    client = open_catalog(tmp_path / "catalog")
+    good = make_record(2000.0)
+    write_record(client, good)
+    ahead = make_record(3000.0)
+    object.__setattr__(ahead, "time", 1e12)   # as written before records were checked
+    write_record(client, ahead)
+    with caplog.at_level("WARNING"):
+        assert [r.uid for r in calibration_history(client)] == [good.uid]
+    assert "skipping unreadable calibration run" in caplog.text
+    from stemcal.cli import main
+    assert main(["history", "--catalog", str(tmp_path / "catalog"), "--json"]) == 0
+
+
 def test_correction_supersedes():
     rec = make_record(1000.0)
     fix = rec.correct(cy=32.0)
