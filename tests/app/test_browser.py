@@ -175,6 +175,13 @@ def test_names_and_messages_are_text_never_markup(served, browser):
     try:
         page.goto(app.url)
         wait_ready(page)
+        # an emptied field is no geometry, and says so until the page holds one again
+        set_field = "([n, v]) => { Bokeh.documents[0].get_model_by_name(n).value = v; }"
+        status_is = "(t) => Bokeh.documents[0].get_model_by_name('status').text == t"
+        page.evaluate(set_field, ["cx_field", None])
+        page.wait_for_function(status_is, arg="not a geometry: centre x must be a number")
+        page.evaluate(set_field, ["cx_field", 47.5])
+        page.wait_for_function(status_is, arg="")
         page.get_by_text("History", exact=True).click()
         page.get_by_role("button", name="Refresh").click()
         page.wait_for_function("(u) => Bokeh.documents[0].get_model_by_name('history_table')"
