@@ -113,6 +113,11 @@ def manual_record(ctx: Any, source: Source, params: OverfocusParams, *, client: 
         raise ValueError("nothing to record: " + (
             "the frames hold NaN or infinite values" if bad else
             "the images at this geometry give no blur (nothing sharp to judge)"))
+    summed = np.asarray(images.get("sum", np.ones(1)))
+    if summed.size and not np.ptp(summed) > 0:
+        # blank or uniform frames (no counts at all: blur 1.0) show nothing to line up
+        raise ValueError("nothing to record: the frames are all alike (no counts, or no "
+                         "pattern), so no geometry can be judged on them")
     progress.enter(1)
     prior = source.record
     settings = {"method": MANUAL_METHOD, "adjusted_by": adjusted_by.strip(),

@@ -126,7 +126,8 @@ def test_a_record_without_its_frames_says_so(opened, tmp_path):
 
 def test_nothing_is_recorded_from_frames_holding_nan(opened, tmp_path):
     """Frames with NaN pixels: the page showed 'blur: nan' and Record wrote a record with
-    quality 'ok' and no blur. Now Record refuses, naming the NaN; nothing is written."""
+    quality 'ok' and no blur; all-zero frames were recorded 'ok' with blur 1.0. Now Record
+    refuses both, saying why; nothing is written."""
     ctx, source, truth = opened
     from stemcal.runs import resource_path
     frames = np.load(resource_path(source.data["uri"])).astype(np.float32)
@@ -135,10 +136,16 @@ def test_nothing_is_recorded_from_frames_holding_nan(opened, tmp_path):
     np.save(path, frames)
     bad = open_file(ctx, path, SIZES)
     catalog = open_catalog(tmp_path / "catalog")
+    kept = len(spooled())
     with pytest.raises(ValueError, match="nothing to record: the frames hold NaN"):
         actions.manual_record(ctx, bad, truth, client=catalog, adjusted_by="dora",
                               steps=["file"], progress=progress_log(actions.RECORD_STAGES)[0])
-    assert calibration_history(catalog) == [] and spooled() == []
+    np.save(path, np.zeros_like(frames))   # no counts at all: the blur says 1.0, not NaN
+    blank = open_file(ctx, path, SIZES)
+    with pytest.raises(ValueError, match="nothing to record: the frames are all alike"):
+        actions.manual_record(ctx, blank, truth, client=catalog, adjusted_by="dora",
+                              steps=["file"], progress=progress_log(actions.RECORD_STAGES)[0])
+    assert calibration_history(catalog) == [] and len(spooled()) == kept
 
 
 def test_the_page_s_values_an_empty_field_and_a_rotation_beyond_a_turn():
