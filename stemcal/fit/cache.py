@@ -114,6 +114,9 @@ class ReducedCache:
         Shape of the full dataset.
     frame_sum : (sy, sx) float64
         Full-resolution sum of the cached (sub-sampled) frames.
+    defects : dict
+        Defective pixels found and filled in ``frames`` (``hot``, ``dead``: counts of
+        cache pixels; :mod:`.defects`); empty where none were.
     """
 
     frames: np.ndarray
@@ -123,6 +126,7 @@ class ReducedCache:
     nav_shape: tuple[int, int]
     sig_shape: tuple[int, int]
     frame_sum: np.ndarray
+    defects: dict = dataclasses.field(default_factory=dict)
     #: Sub-sampled caches and groups of rows made from this cache (:meth:`subsample`, :meth:`group_rows`).
     _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -328,5 +332,25 @@ def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
     frame_sum = np.asarray(res["frame_sum"].data, dtype=np.float64)
     iy, ix = np.nonzero(roi)
     scan_yx = np.stack([iy, ix], axis=-1).astype(float)
+    frames, defects = _repaired(frames)
     return ReducedCache(frames=frames, scan_yx=scan_yx, bin=int(bin), stride=int(stride),
-                        nav_shape=nav_shape, sig_shape=sig_shape, frame_sum=frame_sum)
+                        nav_shape=nav_shape, sig_shape=sig_shape, frame_sum=frame_sum,
+                        defects=defects)
+
+
+def _repaired(frames: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``frames`` with their hot and dead pixels filled (:mod:`.defects`), and the counts
+    (empty where there were none: the frames are then returned untouched)."""
+    from .defects import fill_defects, find_defects
+
+    found = find_defects(frames.mean(axis=0, dtype=np.float32))
+    if not found.mask.any():
+        return frames, {}
+    if not frames.flags.writeable:
+        frames = frames.copy()
+    filled = fill_defects(frames, found)
+    counts = found.counts()
+    log.warning("detector defects: %d hot and %d dead pixels (in the cache's %s px) filled "
+                "from their neighbours in every frame", counts["hot"], counts["dead"],
+                "x".join(map(str, frames.shape[1:])))
+    return frames, {**counts, "filled": filled}

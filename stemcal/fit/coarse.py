@@ -90,7 +90,7 @@ def estimate(cache: ReducedCache, *, scan_pixel_size: float, camera_length: floa
     c_mean = (descan.offset + descan.matrix @ (cache.scan_yx.mean(axis=0) - s_mid)
               - cache.pix_offset) / cache.pix_scale
     motion = measure_motion(cache.frames, cache.scan_yx, cache.stride, tuple(c_mean), win_r,
-                            pix_scale=cache.pix_scale)
+                            pix_scale=cache.pix_scale, remove_static=bool(cache.defects))
     M = descan.matrix - motion.motion
     # the shadow's travel across the scan along its slowest direction (detector px): where
     # it is below MIN_TRAVEL nothing moves with the scan (the same frame everywhere, a
@@ -187,6 +187,8 @@ def cold_start(dataset, *, scan_pixel_size: float, camera_length: float, detecto
                            "motion_step": coarse.motion.step,
                            "motion_strength": coarse.motion.strength}
     fit.extra["frame_sum"] = cache.frame_sum
+    if cache.defects:
+        fit.extra["defects"] = dict(cache.defects)
     fit.extra["descan"] = coarse.descan.to_dict()
     stage("done")
     return fit
