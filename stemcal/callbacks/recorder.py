@@ -312,6 +312,8 @@ class CalibrationRecorder:
                          "nfev": fit.nfev, "passes": fit.passes, "seconds": fit.seconds,
                          "success": fit.success, "message": fit.message,
                          "coarse": fit.extra.get("coarse"), "descan_fit": fit.extra.get("descan")})
+        if fit.extra.get("defects"):   # detector pixels filled from their neighbours
+            settings["detector_defects"] = dict(fit.extra["defects"])
         record = CalibrationRecord.from_fit(fit, acquisition_uid=start["uid"], optics_state=state,
                                             fit_settings=settings)
         images = {k: fit.images[k] for k in IMAGE_NAMES if k in fit.images}

@@ -107,6 +107,8 @@ def _summary(fit: Any, ds_info: dict[str, Any], dataset: str) -> dict[str, Any]:
     unc = fit.extra.get("uncertainty", {})
     out["uncertainty"] = {"scan_rotation": unc.get("scan_rotation"),
                           "overfocus": unc.get("overfocus")}
+    if fit.extra.get("defects"):   # detector pixels filled from their neighbours
+        out["detector_defects"] = dict(fit.extra["defects"])
     out["dataset"] = dataset
     out["nav_shape"] = list(ds_info["nav_shape"])
     out["sig_shape"] = list(ds_info["sig_shape"])
@@ -275,6 +277,8 @@ def _refine_only(ctx: Any, ds: Any, args: argparse.Namespace, progress: bool) ->
         raise CLIError(f"the fit did not converge: {fit.message}", EXIT_NO_FEATURES)
     fit.passes += 1
     fit.extra["frame_sum"] = cache.frame_sum
+    if cache.defects:
+        fit.extra["defects"] = dict(cache.defects)
     return fit
 
 

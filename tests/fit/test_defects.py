@@ -88,3 +88,25 @@ def test_the_cold_start_is_right_with_defects(kind):
     assert abs(p.overfocus / TRUTH.overfocus - 1) < 0.01
     assert np.hypot(p.cy - TRUTH.cy, p.cx - TRUTH.cx) < 0.3
     assert fit.extra["defects"]["filled"] > 0
+
+
+def test_stemcal_fit_says_which_pixels_it_filled(tmp_path):
+    """`stemcal fit --json` names the defects it filled (and the fit is right)."""
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "hot.npy"
+    np.save(path, damaged(frames(5.0), "hot"))
+    out = subprocess.run([sys.executable, "-m", "stemcal.cli", "fit", str(path),
+                          "--scan-pixel-size", str(TRUTH.scan_pixel_size),
+                          "--camera-length", str(TRUTH.camera_length),
+                          "--detector-pixel-size", str(TRUTH.detector_pixel_size),
+                          "--overfocus", "1.2e-6", "--json", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert res["detector_defects"] == {"hot": 2, "dead": 0, "filled": 2}, res
+    assert res["quality"] == "ok"
+    assert abs((res["scan_rotation"] - TRUTH.scan_rotation + 180) % 360 - 180) < 0.15
+    assert "detector defects: 2 hot and 0 dead pixels" in out.stderr
