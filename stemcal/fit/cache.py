@@ -332,18 +332,24 @@ def build_cache(ctx, dataset, *, params=None, budget: int = DEFAULT_BUDGET,
     frame_sum = np.asarray(res["frame_sum"].data, dtype=np.float64)
     iy, ix = np.nonzero(roi)
     scan_yx = np.stack([iy, ix], axis=-1).astype(float)
-    frames, defects = _repaired(frames)
+    frames, defects = _repaired(frames, frame_sum, int(bin))
     return ReducedCache(frames=frames, scan_yx=scan_yx, bin=int(bin), stride=int(stride),
                         nav_shape=nav_shape, sig_shape=sig_shape, frame_sum=frame_sum,
                         defects=defects)
 
 
-def _repaired(frames: np.ndarray) -> tuple[np.ndarray, dict]:
+def _repaired(frames: np.ndarray, frame_sum: np.ndarray, factor: int) -> tuple[np.ndarray, dict]:
     """``frames`` with their hot and dead pixels filled (:mod:`.defects`), and the counts
-    (empty where there were none: the frames are then returned untouched)."""
+    (empty where there were none: the frames are then returned untouched). The defects
+    are found on the mean frame, from the pass's full-resolution ``frame_sum`` binned as
+    the frames are (``factor``): no second pass over the cache."""
     from .defects import fill_defects, find_defects
 
-    found = find_defects(frames.mean(axis=0, dtype=np.float32))
+    n, H, W = frames.shape
+    if n == 0:
+        return frames, {}
+    summed = frame_sum[:H * factor, :W * factor].reshape(H, factor, W, factor).sum(axis=(1, 3))
+    found = find_defects(summed / n)
     if not found.mask.any():
         return frames, {}
     if not frames.flags.writeable:
