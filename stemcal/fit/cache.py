@@ -349,7 +349,7 @@ def _repaired(frames: np.ndarray, frame_sum: np.ndarray, factor: int) -> tuple[n
     if n == 0:
         return frames, {}
     summed = frame_sum[:H * factor, :W * factor].reshape(H, factor, W, factor).sum(axis=(1, 3))
-    found = find_defects(summed / n)
+    found = find_defects(summed / n, frames=n)
     if not found.mask.any():
         return frames, {}
     if not frames.flags.writeable:

@@ -40,7 +40,7 @@ from scipy import ndimage
 log = logging.getLogger(__name__)
 
 __all__ = ["Defects", "find_defects", "fill_defects", "HOT_OVER_NEIGHBOURS", "HOT_OVER_DISK",
-           "DEAD_BELOW", "DEAD_INSIDE", "DEAD_AROUND", "REACH"]
+           "DEAD_BELOW", "DEAD_INSIDE", "DEAD_AROUND", "REACH", "MIN_COUNTS"]
 
 #: A hot pixel's mean is above this many times each of its eight neighbours' ...
 HOT_OVER_NEIGHBOURS = 3.0
@@ -54,6 +54,8 @@ DEAD_INSIDE = 1.0
 DEAD_AROUND = 11
 #: Farthest good pixel (px along a row or column) a defective one is filled from.
 REACH = 10
+#: Counts over the scan that make a zero (or an excess) mean something (P(0) = e^-20).
+MIN_COUNTS = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +96,15 @@ def _disk_region(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     return np.hypot(yy - cy, xx - cx) - radius, level
 
 
-def find_defects(mean_frame: np.ndarray) -> Defects:
-    """Hot and dead pixels of ``mean_frame`` (the mean cached frame; module docstring)."""
+def find_defects(mean_frame: np.ndarray, frames: int | None = None) -> Defects:
+    """Hot and dead pixels of ``mean_frame`` (the mean cached frame; module docstring).
+
+    ``frames``: how many frames it is the mean of. Where given, a pixel is dead only where
+    a live one would have counted at least :data:`MIN_COUNTS` over them (the disk's level
+    times ``frames``), and hot only where it counted that many more than its brightest
+    neighbour: at 0.01 counts/px a pixel of pure noise that never counted over 576 frames
+    is no defect (0.3 % of them).
+    """
     M = np.asarray(mean_frame, dtype=np.float64)
     none = Defects(np.zeros(M.shape, bool), np.zeros(M.shape, bool))
     if M.ndim != 2 or min(M.shape) < 8 or not np.all(np.isfinite(M)):
@@ -110,6 +119,10 @@ def find_defects(mean_frame: np.ndarray) -> Defects:
     around[1, 1] = False
     neighbours = ndimage.maximum_filter(M, footprint=around, mode="nearest")
     hot = (M > HOT_OVER_NEIGHBOURS * neighbours) & (M > HOT_OVER_DISK * level)
+    if frames is not None:
+        hot &= (M - neighbours) * frames >= MIN_COUNTS
+        if level * frames < MIN_COUNTS:   # too few counts for a zero to mean anything
+            return Defects(hot, np.zeros(M.shape, bool))
     counting = ndimage.uniform_filter((M > 0.1 * level).astype(float), size=DEAD_AROUND,
                                       mode="nearest")
     inside = edge <= -DEAD_INSIDE
