@@ -70,3 +70,28 @@ def test_the_console_script_and_python_m_use_run():
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert "unrecognized arguments: --no-such-option" in proc.stderr
+
+
+def test_a_ctrl_c_inside_compiled_code_is_an_interrupt(monkeypatch, capsys):
+    """A Ctrl-C landing in a Numba function of LiberTEM's reader came back as 'SystemError:
+    ... returned a result with an exception set', status 2 (once in `make test`, the spare's
+    Ctrl-C test); an error caused by a KeyboardInterrupt is an interrupt: status 130."""
+    import importlib
+
+    from stemcal.cli import offline
+    cli_main = importlib.import_module("stemcal.cli.main")   # the package's `main` is the function
+
+    def interrupted_in_numba(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("MyCPUDispatcher(<function _get_read_ranges_inner>) returned a "
+                              "result with an exception set") from exc
+
+    from stemcal.cli import bus_error
+    monkeypatch.setattr(bus_error, "install", lambda: None)   # this process's signals stay
+    monkeypatch.setattr(offline, "run_fit", interrupted_in_numba)
+    rc = cli_main.main(["fit", "x.npy", "--scan-pixel-size", "1e-10", "--camera-length", "0.2",
+                        "--detector-pixel-size", "5.5e-5", "--overfocus", "1e-6"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip() == "stemcal: interrupted", (rc, err)
