@@ -142,8 +142,8 @@ class HistoryTab:
 def _details(r: CalibrationRecord) -> str:
     """A record's values and provenance as a line of HTML."""
     s = r.fit_settings
-    parts = [f"<b>{html.escape(r.uid)}</b>", f"rotation {r.scan_rotation:.3f} deg", f"flip y {r.flip_y}",
-             f"overfocus {r.overfocus * 1e9:.1f} nm", f"centre ({r.cy:.2f}, {r.cx:.2f}) px",
+    parts = [f"<b>{html.escape(r.uid)}</b>", f"rotation {r.scan_rotation:.3f} deg",
+             f"flip y {r.flip_y}", f"overfocus {r.overfocus * 1e9:.1f} nm", f"centre ({r.cy:.2f}, {r.cx:.2f}) px",
              f"blur {r.blur:.4f}", f"quality {html.escape(r.quality)}",
              f"made by {html.escape(str(s.get('method', '?')))}"]
     if s.get("adjusted_by"):

@@ -365,7 +365,8 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
     why_runs.update((uid, "being written") for uid in report.busy)
     for entry in _claimed(entries, lambda e: e.path, report):
         run = entry.record.acquisition_uid
-        if run and run not in damaged and (journal_dir(d) / f"{run}.jsonl").exists():
+        run_journal = journal_dir(d) / f"{run}.jsonl"
+        if run and run not in damaged and run_journal.exists():
             # its run is still kept (pending, being written, or not asked for): delivered
             # now, the record would name frames that move when the run is delivered. Where
             # the catalog cannot be had at all, that is the reason that counts
@@ -373,7 +374,7 @@ def _sync_records(d: Path, catalogs: Catalogs, report: SyncReport,
             if client is None:
                 report.pending.append((entry.uid, entry.location, why))
                 continue
-            why = why_runs.get(run) or _kept_reason(journal_dir(d) / f"{run}.jsonl")
+            why = why_runs.get(run) or _kept_reason(run_journal)
             why = f" ({why})" if why else ""
             report.pending.append((entry.uid, entry.location,
                                    f"its acquisition run {run} is not delivered yet{why}"))

@@ -37,6 +37,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from .disk import NoFeaturesError, bright_region
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Defects", "find_defects", "fill_defects", "HOT_OVER_NEIGHBOURS", "HOT_OVER_DISK",
@@ -77,18 +79,11 @@ def _disk_region(image: np.ndarray) -> tuple[np.ndarray, float] | None:
     """(distance from the disk's centre minus its radius, px; the disk's level) of a mean
     frame, from its 7x7 median (which hot pixels and lines up to 3 px wide do not
     survive); None where no disk stands out."""
-    from skimage.filters import threshold_otsu
-
     smooth = ndimage.median_filter(image, size=7, mode="nearest")
-    lo, hi = np.percentile(smooth, [1, 99.5])
-    if not hi - lo > 1e-9 * max(abs(hi), 1.0):
+    try:
+        disk = bright_region(smooth)
+    except NoFeaturesError:
         return None
-    bright = smooth > threshold_otsu(smooth)
-    labels, n = ndimage.label(bright)
-    if n == 0:
-        return None
-    sizes = ndimage.sum(bright, labels, range(1, n + 1))
-    disk = ndimage.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
     radius = math.sqrt(float(disk.sum()) / math.pi)
     cy, cx = ndimage.center_of_mass(disk)
     yy, xx = np.indices(image.shape)
@@ -176,10 +171,9 @@ def _plan(bad: np.ndarray) -> tuple[np.ndarray, ...]:
         rows.append((y, x, y1, x1, w1, y2, x2, w2))
     if not rows:
         return tuple(np.empty(0, int) for _ in range(8))
-    t = np.array(rows, dtype=float)
-    ints = [t[:, i].astype(int) for i in (0, 1, 2, 3)] + [t[:, 4]] + [t[:, i].astype(int)
-                                                                      for i in (5, 6)] + [t[:, 7]]
-    return tuple(ints)
+    y, x, y1, x1, w1, y2, x2, w2 = np.array(rows, dtype=float).T
+    return (y.astype(int), x.astype(int), y1.astype(int), x1.astype(int), w1,
+            y2.astype(int), x2.astype(int), w2)
 
 
 def fill_defects(frames: np.ndarray, defects: Defects) -> int:

@@ -42,11 +42,30 @@ class Disk:
         return 0.5 * (self.level + self.background)
 
 
+def bright_region(img: np.ndarray) -> np.ndarray:
+    """The largest region above ``img``'s Otsu threshold, its holes filled (bool mask).
+
+    Raises
+    ------
+    NoFeaturesError
+        If the image is uniform or nothing lies above the threshold.
+    """
+    lo, hi = np.percentile(img, [1, 99.5])
+    if hi - lo <= 1e-9 * max(abs(hi), 1.0):
+        raise NoFeaturesError("the frames are uniform: no bright-field disk on the detector")
+    mask = img > threshold_otsu(img)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        raise NoFeaturesError("no bright-field disk found on the detector")
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    return ndimage.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
+
+
 def find_disk(image: np.ndarray, *, min_radius: float = 2.0) -> Disk:
     """Find the bright-field disk in a (summed) detector image.
 
-    Otsu threshold, largest connected component, centroid of the binary disk
-    and the radius of the disk of equal area.
+    Otsu threshold, largest connected component (:func:`bright_region`), centroid of
+    the binary disk and the radius of the disk of equal area.
 
     Raises
     ------
@@ -59,17 +78,7 @@ def find_disk(image: np.ndarray, *, min_radius: float = 2.0) -> Disk:
         raise ValueError(f"need a 2D image, got shape {img.shape}")
     if not np.all(np.isfinite(img)):
         raise NoFeaturesError("the frame sum holds NaN or infinite values")
-    lo, hi = np.percentile(img, [1, 99.5])
-    if hi - lo <= 1e-9 * max(abs(hi), 1.0):
-        raise NoFeaturesError("the frames are uniform: no bright-field disk on the detector")
-    thr = threshold_otsu(img)
-    mask = img > thr
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        raise NoFeaturesError("no bright-field disk found on the detector")
-    sizes = ndimage.sum(mask, labels, range(1, n + 1))
-    disk = labels == (1 + int(np.argmax(sizes)))
-    disk = ndimage.binary_fill_holes(disk)
+    disk = bright_region(img)
     area = float(disk.sum())
     radius = math.sqrt(area / math.pi)
     if radius < min_radius:

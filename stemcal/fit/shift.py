@@ -139,7 +139,7 @@ class MotionFit:
 def tracked_shift(frames: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
                   centre: tuple[float, float], radius: float, *, initial=(0.0, 0.0),
                   iterations: int = 4, tol: float = 0.01,
-                  remove_static: bool = False) -> ShiftMeasurement:
+                  static: np.ndarray | None = None) -> ShiftMeasurement:
     """Shift of frames ``idx_b`` relative to ``idx_a`` with windows that follow the content.
 
     A window fixed on the detector while the content moves under it pulls
@@ -149,7 +149,7 @@ def tracked_shift(frames: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
     both windows cover the same specimen area; the shift is re-measured with
     the windows so placed until it changes by less than ``tol`` px.
 
-    ``remove_static``: subtract the mean of all frames first, so that what is fixed on
+    ``static``: the mean of all frames, (h, w), subtracted first, so that what is fixed on
     the detector (filled detector defects: :mod:`.defects`) does not hold the
     correlation at zero shift. Measured on a 48x48 scan with a 3 px cross of dead
     pixels through the disk, filled: without it the motion came out 0.04-0.4 px across
@@ -169,10 +169,9 @@ def tracked_shift(frames: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray,
     ub, ib = np.unique(idx_b, return_inverse=True)
     fa = np.asarray(frames[ua, y0:y1, x0:x1], dtype=np.float32)
     fb = np.asarray(frames[ub, y0:y1, x0:x1], dtype=np.float32)
-    if remove_static:
-        static = np.asarray(frames[:, y0:y1, x0:x1]).mean(axis=0, dtype=np.float32)
-        fa -= static
-        fb -= static
+    if static is not None:
+        fa -= static[y0:y1, x0:x1]
+        fb -= static[y0:y1, x0:x1]
     c = c - (y0, x0)
     shape = fa.shape[1:]
     m = None
@@ -199,9 +198,11 @@ def measure_motion(frames: np.ndarray, scan_yx: np.ndarray, stride: int,
     detector px. A first measurement at the smallest scan step fixes the
     scale; a second at the step that moves the image by about ``target_shift``
     (default a fifth of ``radius``, in the frames' pixels) gives the precise value.
-    ``remove_static``: as :func:`tracked_shift`'s (where detector defects were filled).
+    ``remove_static``: subtract the mean frame as :func:`tracked_shift`'s ``static``
+    (where detector defects were filled).
     """
     rng = np.random.default_rng(seed)
+    static = np.asarray(frames).mean(axis=0, dtype=np.float32) if remove_static else None
     grid = np.rint(scan_yx / stride).astype(int)
     index = {(int(y), int(x)): i for i, (y, x) in enumerate(grid)}
     ny = int(grid[:, 0].max()) + 1
@@ -219,8 +220,7 @@ def measure_motion(frames: np.ndarray, scan_yx: np.ndarray, stride: int,
             r = radius - float(np.hypot(*init)) / 2
             if r < 4:
                 raise NoFeaturesError("the bright-field disk is too small to track the shadow image")
-            m = tracked_shift(frames, a, b, centre, r, initial=init,
-                              remove_static=remove_static)
+            m = tracked_shift(frames, a, b, centre, r, initial=init, static=static)
             cols.append(m.shift * pix_scale / (step * stride))
             strengths.append(m.strength)
         return np.stack(cols, axis=1), min(strengths)
